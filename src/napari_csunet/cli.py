@@ -1,0 +1,93 @@
+"""The ``csunet`` command: one entry point, subcommands registered by the modules that own them.
+
+Each owner module exposes ``register(subparsers)``; it must not import torch at module level so
+``csunet --help`` stays fast. Handlers return an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser", "print_json"]
+
+#: modules that add subcommands, in help order
+COMMAND_MODULES = (
+    "napari_csunet.cli",            # models
+    "napari_csunet.weights.cli",    # weights list/path/fetch/import
+    "napari_csunet.segment_cli",    # segment, evaluate
+    "csunet_train.cli",             # train, finetune
+    "napari_csunet.demo",           # demo
+)
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import build_model, count_parameters
+    from .models.registry import PRESETS
+    from .zoo import list_model_files
+
+    rows = []
+    for name, preset in PRESETS.items():
+        params = count_parameters(build_model(name)) if not args.no_params else None
+        rows.append({"name": name, "kind": "preset", "arch": preset.config.arch, "cnn": preset.config.cnn,
+                     "swin_depths": list(preset.config.swin.depths) if preset.config.swin else None,
+                     "params": params, "description": preset.description,
+                     "cnn_sources": list(preset.cnn_sources), "swin_sources": list(preset.swin_sources)})
+    files = list_model_files()
+    if args.json:
+        print_json({"model_files": files, "presets": rows})
+        return 0
+    if files:
+        print("Model files (starter and fine-tuned):")
+        for f in files:
+            print(f"  {f['name']:<28} {', '.join(f['classes'])}  {f['path']}")
+        print()
+    print("Presets:")
+    for r in rows:
+        p = f"{r['params'] / 1e6:6.1f}M" if r["params"] else "      "
+        srcs = ", ".join(f"cnn:{s}" for s in r["cnn_sources"]) + (" " if r["cnn_sources"] else "") + \
+            ", ".join(f"swin:{s}" for s in r["swin_sources"])
+        print(f"  {r['name']:<24}{p}  {r['description']}\n  {'':<32}weights: random, {srcs or 'none'}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list presets and model files")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-params", action="store_true", help="skip building each preset to count parameters")
+    p.set_defaults(func=_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="csunet", description="CS-UNet segmentation of micrographs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # that part is not installed
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Self-describing model files: safetensors weights + a JSON description in the header metadata.
+
+A model file rebuilds its network from the file alone (architecture config, classes, colours,
+normalisation, weight sources, training provenance) and never unpickles anything. The header can
+be read without torch, so the GUI can list model files cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .atomic import atomic_path
+from .models.config import ModelConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "ModelInfo", "ModelFileError", "save_model_file", "load_model_file", "read_model_info",
+    "default_class_colors", "FORMAT_VERSION",
+]
+
+FORMAT_VERSION = 1
+_META_KEY = "napari_csunet"
+_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+            "#bcbd22", "#17becf"]
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt, or not one of ours."""
+
+
+def default_class_colors(n: int) -> list[str]:
+    return [_PALETTE[i % len(_PALETTE)] for i in range(n)]
+
+
+@dataclass
+class ModelInfo:
+    """What a model file says about itself. Output channel ``i`` is label ``i + 1``."""
+
+    config: ModelConfig
+    class_names: list[str]
+    class_colors: list[str] = field(default_factory=list)
+    preset: str | None = None
+    #: ``{"mode": "image"}``: standardise each image by its own mean/std (tiles use the image's)
+    normalization: dict[str, Any] = field(default_factory=lambda: {"mode": "image"})
+    #: where the encoders' weights came from, e.g. ``{"cnn": "imagenet", "swin": "microlite"}``
+    sources: dict[str, Any] = field(default_factory=dict)
+    #: training record: data fingerprint, steps, metrics, time, device ...
+    provenance: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            raise ValueError("a model needs at least one class name")
+        if self.config.num_classes != len(self.class_names):
+            raise ValueError(
+                f"config has {self.config.num_classes} classes but {len(self.class_names)} class names were given"
+            )
+        if not self.class_colors:
+            self.class_colors = default_class_colors(len(self.class_names))
+        if len(self.class_colors) != len(self.class_names):
+            raise ValueError("class_colors and class_names differ in length")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["config"] = self.config.to_dict()
+        data["format_version"] = FORMAT_VERSION
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelInfo:
+        data = json.loads(text)
+        version = data.pop("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ModelFileError(f"model file format {version} is newer than this napari-csunet understands")
+        data["config"] = ModelConfig.from_dict(data["config"])
+        return cls(**data)
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """Parse the safetensors header (8-byte little-endian length + JSON) without torch."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise ModelFileError(f"{path}: file is empty or truncated, not a model file")
+            (n,) = struct.unpack("<Q", raw)
+            if n > 100_000_000:
+                raise ModelFileError(f"{path}: not a safetensors file (header length {n})")
+            header = fh.read(n)
+            if len(header) < n:
+                raise ModelFileError(f"{path}: truncated safetensors header")
+        return json.loads(header)
+    except FileNotFoundError:
+        raise ModelFileError(f"model file not found: {path}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelFileError(f"{path}: not a safetensors file (corrupt header)") from None
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The description stored in a model file's header (cheap: reads only the header)."""
+    path = Path(path)
+    meta = _read_header(path).get("__metadata__") or {}
+    if _META_KEY not in meta:
+        raise ModelFileError(
+            f"{path}: a safetensors file without a napari-csunet description; to use bare encoder "
+            "weights, import them with `csunet weights import`"
+        )
+    try:
+        return ModelInfo.from_json(meta[_META_KEY])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: invalid model description ({exc})") from None
+
+
+def save_model_file(path: str | Path, model: torch.nn.Module, info: ModelInfo, half: bool = False) -> Path:
+    """Write ``model``'s weights and ``info`` atomically. ``half`` stores float tensors as fp16."""
+    import torch
+    from safetensors.torch import save_file
+
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if half and v.is_floating_point():
+            v = v.to(torch.float16)
+        state[k] = v.contiguous()
+    path = Path(path)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata={_META_KEY: info.to_json()})
+    return path
+
+
+def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelInfo]:
+    """Rebuild the network from the file alone and load its weights strictly (no pickle)."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .models import build_model
+
+    path = Path(path)
+    info = read_model_info(path)
+    model = build_model(info.config)
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ModelFileError(f"{path}: corrupt weights ({exc})") from None
+    target = model.state_dict()
+    state = {k: v.to(target[k].dtype) if k in target else v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelFileError(
+            f"{path}: weights do not match the described architecture "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    return model.to(torch.device(device)).eval(), info
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """A JSON-friendly summary for listings (`csunet models`, the GUI)."""
+    info = read_model_info(path)
+    return {"path": str(path), "name": info.name or Path(path).stem, "preset": info.preset,
+            "classes": info.class_names, "description": info.description,
+            "metrics": info.provenance.get("metrics", {})}

@@ -1,0 +1,59 @@
+"""Where model files live: the starter models shipped in the package, and the user's own."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["STARTER_DIR", "user_models_dir", "list_model_files", "resolve_model"]
+
+STARTER_DIR = Path(__file__).parent / "starter_models"
+
+
+def user_models_dir() -> Path:
+    """Fine-tuned models (``CSUNET_MODELS_DIR`` overrides the platform data dir)."""
+    env = os.environ.get("CSUNET_MODELS_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-csunet")) / "models"
+
+
+def list_model_files() -> list[dict[str, Any]]:
+    """Starter models first, then the user's fine-tuned ones (newest first)."""
+    from .modelfile import ModelFileError, describe
+
+    out = []
+    starters = sorted(STARTER_DIR.glob("*.safetensors")) if STARTER_DIR.is_dir() else []
+    user_dir = user_models_dir()
+    users = sorted(user_dir.glob("*.safetensors"), key=lambda p: -p.stat().st_mtime) if user_dir.is_dir() else []
+    for kind, paths in (("starter", starters), ("user", users)):
+        for p in paths:
+            try:
+                out.append(describe(p) | {"kind": kind})
+            except ModelFileError:
+                continue
+    return out
+
+
+def resolve_model(spec: str) -> tuple[str, Path | None]:
+    """``spec`` is a model file path, a starter/user model name, or a preset name.
+
+    Returns ``("file", path)`` or ``("preset", None)``.
+    """
+    p = Path(spec)
+    if p.suffix == ".safetensors" or p.exists():
+        if not p.exists():
+            raise FileNotFoundError(f"model file not found: {p}")
+        return "file", p
+    for entry in list_model_files():
+        if entry["name"] == spec:
+            return "file", Path(entry["path"])
+    from .models.registry import PRESETS
+
+    if spec in PRESETS:
+        return "preset", None
+    names = [e["name"] for e in list_model_files()] + list(PRESETS)
+    raise KeyError(f"unknown model {spec!r}: not a file, and not one of {', '.join(names)}")
