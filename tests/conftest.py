@@ -17,6 +17,7 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CSUNET_CACHE_DIR", str(base / "cache"))
     monkeypatch.setenv("CSUNET_MODELS_DIR", str(base / "models"))
     monkeypatch.setenv("CSUNET_ANNOTATIONS_DIR", str(base / "annotations"))
+    monkeypatch.setenv("CSUNET_CONFIG_DIR", str(base / "config"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,67 @@
+"""napari reader for segmentation masks: NASA colour overlays and label TIFFs.
+
+Claims only mask-like names (``*_labels.tif``, ``*_mask.tif`` ...; see napari.yaml) so napari's
+own reader keeps opening micrographs without asking. Colour overlays decode with NASA's Super
+colours; label TIFFs written by this plugin carry their class names and colours.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ._layerdata import labels_layer_data
+from .io import SUPER_CLASSES, MaskError, decode_color_mask, read_image
+from .modelfile import default_class_colors
+
+__all__ = ["napari_get_reader", "read_labels", "classes_from_tiff"]
+
+_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+def napari_get_reader(path: str | list[str]) -> Callable | None:
+    """Return the reader when ``path`` is one mask file (or a list of them)."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths or not all(Path(p).suffix.lower() in _SUFFIXES and Path(p).is_file() for p in paths):
+        return None
+    return read_labels
+
+
+def classes_from_tiff(path: Path) -> tuple[list[str], list[str]] | None:
+    """Class names/colours this plugin's writer stored in the TIFF description, if any."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            meta = json.loads(tif.pages[0].description or "{}")
+    except (ValueError, OSError, tifffile.TiffFileError):
+        return None
+    if isinstance(meta, dict) and meta.get("class_names"):
+        names = [str(n) for n in meta["class_names"]]
+        return names, list(meta.get("class_colors") or default_class_colors(len(names)))
+    return None
+
+
+def read_labels(path: str | list[str]) -> list[tuple]:
+    """One Labels layer per file, classes 1..K (0 = unlabelled)."""
+    out = []
+    for p in [path] if isinstance(path, str) else path:
+        p = Path(p)
+        raw = read_image(p)
+        if raw.ndim == 3 and raw.shape[-1] in (3, 4):
+            labels, names, colors = decode_color_mask(raw, SUPER_CLASSES, name=str(p)), SUPER_CLASSES.names, SUPER_CLASSES.colors
+        elif raw.ndim == 2 and raw.dtype.kind in "ui":
+            labels = raw
+            stored = classes_from_tiff(p)
+            k = max(int(labels.max()), 1)
+            names, colors = stored or ([f"class {i}" for i in range(1, k + 1)], default_class_colors(k))
+        else:
+            raise MaskError(f"{p}: {raw.dtype} {raw.shape} is neither a label map nor an RGB colour overlay")
+        out.append(labels_layer_data(np.asarray(labels), names, colors, p.stem))
+    return out
+

@@ -1,0 +1,189 @@
+"""The annotation set: corrected images saved on disk the moment the user adds them.
+
+A folder with ``images/``, ``labels/`` and ``index.json``. Label TIFFs follow the project's
+convention (0 = unlabelled, classes 1..K) so partial corrections train only where painted.
+Every file is written atomically and the index last, so napari dying mid-way never loses or
+corrupts what was already added. ``CSUNET_ANNOTATIONS_DIR`` overrides the platform data dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_path, atomic_write_text
+
+__all__ = ["AnnotationError", "Annotation", "AnnotationStore", "default_annotations_dir", "class_counts"]
+
+INDEX = "index.json"
+
+
+class AnnotationError(ValueError):
+    """An annotation cannot be added (wrong shape, no labelled pixels, other classes)."""
+
+
+def default_annotations_dir() -> Path:
+    env = os.environ.get("CSUNET_ANNOTATIONS_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-csunet")) / "annotations"
+
+
+def class_counts(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
+    """Labelled pixels per class (0 = unlabelled is not counted)."""
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=len(class_names) + 1)
+    return {name: int(counts[i + 1]) for i, name in enumerate(class_names)}
+
+
+@dataclass
+class Annotation:
+    """One image/labels pair of the set (paths relative to the store's root)."""
+
+    id: str
+    name: str
+    image: str
+    labels: str
+    shape: list[int]
+    counts: dict[str, int]
+    created: float = field(default_factory=time.time)
+    region: list[int] | None = None  # [row0, col0, row1, col1] when restricted to a rectangle
+
+    @property
+    def labelled(self) -> int:
+        return sum(self.counts.values())
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
+
+
+class AnnotationStore:
+    """Add, list and remove corrected images; hand their paths to a training job."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_annotations_dir()
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / INDEX
+
+    def _read_index(self) -> dict[str, Any]:
+        if not self.index_path.exists():
+            return {"class_names": [], "class_colors": [], "entries": []}
+        try:
+            data = json.loads(self.index_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise AnnotationError(f"{self.index_path}: unreadable annotation index ({exc})") from None
+        data.setdefault("class_names", [])
+        data.setdefault("class_colors", [])
+        data.setdefault("entries", [])
+        return data
+
+    def _write_index(self, data: dict[str, Any]) -> None:
+        atomic_write_text(self.index_path, json.dumps(data, indent=2))
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._read_index()["class_names"])
+
+    @property
+    def class_colors(self) -> list[str]:
+        return list(self._read_index()["class_colors"])
+
+    def entries(self) -> list[Annotation]:
+        """The saved annotations, skipping (with a warning) any whose files went missing."""
+        out = []
+        for raw in self._read_index()["entries"]:
+            entry = Annotation(**raw)
+            if (self.root / entry.image).exists() and (self.root / entry.labels).exists():
+                out.append(entry)
+            else:
+                warnings.warn(f"annotation {entry.id!r}: files missing under {self.root}; skipped", stacklevel=2)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.entries())
+
+    def add(self, image: np.ndarray, labels: np.ndarray, *, name: str, class_names: Sequence[str],
+            class_colors: Sequence[str] = (), region: Sequence[int] | None = None) -> Annotation:
+        """Save ``image`` and ``labels`` (0 = unlabelled) now; re-adding a name replaces it.
+
+        ``region`` ([row0, col0, row1, col1]) keeps only the labels inside that rectangle.
+        """
+        image = np.asarray(image)
+        labels = np.asarray(labels)
+        if labels.ndim != 2:
+            raise AnnotationError(f"{name}: labels must be one 2D plane, got shape {labels.shape}")
+        if image.shape[:2] != labels.shape:
+            raise AnnotationError(f"{name}: image is {image.shape[:2]} but labels are {labels.shape}")
+        if labels.dtype.kind not in "ui" or (labels.size and labels.min() < 0):
+            raise AnnotationError(f"{name}: labels must be non-negative integers, got {labels.dtype}")
+        k = len(class_names)
+        if labels.size and int(labels.max()) > k:
+            raise AnnotationError(f"{name}: label {int(labels.max())} but the model has only {k} classes "
+                                  f"({', '.join(class_names)}); repaint those pixels or erase them (0)")
+        if region is not None:
+            labels = _restrict(labels, region)
+        counts = class_counts(labels, class_names)
+        if not any(counts.values()):
+            raise AnnotationError(f"{name}: no labelled pixels" + (" inside the rectangle" if region else ""))
+        data = self._read_index()
+        if data["entries"] and list(data["class_names"]) != list(class_names):
+            raise AnnotationError(
+                f"the annotation set in {self.root} has classes {data['class_names']} but these labels "
+                f"have {list(class_names)}; remove its entries or choose another annotation folder")
+        entries = [e for e in data["entries"] if e["name"] != name]
+        entry_id = _slug(name)
+        entry = Annotation(id=entry_id, name=name, image=f"images/{entry_id}.tif", labels=f"labels/{entry_id}.tif",
+                           shape=list(labels.shape), counts=counts,
+                           region=[int(v) for v in region] if region is not None else None)
+        _write_tiff(self.root / entry.image, image)
+        _write_tiff(self.root / entry.labels, labels.astype(np.uint8 if k < 256 else np.uint16))
+        data.update(class_names=list(class_names), class_colors=list(class_colors) or data["class_colors"],
+                    entries=[*entries, asdict(entry)])
+        self._write_index(data)
+        return entry
+
+    def remove(self, entry_id: str) -> None:
+        """Drop an annotation from the index, then delete its files."""
+        data = self._read_index()
+        keep = [e for e in data["entries"] if e["id"] != entry_id]
+        if len(keep) == len(data["entries"]):
+            raise AnnotationError(f"no annotation {entry_id!r} in {self.root}")
+        gone = next(e for e in data["entries"] if e["id"] == entry_id)
+        data["entries"] = keep
+        self._write_index(data)
+        for rel in (gone["image"], gone["labels"]):
+            (self.root / rel).unlink(missing_ok=True)
+
+    def pairs(self, ids: Sequence[str] | None = None) -> list[dict[str, str]]:
+        """``[{"image", "labels"}]`` absolute paths, the training job's format."""
+        return [{"image": str(self.root / e.image), "labels": str(self.root / e.labels)}
+                for e in self.entries() if ids is None or e.id in ids]
+
+
+def _restrict(labels: np.ndarray, region: Sequence[int]) -> np.ndarray:
+    r0, c0, r1, c1 = (int(round(v)) for v in region)
+    r0, r1 = sorted((max(r0, 0), min(r1, labels.shape[0])))
+    c0, c1 = sorted((max(c0, 0), min(c1, labels.shape[1])))
+    out = np.zeros_like(labels)
+    out[r0:r1, c0:c1] = labels[r0:r1, c0:c1]
+    return out
+
+
+def _write_tiff(path: Path, data: np.ndarray) -> None:
+    import tifffile
+
+    with atomic_path(path, suffix=".tif") as tmp:
+        tifffile.imwrite(tmp, data, compression="zlib")

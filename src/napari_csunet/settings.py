@@ -1,0 +1,74 @@
+"""User settings remembered between sessions (device, weight cache folder, fine-tune defaults).
+
+A small JSON file in the platform config dir (``CSUNET_CONFIG_DIR`` overrides it), written
+atomically. GUI-free so the command line and the plugin read the same values. A damaged file
+never stops the plugin: it falls back to the defaults and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write_text
+
+__all__ = ["Settings", "settings_path", "load_settings", "save_settings", "DEVICES"]
+
+#: device choices offered everywhere ("auto" picks CUDA, then MPS, then CPU)
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+@dataclass
+class Settings:
+    """What the plugin remembers. Empty strings mean "the default"."""
+
+    device: str = "auto"
+    #: folder of downloaded/imported encoder weights (empty: platform cache dir or CSUNET_CACHE_DIR)
+    weight_cache_dir: str = ""
+    allow_download: bool = False
+    #: the model file or preset used last, offered again at start-up
+    last_model: str = ""
+    tile: int = 512
+    #: the fine-tune panel's last values (steps, lr, crop, ...)
+    finetune: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            warnings.warn(f"settings: unknown device {self.device!r}, using 'auto'", stacklevel=2)
+            self.device = "auto"
+
+
+def settings_path() -> Path:
+    """``settings.json`` in ``CSUNET_CONFIG_DIR`` or the platform config dir."""
+    env = os.environ.get("CSUNET_CONFIG_DIR")
+    if env:
+        return Path(env) / "settings.json"
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("napari-csunet")) / "settings.json"
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """The saved settings, or the defaults when there are none or the file is damaged."""
+    path = Path(path) if path is not None else settings_path()
+    if not path.exists():
+        return Settings()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        known = {f.name for f in fields(Settings)}
+        return Settings(**{k: v for k, v in data.items() if k in known})
+    except (OSError, ValueError, TypeError) as exc:
+        warnings.warn(f"{path}: settings ignored ({exc}); using defaults", stacklevel=2)
+        return Settings()
+
+
+def save_settings(settings: Settings, path: str | Path | None = None) -> Path:
+    """Write the settings atomically (a crash never leaves a half-written file)."""
+    path = Path(path) if path is not None else settings_path()
+    return atomic_write_text(path, json.dumps(asdict(settings), indent=2))

@@ -1,0 +1,105 @@
+"""The annotation store: what is added is on disk at once, listed with counts, removable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_csunet.annotations import AnnotationError, AnnotationStore, default_annotations_dir
+from napari_csunet.settings import Settings, load_settings, save_settings
+
+NAMES = ["matrix", "secondary", "tertiary"]
+
+
+def _pair(shape=(64, 80)):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, shape, dtype=np.uint8)
+    labels = np.zeros(shape, np.uint8)
+    labels[:10] = 1
+    labels[10:20, :5] = 3
+    return image, labels
+
+
+def test_add_writes_files_and_index_at_once(tmp_path):
+    store = AnnotationStore(tmp_path)
+    image, labels = _pair()
+    entry = store.add(image, labels, name="spot 1", class_names=NAMES, class_colors=["#000", "#111", "#222"])
+    assert entry.counts == {"matrix": 800, "secondary": 0, "tertiary": 50}
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / entry.image), image)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / entry.labels), labels)
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert index["class_names"] == NAMES and index["entries"][0]["id"] == entry.id
+    # a fresh store (napari restarted) sees the same thing
+    assert [e.id for e in AnnotationStore(tmp_path).entries()] == [entry.id]
+    assert AnnotationStore(tmp_path).pairs() == [{"image": str(tmp_path / entry.image),
+                                                  "labels": str(tmp_path / entry.labels)}]
+
+
+def test_region_keeps_only_the_rectangle_and_readd_replaces(tmp_path):
+    store = AnnotationStore(tmp_path)
+    image, labels = _pair()
+    store.add(image, labels, name="a", class_names=NAMES)
+    entry = store.add(image, labels, name="a", class_names=NAMES, region=[0, 0, 5, 40])
+    assert len(store) == 1
+    assert entry.counts["matrix"] == 5 * 40 and entry.counts["tertiary"] == 0
+    assert tifffile.imread(tmp_path / entry.labels)[5:].max() == 0
+
+
+@pytest.mark.parametrize(
+    ("labels", "kwargs", "message"),
+    [
+        (np.zeros((64, 80), np.uint8), {}, "no labelled pixels"),
+        (np.full((64, 80), 7, np.uint8), {}, "label 7"),
+        (np.ones((32, 80), np.uint8), {}, "image is"),
+        (np.ones((64, 80), np.float32), {}, "non-negative integers"),
+        (np.ones((64, 80), np.uint8), {"class_names": ["a", "b"]}, "has classes"),
+    ],
+)
+def test_bad_additions_say_why_and_lose_nothing(tmp_path, labels, kwargs, message):
+    store = AnnotationStore(tmp_path)
+    image, good = _pair()
+    store.add(image, good, name="first", class_names=NAMES)
+    with pytest.raises(AnnotationError, match=message):
+        store.add(image, labels, name="second", **({"class_names": NAMES} | kwargs))
+    assert [e.name for e in store.entries()] == ["first"]
+
+
+def test_remove_deletes_entry_and_files(tmp_path):
+    store = AnnotationStore(tmp_path)
+    image, labels = _pair()
+    a = store.add(image, labels, name="a", class_names=NAMES)
+    b = store.add(image, labels, name="b", class_names=NAMES)
+    store.remove(a.id)
+    assert [e.id for e in store.entries()] == [b.id]
+    assert not (tmp_path / a.image).exists() and (tmp_path / b.image).exists()
+    with pytest.raises(AnnotationError, match="no annotation"):
+        store.remove(a.id)
+
+
+def test_missing_files_are_skipped_with_a_warning(tmp_path):
+    store = AnnotationStore(tmp_path)
+    image, labels = _pair()
+    entry = store.add(image, labels, name="a", class_names=NAMES)
+    (tmp_path / entry.labels).unlink()
+    with pytest.warns(UserWarning, match="files missing"):
+        assert store.entries() == []
+
+
+def test_default_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CSUNET_ANNOTATIONS_DIR", str(tmp_path / "ann"))
+    assert default_annotations_dir() == tmp_path / "ann"
+    assert AnnotationStore().root == tmp_path / "ann"
+
+
+def test_settings_roundtrip_and_damaged_file(tmp_path):
+    path = tmp_path / "settings.json"
+    save_settings(Settings(device="cpu", weight_cache_dir="/w", finetune={"steps": 50}), path)
+    again = load_settings(path)
+    assert (again.device, again.weight_cache_dir, again.finetune) == ("cpu", "/w", {"steps": 50})
+    path.write_text("{not json")
+    with pytest.warns(UserWarning, match="settings ignored"):
+        assert load_settings(path) == Settings()
+    assert load_settings() == Settings()  # CSUNET_CONFIG_DIR points at an empty temp dir
