@@ -1,0 +1,321 @@
+"""Tiled sliding-window prediction of micrographs of any size, 2D or stacks, on CPU, CUDA or MPS.
+
+Why it is built this way:
+
+- Networks take sides that are multiples of ``model.size_multiple`` (256 for CS-UNet); images are
+  reflect-padded (only where a side is shorter than a tile) and cut into overlapping tiles.
+- Tile probabilities are blended with a smooth window (:mod:`napari_csunet.tiling`), so there are
+  no seams. They are accumulated on the model's device in a band of one tile's height that slides
+  down the image: finished rows are turned into labels and leave the band at once. Memory is the
+  tile batch plus the outputs, never all tiles (a 16,384^2 image needs a ~26 MB band for 3 classes
+  at tile 512, plus its 268 MB of labels).
+- Each image is normalised by its own statistics (``{"mode": "image"}``) and every tile by the
+  whole image's, as in training; stacks are normalised and predicted slice by slice.
+- The model stays on its device between calls (the GUI keeps one Segmenter warm).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .io import ImageError, as_channels_last, image_stats, standardize, to_model_channels
+from .modelfile import ModelInfo
+from .tiling import TileLayout, check_tile
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["pick_device", "Cancelled", "InferenceMemoryError", "Prediction", "Segmenter", "split_planes"]
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+_FLIPS: tuple[tuple[int, ...], ...] = ((-1,), (-2,), (-2, -1))
+
+
+class Cancelled(Exception):
+    """The ``cancel`` callback asked prediction to stop; nothing partial is returned."""
+
+
+class InferenceMemoryError(MemoryError):
+    """The device ran out of memory; the message says which smaller tile/batch to try."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; a named device must exist (else ValueError)."""
+    import torch
+
+    if isinstance(name, torch.device):
+        name = str(name)
+    key = str(name).strip().lower()
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = mps is not None and mps.is_available()
+    if key == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_ok else "cpu")
+    try:
+        device = torch.device(key)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU here; use cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type == "mps":
+        if not mps_ok:
+            raise ValueError(f"device {name!r} asked for, but Apple MPS is not available here; use cpu or auto")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+@dataclass
+class Prediction:
+    """Labels 1..K (never 0), and on request probabilities and 1 - max probability."""
+
+    labels: np.ndarray
+    probs: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+
+
+def split_planes(image: np.ndarray, name: str = "image") -> tuple[list[np.ndarray], bool]:
+    """(the 2D planes (H, W[, C<=3]), whether the input was a stack).
+
+    A 3D array whose last side is 1..4 is one colour image, and one whose last side is at most 16
+    and the shortest is an image with too many channels (refused); other 3D/4D arrays are
+    (Z, H, W[, C]) stacks. Planes are checked (dtype, NaN/inf, channels) and alpha is dropped.
+    """
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3, 4):
+        raise ImageError(f"{name}: shape {arr.shape} is neither a 2D image (H, W[, C]) nor a stack (Z, H, W[, C])")
+    channels_last = arr.ndim == 3 and (arr.shape[-1] <= 4 or arr.shape[-1] <= min(16, *arr.shape[:2]))
+    stack = arr.ndim == 4 or (arr.ndim == 3 and not channels_last)
+    if stack and arr.shape[0] == 0:
+        raise ImageError(f"{name}: the stack has no slices")
+    planes = [as_channels_last(p, f"{name}[{z}]" if stack else name) for z, p in enumerate(arr if stack else [arr])]
+    return planes, stack
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    import torch
+
+    if device.type != "cuda":
+        return None  # CPU autocast is slower than fp32 on most CPUs; MPS runs fp32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t)
+    text = str(exc).lower()
+    return isinstance(exc, types) or (isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
+
+
+class Segmenter:
+    """A model kept warm on its device, and how to tile images for it."""
+
+    def __init__(self, model: torch.nn.Module, info: ModelInfo, device: str | torch.device = "auto", tile: int = 512,
+                 overlap: float = 0.25, batch_size: int = 4, amp: bool = True, tta: bool = False) -> None:
+        import torch
+
+        self.multiple = int(getattr(model, "size_multiple", 1))
+        check_tile(tile, self.multiple, overlap)
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 1 <= info.num_classes <= 255:
+            raise ValueError(f"labels are stored as uint8: at most 255 classes, the model has {info.num_classes}")
+        self.info = info
+        self.device = pick_device(device)
+        self.tile, self.overlap, self.batch_size, self.tta = int(tile), float(overlap), int(batch_size), bool(tta)
+        self.amp_dtype = _amp_dtype(self.device) if amp else None
+        self.channels_last = self.device.type == "cuda"  # cuDNN convolutions prefer NHWC under AMP
+        self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.in_chans = int(info.config.in_chans)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kw: Any) -> Segmenter:
+        """Load a model file (see :mod:`napari_csunet.modelfile`)."""
+        from .modelfile import load_model_file
+
+        model, info = load_model_file(path, device="cpu")
+        return cls(model, info, **kw)
+
+    @classmethod
+    def from_spec(cls, spec: str, **kw: Any) -> Segmenter:
+        """A model file path, a starter/user model name, or a preset (random weights: warns)."""
+        from .zoo import resolve_model
+
+        kind, path = resolve_model(spec)
+        if kind == "file":
+            return cls.from_file(path, **kw)
+        from .models import build_model
+        from .models.registry import get_preset
+
+        config = get_preset(spec).config
+        warnings.warn(f"{spec!r} is a preset with random weights: its labels mean nothing until it is trained "
+                      "or fine-tuned; pass a model file for real segmentations", UserWarning, stacklevel=2)
+        info = ModelInfo(config, [f"class {i + 1}" for i in range(config.num_classes)], preset=spec, name=spec,
+                         description="untrained preset (random weights)")
+        return cls(build_model(config), info, **kw)
+
+    @property
+    def name(self) -> str:
+        return self.info.name or self.info.preset or "model"
+
+    def num_tiles(self, shape: Sequence[int]) -> int:
+        """Tiles one (H, W) plane needs (without TTA), e.g. for an estimate before predicting."""
+        return TileLayout.plan((shape[0], shape[1]), self.tile, self.overlap, self.multiple).num_tiles
+
+    def predict(self, image: np.ndarray, *, want_probs: bool = False, want_uncertainty: bool = False,
+                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                name: str = "image") -> Prediction:
+        """Segment a 2D image (H, W[, C]) or a stack (Z, H, W[, C]) slice by slice.
+
+        ``progress(done, total)`` counts tiles; ``cancel()`` returning True raises :class:`Cancelled`
+        before the next batch. ``name`` is used in error messages (e.g. the file path).
+        """
+        import torch
+
+        planes, stack = split_planes(image, name)
+        layouts = [TileLayout.plan(p.shape[:2], self.tile, self.overlap, self.multiple) for p in planes]
+        total, done = sum(lay.num_tiles for lay in layouts), 0
+
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, total)
+
+        if progress is not None:
+            progress(0, total)
+        (h, w), k, z = layouts[0].shape, self.info.num_classes, len(planes)
+        out = Prediction(np.empty((z, h, w), np.uint8), np.empty((z, k, h, w), np.float16) if want_probs else None,
+                         np.empty((z, h, w), np.float32) if want_uncertainty else None)
+        with torch.inference_mode():
+            for i, (plane, layout) in enumerate(zip(planes, layouts, strict=True)):
+                view = Prediction(*(None if a is None else a[i] for a in (out.labels, out.probs, out.uncertainty)))
+                self._predict_plane(plane, layout, view, tick, cancel, f"{name}[{i}]" if stack else name)
+        if not stack:
+            out = Prediction(*(None if a is None else a[0] for a in (out.labels, out.probs, out.uncertainty)))
+        return out
+
+    # -- one plane -------------------------------------------------------------------------------
+
+    def _stats(self, plane: np.ndarray) -> tuple[float, float]:
+        norm = self.info.normalization or {"mode": "image"}
+        mode = norm.get("mode", "image")
+        if mode == "image":
+            step = max(1, plane.shape[0] // 2048)  # row subsample keeps huge mosaics cheap
+            return image_stats(to_model_channels(plane[::step], self.in_chans))
+        if mode == "fixed":
+            return float(norm["mean"]), float(norm["std"])
+        if mode == "none":
+            return 0.0, 1.0
+        raise ValueError(f"model {self.name!r}: unknown normalization mode {mode!r}; known: image, fixed, none")
+
+    def _check_channels(self, plane: np.ndarray, name: str) -> None:
+        c = 1 if plane.ndim == 2 else plane.shape[-1]
+        if not (self.in_chans == 1 or c == 1 or c == self.in_chans):
+            raise ImageError(f"{name}: image has {c} channels but model {self.name!r} expects {self.in_chans}; "
+                             "convert the image or use a model trained on such images")
+
+    def _predict_plane(self, plane: np.ndarray, layout: TileLayout, out: Prediction,
+                       tick: Callable[[int], None], cancel: CancelFn | None, name: str) -> None:
+        """Fill ``out`` (views of the caller's arrays) with one plane's prediction."""
+        import torch
+
+        self._check_channels(plane, name)
+        stats = self._stats(plane)
+        padded = layout.pad_image(plane)
+        k, dev = self.info.num_classes, self.device
+        (th, tw), hp = layout.tile, layout.padded[0]
+        wy, wx = layout.windows()
+        sy, sx = (torch.from_numpy(s).to(dev) for s in layout.weight_sums())
+        win = torch.from_numpy(np.outer(wy, wx)).to(dev)
+        acc = torch.zeros((k, th, layout.padded[1]), dtype=torch.float32, device=dev)
+        tiles = [(i, y, x) for i, y in enumerate(layout.ys) for x in layout.xs]
+        base = 0  # padded row held by acc[:, 0]
+        for b in range(0, len(tiles), self.batch_size):
+            if cancel is not None and cancel():
+                raise Cancelled(f"{name}: segmentation cancelled")
+            batch = tiles[b:b + self.batch_size]
+            probs = self._forward(self._batch(padded, batch, (th, tw), stats), (th, tw))
+            for (i, y, x), p in zip(batch, probs, strict=True):
+                acc[:, y - base:y - base + th, x:x + tw] += p * win
+                if x == layout.xs[-1]:  # row of tiles i is complete: rows above the next one are final
+                    nxt = layout.ys[i + 1] if i + 1 < len(layout.ys) else hp
+                    band = acc[:, :nxt - base] / (sy[base:nxt, None] * sx[None, :])
+                    self._emit(band, layout, base, nxt, out)
+                    d = nxt - base
+                    acc[:, :th - d] = acc[:, d:].clone()
+                    acc[:, th - d:] = 0
+                    base = nxt
+            tick(len(batch))
+
+    def _batch(self, padded: np.ndarray, batch: list[tuple[int, int, int]], size: tuple[int, int],
+               stats: tuple[float, float]) -> torch.Tensor:
+        import torch
+
+        th, tw = size
+        arrays = [standardize(to_model_channels(padded[y:y + th, x:x + tw], self.in_chans), stats) for _, y, x in batch]
+        x = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Softmax probabilities (B, K, th, tw) in float32, flip-averaged with TTA."""
+        import torch
+
+        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        try:
+            with amp:
+                probs = self._probs(x)
+                if self.tta:
+                    for dims in _FLIPS:
+                        probs = probs + self._probs(x.flip(dims)).flip(dims)
+                    probs = probs / (1 + len(_FLIPS))
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_oom(exc):
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            smaller = max(self.multiple, self.tile // 2)
+            raise InferenceMemoryError(
+                f"out of memory on {self.device} with {size[0]}x{size[1]} tiles in batches of {len(x)}"
+                f"{' with flip TTA' if self.tta else ''}: use a smaller batch (batch_size/--batch 1) or tile "
+                f"(tile/--tile {smaller})") from None
+        return probs
+
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        k = self.info.num_classes
+        if logits.ndim != 4 or logits.shape[1] != k or logits.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"model {self.name!r} returned shape {tuple(logits.shape)} for input {tuple(x.shape)}; "
+                             f"expected (batch, {k} classes, {x.shape[-2]}, {x.shape[-1]})")
+        return logits.float().softmax(1)
+
+    @staticmethod
+    def _emit(band: torch.Tensor, layout: TileLayout, r0: int, r1: int, out: Prediction) -> None:
+        """Write finished padded rows [r0, r1) (blended probabilities (K, r1-r0, Wp)) into ``out``."""
+        import torch
+
+        src, dst = layout.row_slice(r0, r1)
+        band = band[:, src, layout.col_slice]
+        if band.shape[1] == 0:
+            return
+        top, idx = band.max(0)
+        out.labels[dst] = (idx + 1).to(torch.uint8).cpu().numpy()
+        if out.probs is not None:
+            out.probs[:, dst] = band.half().cpu().numpy()
+        if out.uncertainty is not None:
+            out.uncertainty[dst] = (1.0 - top).cpu().numpy()

@@ -1,0 +1,120 @@
+"""Sliding-window geometry for tiled prediction (numpy only, no torch).
+
+A :class:`TileLayout` says where the tiles of one 2D image go: how the image is reflect-padded
+(only where a side is shorter than a tile), the tile size per axis (never larger than the padded
+side, always a multiple of the model's ``size_multiple``), the tile origins, and a smooth blending
+window. The window is a product of 1D ramps and the tiles form a product grid, so the sum of the
+windows over all tiles is the outer product of two 1D sums: normalising needs no (H, W) weight map.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["TileLayout", "tile_starts", "ramp_window", "check_tile", "MAX_OVERLAP"]
+
+#: above this the number of tiles explodes for no gain in quality
+MAX_OVERLAP = 0.75
+
+
+def check_tile(tile: int, multiple: int, overlap: float) -> None:
+    """Refuse tile sizes the model cannot take and overlaps outside [0, MAX_OVERLAP]."""
+    if not isinstance(tile, (int, np.integer)) or tile < multiple or tile % multiple:
+        nearest = max(multiple, int(round(tile / multiple)) * multiple) if isinstance(tile, (int, float)) else multiple
+        raise ValueError(f"tile {tile!r} must be a positive multiple of {multiple} pixels for this model; try {nearest}")
+    if not 0.0 <= overlap <= MAX_OVERLAP:
+        raise ValueError(f"overlap {overlap!r} must be a fraction of the tile between 0 and {MAX_OVERLAP} (default 0.25)")
+
+
+def tile_starts(length: int, tile: int, overlap_px: int) -> list[int]:
+    """Evenly spread tile origins covering ``[0, length)`` with at least ``overlap_px`` of overlap."""
+    if length <= tile:
+        return [0]
+    stride = max(1, tile - overlap_px)
+    n = math.ceil((length - tile) / stride) + 1
+    return [int(round(v)) for v in np.linspace(0, length - tile, n)]
+
+
+def ramp_window(tile: int, starts: list[int], floor: float = 1e-3) -> np.ndarray:
+    """1D blending weights: sin^2 ramps over the actual overlap, 1 in the middle, never 0.
+
+    Neighbouring ramps sum to about one (sin^2 + cos^2), so logits/probabilities cross-fade
+    smoothly instead of switching at a seam.
+    """
+    w = np.ones(tile, dtype=np.float64)
+    if len(starts) > 1:
+        ramp = tile - int(np.diff(starts).max())
+        if ramp > 0:
+            up = np.sin(0.5 * np.pi * (np.arange(ramp) + 0.5) / ramp) ** 2
+            w[:ramp] = up
+            w[tile - ramp:] = up[::-1]
+    return np.maximum(w, floor).astype(np.float32)
+
+
+def _axis_plan(length: int, tile: int, multiple: int, overlap: float) -> tuple[int, int, int, list[int]]:
+    """(tile size, padded length, pad before, starts) for one axis."""
+    size = min(tile, -(-length // multiple) * multiple)
+    padded = max(length, size)
+    starts = tile_starts(padded, size, int(round(overlap * size)))
+    return size, padded, (padded - length) // 2, starts
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Where the tiles of an (H, W) image go, in the coordinates of the padded image."""
+
+    shape: tuple[int, int]
+    tile: tuple[int, int]
+    padded: tuple[int, int]
+    pad: tuple[int, int]  # rows/columns added before the image (the rest goes after)
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    @classmethod
+    def plan(cls, shape: tuple[int, int], tile: int, overlap: float, multiple: int) -> TileLayout:
+        check_tile(tile, multiple, overlap)
+        h, w = int(shape[0]), int(shape[1])
+        th, hp, top, ys = _axis_plan(h, tile, multiple, overlap)
+        tw, wp, left, xs = _axis_plan(w, tile, multiple, overlap)
+        return cls((h, w), (th, tw), (hp, wp), (top, left), tuple(ys), tuple(xs))
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    def pad_image(self, image: np.ndarray) -> np.ndarray:
+        """Reflect-pad an (H, W[, C]) image to the padded size (no copy when none is needed)."""
+        (h, w), (hp, wp), (top, left) = self.shape, self.padded, self.pad
+        if (hp, wp) == (h, w):
+            return image
+        widths = [(top, hp - h - top), (left, wp - w - left)] + [(0, 0)] * (image.ndim - 2)
+        return np.pad(image, widths, mode="reflect")
+
+    def windows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The per-axis blending windows (th,), (tw,)."""
+        return ramp_window(self.tile[0], list(self.ys)), ramp_window(self.tile[1], list(self.xs))
+
+    def weight_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sum of the windows over all tiles along each padded axis, (Hp,) and (Wp,)."""
+        sums = []
+        for n, size, starts, win in zip(self.padded, self.tile, (self.ys, self.xs), self.windows(), strict=True):
+            s = np.zeros(n, dtype=np.float32)
+            for a in starts:
+                s[a:a + size] += win
+            sums.append(s)
+        return sums[0], sums[1]
+
+    def row_slice(self, r0: int, r1: int) -> tuple[slice, slice]:
+        """For padded rows [r0, r1): (rows of that band inside the image, the same rows in image coordinates)."""
+        top, h = self.pad[0], self.shape[0]
+        a, b = max(r0, top), min(r1, top + h)
+        if a >= b:
+            return slice(0, 0), slice(0, 0)
+        return slice(a - r0, b - r0), slice(a - top, b - top)
+
+    @property
+    def col_slice(self) -> slice:
+        return slice(self.pad[1], self.pad[1] + self.shape[1])
