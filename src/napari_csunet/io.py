@@ -8,6 +8,7 @@ class, so the NASA-layout reader maps NASA class ``c`` to ``c + 1``; NASA colour
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,16 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 _SUPPORTED_KINDS = "uifb"  # unsigned, signed, float, bool
+
+
+class _NoShapedSeriesNoise(logging.Filter):
+    """tifffile logs "shaped series shape does not match page shape" for NASA's masks: harmless."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "shaped series" not in record.getMessage()
+
+
+logging.getLogger("tifffile").addFilter(_NoShapedSeriesNoise())
 
 
 class ImageError(ValueError):
