@@ -1,0 +1,154 @@
+"""``csunet train`` and ``csunet finetune``: a recipe, a folder or a job file -> a model file.
+
+Both run the same job as ``python -m csunet_train.job`` in this process, with a progress bar on
+stderr, or with the JSON-lines events on stdout (``--json-events``). No torch at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["register", "config_from_args"]
+
+#: flag name -> job key, for the options both subcommands share (None = not given)
+_SHARED = {
+    "data": "data_dir", "split": "split", "val_split": "val_split", "names": "names", "steps": "steps", "lr": "lr",
+    "crop": "crop", "batch_size": "batch_size", "aug_strength": "aug_strength", "freeze_cnn": "freeze_cnn",
+    "freeze_swin": "freeze_swin", "eval_every": "eval_every", "patience": "patience", "device": "device",
+    "amp": "amp", "seed": "seed", "num_workers": "num_workers", "stop_file": "stop_file", "out": "out",
+    "half": "half", "zero_is_class": "zero_is_class", "name": "name",
+}
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _weights(text: str) -> dict[str, str | None]:
+    """``cnn=imagenet,swin=microlite`` -> {"cnn": "imagenet", "swin": "microlite"}."""
+    out: dict[str, str | None] = {"cnn": None, "swin": None}
+    for part in _csv(text):
+        key, sep, value = part.partition("=")
+        if not sep or key not in out:
+            raise argparse.ArgumentTypeError(f"--weights: expected cnn=SOURCE,swin=SOURCE, got {part!r}")
+        out[key] = value or None
+    return out
+
+
+def _add_shared(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="DIR", help="folder in NASA's layout (train/ + train_annot/) or images/ + masks/")
+    g.add_argument("--split", help="training split of --data (default train)")
+    g.add_argument("--val-split", help="validation split (default val; held out from the training images if absent)")
+    g.add_argument("--names", type=_csv, metavar="A,B", help="train only on these image stems")
+    g.add_argument("--zero-is-class", action="store_true", default=None,
+                   help="label maps count 0 as a class (NASA's); default: 0 = unlabelled except in NASA's layout")
+    g = p.add_argument_group("training")
+    g.add_argument("--steps", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--crop", type=int, help="crop side in pixels, a multiple of 256")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--aug-strength", type=float, help="0 (none) .. 1 (strong)")
+    g.add_argument("--freeze-cnn", action="store_true", default=None)
+    g.add_argument("--freeze-swin", action="store_true", default=None)
+    g.add_argument("--eval-every", type=int, metavar="STEPS")
+    g.add_argument("--patience", type=int, metavar="EVALS", help="stop after this many evaluations without gain")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on GPUs")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--num-workers", type=int)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", metavar="FILE", help="model file to write (.safetensors)")
+    g.add_argument("--name", help="model name shown in the GUI")
+    g.add_argument("--half", action="store_true", default=None, help="store fp16 weights (half the size)")
+    g.add_argument("--stop-file", metavar="FILE", help="stop cleanly when this file appears")
+    g.add_argument("--json-events", action="store_true", help="JSON-lines events on stdout instead of a progress bar")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a preset, a recipe or a job file",
+                       description="Train a model: --recipe FILE | --job JOB.json | --data DIR --preset NAME --out FILE")
+    p.add_argument("--recipe", metavar="FILE", help="YAML recipe (a path, or a name in training/recipes)")
+    p.add_argument("--data-root", metavar="DIR", help="where a recipe's data_dir lives (default ../shared/data/nasa)")
+    p.add_argument("--job", metavar="JOB.json", help="run a job file (the GUI's format)")
+    p.add_argument("--preset", help="architecture (see `csunet models`)")
+    p.add_argument("--weights", type=_weights, metavar="cnn=SRC,swin=SRC", help="pretrained encoder sources")
+    p.add_argument("--allow-download", action="store_true", default=None, help="let weight sources download")
+    p.add_argument("--model", metavar="FILE", help="resume from this model file")
+    _add_shared(p)
+    p.set_defaults(func=_run, mode="train")
+    p = sub.add_parser("finetune", help="fine-tune a model file on labelled images",
+                       description="Fine-tune: --model FILE --data DIR --out FILE")
+    p.add_argument("--model", required=True, metavar="FILE", help="model file or model name to start from")
+    _add_shared(p)
+    p.set_defaults(func=_run, mode="finetune", recipe=None, data_root=None, job=None, preset=None, weights=None,
+                   allow_download=None)
+
+
+def config_from_args(args: argparse.Namespace):
+    """A TrainConfig from a recipe/job file plus the flags that were given."""
+    from .config import TrainConfig, load_job, load_recipe
+
+    given: dict[str, Any] = {key: getattr(args, flag) for flag, key in _SHARED.items()
+                             if getattr(args, flag, None) is not None}
+    for key in ("preset", "weights", "allow_download", "model"):
+        if getattr(args, key, None) is not None:
+            given[key] = getattr(args, key)
+    if args.mode == "finetune":
+        given["mode"] = "finetune"
+    if args.recipe:
+        return load_recipe(args.recipe, args.data_root, **given)
+    if args.job:
+        base = load_job(args.job).to_dict()
+        return TrainConfig.from_dict(base | given)
+    return TrainConfig.from_dict({"out": ""} | given)
+
+
+class _Progress:
+    """Events -> a tqdm bar and short lines on stderr."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        kind = event["event"]
+        if kind == "started":
+            tqdm.write(f"training on {event['device']}: {event['train_images']} train / {event['val_images']} val "
+                       f"images, {event['params'] / 1e6:.1f}M parameters, classes {', '.join(event['classes'])}",
+                       file=sys.stderr)
+            self.bar = tqdm(total=event["steps"], unit="step", file=sys.stderr, dynamic_ncols=True)
+        elif kind == "step" and self.bar is not None:
+            self.bar.update(event["step"] - self.bar.n)
+            self.bar.set_postfix(loss=f"{event['loss']:.4f}", img_s=f"{event['images_per_s']:.1f}")
+        elif kind == "eval" and event["metrics"]:
+            m = event["metrics"]
+            tqdm.write(f"step {event['step']}: mIoU {m['miou']:.4f}, paper IoU {m['iou_paper']:.4f}"
+                       + (" (best)" if event["best"] else ""), file=sys.stderr)
+        elif kind in ("warning", "error"):
+            tqdm.write(f"{kind}: {event['message']}", file=sys.stderr)
+        elif kind == "done":
+            if self.bar is not None:
+                self.bar.close()
+            best = event["best_metrics"] or {}
+            note = " (stopped)" if event["stopped"] else ""
+            miou = f"mIoU {best['miou']:.4f}, paper IoU {best['iou_paper']:.4f} " if best.get("miou") is not None else ""
+            print(f"saved {event['path']}{note}: {miou}from step {event['best_step']}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .events import StopControl, stdout_events
+    from .job import EXIT_CODES, run_and_report
+
+    emit = stdout_events() if args.json_events else _Progress()
+    try:
+        cfg = config_from_args(args)
+    except ConfigError as exc:
+        emit({"event": "error", "kind": "data", "message": str(exc)})
+        return EXIT_CODES["data"]
+    with StopControl(cfg.stop_file) as stop:
+        return run_and_report(cfg, emit, stop)

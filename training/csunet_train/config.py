@@ -1,0 +1,175 @@
+"""The training job description (JOB.json, recipes, CLI flags all become one ``TrainConfig``).
+
+Importable without torch: the CLI and the GUI build and validate jobs before any child starts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from napari_csunet.models.config import TILE_MULTIPLE
+
+__all__ = ["TrainConfig", "ConfigError", "load_job", "load_recipe", "REPO_ROOT", "default_data_root"]
+
+#: the repository root when running from a checkout (recipes resolve ``out`` against it)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODES = ("train", "finetune")
+
+
+class ConfigError(ValueError):
+    """A job, recipe or flag is invalid; the message names the key and the accepted values."""
+
+
+@dataclass
+class TrainConfig:
+    """One training job. Keys are those of JOB.json (see docs/training.md)."""
+
+    out: str
+    mode: str = "train"
+    model: str | None = None  # model file to start from (finetune / resume)
+    preset: str | None = None  # architecture to train from scratch (train)
+    weights: dict[str, str | None] = field(default_factory=lambda: {"cnn": None, "swin": None})
+    allow_download: bool = False  # pretrained sources may download only when asked
+    pairs: list[dict[str, str]] = field(default_factory=list)
+    data_dir: str | None = None
+    split: str = "train"
+    val_split: str = "val"
+    names: list[str] | None = None
+    val_pairs: list[dict[str, str]] | None = None
+    zero_is_class: bool | None = None  # folders: label maps whose 0 is a class (NASA's default)
+    class_names: list[str] | None = None
+    class_colors: list[str] | None = None
+    steps: int = 1000
+    lr: float = 5e-4
+    crop: int = 256
+    batch_size: int = 4
+    aug_strength: float = 0.5
+    freeze_cnn: bool = False
+    freeze_swin: bool = False
+    eval_every: int = 50
+    patience: int | None = None  # evaluations without improvement before stopping early
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    stop_file: str | None = None
+    num_workers: int = 0
+    warmup_steps: int | None = None  # default: 5% of the steps, at most 100
+    weight_decay: float = 1e-4
+    encoder_lr_mult: float = 0.1  # for encoders that start from pretrained weights or a model file
+    grad_clip: float = 1.0
+    class_balance: float = 0.5  # share of crops centred on a uniformly chosen class
+    val_fraction: float = 0.2  # held out when no validation data is given
+    half: bool = False  # store the model file as fp16 (shipped starter models)
+    name: str = ""
+    description: str = ""
+    recipe: str | None = None  # recipe name, recorded in the provenance
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        need(bool(self.out), "out: a path for the model file is required")
+        need(self.mode in MODES, f"mode: {self.mode!r} is not one of {MODES}")
+        if self.mode == "train":
+            need(bool(self.preset) or bool(self.model), "mode 'train' needs a preset (or a model file to resume)")
+        else:
+            need(bool(self.model), "mode 'finetune' needs a model file ('model')")
+        need(bool(self.pairs) or bool(self.data_dir), "no training data: give 'pairs' and/or 'data_dir'")
+        need(isinstance(self.steps, int) and self.steps >= 0, f"steps: {self.steps!r} must be an integer >= 0")
+        need(isinstance(self.crop, int) and self.crop > 0 and self.crop % TILE_MULTIPLE == 0,
+             f"crop: {self.crop!r} must be a positive multiple of {TILE_MULTIPLE}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be an integer >= 1")
+        need(0.0 <= float(self.aug_strength) <= 1.0, f"aug_strength: {self.aug_strength} must be in 0..1")
+        need(float(self.lr) > 0, f"lr: {self.lr} must be > 0")
+        need(isinstance(self.eval_every, int) and self.eval_every >= 1, "eval_every must be an integer >= 1")
+        need(self.patience is None or (isinstance(self.patience, int) and self.patience >= 1),
+             "patience must be null or an integer >= 1")
+        need(self.num_workers >= 0, "num_workers must be >= 0")
+        need(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
+        need(set(self.weights) <= {"cnn", "swin"}, f"weights: unknown keys {sorted(set(self.weights) - {'cnn', 'swin'})}")
+        for key in ("pairs", "val_pairs"):
+            for i, pair in enumerate(getattr(self, key) or []):
+                need(isinstance(pair, dict) and {"image", "labels"} <= set(pair),
+                     f"{key}[{i}]: expected {{'image': path, 'labels': path}}, got {pair!r}")
+        if self.class_colors is not None and self.class_names is not None:
+            need(len(self.class_colors) == len(self.class_names), "class_colors and class_names differ in length")
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else min(100, self.steps // 20)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown job keys {unknown}; known keys: {sorted(known)}")
+        data = dict(data)
+        if data.get("weights") is None:
+            data.pop("weights", None)
+        for key in ("steps", "crop", "batch_size", "eval_every", "seed", "num_workers"):
+            if isinstance(data.get(key), float) and float(data[key]).is_integer():
+                data[key] = int(data[key])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_job(path: str | Path) -> TrainConfig:
+    """Read a JOB.json file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"job file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a job is a JSON object")
+    return TrainConfig.from_dict(data)
+
+
+def default_data_root() -> Path:
+    """``../shared/data/nasa`` next to the repository (where the team keeps NASA's data)."""
+    return REPO_ROOT.parent / "shared" / "data" / "nasa"
+
+
+def load_recipe(path: str | Path, data_root: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """A YAML recipe -> TrainConfig. ``data_dir`` is relative to ``data_root``; ``out`` to the repository.
+
+    ``overrides`` (e.g. ``out``, ``steps``) replace the recipe's values when not None.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.exists() and not path.suffix:
+        path = Path(__file__).resolve().parent.parent / "recipes" / f"{path}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"recipe not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a YAML mapping")
+    data.setdefault("recipe", path.stem)
+    root = Path(data_root) if data_root is not None else default_data_root()
+    if data.get("data_dir") is not None and not Path(data["data_dir"]).is_absolute():
+        data["data_dir"] = str(root / data["data_dir"])
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if data.get("out") and not Path(data["out"]).is_absolute() and "out" not in {k for k, v in overrides.items() if v}:
+        data["out"] = str(REPO_ROOT / data["out"])
+    if data.get("data_dir") and not Path(data["data_dir"]).is_dir():
+        raise ConfigError(f"recipe {path.stem}: data folder {data['data_dir']} not found; pass --data-root")
+    return TrainConfig.from_dict(data)

@@ -1,0 +1,216 @@
+"""Training data: labelled images from arrays, pair files or folders; checks; the validation split.
+
+Labels are 1..K with 0 = unlabelled (ignored), so a user may label part of an image. Folders go
+through :func:`napari_csunet.io.find_samples`, which maps NASA's label maps (0 is a class) and
+colour overlays to that convention. No torch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from napari_csunet.io import ImageError, MaskError, as_channels_last, find_samples, read_image
+from napari_csunet.modelfile import default_class_colors
+
+__all__ = [
+    "DataError", "LabelledImage", "TrainingData", "labelled_image", "read_pairs", "read_folder",
+    "holdout_region", "split_validation", "check_classes", "fingerprint", "load_data",
+]
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message names the image and what is wrong."""
+
+
+@dataclass
+class LabelledImage:
+    """An image as stored, (H, W) or (H, W, C), with labels (H, W) uint8: 0 = unlabelled, 1..K."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    name: str
+
+    @property
+    def labelled_pixels(self) -> int:
+        return int(np.count_nonzero(self.labels))
+
+
+@dataclass
+class TrainingData:
+    train: list[LabelledImage]
+    val: list[LabelledImage]
+    class_names: list[str]
+    class_colors: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def in_chans(self) -> int:
+        """3 when any image is colour, else 1 (grey, the micrographs' usual case)."""
+        return 3 if any(item.image.ndim == 3 for item in self.train + self.val) else 1
+
+
+def labelled_image(image: np.ndarray, labels: np.ndarray, name: str = "image") -> LabelledImage:
+    """Check an (image, labels) pair handed over as arrays (what the GUI does)."""
+    try:
+        image = as_channels_last(image, name)
+    except ImageError as exc:
+        raise DataError(str(exc)) from None
+    labels = np.asarray(labels)
+    if labels.ndim == 3 and labels.shape[-1] == 1:
+        labels = labels[..., 0]
+    if labels.ndim != 2:
+        raise DataError(f"{name}: labels must be a 2D label map (0 = unlabelled, 1..K), got shape {labels.shape}")
+    if labels.dtype.kind not in "uib":
+        raise DataError(f"{name}: labels must hold integers (0 = unlabelled, 1..K), got {labels.dtype}")
+    if labels.shape != image.shape[:2]:
+        raise DataError(f"{name}: labels are {labels.shape[0]}x{labels.shape[1]} but the image is "
+                        f"{image.shape[0]}x{image.shape[1]}")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{name}: negative label {int(labels.min())}; use 0 for unlabelled pixels")
+    if labels.size and labels.max() > 255:
+        raise DataError(f"{name}: label {int(labels.max())} is above 255")
+    return LabelledImage(image, labels.astype(np.uint8), name)
+
+
+def read_pairs(entries: Iterable[dict[str, str]]) -> list[LabelledImage]:
+    """``[{"image": path, "labels": path}]`` -> labelled images; label files are label maps 1..K."""
+    out = []
+    for entry in entries:
+        image_path, label_path = Path(entry["image"]), Path(entry["labels"])
+        try:
+            image = read_image(image_path)
+            labels = read_image(label_path)
+        except ImageError as exc:
+            raise DataError(str(exc)) from None
+        if labels.ndim == 3 and labels.shape[-1] in (3, 4):
+            raise DataError(f"{label_path}: a colour image; pair label files must be label maps "
+                            "(0 = unlabelled, 1..K)")
+        out.append(labelled_image(image, labels, image_path.stem))
+    return out
+
+
+def read_folder(root: str | Path, split: str, names: Sequence[str] | None = None,
+                zero_is_class: bool | None = None) -> tuple[list[LabelledImage], list[str], list[str]]:
+    """Images + masks of one split of a folder -> (items, class names, class colours)."""
+    try:
+        samples = find_samples(root, split, zero_is_class=zero_is_class, names=names)
+    except FileNotFoundError as exc:
+        raise DataError(str(exc)) from None
+    items = []
+    for sample in samples:
+        if sample.mask is None:
+            raise DataError(f"{sample.image}: no mask found next to it (expected in the masks folder)")
+        try:
+            image, labels = sample.load()
+        except (ImageError, MaskError) as exc:
+            raise DataError(str(exc)) from None
+        items.append(labelled_image(image, labels, sample.image.stem))
+    spec = samples[0].spec
+    return items, list(spec.names), list(spec.colors)
+
+
+def holdout_region(item: LabelledImage, fraction: float) -> tuple[LabelledImage, LabelledImage] | None:
+    """Split one image: the end strip (along its longer side) holding ``fraction`` of the labels.
+
+    The training copy keeps the whole image but loses the strip's labels; None when too few
+    pixels are labelled to spare any.
+    """
+    axis = 0 if item.labels.shape[0] >= item.labels.shape[1] else 1
+    per_line = np.count_nonzero(item.labels, axis=1 - axis)
+    total = int(per_line.sum())
+    if total < 200:
+        return None
+    from_end = np.cumsum(per_line[::-1])
+    start = len(per_line) - int(np.searchsorted(from_end, fraction * total)) - 1
+    if start <= 0 or int(per_line[:start].sum()) == 0:
+        return None
+    cut = (slice(start, None), slice(None)) if axis == 0 else (slice(None), slice(start, None))
+    val = LabelledImage(item.image[cut].copy(), item.labels[cut].copy(), f"{item.name} (held-out strip)")
+    train_labels = item.labels.copy()
+    train_labels[cut] = 0
+    return replace(item, labels=train_labels), val
+
+
+def split_validation(items: list[LabelledImage], fraction: float, seed: int
+                     ) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """Hold out whole images (a seeded choice), or a region when there is only one image."""
+    if len(items) == 1:
+        parts = holdout_region(items[0], fraction)
+        return ([parts[0]], [parts[1]]) if parts else (items, [])
+    n_val = max(1, int(round(fraction * len(items))))
+    order = np.random.default_rng(seed).permutation(len(items))
+    val_idx = set(order[:n_val].tolist())
+    return ([it for i, it in enumerate(items) if i not in val_idx], [it for i, it in enumerate(items) if i in val_idx])
+
+
+def check_classes(train: list[LabelledImage], val: list[LabelledImage], class_names: Sequence[str]) -> list[str]:
+    """Refuse empty label sets and labels above K; return warnings (e.g. a class only in validation)."""
+    k = len(class_names)
+    for item in train + val:
+        top = int(item.labels.max()) if item.labels.size else 0
+        if top > k:
+            raise DataError(f"{item.name}: label {top} is above the {k} classes {list(class_names)}")
+    if not train:
+        raise DataError("no training images")
+    if sum(item.labelled_pixels for item in train) == 0:
+        raise DataError("the training labels are empty: label some pixels (1..K) first; 0 means unlabelled")
+    warnings = [f"{item.name}: no labelled pixels; it is not used" for item in train + val if item.labelled_pixels == 0]
+    seen_train = set(np.unique(np.concatenate([np.unique(it.labels) for it in train])).tolist()) - {0}
+    seen_val = set(np.unique(np.concatenate([np.unique(it.labels) for it in val])).tolist()) - {0} if val else set()
+    for c in sorted(seen_val - seen_train):
+        warnings.append(f"class {class_names[c - 1]!r} appears in validation but not in training: "
+                        "the model cannot learn it; label some of it in a training image")
+    return warnings
+
+
+def fingerprint(items: Iterable[LabelledImage]) -> str:
+    """sha256 over names, images and labels: the same data gives the same fingerprint."""
+    h = hashlib.sha256()
+    for item in items:
+        for part in (item.name.encode(), str(item.image.shape).encode(), np.ascontiguousarray(item.image).tobytes(),
+                     np.ascontiguousarray(item.labels).tobytes()):
+            h.update(part)
+    return h.hexdigest()
+
+
+def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Sequence[str] | None = None,
+              train: list[LabelledImage] | None = None, val: list[LabelledImage] | None = None) -> TrainingData:
+    """Gather a job's training and validation images (``train``/``val`` add in-memory ones).
+
+    Class names: the job's, else the model file's, else the folder's, else ``class 1..K``.
+    """
+    train_items = list(train or []) + read_pairs(cfg.pairs)
+    val_items = list(val or []) + read_pairs(cfg.val_pairs or [])
+    folder_names: list[str] | None = None
+    folder_colors: list[str] | None = None
+    if cfg.data_dir:
+        items, folder_names, folder_colors = read_folder(cfg.data_dir, cfg.split, cfg.names, cfg.zero_is_class)
+        train_items += items
+        if cfg.val_split and cfg.val_split != cfg.split and (Path(cfg.data_dir) / cfg.val_split).is_dir():
+            val_items += read_folder(cfg.data_dir, cfg.val_split, None, cfg.zero_is_class)[0]
+    if not train_items:
+        raise DataError("no training images")
+    names = cfg.class_names or (list(model_classes) if model_classes else None) or folder_names
+    if names is None:
+        k = max(int(it.labels.max()) for it in train_items + val_items)
+        names = [f"class {i + 1}" for i in range(max(k, 1))]
+    if model_classes is not None and len(names) != len(model_classes):
+        raise DataError(f"the model has {len(model_classes)} classes {list(model_classes)} but "
+                        f"{len(names)} class names were given")
+    colors = cfg.class_colors or (list(model_colors) if model_colors else None)
+    if colors is None and folder_names == list(names):
+        colors = folder_colors
+    warnings: list[str] = []
+    if not val_items:
+        train_items, val_items = split_validation(train_items, cfg.val_fraction, cfg.seed)
+        if not val_items:
+            warnings.append("too few labelled pixels to hold any out for validation; the last model is kept")
+    warnings += check_classes(train_items, val_items, names)
+    train_items = [it for it in train_items if it.labelled_pixels]
+    val_items = [it for it in val_items if it.labelled_pixels]
+    return TrainingData(train_items, val_items, list(names), list(colors or default_class_colors(len(names))), warnings)

@@ -1,0 +1,246 @@
+"""The job entry point: ``python -m csunet_train.job JOB.json`` (also under ``torchrun``).
+
+Prints JSON-lines events on stdout (started, step, eval, checkpoint, warning, done, error) and
+nothing else; logs go to stderr. SIGINT/SIGTERM or the stop file end the run after the current
+step with the best model saved (exit 0); failures print an ``error`` event and exit non-zero
+(2 data, 3 out of memory, 4 NaN loss, 1 internal), keeping the best model written so far.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, TrainConfig, load_job
+from .data import DataError, LabelledImage, TrainingData, fingerprint, load_data
+from .events import Emit, StopControl, silent, stdout_events
+
+__all__ = ["run_job", "run_and_report", "main", "EXIT_CODES"]
+
+EXIT_CODES = {"data": 2, "oom": 3, "nan": 4, "internal": 1}
+
+
+@dataclass
+class Start:
+    """The starting network and what is known about it before training."""
+
+    model: Any
+    preset: str | None
+    config: Any
+    sources: dict[str, Any]
+    pretrained: list[str]  # encoders whose weights were not random
+    previous: dict[str, Any]  # provenance of the model file started from
+    class_names: list[str] | None
+    class_colors: list[str] | None
+    name: str
+    description: str
+
+
+def _load_start(cfg: TrainConfig) -> Start:
+    """The model file to continue from, if any (its classes fix the data's)."""
+    from napari_csunet.modelfile import ModelFileError, load_model_file
+    from napari_csunet.zoo import resolve_model
+
+    try:
+        _, path = resolve_model(cfg.model)
+        model, info = load_model_file(path or cfg.model, "cpu")
+    except (KeyError, FileNotFoundError, ModelFileError) as exc:
+        raise ConfigError(str(exc).strip("'\"")) from None
+    present = [n for n in ("cnn", "swin") if hasattr(model, n)]
+    return Start(model, info.preset, info.config, dict(info.sources), present, dict(info.provenance),
+                 info.class_names, info.class_colors, info.name, info.description)
+
+
+def _build_start(cfg: TrainConfig, data: TrainingData) -> Start:
+    """A preset with random weights, then the pretrained encoder weights asked for."""
+    from napari_csunet.models import build_model, get_preset
+
+    try:
+        preset = get_preset(cfg.preset)
+    except KeyError as exc:
+        raise ConfigError(str(exc).strip("'\"")) from None
+    model = build_model(preset.name, num_classes=len(data.class_names), in_chans=data.in_chans)
+    sources = {k: v for k, v in cfg.weights.items() if v}
+    if sources:
+        from napari_csunet.weights import WeightsUnavailable, apply_sources
+
+        try:
+            applied = apply_sources(model, sources.get("cnn"), sources.get("swin"), allow_download=cfg.allow_download)
+        except WeightsUnavailable as exc:
+            raise ConfigError(str(exc)) from None
+        sources = dict(applied or sources)
+    return Start(model, preset.name, model.config, sources, [k for k in ("cnn", "swin") if cfg.weights.get(k)], {},
+                 None, None, "", preset.description)
+
+
+def _collect_warnings(fn, *args, **kwargs) -> tuple[Any, list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args, **kwargs)
+    return result, [str(w.message) for w in caught]
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
+            train: Sequence[LabelledImage] | None = None, val: Sequence[LabelledImage] | None = None) -> dict[str, Any]:
+    """Run one job and return its ``done`` event; ``train``/``val`` add in-memory labelled images."""
+    import torch
+
+    from napari_csunet.modelfile import ModelInfo, save_model_file
+    from napari_csunet.models import count_parameters
+
+    from . import dist as distmod
+    from .loop import Run, amp_dtype, build_optimizer, fit, freeze_encoders, warmup_cosine
+    from .sampling import CropDataset, prepare_image
+
+    t_start = time.perf_counter()
+    try:
+        dist = distmod.setup(cfg.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    emit = emit if dist.is_main else silent
+    stop = stop or StopControl(cfg.stop_file, handle_signals=False)
+    try:
+        torch.manual_seed(cfg.seed)
+        start = _load_start(cfg) if cfg.model else None
+        data, caught = _collect_warnings(load_data, cfg, start.class_names if start else None,
+                                         start.class_colors if start else None, list(train or []), list(val or []))
+        for message in caught + data.warnings:
+            emit({"event": "warning", "message": message})
+        start = start or _build_start(cfg, data)
+        model = start.model.to(dist.device)
+        in_chans = start.config.in_chans
+        frozen = freeze_encoders(model, {"cnn": cfg.freeze_cnn, "swin": cfg.freeze_swin})
+        for name in ("cnn", "swin"):
+            if getattr(cfg, f"freeze_{name}") and name not in frozen:
+                emit({"event": "warning", "message": f"freeze_{name}: this model has no {name} encoder"})
+        optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, start.pretrained, cfg.encoder_lr_mult)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup, cfg.steps))
+        dtype = amp_dtype(dist.device, cfg.amp)
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        train_model = model
+        if dist.distributed:
+            train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        prepared = [prepare_image(it, in_chans, cfg.crop, cfg.seed + i) for i, it in enumerate(data.train)]
+        dataset = CropDataset(prepared, cfg.crop, cfg.steps * cfg.batch_size, cfg.aug_strength, cfg.class_balance,
+                              cfg.seed, dist.rank)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
+                                             num_workers=cfg.num_workers, pin_memory=dist.device.type == "cuda",
+                                             persistent_workers=False, worker_init_fn=_ignore_sigint)
+        run = Run(model, train_model, optimizer, scheduler, scaler, loader, data.val, data.class_names, in_chans,
+                  frozen, dist, dtype, cfg.steps, cfg.batch_size, cfg.eval_every, cfg.patience, cfg.grad_clip,
+                  keep_initial=cfg.model is not None)
+        emit({"event": "started", "steps": cfg.steps, "device": _device_name(dist.device),
+              "train_images": len(data.train), "val_images": len(data.val), "params": count_parameters(model),
+              "classes": data.class_names, "world_size": dist.world_size, "mode": cfg.mode, "out": cfg.out})
+        prior_steps = int(start.previous.get("steps", 0) or 0)
+        record = {
+            "mode": cfg.mode, "recipe": cfg.recipe, "started_from": cfg.model or f"preset {start.preset}",
+            "data_fingerprint": fingerprint(data.train + data.val),
+            "train_images": [it.name for it in data.train], "val_images": [it.name for it in data.val],
+            "device": _device_name(dist.device), "world_size": dist.world_size,
+            "hyperparameters": {k: getattr(cfg, k) for k in ("lr", "crop", "batch_size", "aug_strength", "freeze_cnn",
+                                                           "freeze_swin", "seed", "weight_decay", "encoder_lr_mult")},
+            "previous": {k: start.previous.get(k) for k in ("steps", "metrics", "time", "data_fingerprint")}
+            if start.previous else None,
+        }
+
+        def save(step: int, metrics: dict[str, Any] | None, state) -> None:
+            if not dist.is_main:
+                return
+            provenance = record | {"steps": prior_steps + step, "run_steps": step, "metrics": metrics,
+                                   "initial_metrics": state.initial_metrics,
+                                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                   "elapsed_s": round(time.perf_counter() - t_start, 1)}
+            info = ModelInfo(start.config, data.class_names, data.class_colors, start.preset, {"mode": "image"},
+                             start.sources, provenance, cfg.name or start.name or Path(cfg.out).stem,
+                             cfg.description or start.description)
+            save_model_file(cfg.out, model, info, half=cfg.half)
+            emit({"event": "checkpoint", "step": step, "path": str(cfg.out), "metrics": metrics})
+
+        state = fit(run, emit, save, lambda: stop.requested)
+        done = {"event": "done", "path": str(cfg.out), "steps": state.steps, "stopped": state.stopped,
+                "reason": state.reason, "initial_metrics": state.initial_metrics, "best_metrics": state.best_metrics,
+                "best_step": state.best_step, "elapsed_s": time.perf_counter() - t_start,
+                "train_time_s": state.train_time_s}
+        emit(done)
+        return done
+    finally:
+        distmod.cleanup()
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process, which stops cleanly."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _error_kind(exc: BaseException) -> tuple[str, str]:
+    """(kind, message) for the error event."""
+    import torch
+
+    from napari_csunet.io import ImageError, MaskError
+
+    from .loop import NonFiniteLoss
+
+    if isinstance(exc, ConfigError | DataError | ImageError | MaskError):
+        return "data", str(exc)
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
+        return "oom", ("out of GPU memory: use a smaller crop (e.g. 256) or batch size, a smaller preset, or freeze "
+                       f"an encoder ({str(exc).splitlines()[0][:200]})")
+    if isinstance(exc, NonFiniteLoss):
+        return "nan", (f"{exc}: training diverged; lower the learning rate or turn off AMP. The best model so far "
+                       "(if any) is kept")
+    return "internal", f"{type(exc).__name__}: {exc}"
+
+
+def run_and_report(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None) -> int:
+    """``run_job`` with failures turned into an ``error`` event and an exit code."""
+    try:
+        run_job(cfg, emit, stop)
+        return 0
+    except Exception as exc:
+        kind, message = _error_kind(exc)
+        if kind == "internal":
+            traceback.print_exc(file=sys.stderr)
+        import os
+
+        if os.environ.get("RANK", "0") == "0":
+            emit({"event": "error", "kind": kind, "message": message})
+        else:
+            print(f"error ({kind}): {message}", file=sys.stderr)
+        return EXIT_CODES[kind]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    emit = stdout_events()  # stray prints from libraries must not break the event stream
+    try:
+        if len(argv) != 1:
+            raise ConfigError("usage: python -m csunet_train.job JOB.json")
+        cfg = load_job(argv[0])
+    except ConfigError as exc:
+        emit({"event": "error", "kind": "data", "message": str(exc)})
+        return EXIT_CODES["data"]
+    with StopControl(cfg.stop_file) as stop:
+        return run_and_report(cfg, emit, stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

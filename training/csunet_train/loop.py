@@ -1,0 +1,280 @@
+"""The training loop as flat functions: optimiser, schedule, one step, validation, ``fit``.
+
+``fit`` knows nothing of files or JSON: it reports through ``emit`` and saves through ``save``, so
+the job, the CLI and the benchmark share it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_csunet.io import standardize, to_model_channels
+from napari_csunet.metrics import confusion_matrix, metrics_from_confusion
+from napari_csunet.models.config import TILE_MULTIPLE
+
+from .data import LabelledImage
+from .dist import DistInfo, all_reduce_sum
+from .events import Emit
+from .losses import segmentation_loss
+
+__all__ = [
+    "NonFiniteLoss", "FitState", "build_optimizer", "warmup_cosine", "amp_dtype", "train_step", "predict_labels",
+    "evaluate", "fit", "freeze_encoders",
+]
+
+ENCODERS = ("cnn", "swin")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: training cannot continue from this state."""
+
+
+def freeze_encoders(model: nn.Module, freeze: dict[str, bool]) -> list[str]:
+    """Stop gradients into the named encoders; returns the frozen ones the model has."""
+    frozen = []
+    for name in ENCODERS:
+        module = getattr(model, name, None)
+        if freeze.get(name) and module is not None:
+            module.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
+def set_train_mode(model: nn.Module, frozen: Sequence[str]) -> None:
+    """Train mode, except frozen encoders keep their BatchNorm statistics (eval mode)."""
+    model.train()
+    for name in frozen:
+        getattr(model, name).eval()
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, pretrained: Sequence[str],
+                    encoder_lr_mult: float) -> torch.optim.AdamW:
+    """AdamW; pretrained encoders learn at ``lr * encoder_lr_mult``; no decay on norms and biases."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        mult = encoder_lr_mult if name.split(".")[0] in pretrained else 1.0
+        decay = weight_decay if p.ndim > 1 else 0.0
+        groups.setdefault((mult, decay), []).append(p)
+    if not groups:
+        raise ValueError("every parameter is frozen: unfreeze an encoder (the decoder always trains)")
+    return torch.optim.AdamW(
+        [{"params": ps, "lr": lr * mult, "weight_decay": decay, "lr_mult": mult} for (mult, decay), ps in groups.items()],
+        lr=lr,
+    )
+
+
+def warmup_cosine(warmup: int, total: int, floor: float = 0.01) -> Callable[[int], float]:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to ``floor`` x the base rate."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16 (with a grad scaler); no autocast on CPUs."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None, dtype: torch.dtype | None, grad_clip: float) -> torch.Tensor:
+    """One optimisation step; returns the (detached) loss without synchronising."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        logits = model(x)
+    loss = segmentation_loss(logits, y)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, image: np.ndarray, in_chans: int, device: torch.device,
+                   dtype: torch.dtype | None = None, tile: int = 1024) -> np.ndarray:
+    """Labels 1..K for a whole image: per-image standardisation, reflection padding to multiples
+    of 256, and side-by-side tiles of at most ``tile`` pixels to bound memory."""
+    x = standardize(to_model_channels(image, in_chans))
+    h, w = x.shape[1:]
+    ph, pw = -h % TILE_MULTIPLE, -w % TILE_MULTIPLE
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="symmetric")
+    xt = torch.from_numpy(np.ascontiguousarray(x))[None]
+    out = np.empty(x.shape[1:], dtype=np.uint8)
+    for top in range(0, x.shape[1], tile):
+        for left in range(0, x.shape[2], tile):
+            block = xt[..., top:top + tile, left:left + tile].to(device)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                logits = model(block)
+            out[top:top + tile, left:left + tile] = (logits.argmax(1)[0] + 1).to("cpu", torch.uint8).numpy()
+    return out[:h, :w]
+
+
+def evaluate(model: nn.Module, items: Sequence[LabelledImage], class_names: Sequence[str], in_chans: int,
+             device: torch.device, dtype: torch.dtype | None, dist: DistInfo | None = None) -> dict[str, Any] | None:
+    """Validation metrics over whole images (shared between ranks); None without validation data."""
+    if not items:
+        return None
+    was_training = model.training
+    model.eval()
+    k = len(class_names)
+    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    for item in items[rank::world]:
+        pred = predict_labels(model, item.image, in_chans, device, dtype)
+        cm += confusion_matrix(pred, item.labels, k)
+    total = all_reduce_sum(torch.from_numpy(cm).to(device)).cpu().numpy()
+    model.train(was_training)
+    return metrics_from_confusion(total, class_names)
+
+
+@dataclass
+class FitState:
+    """What a run did; ``best_step`` 0 means the starting model was never beaten."""
+
+    initial_metrics: dict[str, Any] | None = None
+    best_metrics: dict[str, Any] | None = None
+    best_step: int | None = None
+    steps: int = 0
+    stopped: bool = False
+    reason: str = "steps"
+    saved: bool = False
+    train_time_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _score(metrics: dict[str, Any] | None) -> float:
+    return -math.inf if not metrics or metrics.get("miou") is None else float(metrics["miou"])
+
+
+@dataclass
+class Run:
+    """Everything ``fit`` needs, built by the job (see :func:`csunet_train.job.prepare_run`)."""
+
+    model: nn.Module  # the bare network (saved and evaluated)
+    train_model: nn.Module  # the same network, DDP-wrapped under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    loader: Any
+    val: list[LabelledImage]
+    class_names: list[str]
+    in_chans: int
+    frozen: list[str]
+    dist: DistInfo
+    dtype: torch.dtype | None
+    steps: int
+    batch_size: int
+    eval_every: int
+    patience: int | None
+    grad_clip: float
+    keep_initial: bool  # the starting model is a candidate (fine-tuning): it must be beaten
+    log_interval_s: float = 0.5
+
+
+def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitState], None],
+        stop_requested: Callable[[], bool]) -> FitState:
+    """Train ``run.steps`` steps with periodic validation, keeping (saving) the best model.
+
+    Returns when the steps are done, when patience runs out, or after the step in which a stop was
+    requested. Raises :class:`NonFiniteLoss` without saving the broken model.
+    """
+    state = FitState()
+    device, dist = run.dist.device, run.dist
+    state.initial_metrics = evaluate(run.model, run.val, run.class_names, run.in_chans, device, run.dtype, dist)
+    emit({"event": "eval", "step": 0, "metrics": state.initial_metrics, "best": False})
+    best_score = _score(state.initial_metrics) if run.keep_initial else -math.inf
+    initial_state = copy.deepcopy({k: v.cpu() for k, v in run.model.state_dict().items()}) if run.keep_initial else None
+    if run.keep_initial:
+        state.best_metrics, state.best_step = state.initial_metrics, 0
+    since_best = 0
+    start = last_log = time.perf_counter()
+    window_steps, window_t0 = 0, start
+    set_train_mode(run.model, run.frozen)
+
+    def validate(step: int) -> None:
+        nonlocal best_score, since_best
+        metrics = evaluate(run.model, run.val, run.class_names, run.in_chans, device, run.dtype, dist)
+        improved = metrics is None or _score(metrics) > best_score
+        if improved:
+            best_score, since_best = _score(metrics), 0
+            state.best_metrics, state.best_step = metrics, step
+            save(step, metrics, state)
+            state.saved = True
+        else:
+            since_best += 1
+        state.history.append({"step": step, "metrics": metrics})
+        emit({"event": "eval", "step": step, "metrics": metrics, "best": improved})
+        set_train_mode(run.model, run.frozen)
+
+    step = 0
+    last_eval = 0
+    for x, y in run.loader if run.steps else ():
+        t0 = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss_t = train_step(run.train_model, x, y, run.optimizer, run.scaler, run.dtype, run.grad_clip)
+        run.scheduler.step()
+        step += 1
+        flags = torch.stack([loss_t.float(), torch.tensor(float(stop_requested()), device=device)])
+        if dist.distributed:
+            all_reduce_sum(flags)
+        loss, stop = float(flags[0]) / dist.world_size, bool(flags[1] > 0)
+        now = time.perf_counter()
+        state.train_time_s += now - t0
+        state.steps = step
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"the loss became {loss} at step {step}")
+        window_steps += 1
+        if now - last_log >= run.log_interval_s or step in (1, run.steps) or stop:
+            rate = window_steps * run.batch_size * dist.world_size / max(now - window_t0, 1e-9)
+            elapsed = now - start
+            emit({"event": "step", "step": step, "steps": run.steps, "loss": loss,
+                  "lr": run.optimizer.param_groups[0]["lr"] / run.optimizer.param_groups[0]["lr_mult"],
+                  "images_per_s": rate, "elapsed_s": elapsed, "eta_s": elapsed / step * (run.steps - step)})
+            last_log, window_steps, window_t0 = now, 0, now
+        if step % run.eval_every == 0 or step == run.steps or stop:
+            validate(step)
+            last_eval = step
+            if run.patience is not None and since_best >= run.patience and step < run.steps:
+                state.reason = "early_stop"
+                break
+        if stop:
+            state.stopped, state.reason = True, "stop"
+            break
+        if step >= run.steps:
+            break
+    if not state.saved and step > last_eval:
+        validate(step)
+    if not state.saved:  # nothing beat the start (fine-tuning), or no step was taken
+        if initial_state is not None:
+            run.model.load_state_dict(initial_state)
+        state.best_metrics, state.best_step = state.initial_metrics, 0
+        save(0, state.initial_metrics, state)
+        state.saved = True
+    return state
