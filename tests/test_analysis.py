@@ -75,3 +75,13 @@ def test_metrics_are_reexported_not_copied():
     assert analysis.segmentation_metrics is metrics.segmentation_metrics
     assert analysis.confusion_matrix is metrics.confusion_matrix
     assert analysis.metrics_from_confusion is metrics.metrics_from_confusion
+
+
+def test_particle_sizes_match_regionprops():
+    from skimage.measure import label, regionprops_table
+
+    mask = np.random.default_rng(0).random((120, 90)) > 0.6
+    table = regionprops_table(label(mask, connectivity=2), properties=("area", "equivalent_diameter_area"))
+    areas, diameters = particle_sizes(mask)
+    np.testing.assert_allclose(areas, table["area"])
+    np.testing.assert_allclose(diameters, table["equivalent_diameter_area"])

@@ -1,7 +1,7 @@
 """What a materials scientist reads off a segmentation: phase area fractions and particle sizes.
 
 Labels are 1..K with 0 = unlabelled (ignored). Particles are 8-connected regions of one class
-(scikit-image ``label`` + ``regionprops``); stacks are measured slice by slice and pooled, since
+(scikit-image ``label``; areas and equivalent diameters as ``regionprops`` defines them); stacks are measured slice by slice and pooled, since
 the slices of a micrograph stack are usually separate sections. Sizes are in pixels: the equivalent
 diameter is that of the disc with the particle's area. The segmentation metrics live in
 :mod:`napari_csunet.metrics` and are re-exported here.
@@ -9,15 +9,20 @@ diameter is that of the disc with the particle's area. The segmentation metrics 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .io import ImageError, MaskError
 from .metrics import confusion_matrix, metrics_from_confusion, segmentation_metrics
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .inference import Segmenter
+    from .io import Sample
+
 __all__ = [
-    "area_fractions", "particle_sizes", "class_statistics", "STAT_FIELDS",
+    "area_fractions", "particle_sizes", "class_statistics", "STAT_FIELDS", "evaluate_samples", "METRIC_NOTES",
     "confusion_matrix", "metrics_from_confusion", "segmentation_metrics",
 ]
 
@@ -48,19 +53,16 @@ def particle_sizes(mask: np.ndarray, min_area: int = 1) -> tuple[np.ndarray, np.
 
     A 3D mask is taken as a stack of 2D slices; particles of at least ``min_area`` pixels count.
     """
-    from skimage.measure import label, regionprops_table
+    from skimage.measure import label
 
-    areas, diameters = [], []
+    areas = []
     for plane in np.asarray(mask, dtype=bool).reshape((-1,) + mask.shape[-2:]):
-        if not plane.any():
-            continue
-        table = regionprops_table(label(plane, connectivity=2), properties=("area", "equivalent_diameter_area"))
-        keep = table["area"] >= min_area
-        areas.append(table["area"][keep])
-        diameters.append(table["equivalent_diameter_area"][keep])
-    if not areas:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(areas).astype(np.float64), np.concatenate(diameters).astype(np.float64)
+        if plane.any():
+            # region areas by bincount: regionprops' "area", ~20x faster on noisy masks of 10^4+ particles
+            counts = np.bincount(label(plane, connectivity=2).ravel())[1:]
+            areas.append(counts[counts >= min_area])
+    area = np.concatenate(areas).astype(np.float64) if areas else np.zeros(0)
+    return area, np.sqrt(4.0 * area / np.pi)  # regionprops' equivalent_diameter_area
 
 
 def _mean(values: np.ndarray, fn=np.mean) -> float | None:
@@ -81,3 +83,63 @@ def class_statistics(labels: np.ndarray, class_names: Sequence[str], min_area: i
             "mean_diameter_px": _mean(diameters), "median_diameter_px": _mean(diameters, np.median),
         })
     return rows
+
+
+#: what each reported number is (always printed with the numbers)
+METRIC_NOTES = {
+    "iou_per_class": "per-class IoU = TP / (TP + FP + FN) over all evaluated pixels",
+    "miou": "mean of the per-class IoUs (classes present in the masks or the predictions)",
+    "iou_paper": "the NASA / CS-UNet papers' IoU: micro-averaged over one-hot classes "
+                 "(segmentation_models_pytorch IoU(threshold=0.5)) = accuracy / (2 - accuracy)",
+    "pixel_accuracy": "fraction of labelled pixels predicted correctly",
+    "pooling": "overall numbers come from the confusion matrix summed over all images; unlabelled (0) pixels are ignored",
+}
+
+
+def _check_classes(samples: Sequence[Sample], class_names: Sequence[str]) -> None:
+    for s in samples:
+        if len(s.spec.names) != len(class_names):
+            where = s.mask or s.image
+            raise MaskError(f"{where}: the data has {len(s.spec.names)} classes {list(s.spec.names)} but the model has "
+                            f"{len(class_names)} {list(class_names)}; use a model trained for these classes")
+
+
+def _evaluate_one(segmenter: Segmenter, sample: Sample, k: int) -> np.ndarray:
+    if sample.mask is None:
+        raise MaskError(f"{sample.image}: no mask found next to it (annotation folder, same file name)")
+    image, target = sample.load()
+    top = int(target.max())
+    if top > k:
+        raise MaskError(f"{sample.mask}: label {top} is above the model's {k} classes")
+    pred = segmenter.predict(image, name=str(sample.image)).labels
+    return confusion_matrix(pred, target, k)
+
+
+def evaluate_samples(segmenter: Segmenter, samples: Sequence[Sample], *, skip_bad: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Segment each sample and score it against its mask (see :data:`METRIC_NOTES`).
+
+    Returns the overall metrics (from the summed confusion matrix) plus ``per_image``,
+    ``confusion_matrix``, ``class_names``, ``failed`` and ``note``. With ``skip_bad`` an unreadable
+    image or mask is listed in ``failed`` and the others are still scored; otherwise it raises.
+    """
+    names = list(segmenter.info.class_names)
+    k = len(names)
+    _check_classes(samples, names)
+    total = np.zeros((k, k), dtype=np.int64)
+    per_image: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    for i, sample in enumerate(samples):
+        try:
+            cm = _evaluate_one(segmenter, sample, k)
+        except (ImageError, MaskError, ValueError, OSError) as exc:
+            if not skip_bad:
+                raise
+            failed.append({"image": str(sample.image), "error": str(exc)})
+        else:
+            total += cm
+            per_image.append({"image": str(sample.image), "mask": str(sample.mask), **metrics_from_confusion(cm, names)})
+        if progress is not None:
+            progress(i + 1, len(samples))
+    return {**metrics_from_confusion(total, names), "per_image": per_image, "failed": failed,
+            "confusion_matrix": total.tolist(), "class_names": names, "note": dict(METRIC_NOTES)}

@@ -1,0 +1,312 @@
+"""``csunet segment`` (batch segmentation of files, folders and globs) and ``csunet evaluate``.
+
+A bad file never stops a batch: it gets one line on stderr naming the file and the problem, the
+others are written, and the exit code is 1. Under ``torchrun`` (``WORLD_SIZE``/``RANK`` set) each
+rank segments ``files[rank::world]`` and rank 0 gathers the rows and writes the one summary.csv;
+with one process torch.distributed is never touched. torch is imported only inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io as _io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .analysis import STAT_FIELDS, class_statistics
+from .atomic import atomic_path, atomic_write_text
+from .io import IMAGE_SUFFIXES, read_image
+
+__all__ = ["register", "expand_inputs", "overlay", "output_stems"]
+
+_OUTPUT_ENDINGS = ("_labels", "_probs", "_overlay")
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model file, starter/user model name, or preset (random weights)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--tile", type=int, default=512, help="tile side in pixels, a multiple of 256 (default 512)")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap as a fraction of the tile (default 0.25)")
+    p.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument("--tta", action="store_true", help="average over flips (4x slower, smoother)")
+    p.add_argument("--no-amp", action="store_true", help="full precision on GPUs (default: bf16/fp16 autocast)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment images, folders or globs into label TIFFs, overlays and a CSV",
+                       description="Segment micrographs; writes <stem>_labels.tif, <stem>_overlay.png, optionally "
+                                   "<stem>_probs.tif, and summary.csv (area fractions, particle statistics).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--probs", action="store_true", help="also write per-class probabilities (float16 TIFF)")
+    p.add_argument("--no-overlay", action="store_true", help="skip the colour overlay PNGs")
+    _engine_args(p)
+    p.set_defaults(func=_segment)
+
+    e = sub.add_parser("evaluate", help="score a model on a labelled dataset (IoU, paper IoU, accuracy)",
+                       description="Evaluate on NASA's layout (<split>/ + <split>_annot/) or images/ + masks/.")
+    e.add_argument("--data", required=True, type=Path, help="dataset folder")
+    e.add_argument("--split", default="test", help="split folder in NASA's layout (default test)")
+    e.add_argument("--zero-is-class", action="store_true", default=None,
+                   help="label maps use 0 for a real class (automatic for NASA's layout)")
+    _engine_args(e)
+    e.set_defaults(func=_evaluate)
+
+
+# -- inputs and outputs ------------------------------------------------------------------------------
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") \
+        and not path.stem.endswith(_OUTPUT_ENDINGS)
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """(image files in a stable order, one error line per input that matched nothing)."""
+    files: list[Path] = []
+    errors: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and _is_image(p))
+            errors += [] if found else [f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"]
+        elif path.exists():
+            found = [path]
+        elif glob.has_magic(item):
+            found = sorted(p for p in map(Path, glob.glob(item, recursive=True)) if p.is_file() and _is_image(p))
+            errors += [] if found else [f"{item}: no images match this pattern"]
+        else:
+            found, errors = [], errors + [f"{path}: no such file or folder"]
+        files += [p for p in found if p not in files]
+    return files, errors
+
+
+def output_stems(files: list[Path]) -> list[str]:
+    """Output name stems, unique even when two folders hold files of the same name."""
+    stems, seen = [], set()
+    for f in files:
+        stem, n = f.stem, 1
+        while stem in seen:
+            n += 1
+            stem = f"{f.stem}-{n}"
+        seen.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def _hex_rgb(color: str) -> tuple[int, int, int]:
+    c = color.lstrip("#")
+    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, colors: list[str], alpha: float = 0.4) -> np.ndarray:
+    """uint8 RGB: the image contrast-stretched (0.5-99.5 percentiles) with class colours blended on."""
+    from .inference import split_planes
+
+    planes, stack = split_planes(image)
+    if stack:  # one picture per stack: the middle slice
+        plane, labels = planes[len(planes) // 2], labels[len(planes) // 2]
+    else:
+        plane = planes[0]
+    x = plane.astype(np.float32)
+    step = max(1, int(np.sqrt(x.shape[0] * x.shape[1] / 4e6)))
+    lo, hi = np.percentile(x[::step, ::step], (0.5, 99.5))
+    grey = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    rgb = grey[..., None].repeat(3, -1) if grey.ndim == 2 else grey
+    palette = np.array([(0, 0, 0)] + [_hex_rgb(c) for c in colors], dtype=np.float32)
+    return ((1 - alpha) * rgb + alpha * palette[labels]).round().astype(np.uint8)
+
+
+def _write_outputs(out: Path, stem: str, image: np.ndarray, pred: Any, info: Any, args: argparse.Namespace) -> dict[str, str]:
+    import skimage.io
+    import tifffile
+
+    from ._writer import write_labels
+
+    meta = {"metadata": {"class_names": list(info.class_names), "class_colors": list(info.class_colors)}}
+    written = {"labels": write_labels(str(out / f"{stem}_labels.tif"), pred.labels, meta)[0]}
+    if pred.probs is not None:
+        path = out / f"{stem}_probs.tif"
+        with atomic_path(path, suffix=".tif") as tmp:
+            tifffile.imwrite(tmp, pred.probs, compression="zlib", metadata={"axes": "CYX" if pred.probs.ndim == 3 else "ZCYX"})
+        written["probs"] = str(path)
+    if not args.no_overlay:
+        path = out / f"{stem}_overlay.png"
+        with atomic_path(path, suffix=".png") as tmp:
+            skimage.io.imsave(tmp, overlay(image, pred.labels, list(info.class_colors)), check_contrast=False)
+        written["overlay"] = str(path)
+    return written
+
+
+def _segmenter(args: argparse.Namespace, device: str | None = None):
+    from .inference import Segmenter
+
+    return Segmenter.from_spec(args.model, device=device or args.device, tile=args.tile, overlap=args.overlap,
+                               batch_size=args.batch, amp=not args.no_amp, tta=args.tta)
+
+
+def _say_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _named(path: Path, exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if not isinstance(exc, (ValueError, OSError, MemoryError)):  # not one of the expected bad-input errors
+        text = f"{type(exc).__name__}: {text}"
+    return text if str(path) in text else f"{path}: {text}"
+
+
+# -- distributed helpers (torchrun) ------------------------------------------------------------------
+
+def _world() -> tuple[int, int]:
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+
+def _rank_device(requested: str, world: int) -> str:
+    """Under torchrun with CUDA, each local rank takes its own GPU."""
+    if world > 1 and requested in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    return requested
+
+
+def _gather(obj: Any, world: int) -> list[Any]:
+    """All ranks' ``obj`` on rank 0 (``[obj]`` without torch.distributed for a single process)."""
+    if world == 1:
+        return [obj]
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # joined after the work, so slow ranks never time out a collective
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    parts = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(obj, parts, dst=0)
+    dist.destroy_process_group()
+    return parts or []
+
+
+# -- segment -----------------------------------------------------------------------------------------
+
+def _segment_files(seg: Any, files: list[Path], stems: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from tqdm import tqdm
+
+    results = []
+    with tqdm(total=len(files), unit="image", disable=None, file=sys.stderr) as bar:
+        for path, stem in zip(files, stems, strict=True):
+            start = time.perf_counter()
+            tiles = tqdm(unit="tile", leave=False, disable=None, file=sys.stderr, desc=path.name)
+
+            def progress(done: int, total: int, tiles: Any = tiles) -> None:
+                tiles.total = total
+                tiles.update(done - tiles.n)
+
+            try:
+                image = read_image(path)
+                pred = seg.predict(image, want_probs=args.probs, progress=progress, name=str(path))
+                written = _write_outputs(args.out, stem, image, pred, seg.info, args)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+                _say_error(_named(path, exc))
+                results.append({"input": str(path), "error": _named(path, exc)})
+            else:
+                rows = [{"image": path.name, **r} for r in class_statistics(pred.labels, seg.info.class_names)]
+                results.append({"input": str(path), "shape": list(pred.labels.shape), **written,
+                                "seconds": round(time.perf_counter() - start, 3), "rows": rows})
+            finally:
+                tiles.close()
+            bar.update(1)
+    return results
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=("image", *STAT_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    return buf.getvalue()
+
+
+def _segment(args: argparse.Namespace) -> int:
+    world, rank = _world()
+    files, input_errors = expand_inputs(args.inputs)
+    stems = output_stems(files)
+    if rank == 0:
+        for message in input_errors:
+            _say_error(message)
+    try:
+        seg = _segmenter(args, _rank_device(args.device, world))
+    except (KeyError, ValueError, OSError) as exc:
+        _say_error(str(exc).strip("'\""))
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    mine = _segment_files(seg, files[rank::world], stems[rank::world], args)
+    parts = _gather(mine, world)
+    if rank != 0:
+        return 1 if any("error" in r for r in mine) else 0
+    order = {str(f): i for i, f in enumerate(files)}
+    results = sorted((r for part in parts for r in part), key=lambda r: order[r["input"]])
+    summary = args.out / "summary.csv"
+    atomic_write_text(summary, _csv_text([row for r in results for row in r.pop("rows", [])]))
+    failed = sum("error" in r for r in results) + len(input_errors)
+    if args.json:
+        from .cli import print_json
+
+        print_json({"model": seg.name, "device": str(seg.device), "world_size": world, "out": str(args.out),
+                    "summary": str(summary), "images": results, "input_errors": input_errors,
+                    "segmented": len(results) - sum("error" in r for r in results), "failed": failed})
+    else:
+        done = [r for r in results if "error" not in r]
+        for r in done:
+            print(f"{r['input']} -> {r['labels']} ({r['seconds']:.1f} s)")
+        print(f"segmented {len(done)} image(s) with {seg.name} on {seg.device}, {failed} failed; summary: {summary}")
+    return 1 if failed else 0
+
+
+# -- evaluate ----------------------------------------------------------------------------------------
+
+def _print_metrics(result: dict[str, Any]) -> None:
+    def pct(v: float | None) -> str:
+        return "   n/a" if v is None else f"{100 * v:6.2f}"
+
+    print(f"{'image':<40} {'acc %':>6} {'mIoU %':>6} {'paper IoU %':>11}")
+    for r in result["per_image"]:
+        print(f"{Path(r['image']).name:<40} {pct(r['pixel_accuracy'])} {pct(r['miou'])} {pct(r['iou_paper']):>11}")
+    print(f"{'overall (summed confusion)':<40} {pct(result['pixel_accuracy'])} {pct(result['miou'])} "
+          f"{pct(result['iou_paper']):>11}")
+    print("per-class IoU %: " + ", ".join(f"{n} {pct(v).strip()}" for n, v in result["iou_per_class"].items()))
+    for key in ("iou_paper", "miou"):
+        print(f"note: {key} = {result['note'][key]}")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .analysis import evaluate_samples
+    from .io import find_samples
+
+    try:
+        samples = find_samples(args.data, args.split, zero_is_class=args.zero_is_class)
+        seg = _segmenter(args)
+        result = evaluate_samples(seg, samples, skip_bad=True)
+    except (KeyError, ValueError, OSError) as exc:  # MaskError/ImageError/ModelFileError are ValueErrors
+        _say_error(str(exc).strip("'\""))
+        return 2
+    for bad in result["failed"]:
+        _say_error(bad["error"])
+    split = args.split if (args.data / args.split).is_dir() else None
+    result = {"model": seg.name, "data": str(args.data), "split": split, "device": str(seg.device),
+              "images": len(samples), **result}
+    if args.json:
+        from .cli import print_json
+
+        print_json(result)
+    else:
+        _print_metrics(result)
+    return 1 if result["failed"] else 0
