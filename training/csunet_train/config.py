@@ -81,7 +81,6 @@ class TrainConfig:
             need(bool(self.preset) or bool(self.model), "mode 'train' needs a preset (or a model file to resume)")
         else:
             need(bool(self.model), "mode 'finetune' needs a model file ('model')")
-        need(bool(self.pairs) or bool(self.data_dir), "no training data: give 'pairs' and/or 'data_dir'")
         need(isinstance(self.steps, int) and self.steps >= 0, f"steps: {self.steps!r} must be an integer >= 0")
         need(isinstance(self.crop, int) and self.crop > 0 and self.crop % TILE_MULTIPLE == 0,
              f"crop: {self.crop!r} must be a positive multiple of {TILE_MULTIPLE}")
@@ -126,18 +125,22 @@ class TrainConfig:
         return asdict(self)
 
 
+def _read_mapping(path: Path, kind: str, parse: Any, errors: tuple[type[Exception], ...]) -> dict[str, Any]:
+    """Parse a job/recipe file into a dict, with errors that name the file."""
+    try:
+        data = parse(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{kind} not found: {path}") from None
+    except errors as exc:
+        raise ConfigError(f"{path}: cannot be parsed ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {kind} is a mapping of keys to values")
+    return data
+
+
 def load_job(path: str | Path) -> TrainConfig:
     """Read a JOB.json file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"job file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a job is a JSON object")
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(_read_mapping(Path(path), "job file", json.loads, (json.JSONDecodeError,)))
 
 
 def default_data_root() -> Path:
@@ -155,14 +158,7 @@ def load_recipe(path: str | Path, data_root: str | Path | None = None, **overrid
     path = Path(path)
     if not path.exists() and not path.suffix:
         path = Path(__file__).resolve().parent.parent / "recipes" / f"{path}.yaml"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"recipe not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a YAML mapping")
+    data = _read_mapping(path, "recipe", yaml.safe_load, (yaml.YAMLError,))
     data.setdefault("recipe", path.stem)
     root = Path(data_root) if data_root is not None else default_data_root()
     if data.get("data_dir") is not None and not Path(data["data_dir"]).is_absolute():

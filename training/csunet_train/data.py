@@ -194,7 +194,7 @@ def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Seq
         if cfg.val_split and cfg.val_split != cfg.split and (Path(cfg.data_dir) / cfg.val_split).is_dir():
             val_items += read_folder(cfg.data_dir, cfg.val_split, None, cfg.zero_is_class)[0]
     if not train_items:
-        raise DataError("no training images")
+        raise DataError("no training data: give 'pairs' and/or 'data_dir'")
     names = cfg.class_names or (list(model_classes) if model_classes else None) or folder_names
     if names is None:
         k = max(int(it.labels.max()) for it in train_items + val_items)

@@ -235,8 +235,8 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
 
     step = 0
     last_eval = 0
+    t_last = time.perf_counter()
     for x, y in run.loader if run.steps else ():
-        t0 = time.perf_counter()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss_t = train_step(run.train_model, x, y, run.optimizer, run.scaler, run.dtype, run.grad_clip)
         run.scheduler.step()
@@ -246,7 +246,7 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
             all_reduce_sum(flags)
         loss, stop = float(flags[0]) / dist.world_size, bool(flags[1] > 0)
         now = time.perf_counter()
-        state.train_time_s += now - t0
+        state.train_time_s += now - t_last  # data loading included, validation not
         state.steps = step
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"the loss became {loss} at step {step}")
@@ -269,6 +269,7 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
             break
         if step >= run.steps:
             break
+        t_last = time.perf_counter()
     if not state.saved and step > last_eval:
         validate(step)
     if not state.saved:  # nothing beat the start (fine-tuning), or no step was taken

@@ -1,0 +1,200 @@
+"""Few-shot benchmark: train a recipe within a time budget, then score the test split.
+
+    python benchmarks/fewshot.py --recipe super3 --budget-s 600 --preset csunet-tiny --weights none --json
+
+Prints one JSON object: recipe, device, budget_s, steps, train_images_per_s, step_overhead (the
+loop's mean step time, data loading included, over a bare forward+backward of the same batch in
+the same process) and ``metrics``, the test-split metrics (mIoU, per-class IoU and the paper's
+micro-averaged IoU, ``iou_paper``). The number of steps is chosen from a timing of the model on
+this machine so the cosine schedule ends inside the budget; a deadline stop enforces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from csunet_train.config import TrainConfig, load_recipe
+from csunet_train.data import load_data
+from csunet_train.events import StopControl
+from csunet_train.job import run_job
+from csunet_train.loop import amp_dtype, build_optimizer, evaluate, train_step
+from csunet_train.losses import segmentation_loss
+from csunet_train.sampling import CropDataset, prepare_image
+from napari_csunet.io import find_samples
+from napari_csunet.metrics import confusion_matrix, metrics_from_confusion
+from napari_csunet.models import build_model
+
+
+class Deadline(StopControl):
+    """Asks the loop to stop once the budget is spent (no signal handling)."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(None, handle_signals=False)
+        self.deadline = deadline
+
+    @property
+    def requested(self) -> bool:
+        return time.perf_counter() >= self.deadline
+
+
+def _median_time(fn, reps: int) -> float:
+    fn()  # warm-up (allocator, cuDNN autotuning)
+    times = []
+    for _ in range(reps):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bare_timings(cfg: TrainConfig, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+                 device: torch.device, reps: int = 5) -> dict[str, float]:
+    """Seconds for a bare forward+backward, and for a full optimiser step, on one fixed batch."""
+    x, y = (t.to(device) for t in batch)
+    dtype = amp_dtype(device, cfg.amp)
+    model.train()
+
+    def fwd_bwd() -> None:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        segmentation_loss(logits, y).backward()
+
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, [], 1.0)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return {"bare_forward_backward_s": _median_time(fwd_bwd, reps),
+            "bare_train_step_s": _median_time(lambda: train_step(model, x, y, optimizer, scaler, dtype, cfg.grad_clip),
+                                              reps)}
+
+
+def plan_steps(cfg: TrainConfig, budget_s: float, step_s: float, eval_s: float) -> int:
+    """Steps whose training plus periodic validation fits ~90% of the budget (at most the recipe's)."""
+    usable = 0.9 * budget_s - eval_s
+    per_step = step_s + eval_s / cfg.eval_every
+    return max(1, min(cfg.steps, int(usable / per_step)))
+
+
+def test_metrics(model_path: Path, data_dir: str, split: str, device: str) -> tuple[dict[str, Any], int]:
+    """Tiled prediction of each test image with the inference engine, metrics over all pixels."""
+    from napari_csunet.inference import Segmenter
+
+    seg = Segmenter.from_file(model_path, device=device)
+    k = seg.info.num_classes
+    cm = np.zeros((k, k), dtype=np.int64)
+    samples = find_samples(data_dir, split)
+    for sample in samples:
+        image, labels = sample.load()
+        cm += confusion_matrix(seg.predict(image).labels, labels, k)
+    return metrics_from_confusion(cm, seg.info.class_names), len(samples)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", required=True, help="super1, super3, ... or a recipe file")
+    p.add_argument("--budget-s", type=float, required=True, help="wall-clock budget for training")
+    p.add_argument("--data-root", help="NASA's data (default ../shared/data/nasa)")
+    p.add_argument("--preset", help="override the recipe's preset (e.g. csunet-tiny on a CPU)")
+    p.add_argument("--weights", help="override the recipe's weights: none, or cnn=SRC,swin=SRC")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--max-steps", type=int, help="cap the planned steps (default: the recipe's steps)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--out", help="keep the trained model here (default: a temporary file)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--verbose", action="store_true", help="training events on stderr")
+    return p.parse_args(argv)
+
+
+def _weights(text: str | None) -> dict[str, str | None] | None:
+    if text is None:
+        return None
+    if text == "none":
+        return {"cnn": None, "swin": None}
+    pairs = dict(part.split("=", 1) for part in text.split(","))
+    return {"cnn": pairs.get("cnn"), "swin": pairs.get("swin")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory()
+    out = Path(args.out) if args.out else Path(tmp.name) / "model.safetensors"
+    cfg = load_recipe(args.recipe, args.data_root, out=str(out), preset=args.preset, weights=_weights(args.weights),
+                      batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, steps=args.max_steps,
+                      device=args.device)
+    torch.manual_seed(cfg.seed)
+    from csunet_train.dist import pick_device
+
+    device = pick_device(cfg.device)
+    # timing of this model on this machine, to plan the steps
+    data = load_data(cfg)
+    model = build_model(cfg.preset, num_classes=len(data.class_names), in_chans=data.in_chans).to(device)
+    prepared = [prepare_image(it, data.in_chans, cfg.crop, cfg.seed + i) for i, it in enumerate(data.train)]
+    loader = torch.utils.data.DataLoader(CropDataset(prepared, cfg.crop, cfg.batch_size), batch_size=cfg.batch_size)
+    batch = next(iter(loader))
+    before = bare_timings(cfg, model, batch, device)
+    t = time.perf_counter()
+    evaluate(model, data.val, data.class_names, data.in_chans, device, amp_dtype(device, cfg.amp))
+    eval_s = time.perf_counter() - t
+    remaining = args.budget_s - (time.perf_counter() - t0)
+    cfg.steps = plan_steps(cfg, remaining, 1.15 * before["bare_train_step_s"], eval_s)
+    del model
+    events: list[dict[str, Any]] = []
+
+    def emit(event: dict[str, Any]) -> None:
+        events.append(event)
+        if args.verbose:
+            print(json.dumps(event), file=sys.stderr, flush=True)
+
+    done = run_job(cfg, emit, Deadline(t0 + args.budget_s))
+    trained_s = time.perf_counter() - t0
+    # the same measurement after training, in the same process, for the overhead ratio
+    from napari_csunet.modelfile import load_model_file
+
+    after = bare_timings(cfg, load_model_file(out, device)[0], batch, device)
+    metrics, n_test = test_metrics(out, cfg.data_dir, args.test_split, str(device))
+    loop_step_s = done["train_time_s"] / max(done["steps"], 1)
+    started = next(e for e in events if e["event"] == "started")
+    result = {
+        "recipe": cfg.recipe, "preset": cfg.preset, "weights": cfg.weights, "device": started["device"],
+        "budget_s": args.budget_s, "steps": done["steps"], "planned_steps": cfg.steps, "stopped_by_budget": done["stopped"],
+        "batch_size": cfg.batch_size, "crop": cfg.crop, "lr": cfg.lr, "train_images": started["train_images"],
+        "train_images_per_s": done["steps"] * cfg.batch_size / max(done["train_time_s"], 1e-9),
+        "loop_step_s": loop_step_s, "bare_forward_backward_s": after["bare_forward_backward_s"],
+        "bare_train_step_s": after["bare_train_step_s"],
+        "step_overhead": loop_step_s / after["bare_forward_backward_s"],
+        "step_overhead_vs_train_step": loop_step_s / after["bare_train_step_s"],
+        "train_wall_s": trained_s, "best_step": done["best_step"], "val_best_metrics": done["best_metrics"],
+        "metrics_split": args.test_split, "test_images": n_test, "metrics": metrics,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+    }
+    if args.json:
+        print(json.dumps(result, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
+    else:
+        print(f"{result['recipe']} on {result['device']}: {result['steps']} steps in {trained_s:.0f} s, "
+              f"{result['train_images_per_s']:.2f} img/s, overhead x{result['step_overhead']:.2f}; test mIoU "
+              f"{metrics['miou']:.4f}, paper IoU {metrics['iou_paper']:.4f}")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
