@@ -55,7 +55,7 @@ def class_names_from_features(features: Any, metadata: dict | None = None) -> li
         classes = [str(c) for c in features["class"]]
     except (KeyError, TypeError, ValueError):
         return None
-    named = {i: c for i, c in zip(index, classes) if i > 0}
+    named = {i: c for i, c in zip(index, classes, strict=False) if i > 0}
     if not named:
         return None
     return [named.get(i, f"class {i}") for i in range(1, max(named) + 1)]

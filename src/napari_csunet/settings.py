@@ -16,7 +16,7 @@ from typing import Any
 
 from .atomic import atomic_write_text
 
-__all__ = ["Settings", "settings_path", "load_settings", "save_settings", "DEVICES"]
+__all__ = ["Settings", "settings_path", "load_settings", "save_settings", "DEVICES", "cpu_only_torch_with_gpu"]
 
 #: device choices offered everywhere ("auto" picks CUDA, then MPS, then CPU)
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -72,3 +72,28 @@ def save_settings(settings: Settings, path: str | Path | None = None) -> Path:
     """Write the settings atomically (a crash never leaves a half-written file)."""
     path = Path(path) if path is not None else settings_path()
     return atomic_write_text(path, json.dumps(asdict(settings), indent=2))
+
+
+def cpu_only_torch_with_gpu() -> str | None:
+    """A warning when the installed torch is a CPU-only build but the machine has an NVIDIA GPU.
+
+    Reads ``torch/version.py`` instead of importing torch, so the check costs nothing at start-up.
+    """
+    import importlib.util
+    import re
+    import shutil
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    version_file = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    try:
+        text = version_file.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if re.search(r"^cuda\b[^=\n]*=\s*None\s*$", text, re.M) and not re.search(r"^hip\b[^=\n]*=\s*'", text, re.M):
+        return ("this machine has an NVIDIA GPU (nvidia-smi found) but the installed PyTorch is CPU-only; "
+                "install a CUDA build (see https://pytorch.org/get-started/locally/) to segment and train on the GPU")
+    return None

@@ -1,0 +1,278 @@
+"""Fine-tune panel: train the current model on the annotation set in a child process.
+
+The training backend runs as ``python -m csunet_train.job`` (never in napari's interpreter, never
+on the GUI thread); its JSON-lines events drive a live loss / validation-IoU plot and a status
+line. Stop saves the best model. When the child is done, the new model becomes the current one,
+the image is segmented again and the before/after validation IoU is shown. A crash or an
+out-of-memory in the child shows its message; napari and the annotations are untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import napari
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..jobs import TrainingJob
+from ..settings import save_settings
+from ..zoo import user_models_dir
+from .common import StatusLine, form_group, hbox
+from .correct_panel import CorrectPanel
+from .plot import TrainingPlot
+from .segment_panel import IMAGE, SegmentPanel
+from .session import ModelSession
+
+__all__ = ["FinetunePanel", "DEFAULTS"]
+
+#: good defaults for a few corrected images (a CPU finishes them in minutes, a GPU in seconds)
+DEFAULTS: dict[str, Any] = {"steps": 200, "lr": 3e-4, "crop": 256, "batch_size": 4, "aug_strength": 0.5,
+                            "freeze_cnn": False, "freeze_swin": False}
+
+
+class _Relay(QObject):
+    """Hands events from the job's reader thread to the GUI thread."""
+
+    event = Signal(object)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _iou(metrics: dict | None) -> str:
+    if not metrics or metrics.get("miou") is None:
+        return "n/a"
+    paper = metrics.get("iou_paper")
+    return f"mIoU {metrics['miou']:.3f}" + (f" (paper IoU {paper:.3f})" if paper is not None else "")
+
+
+class FinetunePanel(QWidget):
+    """Hyper-parameters, Start/Stop, live plot, status, before/after."""
+
+    #: emitted with the new model file once it is loaded
+    trained = Signal(str)
+
+    def __init__(self, viewer: napari.Viewer, session: ModelSession, segment: SegmentPanel,
+                 correct: CorrectPanel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer, self.session, self.segment_panel, self.correct = viewer, session, segment, correct
+        values = DEFAULTS | {k: v for k, v in session.settings.finetune.items() if k in DEFAULTS}
+        self.steps = _spin(QSpinBox(), 1, 100_000, values["steps"], "optimizer steps")
+        self.lr = _spin(QDoubleSpinBox(), 1e-6, 1e-1, values["lr"], "learning rate (pretrained encoders use a tenth)")
+        self.lr.setDecimals(6)
+        self.lr.setSingleStep(1e-4)
+        self.crop = QComboBox()
+        self.crop.addItems(["256", "512", "768", "1024"])
+        self.crop.setCurrentText(str(values["crop"]))
+        self.crop.setToolTip("side of the random training crops (multiples of 256); larger needs more memory")
+        self.batch = _spin(QSpinBox(), 1, 64, values["batch_size"], "crops per step")
+        self.aug = _spin(QDoubleSpinBox(), 0.0, 1.0, values["aug_strength"],
+                         "flips, rotations and brightness/contrast changes (0 = none)")
+        self.aug.setSingleStep(0.1)
+        self.freeze_cnn = QCheckBox("freeze CNN encoder")
+        self.freeze_cnn.setChecked(values["freeze_cnn"])
+        self.freeze_swin = QCheckBox("freeze Swin encoder")
+        self.freeze_swin.setChecked(values["freeze_swin"])
+        self.start_btn = QPushButton("Start fine-tuning")
+        self.start_btn.clicked.connect(lambda: self.start())
+        self.stop_btn = QPushButton("Stop (keep best)")
+        self.stop_btn.clicked.connect(lambda: self.stop())
+        self.stop_btn.setEnabled(False)
+        self.plot = TrainingPlot()
+        self.status = StatusLine("add corrected images in the Correct tab, then start")
+        self.result = StatusLine()
+
+        freeze, buttons = hbox(self.freeze_cnn, self.freeze_swin), hbox(self.start_btn, self.stop_btn)
+        layout = QVBoxLayout(self)
+        layout.addWidget(form_group("Fine-tune on the training set", [
+            ("steps", self.steps), ("learning rate", self.lr), ("crop", self.crop), ("batch size", self.batch),
+            ("augmentation", self.aug), freeze, buttons]))
+        layout.addWidget(self.plot)
+        layout.addWidget(self.status)
+        layout.addWidget(self.result)
+        layout.addStretch(1)
+
+        self.job: TrainingJob | None = None
+        self.last_done: dict[str, Any] | None = None
+        self._relay = _Relay()
+        self._relay.event.connect(self._on_event)
+        session.busy_changed.connect(self._update_enabled)
+        session.changed.connect(self._update_enabled)
+        self._update_enabled()
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None
+
+    def _update_enabled(self, *_: object) -> None:
+        self.start_btn.setEnabled(not self.running and self.session.segmenter is not None and not self.session.busy)
+
+    def params(self) -> dict[str, Any]:
+        return {"steps": self.steps.value(), "lr": self.lr.value(), "crop": int(self.crop.currentText()),
+                "batch_size": self.batch.value(), "aug_strength": round(self.aug.value(), 3),
+                "freeze_cnn": self.freeze_cnn.isChecked(), "freeze_swin": self.freeze_swin.isChecked()}
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Check everything, save an unsaved model first, then launch the child. True if started."""
+        info, store = self.session.info, self.correct.store
+        if self.running:
+            self.status.error("a fine-tuning job is already running")
+            return False
+        if info is None:
+            self.status.error("no model: load or build one in the Model tab first")
+            return False
+        pairs = store.pairs()
+        if not pairs:
+            self.status.error("the training set is empty: correct an image and 'Add to training set' first")
+            return False
+        if store.class_names != list(info.class_names):
+            self.status.error(f"the training set has classes {store.class_names} but the model has "
+                              f"{list(info.class_names)}; load a model with these classes or start a new set")
+            return False
+        self.session.settings.finetune = self.params()
+        save_settings(self.session.settings)
+        if self.session.path is None or self.session.unsaved:
+            base = user_models_dir() / f"{_stem(info.name or info.preset or 'model')}-base.safetensors"
+            self.status.info(f"saving the current model to {base} first …")
+            return self.session.save(base, on_done=lambda: self._launch(pairs)) is not None
+        return self._launch(pairs)
+
+    def _launch(self, pairs: list[dict[str, str]]) -> bool:
+        from csunet_train.config import ConfigError, TrainConfig
+
+        info, store = self.session.info, self.correct.store
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = _stem(info.name or info.preset or "model").split("-ft-")[0]
+        out = user_models_dir() / f"{base}-ft-{stamp}.safetensors"
+        params = self.params()
+        spec = {"mode": "finetune", "model": str(self.session.path), "pairs": pairs, "val_pairs": None,
+                "class_names": list(info.class_names), "class_colors": store.class_colors or list(info.class_colors),
+                "eval_every": max(1, min(50, params["steps"] // 10)), "device": self.session.settings.device,
+                "out": str(out), "name": f"{base}-ft-{stamp}",
+                "description": f"fine-tuned from {Path(self.session.path).name} on {len(pairs)} image(s)"} | params
+        try:
+            TrainConfig.from_dict(spec)
+        except ConfigError as exc:
+            self.status.error(f"cannot start: {exc}")
+            return False
+        self.plot.clear(params["steps"])
+        self.result.info("")
+        self.last_done = None
+        self.job = TrainingJob(spec, self._relay.event.emit)
+        try:
+            self.job.start()
+        except OSError as exc:
+            self.job = None
+            self.status.error(f"could not start the training process: {exc}")
+            return False
+        self.stop_btn.setEnabled(True)
+        self._update_enabled()
+        self.status.info(f"starting the training process ({len(pairs)} image(s)) …")
+        return True
+
+    def stop(self) -> None:
+        """Ask the child to stop: it saves the best model so far and exits."""
+        if self.job is not None:
+            self.job.stop()
+            self.stop_btn.setEnabled(False)
+            self.status.info("stopping: saving the best model …")
+
+    def shutdown(self, *_: object) -> None:
+        """napari is closing: end the child (the annotations and saved checkpoints stay on disk)."""
+        if self.job is not None:
+            self.job.kill()
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        handler = getattr(self, f"_ev_{ev['event']}", None)
+        if handler is not None:
+            handler(ev)
+
+    def _ev_started(self, ev: dict) -> None:
+        self.plot.clear(ev.get("steps") or self.steps.value())
+        self.status.info(f"training on {ev.get('device')}: {ev.get('train_images')} training / "
+                         f"{ev.get('val_images')} validation image(s)")
+
+    def _ev_step(self, ev: dict) -> None:
+        self.plot.add_loss(ev["step"], ev.get("loss"))
+        speed = ev.get("images_per_s")
+        self.status.info(f"step {ev['step']}/{ev.get('steps')} · loss {ev.get('loss') or float('nan'):.4f}"
+                         + (f" · {speed:.1f} img/s" if speed else "") + f" · ETA {_duration(ev.get('eta_s'))}")
+
+    def _ev_eval(self, ev: dict) -> None:
+        metrics = ev.get("metrics") or {}
+        self.plot.add_val(ev["step"], metrics.get("miou"), bool(ev.get("best")))
+        if ev["step"] == 0:
+            self.result.info(f"before: validation {_iou(metrics)}")
+
+    def _ev_checkpoint(self, ev: dict) -> None:
+        self.result.info(f"best so far at step {ev['step']}: validation {_iou(ev.get('metrics'))}")
+
+    def _ev_warning(self, ev: dict) -> None:
+        self.status.warning(f"training: {ev.get('message')}")
+
+    def _ev_error(self, ev: dict) -> None:
+        self.status.error(f"training failed ({ev.get('kind', 'error')}): {ev.get('message')}")
+
+    def _ev_done(self, ev: dict) -> None:
+        self.last_done = ev
+        before, after = _iou(ev.get("initial_metrics")), _iou(ev.get("best_metrics"))
+        self.result.info(f"validation {before} → {after} (best at step {ev.get('best_step')}, "
+                         f"{'stopped' if ev.get('stopped') else 'finished'} after {ev.get('steps')} steps)")
+        path = ev.get("path")
+        if not path or not Path(path).exists():
+            self.status.error("training ended without saving a model (no step finished)")
+            return
+        self.status.info(f"loading the fine-tuned model {Path(path).name} …")
+        if self.session.load_file(path, on_done=lambda: self._after_load(path)) is None:
+            self.status.warning(f"the fine-tuned model is saved as {path}; load it from the Model tab")
+
+    def _after_load(self, path: str) -> None:
+        self.trained.emit(path)
+        layers = self._images_to_resegment()
+        self.status.info(f"new model {Path(path).name} is current" + ("; segmenting again …" if layers else ""))
+        if layers:
+            self.segment_panel.segment(layers)
+
+    def _images_to_resegment(self) -> list:
+        layer = self.correct.layer()
+        name = layer.metadata.get(IMAGE) if layer is not None else None
+        if name in self.viewer.layers:
+            return [self.viewer.layers[name]]
+        return self.segment_panel.targets()
+
+    def _ev_exit(self, ev: dict) -> None:
+        self.job = None
+        self.stop_btn.setEnabled(False)
+        self._update_enabled()
+
+
+def _spin(box, low, high, value, tip: str):
+    box.setRange(low, high)
+    box.setValue(value)
+    box.setToolTip(tip)
+    return box
+
+
+def _stem(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"

@@ -1,0 +1,82 @@
+"""The plugin's dock widget: one model session shared by the Model, Segment, Correct, Fine-tune
+and Inspect tabs, in the order of the user's loop."""
+
+from __future__ import annotations
+
+import napari
+from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
+
+from ..settings import load_settings
+from .correct_panel import CorrectPanel
+from .finetune_panel import FinetunePanel
+from .inspect_panel import InspectPanel
+from .model_panel import ModelPanel
+from .segment_panel import SegmentPanel
+from .session import ModelSession
+
+__all__ = ["CSUNetWidget"]
+
+
+def _scrolled(widget: QWidget) -> QScrollArea:
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setWidget(widget)
+    return area
+
+
+class CSUNetWidget(QWidget):
+    """Choose a model, segment, correct, fine-tune and inspect without leaving napari."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = ModelSession(_merged_settings(), parent=self)
+        self.model_panel = ModelPanel(napari_viewer, self.session)
+        self.segment_panel = SegmentPanel(napari_viewer, self.session)
+        self.correct_panel = CorrectPanel(napari_viewer, self.session)
+        self.finetune_panel = FinetunePanel(napari_viewer, self.session, self.segment_panel, self.correct_panel)
+        self.inspect_panel = InspectPanel(napari_viewer, self.session)
+        self.tabs = QTabWidget()
+        for title, panel in (("Model", self.model_panel), ("Segment", self.segment_panel),
+                             ("Correct", self.correct_panel), ("Fine-tune", self.finetune_panel),
+                             ("Inspect", self.inspect_panel)):
+            self.tabs.addTab(_scrolled(panel), title)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tabs)
+        self.session.changed.connect(self._after_model_loaded)
+        self.segment_panel.segmented.connect(lambda layers: self.correct_panel.set_labels_layer(layers[-1]))
+        self.finetune_panel.trained.connect(lambda _path: self.model_panel.refresh_files())
+        self.destroyed.connect(self.finetune_panel.shutdown)
+
+    def _after_model_loaded(self) -> None:
+        if self.session.segmenter is not None and self.tabs.currentWidget().widget() is self.model_panel:
+            self.tabs.setCurrentIndex(1)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self.finetune_panel.shutdown()
+        super().closeEvent(event)
+
+
+def _merged_settings():
+    """Our settings file, overridden by napari's Preferences (manifest ``configurations``) when set."""
+    import os
+
+    settings = load_settings()
+    try:
+        from napari.settings import get_plugin_settings
+
+        prefs = get_plugin_settings("napari-csunet").csunet
+    except (ImportError, KeyError, AttributeError):
+        prefs = None
+    if prefs is not None:
+        fields_set = getattr(prefs, "model_fields_set", set())
+        if "default_device" in fields_set:
+            settings.device = prefs.default_device
+        if "weight_cache_dir" in fields_set:
+            settings.weight_cache_dir = prefs.weight_cache_dir
+        if "allow_download" in fields_set:
+            settings.allow_download = prefs.allow_download
+    if settings.weight_cache_dir and not os.environ.get("CSUNET_CACHE_DIR"):
+        os.environ["CSUNET_CACHE_DIR"] = settings.weight_cache_dir
+    return settings

@@ -1,0 +1,227 @@
+"""Model panel: pick a model file (starter or fine-tuned) or build a preset with weight sources.
+
+Model files come first because they already know their classes; a preset needs class names and
+encoder weights (cached, downloadable, or a drop-in path when offline). The device and the weight
+cache folder are remembered between sessions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..models.registry import PRESETS
+from ..settings import DEVICES, cpu_only_torch_with_gpu, save_settings
+from ..zoo import list_model_files
+from .common import StatusLine, form_group, hbox
+from .session import ModelSession
+from .weights_info import source_status
+
+__all__ = ["ModelPanel"]
+
+RANDOM = "random (train from scratch)"
+PATH_ROLE = Qt.ItemDataRole.UserRole
+
+
+class ModelPanel(QWidget):
+    """Choose, build, save the current model; set device and weight cache."""
+
+    def __init__(self, viewer: napari.Viewer, session: ModelSession, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer, self.session = viewer, session
+        settings = session.settings
+
+        self.files = QListWidget()
+        self.files.setMinimumHeight(90)
+        self.files.itemDoubleClicked.connect(lambda *_: self.load_selected())
+        self.load_btn = QPushButton("Load selected")
+        self.load_btn.clicked.connect(lambda: self.load_selected())
+        self.open_btn = QPushButton("Open model file…")
+        self.open_btn.clicked.connect(lambda: self.open_file())
+        refresh = QPushButton("Refresh")
+        refresh.clicked.connect(lambda: self.refresh_files())
+        file_buttons = hbox(self.load_btn, self.open_btn, refresh)
+
+        self.preset = QComboBox()
+        for name, preset in PRESETS.items():
+            self.preset.addItem(name)
+            self.preset.setItemData(self.preset.count() - 1, preset.description, Qt.ItemDataRole.ToolTipRole)
+        self.cnn_source, self.swin_source = QComboBox(), QComboBox()
+        self.classes = QLineEdit("matrix, secondary, tertiary")
+        self.classes.setToolTip("Class names, comma-separated: label 1 is the first")
+        self.allow_download = QCheckBox("download missing weights")
+        self.allow_download.setChecked(settings.allow_download)
+        self.weights_status = StatusLine()
+        self.build_btn = QPushButton("Build model")
+        self.build_btn.clicked.connect(lambda: self.build_preset())
+        for combo in (self.preset, self.cnn_source, self.swin_source):
+            combo.currentIndexChanged.connect(self._on_preset_or_source)
+        self.allow_download.toggled.connect(self._remember_download)
+
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.device.setCurrentText(settings.device)
+        self.device.currentTextChanged.connect(self.session.set_device)
+        self.device_warning = StatusLine()
+        warning = cpu_only_torch_with_gpu()
+        if warning:
+            self.device_warning.warning(warning, notify=False)
+        self.cache_dir = QLineEdit(settings.weight_cache_dir)
+        self.cache_dir.setPlaceholderText("default (platform cache, or CSUNET_CACHE_DIR)")
+        self.cache_dir.editingFinished.connect(lambda: self.set_cache_dir(self.cache_dir.text()))
+        browse = QPushButton("…")
+        browse.clicked.connect(self._browse_cache)
+
+        self.current = StatusLine(session.describe())
+        self.save_btn = QPushButton("Save model file…")
+        self.save_btn.clicked.connect(lambda: self.save_to())
+        self.status = StatusLine()
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(form_group("Model files (starter and fine-tuned)", [self.files, file_buttons]))
+        layout.addWidget(form_group("New model from a preset", [
+            ("preset", self.preset), ("CNN weights", self.cnn_source), ("Swin weights", self.swin_source),
+            ("classes", self.classes), self.allow_download, self.weights_status, self.build_btn]))
+        layout.addWidget(form_group("Device and storage", [
+            ("device", self.device), self.device_warning, ("weight cache", hbox(self.cache_dir, browse))]))
+        layout.addWidget(form_group("Current model", [self.current, self.save_btn]))
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        session.changed.connect(self._on_model_changed)
+        session.failed.connect(self.status.error)
+        session.busy_changed.connect(self._on_busy)
+        self.preset.setCurrentText("csunet-small")
+        self._on_preset_or_source()
+        self.refresh_files()
+        self._on_model_changed()
+
+    # -- model files ---------------------------------------------------------------------------
+
+    def refresh_files(self) -> None:
+        """List starter models first, then the user's fine-tuned ones (newest first)."""
+        self.files.clear()
+        for entry in list_model_files():
+            metrics = entry.get("metrics") or {}
+            score = f" · val mIoU {metrics['miou']:.3f}" if isinstance(metrics.get("miou"), float) else ""
+            item = QListWidgetItem(f"{entry['name']} ({entry['kind']}) · {', '.join(entry['classes'])}{score}")
+            item.setToolTip(f"{entry['path']}\n{entry.get('description') or ''}")
+            item.setData(PATH_ROLE, entry["path"])
+            self.files.addItem(item)
+        if self.files.count():
+            self.files.setCurrentRow(0)
+
+    def load_selected(self):
+        item = self.files.currentItem()
+        if item is None:
+            self.status.error("no model file selected: build a preset or open a model file")
+            return None
+        return self.open_file(item.data(PATH_ROLE))
+
+    def open_file(self, path: str | None = None):
+        """Load a model file (asks for one when ``path`` is None)."""
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Open model file", "", "Model files (*.safetensors)")
+            if not path:
+                return None
+        self.status.info(f"loading {Path(path).name} …")
+        return self.session.load_file(path)
+
+    # -- presets -------------------------------------------------------------------------------
+
+    def class_names(self) -> list[str]:
+        return [n.strip() for n in self.classes.text().split(",") if n.strip()]
+
+    def _on_preset_or_source(self, *_: object) -> None:
+        preset = PRESETS[self.preset.currentText()]
+        for combo, sources in ((self.cnn_source, preset.cnn_sources), (self.swin_source, preset.swin_sources)):
+            if combo.count() != len(sources) + 1 or combo.itemText(1) != (sources[0] if sources else ""):
+                combo.blockSignals(True)
+                combo.clear()
+                combo.addItems([RANDOM, *sources])
+                combo.setCurrentIndex(1 if sources else 0)
+                combo.blockSignals(False)
+            combo.setEnabled(bool(sources))
+        self.preset.setToolTip(preset.description)
+        lines = source_status(preset.name, self._source(self.cnn_source), self._source(self.swin_source))
+        self.weights_status.info("\n".join(lines) or "random weights: train or fine-tune before use")
+
+    @staticmethod
+    def _source(combo: QComboBox) -> str | None:
+        text = combo.currentText()
+        return None if text in ("", RANDOM) else text
+
+    def build_preset(self):
+        names = self.class_names()
+        if not names:
+            self.status.error("give the class names, comma-separated (e.g. matrix, precipitate)")
+            return None
+        if len(set(names)) != len(names):
+            self.status.error(f"class names must differ: {', '.join(names)}")
+            return None
+        self.status.info(f"building {self.preset.currentText()} …")
+        return self.session.load_preset(self.preset.currentText(), names, self._source(self.cnn_source),
+                                        self._source(self.swin_source), self.allow_download.isChecked())
+
+    def _remember_download(self, on: bool) -> None:
+        self.session.settings.allow_download = on
+        save_settings(self.session.settings)
+        self._on_preset_or_source()
+
+    # -- device, storage, saving ---------------------------------------------------------------
+
+    def set_cache_dir(self, folder: str) -> None:
+        """Remember the weight cache folder; the weights module reads it through CSUNET_CACHE_DIR."""
+        import os
+
+        folder = folder.strip()
+        self.session.settings.weight_cache_dir = folder
+        save_settings(self.session.settings)
+        if folder:
+            os.environ["CSUNET_CACHE_DIR"] = folder
+        self._on_preset_or_source()
+
+    def _browse_cache(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Weight cache folder", self.cache_dir.text())
+        if folder:
+            self.cache_dir.setText(folder)
+            self.set_cache_dir(folder)
+
+    def save_to(self, path: str | None = None):
+        if self.session.segmenter is None:
+            self.status.error("no model to save: load or build one first")
+            return None
+        if path is None:
+            from ..zoo import user_models_dir
+
+            start = str(user_models_dir() / f"{self.session.info.name or 'model'}.safetensors")
+            path, _ = QFileDialog.getSaveFileName(self, "Save model file", start, "Model files (*.safetensors)")
+            if not path:
+                return None
+        if not path.endswith(".safetensors"):
+            path += ".safetensors"
+        return self.session.save(path, on_done=lambda: (self.status.info(f"saved {path}"), self.refresh_files()))
+
+    def _on_model_changed(self) -> None:
+        self.current.info(self.session.describe())
+        self.save_btn.setEnabled(self.session.segmenter is not None)
+        if self.session.segmenter is not None:
+            self.status.info(f"model ready on {self.session.segmenter.device}")
+
+    def _on_busy(self, busy: bool) -> None:
+        for w in (self.load_btn, self.open_btn, self.build_btn, self.device):
+            w.setEnabled(not busy)
+        self.save_btn.setEnabled(not busy and self.session.segmenter is not None)

@@ -1,0 +1,234 @@
+"""Segment panel: run the current model on one or all open images, off the GUI thread.
+
+Prediction runs in a napari worker thread with a progress bar (ours and napari's activity dock)
+and a Cancel that stops before the next tile batch. Results land in a Labels layer named after
+the image, with the model's classes; segmenting again replaces its data, keeping the previous
+labels and the raw prediction in the layer's metadata so the Correct panel can undo or revert.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import napari
+import numpy as np
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils import cancelable_progress
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QCheckBox, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from .._layerdata import labels_kwargs
+from .common import (
+    OUTPUT,
+    LayerCombo,
+    StatusLine,
+    form_group,
+    image_data,
+    is_input_image,
+    labels_name,
+)
+from .session import ModelSession
+
+__all__ = ["SegmentPanel", "ALL_IMAGES", "write_prediction"]
+
+ALL_IMAGES = "all open images"
+#: keys of the Labels layer's metadata
+PREDICTION, PREVIOUS, IMAGE = "csunet_prediction", "csunet_previous", "csunet_image"
+
+
+class _Relay(QObject):
+    """Carries progress from the worker thread to the GUI thread (queued connection)."""
+
+    progress = Signal(int, int, int, int)  # image index, images, tiles done, tiles total
+
+
+def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name: str,
+                     extras: bool = True) -> Labels:
+    """Put a prediction into ``"<image> labels"``: a new layer, or new data for the existing one."""
+    name = labels_name(image.name)
+    kwargs = labels_kwargs(info.class_names, info.class_colors, name)
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if isinstance(layer, Labels) and layer.data.shape == pred.labels.shape:
+        previous = layer.data
+        layer.data = pred.labels
+        layer.colormap, layer.features = kwargs["colormap"], kwargs["features"]
+        layer.metadata[PREVIOUS] = previous
+    else:
+        if layer is not None:  # same name, other shape or type: keep it, under another name
+            layer.name = f"{name} (old)"
+        kwargs = {k: v for k, v in kwargs.items() if k != "name"}
+        layer = viewer.add_labels(pred.labels, name=name, scale=image.scale[-pred.labels.ndim:],
+                                  translate=image.translate[-pred.labels.ndim:], **kwargs)
+    layer.metadata.update({PREDICTION: pred.labels.copy(), IMAGE: image.name, "csunet_model": model_name,
+                           "class_names": list(info.class_names), "class_colors": list(info.class_colors)})
+    if extras:
+        _write_extras(viewer, image, pred, info)
+    return layer
+
+
+def _set_or_add(viewer: napari.Viewer, name: str, data: np.ndarray, **kwargs) -> None:
+    if name in viewer.layers and isinstance(viewer.layers[name], Image) and viewer.layers[name].data.shape == data.shape:
+        viewer.layers[name].data = data
+    else:
+        viewer.add_image(data, name=name, metadata={OUTPUT: True}, **kwargs)
+
+
+def _write_extras(viewer: napari.Viewer, image: Image, pred, info) -> None:
+    scale = image.scale[-pred.labels.ndim:]
+    if pred.probs is not None:
+        axis = pred.probs.ndim - 3  # (K, H, W) or (Z, K, H, W)
+        for k, (cls, color) in enumerate(zip(info.class_names, info.class_colors, strict=False)):
+            _set_or_add(viewer, f"{image.name} p({cls})", np.take(pred.probs, k, axis=axis).astype(np.float32),
+                        colormap=_color_ramp(color), blending="additive", contrast_limits=(0, 1),
+                        visible=False, scale=scale)
+    if pred.uncertainty is not None:
+        _set_or_add(viewer, f"{image.name} uncertainty", pred.uncertainty, colormap="magma",
+                    contrast_limits=(0, 1 - 1 / info.num_classes), visible=False, scale=scale)
+
+
+def _color_ramp(hex_color: str):
+    from napari.utils.colormaps import Colormap
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    return Colormap([[0, 0, 0, 1], transform_color(hex_color)[0]], name=f"csunet {hex_color}")
+
+
+class SegmentPanel(QWidget):
+    """Choose images, segment them in the background, cancel."""
+
+    #: emitted on the GUI thread with the Labels layers written by one run
+    segmented = Signal(list)
+
+    def __init__(self, viewer: napari.Viewer, session: ModelSession, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer, self.session = viewer, session
+        self.images = LayerCombo(viewer, Image, extra=(ALL_IMAGES,), accept=is_input_image)
+        self.want_probs = QCheckBox("probability layers")
+        self.want_uncertainty = QCheckBox("uncertainty layer")
+        self.tta = QCheckBox("test-time augmentation (flips, 4x slower)")
+        self.segment_btn = QPushButton("Segment")
+        self.segment_btn.clicked.connect(lambda: self.segment())
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.cancel_btn.setEnabled(False)
+        self.bar = QProgressBar()
+        self.bar.setFormat("%v / %m tiles")
+        self.status = StatusLine("load a model in the Model tab, then segment")
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(form_group("Segment", [("image", self.images), self.want_probs, self.want_uncertainty,
+                                                self.tta, self.segment_btn, self.bar, self.cancel_btn]))
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._relay = _Relay()
+        self._relay.progress.connect(self._on_progress)
+        self._cancel = threading.Event()
+        self._napari_bar: cancelable_progress | None = None
+        self._written: list[Labels] = []
+        self.worker = None
+        session.changed.connect(self._update_enabled)
+        session.busy_changed.connect(self._update_enabled)
+        self._update_enabled()
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _update_enabled(self, *_: object) -> None:
+        ready = self.session.segmenter is not None and not self.session.busy and not self.running
+        self.segment_btn.setEnabled(ready)
+
+    def targets(self, choice=None) -> list[Image]:
+        choice = self.images.value() if choice is None else choice
+        if choice == ALL_IMAGES:
+            return [lay for lay in self.viewer.layers if isinstance(lay, Image) and is_input_image(lay)]
+        return [choice] if isinstance(choice, Image) else []
+
+    def segment(self, layers: list[Image] | None = None, on_done: Callable[[list[Labels]], None] | None = None):
+        """Segment ``layers`` (default: the panel's choice); returns the worker, None if refused."""
+        layers = self.targets() if layers is None else layers
+        seg = self.session.segmenter
+        if seg is None:
+            self.status.error("no model loaded: choose one in the Model tab first")
+            return None
+        if self.running or self.session.busy:
+            self.status.error("busy: wait for the current run to finish or cancel it")
+            return None
+        if not layers:
+            self.status.error("no image to segment: open an image (File > Open Sample > CS-UNet) first")
+            return None
+        jobs = [(lay, image_data(lay)) for lay in layers]
+        options = {"want_probs": self.want_probs.isChecked(), "want_uncertainty": self.want_uncertainty.isChecked()}
+        seg.tta = self.tta.isChecked()
+        self._cancel.clear()
+        self._written = []
+        self._napari_bar = cancelable_progress(total=0, desc=f"CS-UNet: segmenting {layers[0].name}",
+                                               cancel_callback=self._cancel.set)
+        self.worker = create_worker(_predict_all, seg, jobs, options, self._relay.progress.emit,
+                                    self._is_cancelled, _start_thread=False, _ignore_errors=True)
+        self.worker.yielded.connect(self._on_result)
+        self.worker.errored.connect(self._on_error)
+        self.worker.finished.connect(lambda: self._on_finished(on_done))
+        self.session.set_busy(True)
+        self.cancel_btn.setEnabled(True)
+        self.status.info(f"segmenting {len(layers)} image(s) on {seg.device} …")
+        self.worker.start()
+        return self.worker
+
+    def _is_cancelled(self) -> bool:
+        return self._cancel.is_set() or bool(self._napari_bar is not None and self._napari_bar.is_canceled)
+
+    def cancel(self) -> None:
+        """Stop before the next tile batch; the layers keep what they had."""
+        self._cancel.set()
+        self.status.info("cancelling …")
+
+    def _on_progress(self, index: int, count: int, done: int, total: int) -> None:
+        self.bar.setMaximum(max(total, 1))
+        self.bar.setValue(done)
+        if self._napari_bar is not None:
+            if self._napari_bar.total != total:
+                self._napari_bar.total = total
+            self._napari_bar.n = done
+            self._napari_bar.update(0)
+            if count > 1:
+                self._napari_bar.set_description(f"CS-UNet: image {index + 1}/{count}")
+
+    def _on_result(self, result) -> None:
+        layer, pred = result
+        info = self.session.info
+        self._written.append(write_prediction(self.viewer, layer, pred, info, self.session.segmenter.name))
+        fractions = np.bincount(pred.labels.ravel(), minlength=info.num_classes + 1)[1:] / pred.labels.size
+        self.status.info(f"{layer.name}: " + ", ".join(f"{n} {f:.1%}" for n, f in zip(info.class_names, fractions, strict=False)))
+
+    def _on_error(self, exc: BaseException) -> None:
+        from ..inference import Cancelled
+
+        if isinstance(exc, Cancelled):
+            self.status.info("cancelled: the labels layers were left as they were")
+        else:
+            self.status.error(f"segmentation failed: {exc}")
+
+    def _on_finished(self, on_done) -> None:
+        self.worker = None
+        if self._napari_bar is not None:
+            self._napari_bar.close()
+            self._napari_bar = None
+        self.cancel_btn.setEnabled(False)
+        self.session.set_busy(False)
+        written, self._written = self._written, []
+        if written:
+            self.segmented.emit(written)
+        if on_done is not None:
+            on_done(written)
+
+
+def _predict_all(seg, jobs, options, progress, cancelled) -> Iterator:
+    """Worker thread: one prediction per image, yielded as soon as it is done."""
+    for i, (layer, data) in enumerate(jobs):
+        pred = seg.predict(np.asarray(data), progress=lambda d, t, i=i: progress(i, len(jobs), d, t),
+                           cancel=cancelled, name=layer.name, **options)
+        yield layer, pred

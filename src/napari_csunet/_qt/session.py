@@ -1,0 +1,166 @@
+"""The current model, kept warm on its device and shared by all panels.
+
+Loading (torch import, building, weights, moving to the GPU) runs on a worker thread so napari
+never freezes; every panel listens to ``changed`` to enable itself and show the classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Signal
+
+from ..modelfile import ModelInfo
+from ..settings import Settings, load_settings, save_settings
+
+__all__ = ["ModelSession", "load_preset_model"]
+
+
+def load_preset_model(preset: str, class_names: list[str], cnn: str | None, swin: str | None,
+                      allow_download: bool) -> tuple[Any, ModelInfo, dict]:
+    """Build a preset with fresh classes and apply pretrained encoder sources (worker thread)."""
+    from ..models import build_model, get_preset
+    from ..weights import apply_sources
+
+    config = get_preset(preset).config.with_classes(len(class_names))
+    model = build_model(config)
+    report = apply_sources(model, cnn, swin, allow_download=allow_download) if (cnn or swin) else {}
+    info = ModelInfo(config=config, class_names=list(class_names), preset=preset,
+                     sources={"cnn": cnn, "swin": swin}, name=preset,
+                     description=get_preset(preset).description)
+    return model, info, report
+
+
+class ModelSession(QObject):
+    """Holds the :class:`~napari_csunet.inference.Segmenter` and what it was loaded from."""
+
+    #: emitted on the main thread after a model was loaded, replaced or unloaded
+    changed = Signal()
+    #: emitted with a message when loading failed (the old model stays)
+    failed = Signal(str)
+    busy_changed = Signal(bool)
+
+    def __init__(self, settings: Settings | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings or load_settings()
+        self.segmenter = None
+        self.path: Path | None = None  # model file, None for an unsaved preset build
+        self.unsaved = False
+        self.busy = False
+        self._worker = None
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return self.segmenter.info if self.segmenter is not None else None
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    def describe(self) -> str:
+        if self.segmenter is None:
+            return "no model loaded"
+        info = self.info
+        where = str(self.path) if self.path else "not saved yet"
+        return (f"{info.name or info.preset} · classes: {', '.join(info.class_names)} · "
+                f"{self.segmenter.device} · {where}")
+
+    def _segmenter_kwargs(self) -> dict[str, Any]:
+        return {"device": self.settings.device, "tile": self.settings.tile}
+
+    def _run(self, job: Callable[[], tuple[Any, Path | None, bool]],
+             on_done: Callable[[], None] | None = None):
+        if self.busy:
+            self.failed.emit("the model is busy (loading or segmenting); try again when it is done")
+            return None
+        self.set_busy(True)
+        results: list = []
+        worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(results.append)
+        worker.errored.connect(lambda exc: self.failed.emit(_message(exc)))
+        worker.finished.connect(lambda: self._finished(results, on_done))
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def _finished(self, results: list, on_done: Callable[[], None] | None) -> None:
+        """After the worker: not busy any more, then the new model, then the caller's follow-up."""
+        self._worker = None
+        self.set_busy(False)
+        if results:
+            self._loaded(*results[0], on_done=on_done)
+
+    def set_busy(self, busy: bool) -> None:
+        self.busy = busy
+        self.busy_changed.emit(busy)
+
+    def _loaded(self, segmenter: Any, path: Path | None, unsaved: bool, on_done=None) -> None:
+        self.segmenter, self.path, self.unsaved = segmenter, path, unsaved
+        self.settings.last_model = str(path) if path else ""
+        save_settings(self.settings)
+        self.changed.emit()
+        if on_done is not None:
+            on_done()
+
+    def load_file(self, path: str | Path, on_done: Callable[[], None] | None = None):
+        """Load a model file on a worker thread; returns the worker (None when busy)."""
+        kwargs = self._segmenter_kwargs()
+
+        def job():
+            from ..inference import Segmenter
+
+            return Segmenter.from_file(Path(path), **kwargs), Path(path), False
+
+        return self._run(job, on_done)
+
+    def load_preset(self, preset: str, class_names: list[str], cnn: str | None, swin: str | None,
+                    allow_download: bool, on_done: Callable[[], None] | None = None):
+        """Build a preset (random decoder, chosen encoder weights) on a worker thread."""
+        kwargs = self._segmenter_kwargs()
+
+        def job():
+            from ..inference import Segmenter
+
+            model, info, _ = load_preset_model(preset, class_names, cnn, swin, allow_download)
+            return Segmenter(model, info, **kwargs), None, True
+
+        return self._run(job, on_done)
+
+    def set_device(self, device: str) -> None:
+        """Remember the device; a loaded model moves there (reloaded on a worker thread)."""
+        self.settings.device = device
+        save_settings(self.settings)
+        if self.segmenter is None or str(self.segmenter.device).startswith(device):
+            return
+        seg, path, unsaved, kwargs = self.segmenter, self.path, self.unsaved, self._segmenter_kwargs()
+
+        def job():
+            from ..inference import Segmenter
+
+            return Segmenter(seg.model.cpu(), seg.info, **kwargs), path, unsaved
+
+        self._run(job)
+
+    def save(self, path: str | Path, on_done: Callable[[], None] | None = None):
+        """Write the current model to a model file on a worker thread."""
+        if self.segmenter is None:
+            self.failed.emit("no model to save: load or build one first")
+            return None
+        seg, target = self.segmenter, Path(path)
+
+        def job():
+            from ..modelfile import save_model_file
+
+            save_model_file(target, seg.model, seg.info)
+            return seg, target, False
+
+        return self._run(job, on_done)
+
+
+def _message(exc: BaseException) -> str:
+    """A user-facing message: the exception's own words, its type when it has none."""
+    text = str(exc).strip()
+    return text if text else type(exc).__name__

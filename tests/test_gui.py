@@ -1,0 +1,238 @@
+"""The dock widget with a real viewer: model, segment, correct, inspect, fine-tune errors.
+
+Runs under xvfb-run with the tiny preset; the end-to-end loop with the real training child is
+in tests/test_gui_loop.py.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("qtpy")
+pytestmark = pytest.mark.gui
+
+from napari.layers import Labels  # noqa: E402
+
+from napari_csunet._qt.main_widget import CSUNetWidget  # noqa: E402
+from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
+
+CLASSES = ["matrix", "secondary", "tertiary"]
+IMAGE = "superalloy spot2_0d_0"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_bytes(tmp_path_factory) -> bytes:
+    """A csunet-tiny model file (random weights), built once per session."""
+    import torch
+
+    from napari_csunet.modelfile import ModelInfo, save_model_file
+    from napari_csunet.models import build_model, get_preset
+
+    torch.manual_seed(0)
+    config = get_preset("csunet-tiny").config
+    info = ModelInfo(config, CLASSES, ["#808080", "#0000ff", "#ff0000"], preset="csunet-tiny", name="tiny-test")
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model_file(path, build_model(config), info)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def tiny_model(tiny_model_bytes, monkeypatch, tmp_path):
+    """The tiny model file in the user's model folder (so the Model panel lists it)."""
+    from napari_csunet.zoo import user_models_dir
+
+    path = user_models_dir() / "tiny-test.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tiny_model_bytes)
+    return path
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_model, qtbot):
+    """The docked plugin with the tiny model loaded and the superalloy sample open."""
+    viewer = make_napari_viewer()
+    dock, w = viewer.window.add_plugin_dock_widget("napari-csunet", "CS-UNet")
+    assert isinstance(w, CSUNetWidget)
+    viewer.open_sample("napari-csunet", "superalloy")
+    w.model_panel.refresh_files()
+    w.model_panel.load_selected()
+    qtbot.waitUntil(lambda: w.session.segmenter is not None and not w.session.busy, timeout=60_000)
+    return w
+
+
+def segment(w, qtbot, layers=None):
+    assert w.segment_panel.segment(layers) is not None, w.segment_panel.status.text()
+    qtbot.waitUntil(lambda: not w.segment_panel.running, timeout=120_000)
+    return w.viewer.layers[f"{IMAGE} labels"]
+
+
+def test_model_panel_lists_the_model_file_and_loads_it(widget):
+    w = widget
+    assert "tiny-test (user)" in w.model_panel.files.item(0).text()
+    assert w.session.path.name == "tiny-test.safetensors" and w.session.info.class_names == CLASSES
+    assert "tiny-test" in w.model_panel.current.text()
+    assert w.tabs.currentIndex() == 1  # jumped to Segment once the model was ready
+    assert w.segment_panel.segment_btn.isEnabled()
+
+
+def test_segment_writes_named_classes_and_resegment_keeps_an_undo(widget, qtbot):
+    w = widget
+    w.segment_panel.want_probs.setChecked(True)
+    w.segment_panel.want_uncertainty.setChecked(True)
+    layer = segment(w, qtbot)
+    assert isinstance(layer, Labels) and layer.data.shape == (512, 512) and layer.data.dtype == np.uint8
+    assert set(np.unique(layer.data)) <= {1, 2, 3}
+    assert list(layer.features["class"]) == ["unlabelled", *CLASSES]
+    np.testing.assert_allclose(layer.colormap.map(3)[:3], [1, 0, 0])
+    assert f"{IMAGE} p(tertiary)" in w.viewer.layers and f"{IMAGE} uncertainty" in w.viewer.layers
+    probs = sum(w.viewer.layers[f"{IMAGE} p({c})"].data for c in CLASSES)
+    np.testing.assert_allclose(probs, 1, atol=0.02)
+    assert w.segment_panel.bar.value() == w.segment_panel.bar.maximum() > 0
+    assert "matrix" in w.segment_panel.status.text()
+    prediction = layer.metadata[PREDICTION].copy()
+
+    layer.data[:50, :50] = 0  # a "correction"
+    painted = layer.data.copy()
+    segment(w, qtbot)
+    assert [lay.name for lay in w.viewer.layers if isinstance(lay, Labels)] == [layer.name]
+    np.testing.assert_array_equal(layer.data, prediction)
+    np.testing.assert_array_equal(layer.metadata[PREVIOUS], painted)
+    w.correct_panel.undo_resegment()
+    np.testing.assert_array_equal(layer.data, painted)
+    w.correct_panel.revert()
+    np.testing.assert_array_equal(layer.data, prediction)
+
+
+def test_cancel_leaves_the_layers_as_they_were(widget, qtbot):
+    w = widget
+    big = np.tile(w.viewer.layers[IMAGE].data, (4, 4))
+    image = w.viewer.add_image(big, name="big")
+    assert w.segment_panel.segment([image]) is not None
+    qtbot.waitUntil(lambda: w.segment_panel.bar.value() > 0, timeout=60_000)
+    w.segment_panel.cancel_btn.click()
+    qtbot.waitUntil(lambda: not w.segment_panel.running, timeout=60_000)
+    assert "big labels" not in w.viewer.layers
+    assert "cancelled" in w.segment_panel.status.text()
+    assert w.segment_panel.segment_btn.isEnabled() and not w.session.busy
+
+
+def test_segment_refuses_clearly_without_an_image(widget):
+    w = widget
+    w.viewer.layers.clear()
+    assert w.segment_panel.segment() is None
+    assert w.segment_panel.status.kind == "error" and "no image" in w.segment_panel.status.text()
+
+
+def test_palette_and_number_keys_pick_the_brush_class(widget, qtbot):
+    w = widget
+    layer = segment(w, qtbot)
+    panel = w.correct_panel
+    assert panel.layer().name == layer.name
+    assert [b.text() for b in panel.class_buttons] == ["0 eraser (unlabelled)", "1 matrix", "2 secondary", "3 tertiary"]
+    panel.class_buttons[3].click()
+    assert layer.selected_label == 3 and layer.mode == "paint" and panel.class_buttons[3].isChecked()
+    w.viewer.layers.selection.active = layer
+    handler = w.viewer.window._qt_viewer.canvas._key_map_handler
+    handler.press_key("2")
+    handler.release_key("2")
+    assert layer.selected_label == 2 and layer.mode == "paint"
+
+
+def test_add_to_training_set_with_a_rectangle_then_remove(widget, qtbot):
+    w = widget
+    layer = segment(w, qtbot)
+    layer.data[100:120, 100:140] = 3
+    shapes = w.viewer.add_shapes([[[90, 95], [90, 200], [130, 200], [130, 95]]], shape_type="rectangle", name="roi")
+    panel = w.correct_panel
+    panel.set_labels_layer(layer)
+    panel.region.set_value(shapes.name)
+    entry = panel.add_to_training_set()
+    assert entry is not None and entry.region == [90, 95, 130, 200]
+    saved = tifffile.imread(panel.store.root / entry.labels)
+    assert saved[100:120, 100:140].min() == 3 and saved[:90].max() == 0 and saved[131:].max() == 0
+    np.testing.assert_array_equal(tifffile.imread(panel.store.root / entry.image), w.viewer.layers[IMAGE].data)
+    assert entry.counts["tertiary"] >= 800 and sum(entry.counts.values()) == 40 * 105
+    assert panel.table.rowCount() == 1 and panel.table.horizontalHeaderItem(3).text() == "tertiary"
+    panel.table.selectRow(0)
+    panel.remove_selected()
+    assert panel.table.rowCount() == 0 and len(panel.store) == 0
+
+
+@pytest.mark.parametrize("region", ["empty shapes", "no labels"])
+def test_add_to_training_set_refuses_with_a_reason(widget, qtbot, region):
+    w = widget
+    layer = segment(w, qtbot)
+    panel = w.correct_panel
+    if region == "empty shapes":
+        w.viewer.add_shapes(name="roi")
+        panel.region.set_value("roi")
+        expected = "has no rectangle"
+    else:
+        layer.data[:] = 0
+        expected = "no labelled pixels"
+    assert panel.add_to_training_set() is None
+    assert panel.status.kind == "error" and expected in panel.status.text()
+    assert len(panel.store) == 0
+
+
+def test_inspect_statistics_csv_display_and_disagreement(widget, qtbot, tmp_path):
+    w = widget
+    layer = segment(w, qtbot)
+    panel = w.inspect_panel
+    panel.labels.set_value(layer.name)
+    assert panel.compute() is not None
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
+    assert [r["class"] for r in panel.rows] == CLASSES and panel.table.rowCount() == 3
+    assert abs(sum(r["area_fraction"] for r in panel.rows) - 1) < 1e-6
+    out = panel.export_csv(str(tmp_path / "stats.csv"))
+    rows = list(csv.DictReader(open(out)))
+    assert [r["class"] for r in rows] == CLASSES and "particles" in rows[0]
+    panel.contours.setChecked(True)
+    panel.opacity.setValue(30)
+    assert layer.contour == 2 and layer.opacity == pytest.approx(0.3)
+
+    corrected = w.viewer.add_labels(layer.data.copy(), name="corrected")
+    corrected.data[:10, :] = 0
+    corrected.data[10:20, :] = layer.data[10:20, :] % 3 + 1
+    panel.layer_a.set_value(layer.name)
+    panel.layer_b.set_value("corrected")
+    diff = panel.show_disagreement()
+    assert diff.data[:10].max() == 0 and diff.data[10:20].all() and diff.data[20:].max() == 0
+    assert "disagree" in panel.status.text()
+
+
+def test_finetune_refuses_without_annotations_or_with_other_classes(widget, qtbot):
+    w = widget
+    panel = w.finetune_panel
+    assert panel.start() is False and "training set is empty" in panel.status.text()
+    layer = segment(w, qtbot)
+    w.correct_panel.store.add(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8), name="other",
+                              class_names=["a", "b"])
+    assert panel.start() is False and "has classes ['a', 'b']" in panel.status.text()
+    assert panel.job is None and layer.data.shape == (512, 512)
+
+
+def test_a_crashing_training_child_is_reported_and_napari_survives(widget, qtbot, monkeypatch, tmp_path):
+    """Broken data in the annotation set: the real child reports an error, nothing is lost."""
+    w = widget
+    layer = segment(w, qtbot)
+    entry = w.correct_panel.add_to_training_set()
+    (w.correct_panel.store.root / entry.labels).write_bytes(b"not a tiff at all")
+    w.finetune_panel.steps.setValue(2)
+    assert w.finetune_panel.start()
+    qtbot.waitUntil(lambda: not w.finetune_panel.running, timeout=120_000)
+    assert w.finetune_panel.status.kind == "error" and "training failed" in w.finetune_panel.status.text()
+    assert w.session.path.name == "tiny-test.safetensors"  # the model did not change
+    assert [e.id for e in w.correct_panel.store.entries()] == [entry.id]
+    assert layer.data.shape == (512, 512) and w.finetune_panel.start_btn.isEnabled()
+
+
+def test_device_choice_is_remembered(widget):
+    from napari_csunet.settings import load_settings
+
+    widget.model_panel.device.setCurrentText("cpu")
+    assert load_settings().device == "cpu"
