@@ -252,7 +252,7 @@ class Segmenter:
             batch = tiles[b:b + self.batch_size]
             probs = self._forward(self._batch(padded, batch, (th, tw), stats), (th, tw))
             for (i, y, x), p in zip(batch, probs, strict=True):
-                acc[:, y - base:y - base + th, x:x + tw] += p * win
+                acc[:, y - base:y - base + th, x:x + tw].addcmul_(p, win)
                 if x == layout.xs[-1]:  # row of tiles i is complete: rows above the next one are final
                     nxt = layout.ys[i + 1] if i + 1 < len(layout.ys) else hp
                     band = acc[:, :nxt - base] / (sy[base:nxt, None] * sx[None, :])
