@@ -236,3 +236,45 @@ def test_device_choice_is_remembered(widget):
 
     widget.model_panel.device.setCurrentText("cpu")
     assert load_settings().device == "cpu"
+
+
+@pytest.mark.parametrize(("cnn", "expected"), [("random (train from scratch)", "ready"), ("imagenet", "resnet10t-imagenet")])
+def test_build_a_preset_or_say_where_the_weights_go(widget, qtbot, cnn, expected):
+    panel = widget.model_panel
+    panel.preset.setCurrentText("csunet-tiny")
+    panel.cnn_source.setCurrentText(cnn)
+    panel.classes.setText("background, pore")
+    assert panel.build_preset() is not None
+    qtbot.waitUntil(lambda: not widget.session.busy, timeout=60_000)
+    if expected == "ready":
+        assert widget.session.info.class_names == ["background", "pore"] and widget.session.unsaved
+        assert widget.session.path is None and "not saved yet" in panel.current.text()
+    else:  # offline: the message names the URL and the drop-in path, the old model stays
+        assert panel.status.kind == "error" and expected in panel.status.text() and "save it as" in panel.status.text()
+        assert widget.session.info.class_names == CLASSES
+
+
+def test_model_loads_in_a_fresh_napari_started_first(tiny_model, tmp_path):
+    """The user's order: napari (and its OpenGL) first, then torch/timm on a worker: no crash."""
+    script = tmp_path / "fresh.py"
+    script.write_text(f"""
+import sys, time
+import napari
+from qtpy.QtWidgets import QApplication
+viewer = napari.Viewer(show=False)
+assert "torch" not in sys.modules
+_, w = viewer.window.add_plugin_dock_widget("napari-csunet", "CS-UNet")
+w.model_panel.open_file({str(tiny_model)!r})
+app, t0 = QApplication.instance(), time.time()
+while (w.session.segmenter is None or w.session.busy) and time.time() - t0 < 120:
+    app.processEvents()
+    time.sleep(0.02)
+print("loaded", w.session.segmenter is not None, flush=True)
+viewer.close()
+""")
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert out.returncode == 0 and "loaded True" in out.stdout, out.stderr[-2000:]

@@ -3,10 +3,12 @@ and Inspect tabs, in the order of the user's loop."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import napari
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
-from ..settings import load_settings
+from ..settings import load_settings, save_settings
 from .correct_panel import CorrectPanel
 from .finetune_panel import FinetunePanel
 from .inspect_panel import InspectPanel
@@ -59,10 +61,12 @@ class CSUNetWidget(QWidget):
 
 
 def _merged_settings():
-    """Our settings file, overridden by napari's Preferences (manifest ``configurations``) when set."""
-    import os
+    """Our settings file, overridden by napari's Preferences (manifest ``configurations``) when set.
 
+    The result is saved, so the command line and the weights module see the same choices.
+    """
     settings = load_settings()
+    before = asdict(settings)
     try:
         from napari.settings import get_plugin_settings
 
@@ -77,6 +81,6 @@ def _merged_settings():
             settings.weight_cache_dir = prefs.weight_cache_dir
         if "allow_download" in fields_set:
             settings.allow_download = prefs.allow_download
-    if settings.weight_cache_dir and not os.environ.get("CSUNET_CACHE_DIR"):
-        os.environ["CSUNET_CACHE_DIR"] = settings.weight_cache_dir
+    if asdict(settings) != before:
+        save_settings(settings)
     return settings

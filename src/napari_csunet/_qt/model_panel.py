@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import napari
+from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -27,6 +28,7 @@ from ..models.registry import PRESETS
 from ..settings import DEVICES, cpu_only_torch_with_gpu, save_settings
 from ..zoo import list_model_files
 from .common import StatusLine, form_group, hbox
+from .compat import avoid_triton_llvm_clash
 from .session import ModelSession
 from .weights_info import source_status
 
@@ -80,7 +82,8 @@ class ModelPanel(QWidget):
         if warning:
             self.device_warning.warning(warning, notify=False)
         self.cache_dir = QLineEdit(settings.weight_cache_dir)
-        self.cache_dir.setPlaceholderText("default (platform cache, or CSUNET_CACHE_DIR)")
+        self.cache_dir.setPlaceholderText("default: the platform cache folder")
+        self.cache_dir.setToolTip("CSUNET_CACHE_DIR, when set, takes precedence")
         self.cache_dir.editingFinished.connect(lambda: self.set_cache_dir(self.cache_dir.text()))
         browse = QPushButton("…")
         browse.clicked.connect(self._browse_cache)
@@ -156,8 +159,28 @@ class ModelPanel(QWidget):
                 combo.blockSignals(False)
             combo.setEnabled(bool(sources))
         self.preset.setToolTip(preset.description)
-        lines = source_status(preset.name, self._source(self.cnn_source), self._source(self.swin_source))
-        self.weights_status.info("\n".join(lines) or "random weights: train or fine-tune before use")
+        cnn, swin = self._source(self.cnn_source), self._source(self.swin_source)
+        if not (cnn or swin):
+            self.weights_status.info("random weights: train or fine-tune before use")
+            return
+        # the registry imports timm (and torch) for ImageNet sources: keep that off the GUI thread
+        self.weights_status.info("checking the weight cache …")
+        avoid_triton_llvm_clash()
+        worker = create_worker(source_status, preset.name, cnn, swin, self.allow_download.isChecked(),
+                               _start_thread=False, _ignore_errors=True)
+        request = (preset.name, cnn, swin, self.allow_download.isChecked())
+        worker.returned.connect(lambda result: self._show_sources(result, request))
+        worker.errored.connect(lambda exc: self.weights_status.warning(f"weights: {exc}", notify=False))
+        self._status_worker = worker  # keep a reference until it is done
+        worker.start()
+
+    def _show_sources(self, result: tuple[list[str], bool], request: tuple) -> None:
+        current = (self.preset.currentText(), self._source(self.cnn_source), self._source(self.swin_source),
+                   self.allow_download.isChecked())
+        if request != current:  # the user moved on; a newer check is coming
+            return
+        lines, ready = result
+        (self.weights_status.info if ready else self.weights_status.warning)("\n".join(lines), notify=False)
 
     @staticmethod
     def _source(combo: QComboBox) -> str | None:
@@ -184,14 +207,9 @@ class ModelPanel(QWidget):
     # -- device, storage, saving ---------------------------------------------------------------
 
     def set_cache_dir(self, folder: str) -> None:
-        """Remember the weight cache folder; the weights module reads it through CSUNET_CACHE_DIR."""
-        import os
-
-        folder = folder.strip()
-        self.session.settings.weight_cache_dir = folder
+        """Remember the weight cache folder (the weights module reads it from the settings)."""
+        self.session.settings.weight_cache_dir = folder.strip()
         save_settings(self.session.settings)
-        if folder:
-            os.environ["CSUNET_CACHE_DIR"] = folder
         self._on_preset_or_source()
 
     def _browse_cache(self) -> None:

@@ -15,6 +15,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..modelfile import ModelInfo
 from ..settings import Settings, load_settings, save_settings
+from .compat import avoid_triton_llvm_clash
 
 __all__ = ["ModelSession", "load_preset_model"]
 
@@ -76,6 +77,7 @@ class ModelSession(QObject):
         if self.busy:
             self.failed.emit("the model is busy (loading or segmenting); try again when it is done")
             return None
+        avoid_triton_llvm_clash()  # before the worker imports torch/timm
         self.set_busy(True)
         results: list = []
         worker = create_worker(job, _start_thread=False, _ignore_errors=True)
