@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from csunet_train.config import TrainConfig, load_recipe
@@ -33,7 +32,6 @@ from csunet_train.loop import amp_dtype, build_optimizer, evaluate, train_step
 from csunet_train.losses import segmentation_loss
 from csunet_train.sampling import CropDataset, prepare_image
 from napari_csunet.io import find_samples
-from napari_csunet.metrics import confusion_matrix, metrics_from_confusion
 from napari_csunet.models import build_model
 
 
@@ -64,7 +62,7 @@ def _median_time(fn, reps: int) -> float:
 
 
 def bare_timings(cfg: TrainConfig, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-                 device: torch.device, reps: int = 5) -> dict[str, float]:
+                 device: torch.device, reps: int = 3) -> dict[str, float]:
     """Seconds for a bare forward+backward, and for a full optimiser step, on one fixed batch."""
     x, y = (t.to(device) for t in batch)
     dtype = amp_dtype(device, cfg.amp)
@@ -90,18 +88,16 @@ def plan_steps(cfg: TrainConfig, budget_s: float, step_s: float, eval_s: float) 
     return max(1, min(cfg.steps, int(usable / per_step)))
 
 
-def test_metrics(model_path: Path, data_dir: str, split: str, device: str) -> tuple[dict[str, Any], int]:
-    """Tiled prediction of each test image with the inference engine, metrics over all pixels."""
+def test_metrics(model_path: Path, data_dir: str, split: str, device: str) -> dict[str, Any]:
+    """The ``csunet evaluate --json`` object: tiled inference of each test image, summed confusion."""
+    from napari_csunet.analysis import evaluate_samples
     from napari_csunet.inference import Segmenter
 
     seg = Segmenter.from_file(model_path, device=device)
-    k = seg.info.num_classes
-    cm = np.zeros((k, k), dtype=np.int64)
     samples = find_samples(data_dir, split)
-    for sample in samples:
-        image, labels = sample.load()
-        cm += confusion_matrix(seg.predict(image).labels, labels, k)
-    return metrics_from_confusion(cm, seg.info.class_names), len(samples)
+    result = evaluate_samples(seg, samples)
+    return {"model": seg.name, "data": str(data_dir), "split": split, "device": str(seg.device),
+            "images": len(samples), **result}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -170,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_csunet.modelfile import load_model_file
 
     after = bare_timings(cfg, load_model_file(out, device)[0], batch, device)
-    metrics, n_test = test_metrics(out, cfg.data_dir, args.test_split, str(device))
+    metrics = test_metrics(out, cfg.data_dir, args.test_split, str(device))
     loop_step_s = done["train_time_s"] / max(done["steps"], 1)
     started = next(e for e in events if e["event"] == "started")
     result = {
@@ -183,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "step_overhead": loop_step_s / after["bare_forward_backward_s"],
         "step_overhead_vs_train_step": loop_step_s / after["bare_train_step_s"],
         "train_wall_s": trained_s, "best_step": done["best_step"], "val_best_metrics": done["best_metrics"],
-        "metrics_split": args.test_split, "test_images": n_test, "metrics": metrics,
+        "metrics": metrics,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
     }
     if args.json:

@@ -201,3 +201,27 @@ def test_pretrained_encoders_learn_slower_and_the_schedule_warms_up() -> None:
     f = loop.warmup_cosine(10, 110)
     assert f(0) < f(5) < f(9) <= 1.0 and f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.505)
     assert f(110) == pytest.approx(0.01)
+
+
+def test_pretrained_weights_are_applied_and_their_encoder_learns_slower(data_dir: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    import napari_csunet.weights as weights
+
+    calls: dict = {}
+
+    def fake_apply(model, cnn, swin, *, allow_download):
+        calls.update(cnn=cnn, swin=swin, allow_download=allow_download)
+        return {"cnn": cnn, "cnn_id": "fake-id"}
+
+    real_build = loop.build_optimizer
+
+    def spy_build(model, lr, wd, pretrained, mult):
+        calls["pretrained"] = list(pretrained)
+        return real_build(model, lr, wd, pretrained, mult)
+
+    monkeypatch.setattr(weights, "apply_sources", fake_apply)
+    monkeypatch.setattr(loop, "build_optimizer", spy_build)
+    out = tmp_path / "m.safetensors"
+    run_job(_job(data_dir, out, steps=0, weights={"cnn": "imagenet", "swin": None}), lambda e: None)
+    assert calls == {"cnn": "imagenet", "swin": None, "allow_download": False, "pretrained": ["cnn"]}
+    assert read_model_info(out).sources == {"cnn": "imagenet", "cnn_id": "fake-id"}

@@ -69,11 +69,11 @@ def _build_start(cfg: TrainConfig, data: TrainingData) -> Start:
     model = build_model(preset.name, num_classes=len(data.class_names), in_chans=data.in_chans)
     sources = {k: v for k, v in cfg.weights.items() if v}
     if sources:
-        from napari_csunet.weights import WeightsUnavailable, apply_sources
+        from napari_csunet.weights import WeightsError, apply_sources
 
         try:
             applied = apply_sources(model, sources.get("cnn"), sources.get("swin"), allow_download=cfg.allow_download)
-        except WeightsUnavailable as exc:
+        except WeightsError as exc:  # missing file (no download allowed), unknown source, bad checkpoint
             raise ConfigError(str(exc)) from None
         sources = dict(applied or sources)
     return Start(model, preset.name, model.config, sources, [k for k in ("cnn", "swin") if cfg.weights.get(k)], {},
