@@ -60,13 +60,14 @@ class TrainingJob:
 
     def __init__(self, spec: dict[str, Any], on_event: Callable[[dict[str, Any]], None],
                  workdir: str | Path | None = None, python: str = sys.executable,
-                 module: str = "csunet_train.job") -> None:
+                 module: str = "csunet_train.job", nice: int = 10) -> None:
         self.spec = dict(spec)
         self.on_event = on_event
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{id(self) % 10000:04d}"
         self.workdir = Path(workdir) if workdir is not None else jobs_dir() / stamp
         self.python = python
         self.module = module
+        self.nice = nice
         self.spec.setdefault("stop_file", str(self.workdir / "STOP"))
         self.proc: subprocess.Popen | None = None
         self.events: list[dict[str, Any]] = []
@@ -100,8 +101,17 @@ class TrainingJob:
             )
         finally:
             stderr.close()
+        self._lower_priority()
         self._reader = threading.Thread(target=self._read, name="csunet-train-events", daemon=True)
         self._reader.start()
+
+    def _lower_priority(self) -> None:
+        """Let the GUI win the CPU: the child (and the threads it starts) run ``nice``-r."""
+        if self.nice and hasattr(os, "setpriority"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+            except OSError:
+                pass
 
     def _emit(self, event: dict[str, Any]) -> None:
         self.events.append(event)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -37,7 +38,7 @@ class Settings:
     finetune: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(self.device)):
             warnings.warn(f"settings: unknown device {self.device!r}, using 'auto'", stacklevel=2)
             self.device = "auto"
 
@@ -80,7 +81,6 @@ def cpu_only_torch_with_gpu() -> str | None:
     Reads ``torch/version.py`` instead of importing torch, so the check costs nothing at start-up.
     """
     import importlib.util
-    import re
     import shutil
 
     if shutil.which("nvidia-smi") is None:

@@ -50,6 +50,7 @@ class CSUNetWidget(QWidget):
         self.segment_panel.segmented.connect(lambda layers: self.correct_panel.set_labels_layer(layers[-1]))
         self.finetune_panel.trained.connect(lambda _path: self.model_panel.refresh_files())
         self.destroyed.connect(self.finetune_panel.shutdown)
+        _warm_up()
 
     def _after_model_loaded(self) -> None:
         if self.session.segmenter is not None and self.tabs.currentWidget().widget() is self.model_panel:
@@ -58,6 +59,20 @@ class CSUNetWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.finetune_panel.shutdown()
         super().closeEvent(event)
+
+
+def _warm_up() -> None:
+    """Import in the background what napari's first Labels layer needs (pandas for the features
+    table, skimage.color and scipy.linalg for its colormap): ~0.5 s the first segmentation would
+    otherwise spend stalling the GUI thread."""
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in ("pandas", "skimage.color", "scipy.linalg"):
+            importlib.import_module(name)
+
+    threading.Thread(target=run, name="csunet-warm-up", daemon=True).start()
 
 
 def _merged_settings():

@@ -204,7 +204,19 @@ class ModelPanel(QWidget):
         save_settings(self.session.settings)
         self._on_preset_or_source()
 
+    def select_preset(self, name: str) -> None:
+        """Choose a preset in the "new model" box (its weight sources follow)."""
+        if self.preset.findText(name) < 0:
+            raise KeyError(f"unknown preset {name!r}")
+        self.preset.setCurrentText(name)
+
     # -- device, storage, saving ---------------------------------------------------------------
+
+    def set_device(self, name: str) -> None:
+        """Run models on ``name`` (auto, cpu, cuda, cuda:1, mps); remembered for next time."""
+        if self.device.findText(name) < 0:
+            self.device.addItem(name)
+        self.device.setCurrentText(name)
 
     def set_cache_dir(self, folder: str) -> None:
         """Remember the weight cache folder (the weights module reads it from the settings)."""

@@ -17,7 +17,18 @@ from ..modelfile import ModelInfo
 from ..settings import Settings, load_settings, save_settings
 from .compat import avoid_triton_llvm_clash
 
-__all__ = ["ModelSession", "load_preset_model"]
+__all__ = ["ModelSession", "load_preset_model", "leave_a_core_for_the_gui"]
+
+
+def leave_a_core_for_the_gui() -> None:
+    """CPU inference on all cores starves napari's GUI thread; keep one core free (worker thread)."""
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 2
+    if torch.get_num_threads() >= cores:
+        torch.set_num_threads(max(1, cores - 1))
 
 
 def load_preset_model(preset: str, class_names: list[str], cnn: str | None, swin: str | None,
@@ -114,6 +125,7 @@ class ModelSession(QObject):
         def job():
             from ..inference import Segmenter
 
+            leave_a_core_for_the_gui()
             return Segmenter.from_file(Path(path), **kwargs), Path(path), False
 
         return self._run(job, on_done)
@@ -126,6 +138,7 @@ class ModelSession(QObject):
         def job():
             from ..inference import Segmenter
 
+            leave_a_core_for_the_gui()
             model, info, _ = load_preset_model(preset, class_names, cnn, swin, allow_download)
             return Segmenter(model, info, **kwargs), None, True
 
@@ -135,7 +148,15 @@ class ModelSession(QObject):
         """Remember the device; a loaded model moves there (reloaded on a worker thread)."""
         self.settings.device = device
         save_settings(self.settings)
-        if self.segmenter is None or str(self.segmenter.device).startswith(device):
+        if self.segmenter is None:
+            return
+        from ..inference import pick_device  # torch is loaded already: a model is
+
+        try:
+            if pick_device(device) == self.segmenter.device:
+                return
+        except ValueError as exc:
+            self.failed.emit(f"{exc}; the model stays on {self.segmenter.device}")
             return
         seg, path, unsaved, kwargs = self.segmenter, self.path, self.unsaved, self._segmenter_kwargs()
 

@@ -1,0 +1,72 @@
+"""Take docs/screenshot.png: napari with the plugin docked on the superalloy sample, segmented.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshot.py
+
+Uses the starter model ``starter-superalloy`` (or ``--model FILE``), shows the Inspect tab with
+the phase fractions, and saves the whole window (canvas and dock) atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _wait(app, until, timeout_s: float, what: str) -> None:
+    t0 = time.perf_counter()
+    while not until():
+        if time.perf_counter() - t0 > timeout_s:
+            raise SystemExit(f"screenshot: {what} did not finish within {timeout_s:.0f} s")
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="starter-superalloy", help="model file or starter model name")
+    parser.add_argument("--sample", default="superalloy", help="napari-csunet sample key")
+    parser.add_argument("--tab", default="Inspect", help="the dock tab to show")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
+    parser.add_argument("--size", default="1500x900", help="window size WxH")
+    args = parser.parse_args()
+
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_csunet.atomic import atomic_path
+    from napari_csunet.zoo import resolve_model
+
+    kind, path = resolve_model(args.model)
+    if kind != "file":
+        raise SystemExit(f"screenshot: {args.model!r} is a preset, not a trained model file; pass --model FILE")
+    viewer = napari.Viewer(title="napari-csunet")
+    width, height = (int(v) for v in args.size.split("x"))
+    viewer.window._qt_window.resize(width, height)
+    app = QApplication.instance()
+    (image,) = viewer.open_sample("napari-csunet", args.sample)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-csunet", "CS-UNet")
+    widget.model_panel.open_file(str(path))
+    _wait(app, lambda: widget.session.segmenter is not None and not widget.session.busy, 300, "loading the model")
+    widget.segment_panel.segment([image])
+    _wait(app, lambda: not widget.segment_panel.running, 600, "segmenting")
+    if widget.inspect_panel.compute() is not None:
+        _wait(app, lambda: widget.inspect_panel.worker is None, 300, "measuring")
+    titles = [widget.tabs.tabText(i) for i in range(widget.tabs.count())]
+    widget.tabs.setCurrentIndex(titles.index(args.tab))
+    viewer.layers.selection.active = viewer.layers[f"{image.name} labels"]
+    t_end = time.perf_counter() + 1.0
+    _wait(app, lambda: time.perf_counter() > t_end, 5, "drawing")
+    out = Path(args.out)
+    with atomic_path(out, suffix=".png") as tmp:
+        viewer.screenshot(str(tmp), canvas_only=False)
+    viewer.close()
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
