@@ -5,8 +5,8 @@
 Prints one JSON object: recipe, device, budget_s, steps, train_images_per_s, step_overhead (the
 loop's mean step time, data loading included, over a bare forward+backward of the same batch in
 the same process) and ``metrics``, the test-split metrics (mIoU, per-class IoU and the paper's
-micro-averaged IoU, ``iou_paper``). The number of steps is chosen from a timing of the model on
-this machine so the cosine schedule ends inside the budget; a deadline stop enforces it.
+micro-averaged IoU, ``iou_paper``). Training runs with ``time_budget_s``: the cosine decay
+follows the clock and ends inside the budget however fast (or loaded) the machine is.
 """
 
 from __future__ import annotations
@@ -26,25 +26,12 @@ import torch
 
 from csunet_train.config import TrainConfig, load_recipe
 from csunet_train.data import load_data
-from csunet_train.events import StopControl
+from csunet_train.dist import pick_device
 from csunet_train.job import run_job
-from csunet_train.loop import amp_dtype, build_optimizer, evaluate, train_step
+from csunet_train.loop import amp_dtype, build_optimizer, train_step
 from csunet_train.losses import segmentation_loss
 from csunet_train.sampling import CropDataset, prepare_image
 from napari_csunet.io import find_samples
-from napari_csunet.models import build_model
-
-
-class Deadline(StopControl):
-    """Asks the loop to stop once the budget is spent (no signal handling)."""
-
-    def __init__(self, deadline: float) -> None:
-        super().__init__(None, handle_signals=False)
-        self.deadline = deadline
-
-    @property
-    def requested(self) -> bool:
-        return time.perf_counter() >= self.deadline
 
 
 def _median_time(fn, reps: int) -> float:
@@ -81,13 +68,6 @@ def bare_timings(cfg: TrainConfig, model: torch.nn.Module, batch: tuple[torch.Te
                                               reps)}
 
 
-def plan_steps(cfg: TrainConfig, budget_s: float, step_s: float, eval_s: float) -> int:
-    """Steps whose training plus periodic validation fits ~90% of the budget (at most the recipe's)."""
-    usable = 0.9 * budget_s - eval_s
-    per_step = step_s + eval_s / cfg.eval_every
-    return max(1, min(cfg.steps, int(usable / per_step)))
-
-
 def test_metrics(model_path: Path, data_dir: str, split: str, device: str) -> dict[str, Any]:
     """The ``csunet evaluate --json`` object: tiled inference of each test image, summed confusion."""
     from napari_csunet.analysis import evaluate_samples
@@ -110,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--eval-every", type=int)
-    p.add_argument("--max-steps", type=int, help="cap the planned steps (default: the recipe's steps)")
+    p.add_argument("--max-steps", type=int, help="cap the steps (default: the recipe's steps)")
     p.add_argument("--device", default="auto")
     p.add_argument("--test-split", default="test")
     p.add_argument("--out", help="keep the trained model here (default: a temporary file)")
@@ -136,23 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_recipe(args.recipe, args.data_root, out=str(out), preset=args.preset, weights=_weights(args.weights),
                       batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, steps=args.max_steps,
                       device=args.device)
-    torch.manual_seed(cfg.seed)
-    from csunet_train.dist import pick_device
-
-    device = pick_device(cfg.device)
-    # timing of this model on this machine, to plan the steps
-    data = load_data(cfg)
-    model = build_model(cfg.preset, num_classes=len(data.class_names), in_chans=data.in_chans).to(device)
-    prepared = [prepare_image(it, data.in_chans, cfg.crop, cfg.seed + i) for i, it in enumerate(data.train)]
-    loader = torch.utils.data.DataLoader(CropDataset(prepared, cfg.crop, cfg.batch_size), batch_size=cfg.batch_size)
-    batch = next(iter(loader))
-    before = bare_timings(cfg, model, batch, device)
-    t = time.perf_counter()
-    evaluate(model, data.val, data.class_names, data.in_chans, device, amp_dtype(device, cfg.amp))
-    eval_s = time.perf_counter() - t
-    remaining = args.budget_s - (time.perf_counter() - t0)
-    cfg.steps = plan_steps(cfg, remaining, 1.15 * before["bare_train_step_s"], eval_s)
-    del model
+    cfg.time_budget_s = 0.95 * args.budget_s - (time.perf_counter() - t0)  # the rest: last validation, save
     events: list[dict[str, Any]] = []
 
     def emit(event: dict[str, Any]) -> None:
@@ -160,18 +124,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             print(json.dumps(event), file=sys.stderr, flush=True)
 
-    done = run_job(cfg, emit, Deadline(t0 + args.budget_s))
+    done = run_job(cfg, emit)
     trained_s = time.perf_counter() - t0
-    # the same measurement after training, in the same process, for the overhead ratio
+    # a bare forward+backward of one batch of the same crops, same process, for the overhead ratio
     from napari_csunet.modelfile import load_model_file
 
+    device = pick_device(cfg.device)
+    data = load_data(cfg)
+    prepared = [prepare_image(it, data.in_chans, cfg.crop, cfg.seed + i) for i, it in enumerate(data.train)]
+    batch = next(iter(torch.utils.data.DataLoader(CropDataset(prepared, cfg.crop, cfg.batch_size, cfg.aug_strength),
+                                                  batch_size=cfg.batch_size)))
     after = bare_timings(cfg, load_model_file(out, device)[0], batch, device)
     metrics = test_metrics(out, cfg.data_dir, args.test_split, str(device))
     loop_step_s = done["train_time_s"] / max(done["steps"], 1)
     started = next(e for e in events if e["event"] == "started")
     result = {
         "recipe": cfg.recipe, "preset": cfg.preset, "weights": cfg.weights, "device": started["device"],
-        "budget_s": args.budget_s, "steps": done["steps"], "planned_steps": cfg.steps, "stopped_by_budget": done["stopped"],
+        "budget_s": args.budget_s, "steps": done["steps"], "max_steps": cfg.steps, "end": done["reason"],
         "batch_size": cfg.batch_size, "crop": cfg.crop, "lr": cfg.lr, "train_images": started["train_images"],
         "train_images_per_s": done["steps"] * cfg.batch_size / max(done["train_time_s"], 1e-9),
         "loop_step_s": loop_step_s, "bare_forward_backward_s": after["bare_forward_backward_s"],

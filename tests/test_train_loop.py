@@ -225,3 +225,24 @@ def test_pretrained_weights_are_applied_and_their_encoder_learns_slower(data_dir
     run_job(_job(data_dir, out, steps=0, weights={"cnn": "imagenet", "swin": None}), lambda e: None)
     assert calls == {"cnn": "imagenet", "swin": None, "allow_download": False, "pretrained": ["cnn"]}
     assert read_model_info(out).sources == {"cnn": "imagenet", "cnn_id": "fake-id"}
+
+
+def test_a_time_budget_ends_the_run_and_the_schedule(data_dir: Path, tmp_path: Path) -> None:
+    done = run_job(_job(data_dir, tmp_path / "m.safetensors", steps=1000, batch_size=1, time_budget_s=0.01),
+                   lambda e: None)
+    assert done["reason"] == "time_budget" and done["steps"] == 1 and not done["stopped"] and done["best_step"] == 1
+
+    class FakeClock(loop.Clock):
+        now = 0.0
+
+        @property
+        def elapsed(self) -> float:
+            return self.now
+
+    clock = FakeClock()
+    f = loop.budget_schedule(4, 100.0, clock)
+    assert f(0) == pytest.approx(0.2)  # warm-up by steps
+    clock.now = 50.0
+    assert f(10) == pytest.approx(0.505)  # cosine by the clock
+    clock.now = 500.0
+    assert f(11) == pytest.approx(0.01)

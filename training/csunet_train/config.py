@@ -66,6 +66,7 @@ class TrainConfig:
     name: str = ""
     description: str = ""
     recipe: str | None = None  # recipe name, recorded in the provenance
+    time_budget_s: float | None = None  # wall-clock seconds for the job; the cosine decay follows the clock
 
     def __post_init__(self) -> None:
         self.validate()
@@ -92,6 +93,7 @@ class TrainConfig:
              "patience must be null or an integer >= 1")
         need(self.num_workers >= 0, "num_workers must be >= 0")
         need(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
+        need(self.time_budget_s is None or float(self.time_budget_s) > 0, "time_budget_s must be null or > 0")
         need(set(self.weights) <= {"cnn", "swin"}, f"weights: unknown keys {sorted(set(self.weights) - {'cnn', 'swin'})}")
         for key in ("pairs", "val_pairs"):
             for i, pair in enumerate(getattr(self, key) or []):

@@ -104,10 +104,12 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
     from napari_csunet.models import count_parameters
 
     from . import dist as distmod
-    from .loop import Run, amp_dtype, build_optimizer, fit, freeze_encoders, warmup_cosine
+    from .loop import Clock, Run, amp_dtype, budget_schedule, build_optimizer, fit, freeze_encoders, warmup_cosine
     from .sampling import CropDataset, prepare_image
 
     t_start = time.perf_counter()
+    clock = Clock()
+    clock.start()  # a time budget counts from here: loading and the first validation included
     try:
         dist = distmod.setup(cfg.device)
     except ValueError as exc:
@@ -129,7 +131,9 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             if getattr(cfg, f"freeze_{name}") and name not in frozen:
                 emit({"event": "warning", "message": f"freeze_{name}: this model has no {name} encoder"})
         optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, start.pretrained, cfg.encoder_lr_mult)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup, cfg.steps))
+        schedule = (budget_schedule(cfg.warmup, cfg.time_budget_s, clock) if cfg.time_budget_s
+                    else warmup_cosine(cfg.warmup, cfg.steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         dtype = amp_dtype(dist.device, cfg.amp)
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         train_model = model
@@ -144,7 +148,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                                              persistent_workers=False, worker_init_fn=_ignore_sigint)
         run = Run(model, train_model, optimizer, scheduler, scaler, loader, data.val, data.class_names, in_chans,
                   frozen, dist, dtype, cfg.steps, cfg.batch_size, cfg.eval_every, cfg.patience, cfg.grad_clip,
-                  keep_initial=cfg.model is not None)
+                  keep_initial=cfg.model is not None, time_budget_s=cfg.time_budget_s, clock=clock)
         emit({"event": "started", "steps": cfg.steps, "device": _device_name(dist.device),
               "train_images": len(data.train), "val_images": len(data.val), "params": count_parameters(model),
               "classes": data.class_names, "world_size": dist.world_size, "mode": cfg.mode, "out": cfg.out})

@@ -27,7 +27,7 @@ from .events import Emit
 from .losses import segmentation_loss
 
 __all__ = [
-    "NonFiniteLoss", "FitState", "build_optimizer", "warmup_cosine", "amp_dtype", "train_step", "predict_labels",
+    "NonFiniteLoss", "FitState", "Clock", "build_optimizer", "warmup_cosine", "budget_schedule", "amp_dtype", "train_step", "predict_labels",
     "evaluate", "fit", "freeze_encoders",
 ]
 
@@ -82,6 +82,32 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.01) -> Callable[[int
             return (step + 1) / (warmup + 1)
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class Clock:
+    """Wall-clock seconds since ``start()`` (0 before): a time budget's schedule and stop share it."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return 0.0 if self.t0 is None else time.perf_counter() - self.t0
+
+
+def budget_schedule(warmup: int, budget_s: float, clock: Clock, floor: float = 0.01) -> Callable[[int], float]:
+    """Warm-up by steps, cosine by the clock: the decay ends when ``budget_s`` seconds are spent,
+    however fast the machine (or however loaded it is)."""
+
+    def factor(step: int) -> float:
+        warm = (step + 1) / (warmup + 1) if step < warmup else 1.0
+        progress = min(1.0, clock.elapsed / budget_s)
+        return min(warm, floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     return factor
 
@@ -195,6 +221,8 @@ class Run:
     patience: int | None
     grad_clip: float
     keep_initial: bool  # the starting model is a candidate (fine-tuning): it must be beaten
+    time_budget_s: float | None = None  # stop (and end the schedule) after this many seconds of training
+    clock: Clock = field(default_factory=Clock)
     log_interval_s: float = 0.5
 
 
@@ -236,29 +264,35 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
     step = 0
     last_eval = 0
     t_last = time.perf_counter()
+    if run.clock.t0 is None:
+        run.clock.start()
     for x, y in run.loader if run.steps else ():
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss_t = train_step(run.train_model, x, y, run.optimizer, run.scaler, run.dtype, run.grad_clip)
         run.scheduler.step()
         step += 1
-        flags = torch.stack([loss_t.float(), torch.tensor(float(stop_requested()), device=device)])
+        expired = run.time_budget_s is not None and run.clock.elapsed >= run.time_budget_s
+        flags = torch.cat([loss_t.float().reshape(1), torch.tensor([float(stop_requested()), float(expired)], device=device)])
         if dist.distributed:
-            all_reduce_sum(flags)
-        loss, stop = float(flags[0]) / dist.world_size, bool(flags[1] > 0)
+            all_reduce_sum(flags)  # every rank stops at the same step
+        loss, stop, expired = float(flags[0]) / dist.world_size, bool(flags[1] > 0), bool(flags[2] > 0)
         now = time.perf_counter()
         state.train_time_s += now - t_last  # data loading included, validation not
         state.steps = step
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"the loss became {loss} at step {step}")
         window_steps += 1
-        if now - last_log >= run.log_interval_s or step in (1, run.steps) or stop:
+        if now - last_log >= run.log_interval_s or step in (1, run.steps) or stop or expired:
             rate = window_steps * run.batch_size * dist.world_size / max(now - window_t0, 1e-9)
             elapsed = now - start
+            eta = elapsed / step * (run.steps - step)
+            if run.time_budget_s is not None:
+                eta = min(eta, max(0.0, run.time_budget_s - run.clock.elapsed))
             emit({"event": "step", "step": step, "steps": run.steps, "loss": loss,
                   "lr": run.optimizer.param_groups[0]["lr"] / run.optimizer.param_groups[0]["lr_mult"],
-                  "images_per_s": rate, "elapsed_s": elapsed, "eta_s": elapsed / step * (run.steps - step)})
+                  "images_per_s": rate, "elapsed_s": elapsed, "eta_s": eta})
             last_log, window_steps, window_t0 = now, 0, now
-        if step % run.eval_every == 0 or step == run.steps or stop:
+        if step % run.eval_every == 0 or step == run.steps or stop or expired:
             validate(step)
             last_eval = step
             if run.patience is not None and since_best >= run.patience and step < run.steps:
@@ -266,6 +300,9 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
                 break
         if stop:
             state.stopped, state.reason = True, "stop"
+            break
+        if expired:
+            state.reason = "time_budget"
             break
         if step >= run.steps:
             break

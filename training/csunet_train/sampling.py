@@ -35,7 +35,7 @@ class PreparedImage:
         x = (x - lo) / max(hi - lo, 1e-8)
         rng = np.random.default_rng(seed)
         self.stats = image_stats(x)
-        self.stat_sample = rng.choice(x.ravel(), size=min(_STAT_SAMPLES, x.size), replace=False)
+        self.stat_sample = x.ravel()[rng.integers(0, x.size, min(_STAT_SAMPLES, x.size))]  # for gamma-changed stats
         labels = item.labels
         pad_h, pad_w = max(0, crop - x.shape[1]), max(0, crop - x.shape[2])
         if pad_h or pad_w:  # a tiny image: mirror it, and leave the mirrored part unlabelled
