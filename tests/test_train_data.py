@@ -12,7 +12,14 @@ import torch
 
 from csunet_train.config import ConfigError, TrainConfig, load_job, load_recipe
 from csunet_train.data import (
-    DataError, check_classes, holdout_region, labelled_image, load_data, read_folder, read_pairs, split_validation,
+    DataError,
+    check_classes,
+    holdout_region,
+    labelled_image,
+    load_data,
+    read_folder,
+    read_pairs,
+    split_validation,
 )
 from csunet_train.losses import segmentation_loss
 from csunet_train.sampling import CropDataset, prepare_image

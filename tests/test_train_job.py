@@ -101,8 +101,8 @@ save_model_file(sys.argv[1], model, ModelInfo(model.config, ["a", "b", "c"], nam
 
 
 def test_kill_9_in_the_middle_of_a_write_leaves_the_previous_model_file_intact(tmp_path: Path) -> None:
-    from napari_csunet.models import build_model
     from napari_csunet.modelfile import ModelInfo, save_model_file
+    from napari_csunet.models import build_model
 
     path = tmp_path / "model.safetensors"
     model = build_model("csunet-tiny")

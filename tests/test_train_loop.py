@@ -38,8 +38,8 @@ def _job(data_dir: Path, out: Path, **kw) -> TrainConfig:
 def _fixed_batch_loss(model: torch.nn.Module, data_dir: Path) -> float:
     items = [labelled_image(*s.load(), s.image.stem) for s in find_samples(data_dir / "super1_test", names=TRAIN)]
     ds = CropDataset([prepare_image(it, 1, 256) for it in items], 256, 4, aug_strength=0.0, seed=99)
-    x, y = (torch.stack(t) for t in zip(*[ds[i] for i in range(4)]))
-    with torch.no_grad():
+    x, y = (torch.stack(t) for t in zip(*[ds[i] for i in range(4)], strict=True))
+    with torch.no_grad():  # batch statistics: 8 steps are too few for BatchNorm's running ones
         return float(segmentation_loss(model.train()(x), y))
 
 

@@ -104,7 +104,16 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
     from napari_csunet.models import count_parameters
 
     from . import dist as distmod
-    from .loop import Clock, Run, amp_dtype, budget_schedule, build_optimizer, fit, freeze_encoders, warmup_cosine
+    from .loop import (
+        Clock,
+        Run,
+        amp_dtype,
+        budget_schedule,
+        build_optimizer,
+        fit,
+        freeze_encoders,
+        warmup_cosine,
+    )
     from .sampling import CropDataset, prepare_image
 
     t_start = time.perf_counter()
