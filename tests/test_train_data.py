@@ -204,3 +204,16 @@ def test_every_recipe_loads(recipe: str, tmp_path: Path) -> None:
         assert cfg.out.endswith(f"src/napari_csunet/starter_models/{recipe}.safetensors")
     if recipe == "super3":
         assert cfg.names == ["spot7_180d_3"]
+
+
+def test_an_annotation_set_saved_by_the_gui_is_a_training_folder(tmp_path: Path) -> None:
+    from napari_csunet.annotations import AnnotationStore
+
+    store = AnnotationStore(tmp_path / "annotations")
+    labels = np.zeros((64, 80), np.uint8)
+    labels[:10] = 2  # a partial correction
+    store.add(np.zeros((64, 80), np.uint8), labels, name="corrected", class_names=["a", "b"],
+              class_colors=["#000000", "#ffffff"])
+    items, names, colors = read_folder(tmp_path / "annotations", "train")
+    assert names == ["a", "b"] and colors == ["#000000", "#ffffff"]
+    assert len(items) == 1 and items[0].labelled_pixels == 10 * 80

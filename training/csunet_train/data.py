@@ -96,7 +96,13 @@ def read_pairs(entries: Iterable[dict[str, str]]) -> list[LabelledImage]:
 
 def read_folder(root: str | Path, split: str, names: Sequence[str] | None = None,
                 zero_is_class: bool | None = None) -> tuple[list[LabelledImage], list[str], list[str]]:
-    """Images + masks of one split of a folder -> (items, class names, class colours)."""
+    """Images + masks of one split of a folder -> (items, class names, class colours).
+
+    An annotation set saved by the GUI (``index.json`` + ``images/`` + ``labels/``) is read too.
+    """
+    root = Path(root)
+    if (root / "index.json").is_file() and (root / "labels").is_dir():
+        return _read_annotation_set(root, names)
     try:
         samples = find_samples(root, split, zero_is_class=zero_is_class, names=names)
     except FileNotFoundError as exc:
@@ -112,6 +118,21 @@ def read_folder(root: str | Path, split: str, names: Sequence[str] | None = None
         items.append(labelled_image(image, labels, sample.image.stem))
     spec = samples[0].spec
     return items, list(spec.names), list(spec.colors)
+
+
+def _read_annotation_set(root: Path, names: Sequence[str] | None) -> tuple[list[LabelledImage], list[str], list[str]]:
+    from napari_csunet.annotations import AnnotationError, AnnotationStore
+
+    store = AnnotationStore(root)
+    try:
+        pairs, class_names, colors = store.pairs(), store.class_names, store.class_colors
+    except AnnotationError as exc:
+        raise DataError(str(exc)) from None
+    if names is not None:
+        pairs = [p for p in pairs if Path(p["image"]).stem in set(names)]
+    if not pairs:
+        raise DataError(f"{root}: the annotation set holds no images" + (f" named {list(names)}" if names else ""))
+    return read_pairs(pairs), class_names, colors or default_class_colors(len(class_names))
 
 
 def holdout_region(item: LabelledImage, fraction: float) -> tuple[LabelledImage, LabelledImage] | None:
