@@ -91,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float)
     p.add_argument("--eval-every", type=int)
     p.add_argument("--max-steps", type=int, help="cap the steps (default: the recipe's steps)")
+    p.add_argument("--num-workers", type=int, help="loader workers (default: the recipe's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--test-split", default="test")
     p.add_argument("--out", help="keep the trained model here (default: a temporary file)")
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(tmp.name) / "model.safetensors"
     cfg = load_recipe(args.recipe, args.data_root, out=str(out), preset=args.preset, weights=_weights(args.weights),
                       batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, steps=args.max_steps,
-                      device=args.device)
+                      num_workers=args.num_workers, device=args.device)
     cfg.time_budget_s = 0.95 * args.budget_s - (time.perf_counter() - t0)  # the rest: last validation, save
     events: list[dict[str, Any]] = []
 
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "recipe": cfg.recipe, "preset": cfg.preset, "weights": cfg.weights, "device": started["device"],
         "budget_s": args.budget_s, "steps": done["steps"], "max_steps": cfg.steps, "end": done["reason"],
-        "batch_size": cfg.batch_size, "crop": cfg.crop, "lr": cfg.lr, "train_images": started["train_images"],
+        "batch_size": cfg.batch_size, "crop": cfg.crop, "lr": cfg.lr, "num_workers": cfg.num_workers,
+        "train_images": started["train_images"],
         "train_images_per_s": done["steps"] * cfg.batch_size / max(done["train_time_s"], 1e-9),
         "loop_step_s": loop_step_s, "bare_forward_backward_s": after["bare_forward_backward_s"],
         "bare_train_step_s": after["bare_train_step_s"],
