@@ -86,12 +86,18 @@ def test_segment_folder_with_bad_files(batch, model_file, tmp_path, capsys):
 
 def test_segment_probs_glob_and_text_output(batch, model_file, tmp_path, capsys):
     out = tmp_path / "out"
+    stack = np.stack([tifffile.imread(batch / "spot2_0d_0.tif")[:64, :80]] * 3).astype(np.uint16) * 200
+    tifffile.imwrite(batch / "spot2_0d_stack.tif", stack)
     rc = main(["segment", str(batch / "spot2_0d_*.tif"), str(batch / "missing.tif"), "--model", str(model_file),
                "--out", str(out), "--tile", "512", "--overlap", "0.5", "--probs", "--no-overlay", "--batch", "1"])
     captured = capsys.readouterr()
     assert rc == 1  # the missing file counts as a failure
     assert "missing.tif: no such file or folder" in captured.err
-    assert "segmented 1 image(s)" in captured.out
+    assert "segmented 2 image(s)" in captured.out
+    stack_probs = tifffile.imread(out / "spot2_0d_stack_probs.tif")
+    assert stack_probs.shape == (3, 3, 64, 80)  # Z, C, Y, X
+    stack_labels = tifffile.imread(out / "spot2_0d_stack_labels.tif")
+    assert stack_labels.shape == (3, 64, 80) and (stack_labels[0] == stack_labels[2]).all()
     probs = tifffile.imread(out / "spot2_0d_0_probs.tif")
     assert probs.shape == (3, H, W) and probs.dtype == np.float16
     np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=3e-3)

@@ -255,8 +255,7 @@ class Segmenter:
                 acc[:, y - base:y - base + th, x:x + tw].addcmul_(p, win)
                 if x == layout.xs[-1]:  # row of tiles i is complete: rows above the next one are final
                     nxt = layout.ys[i + 1] if i + 1 < len(layout.ys) else hp
-                    band = acc[:, :nxt - base] / (sy[base:nxt, None] * sx[None, :])
-                    self._emit(band, layout, base, nxt, out)
+                    self._emit(acc, sy, sx, layout, base, nxt, out)
                     d = nxt - base
                     acc[:, :th - d] = acc[:, d:].clone()
                     acc[:, th - d:] = 0
@@ -305,14 +304,16 @@ class Segmenter:
         return logits.float().softmax(1)
 
     @staticmethod
-    def _emit(band: torch.Tensor, layout: TileLayout, r0: int, r1: int, out: Prediction) -> None:
-        """Write finished padded rows [r0, r1) (blended probabilities (K, r1-r0, Wp)) into ``out``."""
+    def _emit(acc: torch.Tensor, sy: torch.Tensor, sx: torch.Tensor, layout: TileLayout, r0: int, r1: int,
+              out: Prediction) -> None:
+        """Write the finished padded rows [r0, r1) (held from ``acc[:, 0]`` on) into ``out``."""
         import torch
 
         src, dst = layout.row_slice(r0, r1)
-        band = band[:, src, layout.col_slice]
-        if band.shape[1] == 0:
-            return
+        if src.stop == src.start:
+            return  # padding rows only
+        cols = layout.col_slice
+        band = acc[:, src, cols] / (sy[r0 + src.start:r0 + src.stop, None] * sx[None, cols])
         top, idx = band.max(0)
         out.labels[dst] = (idx + 1).to(torch.uint8).cpu().numpy()
         if out.probs is not None:
