@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -112,6 +113,7 @@ def _weights(text: str | None) -> dict[str, str | None] | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]  # other work on the machine skews every timing
     tmp = tempfile.TemporaryDirectory()
     out = Path(args.out) if args.out else Path(tmp.name) / "model.safetensors"
     cfg = load_recipe(args.recipe, args.data_root, out=str(out), preset=args.preset, weights=_weights(args.weights),
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "step_overhead_vs_train_step": loop_step_s / after["bare_train_step_s"],
         "train_wall_s": trained_s, "best_step": done["best_step"], "val_best_metrics": done["best_metrics"],
         "metrics": metrics,
+        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]}, "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
     }
     if args.json:

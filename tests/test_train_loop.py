@@ -240,9 +240,11 @@ def test_a_time_budget_ends_the_run_and_the_schedule(data_dir: Path, tmp_path: P
             return self.now
 
     clock = FakeClock()
-    f = loop.budget_schedule(4, 100.0, clock)
-    assert f(0) == pytest.approx(0.2)  # warm-up by steps
-    clock.now = 50.0
-    assert f(10) == pytest.approx(0.505)  # cosine by the clock
+    f = loop.budget_schedule(100.0, clock, warmup_fraction=0.1)
+    assert f(0) == pytest.approx(0.01)
+    clock.now = 5.0
+    assert f(3) == pytest.approx(0.5)  # warm-up over the first 10% of the time
+    clock.now = 55.0
+    assert f(10) == pytest.approx(0.505)  # then cosine by the clock, whatever the step
     clock.now = 500.0
     assert f(11) == pytest.approx(0.01)

@@ -140,7 +140,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             if getattr(cfg, f"freeze_{name}") and name not in frozen:
                 emit({"event": "warning", "message": f"freeze_{name}: this model has no {name} encoder"})
         optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, start.pretrained, cfg.encoder_lr_mult)
-        schedule = (budget_schedule(cfg.warmup, cfg.time_budget_s, clock) if cfg.time_budget_s
+        schedule = (budget_schedule(cfg.time_budget_s, clock) if cfg.time_budget_s
                     else warmup_cosine(cfg.warmup, cfg.steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         dtype = amp_dtype(dist.device, cfg.amp)

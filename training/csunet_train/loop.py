@@ -100,14 +100,17 @@ class Clock:
         return 0.0 if self.t0 is None else time.perf_counter() - self.t0
 
 
-def budget_schedule(warmup: int, budget_s: float, clock: Clock, floor: float = 0.01) -> Callable[[int], float]:
-    """Warm-up by steps, cosine by the clock: the decay ends when ``budget_s`` seconds are spent,
-    however fast the machine (or however loaded it is)."""
+def budget_schedule(budget_s: float, clock: Clock, warmup_fraction: float = 0.05,
+                    floor: float = 0.01) -> Callable[[int], float]:
+    """Warm-up and cosine decay both by the clock: the decay ends when ``budget_s`` seconds are
+    spent, however fast (or loaded) the machine is."""
 
     def factor(step: int) -> float:
-        warm = (step + 1) / (warmup + 1) if step < warmup else 1.0
         progress = min(1.0, clock.elapsed / budget_s)
-        return min(warm, floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+        if progress < warmup_fraction:
+            return max(progress / warmup_fraction, floor)
+        progress = (progress - warmup_fraction) / (1 - warmup_fraction)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
 
