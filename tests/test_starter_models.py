@@ -1,0 +1,46 @@
+"""The starter models shipped in the package load, know their classes, and keep their test scores."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_csunet.modelfile import read_model_info
+from napari_csunet.zoo import STARTER_DIR, list_model_files
+
+EXPECTED = {
+    "starter-superalloy": (["matrix", "secondary", "tertiary"], "super1_test"),
+    "starter-ebc": (["background", "oxide", "crack"], "ebc2_test"),
+}
+TOLERANCE = 0.01  # fp16 weights and BLAS differences between machines
+
+
+def test_starter_models_are_listed_first() -> None:
+    files = list_model_files()
+    starters = [f["name"] for f in files if f["kind"] == "starter"]
+    assert set(starters) == set(EXPECTED)
+    assert [f["kind"] for f in files][: len(starters)] == ["starter"] * len(starters)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_starter_model_file(name: str) -> None:
+    path = STARTER_DIR / f"{name}.safetensors"
+    assert path.stat().st_size <= 25e6
+    info = read_model_info(path)
+    assert info.class_names == EXPECTED[name][0]
+    assert info.provenance["test_metrics"]["iou_paper"] > 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_starter_model_reaches_its_recorded_test_metrics(name: str, data_dir) -> None:
+    from napari_csunet.analysis import evaluate_samples
+    from napari_csunet.inference import Segmenter
+    from napari_csunet.io import find_samples
+
+    path = STARTER_DIR / f"{name}.safetensors"
+    info = read_model_info(path)
+    recorded = info.provenance["test_metrics"]
+    seg = Segmenter.from_file(path, device="cpu", tile=info.provenance.get("test_tile", 512))
+    result = evaluate_samples(seg, find_samples(data_dir / EXPECTED[name][1], split=None))
+    for key in ("miou", "iou_paper", "pixel_accuracy"):
+        assert result[key] >= recorded[key] - TOLERANCE, (key, result[key], recorded[key])
