@@ -151,7 +151,7 @@ def default_data_root() -> Path:
 
 
 def load_recipe(path: str | Path, data_root: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """A YAML recipe -> TrainConfig. ``data_dir`` is relative to ``data_root``; ``out`` to the repository.
+    """A YAML recipe -> TrainConfig. ``data_dir`` is relative to ``data_root``; ``out``/``model`` to the repository.
 
     ``overrides`` (e.g. ``out``, ``steps``) replace the recipe's values when not None.
     """
@@ -166,8 +166,10 @@ def load_recipe(path: str | Path, data_root: str | Path | None = None, **overrid
     if data.get("data_dir") is not None and not Path(data["data_dir"]).is_absolute():
         data["data_dir"] = str(root / data["data_dir"])
     data.update({k: v for k, v in overrides.items() if v is not None})
-    if data.get("out") and not Path(data["out"]).is_absolute() and "out" not in {k for k, v in overrides.items() if v}:
-        data["out"] = str(REPO_ROOT / data["out"])
+    given = {k for k, v in overrides.items() if v}
+    for key in ("out", "model"):  # a recipe's own file paths are relative to the repository
+        if data.get(key) and not Path(data[key]).is_absolute() and key not in given:
+            data[key] = str(REPO_ROOT / data[key])
     if data.get("data_dir") and not Path(data["data_dir"]).is_dir():
         raise ConfigError(f"recipe {path.stem}: data folder {data['data_dir']} not found; pass --data-root")
     return TrainConfig.from_dict(data)
