@@ -3,13 +3,18 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshot.py
 
 Uses the starter model ``starter-superalloy`` (or ``--model FILE``), shows the Inspect tab with
-the phase fractions, and saves the whole window (canvas and dock) atomically.
+the phase fractions, and saves the whole window (canvas and dock) atomically. With
+``--finetune STEPS`` it goes round the whole loop first: NASA's labels stand in for the user's
+corrections, are added to the training set, the model is fine-tuned in the child process and the
+image segmented again (use ``--tab Fine-tune`` to see the loss/IoU plot).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +30,24 @@ def _wait(app, until, timeout_s: float, what: str) -> None:
         time.sleep(0.01)
 
 
+def _finetune(app, viewer, widget, args: argparse.Namespace) -> None:
+    """NASA's labels as the corrections -> training set -> fine-tune -> new model -> segment again."""
+    from napari_csunet import samples
+
+    ((truth, _, _),) = getattr(samples, f"{args.sample}_labels")()
+    layer = viewer.layers[widget.correct_panel.layer().name]
+    layer.data = truth.copy()
+    if widget.correct_panel.add_to_training_set() is None:
+        raise SystemExit(f"screenshot: {widget.correct_panel.status.text()}")
+    panel = widget.finetune_panel
+    panel.steps.setValue(args.finetune)
+    if not panel.start():
+        raise SystemExit(f"screenshot: {panel.status.text()}")
+    _wait(app, lambda: not panel.running, 3600, "fine-tuning")
+    _wait(app, lambda: not widget.session.busy and not widget.segment_panel.running, 600, "re-segmenting")
+    print(panel.status.text(), "|", panel.result.text())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="starter-superalloy", help="model file or starter model name")
@@ -32,7 +55,13 @@ def main() -> int:
     parser.add_argument("--tab", default="Inspect", help="the dock tab to show")
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
     parser.add_argument("--size", default="1500x900", help="window size WxH")
+    parser.add_argument("--finetune", type=int, default=0, metavar="STEPS", help="fine-tune this many steps first")
     args = parser.parse_args()
+
+    if args.finetune:  # keep the demo's annotations and fine-tuned model out of the user's folders
+        scratch = Path(tempfile.mkdtemp(prefix="csunet-screenshot-"))
+        os.environ["CSUNET_ANNOTATIONS_DIR"] = str(scratch / "annotations")
+        os.environ["CSUNET_MODELS_DIR"] = str(scratch / "models")
 
     import napari
     from qtpy.QtWidgets import QApplication
@@ -53,6 +82,8 @@ def main() -> int:
     _wait(app, lambda: widget.session.segmenter is not None and not widget.session.busy, 300, "loading the model")
     widget.segment_panel.segment([image])
     _wait(app, lambda: not widget.segment_panel.running, 600, "segmenting")
+    if args.finetune:
+        _finetune(app, viewer, widget, args)
     if widget.inspect_panel.compute() is not None:
         _wait(app, lambda: widget.inspect_panel.worker is None, 300, "measuring")
     titles = [widget.tabs.tabText(i) for i in range(widget.tabs.count())]

@@ -103,3 +103,27 @@ def test_settings_roundtrip_and_damaged_file(tmp_path):
     with pytest.warns(UserWarning, match="settings ignored"):
         assert load_settings(path) == Settings()
     assert load_settings() == Settings()  # CSUNET_CONFIG_DIR points at an empty temp dir
+
+
+@pytest.mark.parametrize(("has_gpu", "cuda_line", "warns"), [
+    (True, "cuda: Optional[str] = None", True),
+    (True, "cuda: Optional[str] = '12.4'", False),
+    (False, "cuda: Optional[str] = None", False),
+])
+def test_cpu_only_torch_on_a_gpu_machine_is_pointed_out(tmp_path, monkeypatch, has_gpu, cuda_line, warns):
+    import importlib.machinery
+    import importlib.util
+    import shutil
+
+    from napari_csunet.settings import cpu_only_torch_with_gpu
+
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "version.py").write_text(f"{cuda_line}\nhip: Optional[str] = None\n")
+    spec = importlib.machinery.ModuleSpec("torch", None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path / "torch")]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec if name == "torch" else None)
+    monkeypatch.setattr(shutil, "which", lambda cmd: "/usr/bin/nvidia-smi" if has_gpu and cmd == "nvidia-smi" else None)
+    message = cpu_only_torch_with_gpu()
+    assert (message is not None) == warns
+    if warns:
+        assert "CPU-only" in message and "pytorch.org" in message

@@ -59,6 +59,8 @@ def widget(make_napari_viewer, tiny_model, qtbot):
     assert isinstance(w, CSUNetWidget)
     viewer.open_sample("napari-csunet", "superalloy")
     w.model_panel.refresh_files()
+    items = [w.model_panel.files.item(i).text() for i in range(w.model_panel.files.count())]
+    w.model_panel.files.setCurrentRow(next(i for i, t in enumerate(items) if t.startswith("tiny-test")))
     w.model_panel.load_selected()
     qtbot.waitUntil(lambda: w.session.segmenter is not None and not w.session.busy, timeout=60_000)
     return w
@@ -72,7 +74,10 @@ def segment(w, qtbot, layers=None):
 
 def test_model_panel_lists_the_model_file_and_loads_it(widget):
     w = widget
-    assert "tiny-test (user)" in w.model_panel.files.item(0).text()
+    items = [w.model_panel.files.item(i).text() for i in range(w.model_panel.files.count())]
+    kinds = [t.split("(")[1].split(")")[0] for t in items]
+    assert kinds == sorted(kinds, key=lambda k: k != "starter")  # starter models first, then the user's
+    assert any(t.startswith("tiny-test (user) · matrix, secondary, tertiary") for t in items)
     assert w.session.path.name == "tiny-test.safetensors" and w.session.info.class_names == CLASSES
     assert "tiny-test" in w.model_panel.current.text()
     assert w.tabs.currentIndex() == 1  # jumped to Segment once the model was ready
@@ -206,8 +211,11 @@ def test_inspect_statistics_csv_display_and_disagreement(widget, qtbot, tmp_path
 
 
 def test_finetune_refuses_without_annotations_or_with_other_classes(widget, qtbot):
+    from napari_csunet._qt.finetune_panel import DEFAULTS
+
     w = widget
     panel = w.finetune_panel
+    assert panel.params() == DEFAULTS  # the spin boxes hold the defaults exactly (lr 3e-4, not rounded)
     assert panel.start() is False and "training set is empty" in panel.status.text()
     layer = segment(w, qtbot)
     w.correct_panel.store.add(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8), name="other",

@@ -108,11 +108,13 @@ class StatusLine(QLabel):
         self.setWordWrap(True)
         self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.kind = "info"
+        self.setVisible(bool(text))  # an empty status line takes no room
 
     def _show(self, text: str, kind: str, color: str, notify: Callable[[str], None] | None) -> None:
         self.kind = kind
         self.setStyleSheet(f"color: {color};" if color else "")
         self.setText(text)
+        self.setVisible(bool(text))
         if notify is not None:
             notify(text)
 

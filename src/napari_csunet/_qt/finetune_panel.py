@@ -73,9 +73,10 @@ class FinetunePanel(QWidget):
         self.viewer, self.session, self.segment_panel, self.correct = viewer, session, segment, correct
         values = DEFAULTS | {k: v for k, v in session.settings.finetune.items() if k in DEFAULTS}
         self.steps = _spin(QSpinBox(), 1, 100_000, values["steps"], "optimizer steps")
-        self.lr = _spin(QDoubleSpinBox(), 1e-6, 1e-1, values["lr"], "learning rate (pretrained encoders use a tenth)")
-        self.lr.setDecimals(6)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)  # before the value: the default 2 decimals would round 3e-4 to 0
         self.lr.setSingleStep(1e-4)
+        _spin(self.lr, 1e-6, 1e-1, values["lr"], "learning rate (pretrained encoders use a tenth)")
         self.crop = QComboBox()
         self.crop.addItems(["256", "512", "768", "1024"])
         self.crop.setCurrentText(str(values["crop"]))
@@ -249,8 +250,12 @@ class FinetunePanel(QWidget):
         self.trained.emit(path)
         layers = self._images_to_resegment()
         self.status.info(f"new model {Path(path).name} is current" + ("; segmenting again …" if layers else ""))
-        if layers:
-            self.segment_panel.segment(layers)
+        if layers and self.segment_panel.segment(layers, on_done=lambda written: self._resegmented(path, written)) is None:
+            self.status.warning(f"new model {Path(path).name} is current; segment again in the Segment tab")
+
+    def _resegmented(self, path: str, written: list) -> None:
+        names = ", ".join(layer.name for layer in written)
+        self.status.info(f"new model {Path(path).name} is current" + (f"; segmented again: {names}" if names else ""))
 
     def _images_to_resegment(self) -> list:
         layer = self.correct.layer()

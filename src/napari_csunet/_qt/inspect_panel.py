@@ -34,8 +34,13 @@ from .session import ModelSession
 
 __all__ = ["InspectPanel", "disagreement"]
 
-_HEADERS = {"class": "class", "pixels": "pixels", "area_fraction": "area %", "particles": "particles",
-            "mean_area_px": "mean area px", "mean_diameter_px": "mean ⌀ px", "median_diameter_px": "median ⌀ px"}
+#: column -> (heading, tooltip); compact so the table fits a narrow dock
+_HEADERS = {"class": ("class", "class name"), "area_fraction": ("area %", "share of the labelled pixels"),
+            "particles": ("n", "particles (8-connected regions) of at least 'min particle px' pixels"),
+            "mean_area_px": ("area", "mean particle area, pixels"),
+            "mean_diameter_px": ("⌀", "mean equivalent diameter, pixels"),
+            "median_diameter_px": ("⌀ med", "median equivalent diameter, pixels"),
+            "pixels": ("pixels", "labelled pixels of the class")}
 
 
 def disagreement(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
@@ -61,7 +66,11 @@ class InspectPanel(QWidget):
         self.compute_btn = QPushButton("Compute statistics")
         self.compute_btn.clicked.connect(lambda: self.compute())
         self.table = QTableWidget(0, len(_HEADERS))
-        self.table.setHorizontalHeaderLabels(list(_HEADERS.values()))
+        for c, (heading, tip) in enumerate(_HEADERS.values()):
+            item = QTableWidgetItem(heading)
+            item.setToolTip(tip)
+            self.table.setHorizontalHeaderItem(c, item)
+        self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.export_btn = QPushButton("Export CSV…")
         self.export_btn.clicked.connect(lambda: self.export_csv())
@@ -133,7 +142,9 @@ class InspectPanel(QWidget):
             for c, key in enumerate(_HEADERS):
                 value = row.get(key)
                 text = ("—" if value is None else f"{100 * value:.2f}" if key == "area_fraction"
-                        else f"{value:,.1f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))
+                        else f"{value:,.0f}" if isinstance(value, float) and value >= 100
+                        else f"{value:.1f}" if isinstance(value, float)
+                        else f"{value:,}" if isinstance(value, int) else str(value))
                 self.table.setItem(r, c, QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
         self.status.info(f"{name}: " + ", ".join(f"{r['class']} {r['area_fraction']:.1%}" for r in rows))

@@ -53,7 +53,10 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
     if isinstance(layer, Labels) and layer.data.shape == pred.labels.shape:
         previous = layer.data
         layer.data = pred.labels
-        layer.colormap, layer.features = kwargs["colormap"], kwargs["features"]
+        if layer.metadata.get("class_colors") != list(info.class_colors):  # a re-colour redraws everything
+            layer.colormap = kwargs["colormap"]
+        if layer.metadata.get("class_names") != list(info.class_names):
+            layer.features = kwargs["features"]
         layer.metadata[PREVIOUS] = previous
     else:
         if layer is not None:  # same name, other shape or type: keep it, under another name

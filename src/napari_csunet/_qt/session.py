@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import create_worker
+from napari.utils import progress
 from qtpy.QtCore import QObject, Signal
 
 from ..modelfile import ModelInfo
@@ -84,23 +85,25 @@ class ModelSession(QObject):
         return {"device": self.settings.device, "tile": self.settings.tile}
 
     def _run(self, job: Callable[[], tuple[Any, Path | None, bool]],
-             on_done: Callable[[], None] | None = None):
+             on_done: Callable[[], None] | None = None, what: str = "loading the model"):
         if self.busy:
             self.failed.emit("the model is busy (loading or segmenting); try again when it is done")
             return None
         avoid_triton_llvm_clash()  # before the worker imports torch/timm
         self.set_busy(True)
         results: list = []
+        bar = progress(total=0, desc=f"CS-UNet: {what}")  # indeterminate, in napari's activity dock
         worker = create_worker(job, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(results.append)
         worker.errored.connect(lambda exc: self.failed.emit(_message(exc)))
-        worker.finished.connect(lambda: self._finished(results, on_done))
+        worker.finished.connect(lambda: self._finished(results, on_done, bar))
         self._worker = worker
         worker.start()
         return worker
 
-    def _finished(self, results: list, on_done: Callable[[], None] | None) -> None:
+    def _finished(self, results: list, on_done: Callable[[], None] | None, bar: progress) -> None:
         """After the worker: not busy any more, then the new model, then the caller's follow-up."""
+        bar.close()
         self._worker = None
         self.set_busy(False)
         if results:
@@ -128,7 +131,7 @@ class ModelSession(QObject):
             leave_a_core_for_the_gui()
             return Segmenter.from_file(Path(path), **kwargs), Path(path), False
 
-        return self._run(job, on_done)
+        return self._run(job, on_done, f"loading {Path(path).name}")
 
     def load_preset(self, preset: str, class_names: list[str], cnn: str | None, swin: str | None,
                     allow_download: bool, on_done: Callable[[], None] | None = None):
@@ -142,7 +145,8 @@ class ModelSession(QObject):
             model, info, _ = load_preset_model(preset, class_names, cnn, swin, allow_download)
             return Segmenter(model, info, **kwargs), None, True
 
-        return self._run(job, on_done)
+        what = f"building {preset}" + (" (downloading weights if needed)" if allow_download else "")
+        return self._run(job, on_done, what)
 
     def set_device(self, device: str) -> None:
         """Remember the device; a loaded model moves there (reloaded on a worker thread)."""
@@ -165,7 +169,7 @@ class ModelSession(QObject):
 
             return Segmenter(seg.model.cpu(), seg.info, **kwargs), path, unsaved
 
-        self._run(job)
+        self._run(job, what=f"moving the model to {device}")
 
     def save(self, path: str | Path, on_done: Callable[[], None] | None = None):
         """Write the current model to a model file on a worker thread."""
@@ -180,7 +184,7 @@ class ModelSession(QObject):
             save_model_file(target, seg.model, seg.info)
             return seg, target, False
 
-        return self._run(job, on_done)
+        return self._run(job, on_done, f"saving {target.name}")
 
 
 def _message(exc: BaseException) -> str:
