@@ -60,7 +60,7 @@ class TrainingJob:
 
     def __init__(self, spec: dict[str, Any], on_event: Callable[[dict[str, Any]], None],
                  workdir: str | Path | None = None, python: str = sys.executable,
-                 module: str = "csunet_train.job", nice: int = 10) -> None:
+                 module: str = "csunet_train.job", nice: int = 5) -> None:
         self.spec = dict(spec)
         self.on_event = on_event
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{id(self) % 10000:04d}"
