@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
         "segment_s": round(segment_s, 2), "finetune_s": round(finetune_s, 2),
         "reload_and_resegment_s": round(reload_s, 2),
         "image": [args.size, args.size], "preset": args.preset, "steps": args.steps,
-        "device": str(w.session.segmenter.device), "train_device": ft.last_done.get("device") if ft.last_done else None,
+        "device": str(w.session.segmenter.device), "train_device": (ft.last_started or {}).get("device"),
         "cpus": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "qt_api": os.environ.get("QT_API") or __import__("qtpy").API_NAME,
     }

@@ -110,6 +110,7 @@ class FinetunePanel(QWidget):
 
         self.job: TrainingJob | None = None
         self.last_done: dict[str, Any] | None = None
+        self.last_started: dict[str, Any] | None = None
         self._relay = _Relay()
         self._relay.event.connect(self._on_event)
         session.busy_changed.connect(self._update_enabled)
@@ -208,6 +209,7 @@ class FinetunePanel(QWidget):
             handler(ev)
 
     def _ev_started(self, ev: dict) -> None:
+        self.last_started = ev
         self.plot.clear(ev.get("steps") or self.steps.value())
         self.status.info(f"training on {ev.get('device')}: {ev.get('train_images')} training / "
                          f"{ev.get('val_images')} validation image(s)")
