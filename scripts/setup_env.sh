@@ -21,12 +21,21 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# a virtual display for napari when there is no screen (Debian: xvfb)
-if [ -z "${DISPLAY:-}" ] && ! command -v xvfb-run >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1; then
+# Qt's xcb platform libraries, and a virtual display for napari when there is no screen (Debian)
+qt_libs="libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xkb1 libxcb-shape0
+  libxcb-randr0 libxcb-cursor0 libxkbcommon-x11-0 libegl1 libgl1 libfontconfig1 libdbus-1-3"
+want_pkgs="$qt_libs"
+[ -z "${DISPLAY:-}" ] && want_pkgs="$want_pkgs xvfb xauth"
+if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  missing=""
+  for p in $want_pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    echo "Installing Debian packages for Qt/napari:$missing"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq xvfb xauth >/dev/null
-  else
-    echo "warning: no display and no xvfb-run; GUI tests and screenshots need one" >&2
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
+elif [ -z "${DISPLAY:-}" ] && ! command -v xvfb-run >/dev/null 2>&1; then
+  echo "warning: no display and no xvfb-run; GUI tests and screenshots need one" >&2
 fi
