@@ -75,7 +75,7 @@ def test_tiled_equals_untiled(h, w, tile, overlap, batch, seed):
     assert_matches(pred, untiled_probs(seg, image))
 
 
-@pytest.mark.parametrize("shape", [(40, 3000), (3000, 40), (1, 1), (1, 600), (255, 257), (10, 17)])
+@pytest.mark.parametrize("shape", [(40, 3000), (3000, 40), (40, 9000), (1, 1), (1, 600), (255, 257), (10, 17)])
 def test_small_and_extreme_shapes(shape):
     image = np.random.default_rng(1).random(shape).astype(np.float32)
     seg = pixel_segmenter(tile=512, overlap=0.5)
@@ -117,6 +117,17 @@ def test_dtype_shape_catalogue(name, image, shape, in_chans):
     assert pred.labels.min() >= 1 and pred.labels.max() <= k
     assert pred.probs.shape == shape[:-2] + (k,) + shape[-2:] and pred.probs.dtype == np.float16
     assert pred.uncertainty.shape == shape and pred.uncertainty.dtype == np.float32
+
+
+def test_column_chunks_do_not_change_the_result(monkeypatch):
+    from napari_csunet import inference
+
+    image = np.random.default_rng(8).random((300, 700)).astype(np.float32)
+    whole = pixel_segmenter(tile=256).predict(image, want_probs=True, want_uncertainty=True)
+    monkeypatch.setattr(inference, "_CHUNK", 100)
+    chunked = pixel_segmenter(tile=256).predict(image, want_probs=True, want_uncertainty=True)
+    for a, b in zip((whole.labels, whole.probs, whole.uncertainty), (chunked.labels, chunked.probs, chunked.uncertainty), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_stack_is_predicted_slice_by_slice():

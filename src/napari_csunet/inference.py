@@ -37,6 +37,8 @@ __all__ = ["pick_device", "Cancelled", "InferenceMemoryError", "Prediction", "Se
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 _FLIPS: tuple[tuple[int, ...], ...] = ((-1,), (-2,), (-2, -1))
+_CHUNK = 4096  # columns handled at once when a band of finished rows leaves the accumulator
+_STATS_PIXELS = 4 * 2**20  # normalisation statistics use at most about this many pixels
 
 
 class Cancelled(Exception):
@@ -216,8 +218,9 @@ class Segmenter:
         norm = self.info.normalization or {"mode": "image"}
         mode = norm.get("mode", "image")
         if mode == "image":
-            step = max(1, plane.shape[0] // 2048)  # row subsample keeps huge mosaics cheap
-            return image_stats(to_model_channels(plane[::step], self.in_chans))
+            # exact up to 4 Mpx (as in training); a regular grid of ~4M pixels on huge mosaics
+            step = max(1, int(np.ceil(np.sqrt(plane.shape[0] * plane.shape[1] / _STATS_PIXELS))))
+            return image_stats(to_model_channels(plane[::step, ::step], self.in_chans))
         if mode == "fixed":
             return float(norm["mean"]), float(norm["std"])
         if mode == "none":
@@ -257,7 +260,8 @@ class Segmenter:
                     nxt = layout.ys[i + 1] if i + 1 < len(layout.ys) else hp
                     self._emit(acc, sy, sx, layout, base, nxt, out)
                     d = nxt - base
-                    acc[:, :th - d] = acc[:, d:].clone()
+                    for c in range(0, acc.shape[2], _CHUNK):  # column chunks keep temporaries small
+                        acc[:, :th - d, c:c + _CHUNK] = acc[:, d:, c:c + _CHUNK].clone()
                     acc[:, th - d:] = 0
                     base = nxt
             tick(len(batch))
@@ -312,11 +316,14 @@ class Segmenter:
         src, dst = layout.row_slice(r0, r1)
         if src.stop == src.start:
             return  # padding rows only
-        cols = layout.col_slice
-        band = acc[:, src, cols] / (sy[r0 + src.start:r0 + src.stop, None] * sx[None, cols])
-        top, idx = band.max(0)
-        out.labels[dst] = (idx + 1).to(torch.uint8).cpu().numpy()
-        if out.probs is not None:
-            out.probs[:, dst] = band.half().cpu().numpy()
-        if out.uncertainty is not None:
-            out.uncertainty[dst] = (1.0 - top).cpu().numpy()
+        left, width = layout.pad[1], layout.shape[1]
+        wy = sy[r0 + src.start:r0 + src.stop, None]
+        for c in range(0, width, _CHUNK):  # column chunks keep temporaries small on wide mosaics
+            c1 = min(c + _CHUNK, width)
+            band = acc[:, src, left + c:left + c1] / (wy * sx[None, left + c:left + c1])
+            top, idx = band.max(0)
+            out.labels[dst, c:c1] = (idx + 1).to(torch.uint8).cpu().numpy()
+            if out.probs is not None:
+                out.probs[:, dst, c:c1] = band.half().cpu().numpy()
+            if out.uncertainty is not None:
+                out.uncertainty[dst, c:c1] = (1.0 - top).cpu().numpy()

@@ -114,7 +114,3 @@ class TileLayout:
         if a >= b:
             return slice(0, 0), slice(0, 0)
         return slice(a - r0, b - r0), slice(a - top, b - top)
-
-    @property
-    def col_slice(self) -> slice:
-        return slice(self.pad[1], self.pad[1] + self.shape[1])
