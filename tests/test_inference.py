@@ -284,3 +284,15 @@ def test_preset_warns_and_model_file_loads(tmp_path):
     assert a.labels.shape == (300, 200)
     np.testing.assert_allclose(a.probs.astype(np.float32), b.probs.astype(np.float32), atol=2e-3)
     assert next(loaded.model.parameters()).device.type == "cpu"
+
+
+def test_huge_images_take_statistics_from_a_pixel_grid(monkeypatch):
+    from napari_csunet import inference
+
+    image = np.random.default_rng(9).normal(120, 30, (600, 900)).astype(np.float32)
+    seg = pixel_segmenter(tile=256)
+    exact = seg._stats(image)
+    assert exact == pytest.approx(image_stats(image))
+    monkeypatch.setattr(inference, "_STATS_PIXELS", 20_000)
+    grid = seg._stats(image)
+    assert grid != exact and grid == pytest.approx(exact, rel=0.02)
