@@ -9,7 +9,9 @@ diameter is that of the disc with the particle's area. The segmentation metrics 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import csv
+import io
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .io import Sample
 
 __all__ = [
-    "area_fractions", "particle_sizes", "class_statistics", "STAT_FIELDS", "evaluate_samples", "METRIC_NOTES",
+    "area_fractions", "particle_sizes", "class_statistics", "STAT_FIELDS", "statistics_csv", "evaluate_samples",
+    "METRIC_NOTES",
     "confusion_matrix", "metrics_from_confusion", "segmentation_metrics",
 ]
 
@@ -83,6 +86,19 @@ def class_statistics(labels: np.ndarray, class_names: Sequence[str], min_area: i
             "mean_diameter_px": _mean(diameters), "median_diameter_px": _mean(diameters, np.median),
         })
     return rows
+
+
+def statistics_csv(rows: Iterable[dict[str, Any]], leading: Sequence[str] = ()) -> str:
+    """CSV text of :func:`class_statistics` rows, one writer for the CLI's summary and the GUI's export.
+
+    Columns are ``leading`` (e.g. ``("image",)``) then :data:`STAT_FIELDS`; other keys are left out
+    and None is written as an empty cell.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=(*leading, *STAT_FIELDS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 #: what each reported number is (always printed with the numbers)

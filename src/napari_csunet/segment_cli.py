@@ -9,9 +9,7 @@ with one process torch.distributed is never touched. torch is imported only insi
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
-import io as _io
 import os
 import sys
 import time
@@ -20,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import STAT_FIELDS, class_statistics
+from .analysis import class_statistics, statistics_csv
 from .atomic import atomic_path, atomic_write_text
 from .io import IMAGE_SUFFIXES, read_image
 
@@ -227,14 +225,6 @@ def _segment_files(seg: Any, files: list[Path], stems: list[str], args: argparse
     return results
 
 
-def _csv_text(rows: list[dict[str, Any]]) -> str:
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=("image", *STAT_FIELDS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-    return buf.getvalue()
-
-
 def _segment(args: argparse.Namespace) -> int:
     world, rank = _world()
     files, input_errors = expand_inputs(args.inputs)
@@ -255,7 +245,7 @@ def _segment(args: argparse.Namespace) -> int:
     order = {str(f): i for i, f in enumerate(files)}
     results = sorted((r for part in parts for r in part), key=lambda r: order[r["input"]])
     summary = args.out / "summary.csv"
-    atomic_write_text(summary, _csv_text([row for r in results for row in r.pop("rows", [])]))
+    atomic_write_text(summary, statistics_csv([row for r in results for row in r.pop("rows", [])], ("image",)))
     failed = sum("error" in r for r in results) + len(input_errors)
     if args.json:
         from .cli import print_json

@@ -7,8 +7,6 @@ layers (say the prediction and the corrected labels) both label, differently.
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
 import napari
@@ -150,13 +148,9 @@ class InspectPanel(QWidget):
         self.status.info(f"{name}: " + ", ".join(f"{r['class']} {r['area_fraction']:.1%}" for r in rows))
 
     def csv_text(self) -> str:
-        from ..analysis import STAT_FIELDS
+        from ..analysis import statistics_csv
 
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(STAT_FIELDS), extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        return buffer.getvalue()
+        return statistics_csv(self.rows)
 
     def export_csv(self, path: str | None = None) -> str | None:
         if not self.rows:
