@@ -43,10 +43,10 @@ from napari_csunet.io import (
     standardize,
     to_model_channels,
 )
+from napari_csunet.model_catalog import STARTER_DIR
 from napari_csunet.modelfile import ModelInfo
 from napari_csunet.models import build_model, count_parameters
 from napari_csunet.models.registry import get_preset
-from napari_csunet.zoo import STARTER_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SUPER1 = ROOT.parent / "shared" / "data" / "nasa" / "Super1"

@@ -20,8 +20,8 @@ from pathlib import Path
 from napari_csunet.analysis import evaluate_samples
 from napari_csunet.inference import Segmenter
 from napari_csunet.io import find_samples
+from napari_csunet.model_catalog import STARTER_DIR
 from napari_csunet.modelfile import load_model_file, save_model_file
-from napari_csunet.zoo import STARTER_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 #: starter model -> test split in the repository (NASA's test images for that dataset)

@@ -67,7 +67,7 @@ def main() -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_csunet.atomic import atomic_path
-    from napari_csunet.zoo import resolve_model
+    from napari_csunet.model_catalog import resolve_model
 
     kind, path = resolve_model(args.model)
     if kind != "file":

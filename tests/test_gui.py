@@ -43,7 +43,7 @@ def tiny_model_bytes(tmp_path_factory) -> bytes:
 @pytest.fixture
 def tiny_model(tiny_model_bytes, monkeypatch, tmp_path):
     """The tiny model file in the user's model folder (so the Model panel lists it)."""
-    from napari_csunet.zoo import user_models_dir
+    from napari_csunet.model_catalog import user_models_dir
 
     path = user_models_dir() / "tiny-test.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)

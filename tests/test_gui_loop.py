@@ -18,7 +18,7 @@ from test_gui import CLASSES, IMAGE, segment, tiny_model, tiny_model_bytes, widg
 
 from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
 from napari_csunet.jobs import jobs_dir  # noqa: E402
-from napari_csunet.zoo import user_models_dir  # noqa: E402
+from napari_csunet.model_catalog import user_models_dir  # noqa: E402
 
 
 def _fast(panel, steps: int) -> None:

@@ -23,7 +23,7 @@ def _modules_after(code: str) -> set[str]:
     "code",
     [
         "import napari_csunet",
-        "import napari_csunet.models.registry, napari_csunet.modelfile, napari_csunet.zoo",
+        "import napari_csunet.models.registry, napari_csunet.modelfile, napari_csunet.model_catalog",
         "import napari_csunet.cli; napari_csunet.cli.build_parser()",
         "from npe2 import PluginManager; pm = PluginManager(); pm.discover(include_npe1=False); "
         "assert pm.get_manifest('napari-csunet')",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from napari_csunet.model_catalog import STARTER_DIR, list_model_files
 from napari_csunet.modelfile import read_model_info
-from napari_csunet.zoo import STARTER_DIR, list_model_files
 
 EXPECTED = {
     "starter-superalloy": (["matrix", "secondary", "tertiary"], "super1_test"),

@@ -30,9 +30,9 @@ def print_json(obj) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
+    from .model_catalog import list_model_files
     from .models import build_model, count_parameters
     from .models.registry import PRESETS
-    from .zoo import list_model_files
 
     rows = []
     for name, preset in PRESETS.items():

@@ -30,7 +30,7 @@ def has_display() -> bool:
 
 def _starter_or_fallback(model: str) -> str:
     """The requested model if it resolves; the message says what to do if it does not."""
-    from .zoo import resolve_model
+    from .model_catalog import resolve_model
 
     try:
         resolve_model(model)
@@ -60,7 +60,7 @@ def _headless(sample: str, model: str, out: Path, device: str) -> int:
 def _gui(sample: str, model: str, device: str) -> int:
     import napari
 
-    from .zoo import resolve_model
+    from .model_catalog import resolve_model
 
     viewer = napari.Viewer(title="napari-csunet demo")
     layers = viewer.open_sample("napari-csunet", SAMPLES[sample][0])

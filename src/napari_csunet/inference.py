@@ -156,7 +156,7 @@ class Segmenter:
     @classmethod
     def from_spec(cls, spec: str, **kw: Any) -> Segmenter:
         """A model file path, a starter/user model name, or a preset (random weights: warns)."""
-        from .zoo import resolve_model
+        from .model_catalog import resolve_model
 
         kind, path = resolve_model(spec)
         if kind == "file":

@@ -33,7 +33,7 @@ class JobError(RuntimeError):
 
 def jobs_dir() -> Path:
     """Where job specs and child logs go (next to the user's models)."""
-    from .zoo import user_models_dir
+    from .model_catalog import user_models_dir
 
     return user_models_dir().parent / "jobs"
 

@@ -45,8 +45,8 @@ class Start:
 
 def _load_start(cfg: TrainConfig) -> Start:
     """The model file to continue from, if any (its classes fix the data's)."""
+    from napari_csunet.model_catalog import resolve_model
     from napari_csunet.modelfile import ModelFileError, load_model_file
-    from napari_csunet.zoo import resolve_model
 
     try:
         _, path = resolve_model(cfg.model)

@@ -26,8 +26,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..jobs import TrainingJob
+from ..model_catalog import user_models_dir
 from ..settings import save_settings
-from ..zoo import user_models_dir
 from .common import StatusLine, form_group, hbox
 from .correct_panel import CorrectPanel
 from .plot import TrainingPlot

@@ -24,9 +24,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..model_catalog import list_model_files
 from ..models.registry import PRESETS
 from ..settings import DEVICES, cpu_only_torch_with_gpu, save_settings
-from ..zoo import list_model_files
 from .common import StatusLine, form_group, hbox
 from .compat import avoid_triton_llvm_clash
 from .session import ModelSession
@@ -235,7 +235,7 @@ class ModelPanel(QWidget):
             self.status.error("no model to save: load or build one first")
             return None
         if path is None:
-            from ..zoo import user_models_dir
+            from ..model_catalog import user_models_dir
 
             start = str(user_models_dir() / f"{self.session.info.name or 'model'}.safetensors")
             path, _ = QFileDialog.getSaveFileName(self, "Save model file", start, "Model files (*.safetensors)")

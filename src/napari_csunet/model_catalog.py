@@ -1,4 +1,4 @@
-"""Where model files live: the starter models shipped in the package, and the user's own."""
+"""The model catalogue: starter models shipped in the package and the user's own, found by name."""
 
 from __future__ import annotations
 
