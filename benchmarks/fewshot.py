@@ -31,7 +31,7 @@ from csunet_train.job import run_job
 from csunet_train.loop import amp_dtype, build_optimizer, train_step
 from csunet_train.losses import segmentation_loss
 from csunet_train.sampling import CropDataset, prepare_image
-from napari_csunet.io import find_samples
+from napari_csunet.datasets import find_samples
 
 
 def _timed(fn) -> float:

@@ -35,14 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_csunet.datasets import SUPER_CLASSES, find_samples
 from napari_csunet.inference import Segmenter, pick_device
-from napari_csunet.io import (
-    SUPER_CLASSES,
-    find_samples,
-    image_stats,
-    standardize,
-    to_model_channels,
-)
+from napari_csunet.io import image_stats, standardize, to_model_channels
 from napari_csunet.model_catalog import STARTER_DIR
 from napari_csunet.modelfile import ModelInfo
 from napari_csunet.models import build_model, count_parameters

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 from napari_csunet.analysis import evaluate_samples
+from napari_csunet.datasets import find_samples
 from napari_csunet.inference import Segmenter
-from napari_csunet.io import find_samples
 from napari_csunet.model_catalog import STARTER_DIR
 from napari_csunet.modelfile import load_model_file, save_model_file
 

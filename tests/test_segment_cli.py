@@ -17,8 +17,8 @@ import tifffile
 
 from napari_csunet.analysis import evaluate_samples
 from napari_csunet.cli import main
+from napari_csunet.datasets import SUPER_CLASSES, find_samples
 from napari_csunet.inference import Prediction
-from napari_csunet.io import SUPER_CLASSES, find_samples
 from napari_csunet.modelfile import ModelInfo
 from napari_csunet.segment_cli import expand_inputs, output_stems
 

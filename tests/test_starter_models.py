@@ -34,8 +34,8 @@ def test_starter_model_file(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_starter_model_reaches_its_recorded_test_metrics(name: str, data_dir) -> None:
     from napari_csunet.analysis import evaluate_samples
+    from napari_csunet.datasets import find_samples
     from napari_csunet.inference import Segmenter
-    from napari_csunet.io import find_samples
 
     path = STARTER_DIR / f"{name}.safetensors"
     info = read_model_info(path)

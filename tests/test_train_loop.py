@@ -15,7 +15,7 @@ from csunet_train.data import labelled_image
 from csunet_train.job import run_and_report, run_job
 from csunet_train.losses import segmentation_loss
 from csunet_train.sampling import CropDataset, prepare_image
-from napari_csunet.io import find_samples
+from napari_csunet.datasets import find_samples
 from napari_csunet.modelfile import load_model_file, read_model_info
 from napari_csunet.models import build_model
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ._layerdata import labels_layer_data
-from .io import SUPER_CLASSES, MaskError, decode_color_mask, read_image
+from .datasets import SUPER_CLASSES, MaskError, decode_color_mask
+from .io import read_image
 from .modelfile import default_class_colors
 
 __all__ = ["napari_get_reader", "read_labels", "classes_from_tiff"]

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .io import ImageError, MaskError
+from .datasets import MaskError
+from .io import ImageError
 from .metrics import confusion_matrix, metrics_from_confusion, segmentation_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .datasets import Sample
     from .inference import Segmenter
-    from .io import Sample
 
 __all__ = [
     "area_fractions", "particle_sizes", "class_statistics", "STAT_FIELDS", "statistics_csv", "evaluate_samples",

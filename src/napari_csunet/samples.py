@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ._layerdata import labels_layer_data
-from .io import EBC_CLASSES, SUPER_CLASSES, ClassSpec
+from .datasets import EBC_CLASSES, SUPER_CLASSES, ClassSpec
 
 __all__ = ["DATA_DIR", "superalloy", "superalloy_labels", "ebc", "ebc_labels"]
 

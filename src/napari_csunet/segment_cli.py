@@ -279,7 +279,7 @@ def _print_metrics(result: dict[str, Any]) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .analysis import evaluate_samples
-    from .io import find_samples
+    from .datasets import find_samples
 
     try:
         samples = find_samples(args.data, args.split, zero_is_class=args.zero_is_class)

@@ -1,7 +1,7 @@
 """Training data: labelled images from arrays, pair files or folders; checks; the validation split.
 
 Labels are 1..K with 0 = unlabelled (ignored), so a user may label part of an image. Folders go
-through :func:`napari_csunet.io.find_samples`, which maps NASA's label maps (0 is a class) and
+through :func:`napari_csunet.datasets.find_samples`, which maps NASA's label maps (0 is a class) and
 colour overlays to that convention. No torch here.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_csunet.io import ImageError, MaskError, as_channels_last, find_samples, read_image
+from napari_csunet.datasets import MaskError, find_samples
+from napari_csunet.io import ImageError, as_channels_last, read_image
 from napari_csunet.modelfile import default_class_colors
 
 __all__ = [

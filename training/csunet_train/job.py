@@ -208,7 +208,8 @@ def _error_kind(exc: BaseException) -> tuple[str, str]:
     """(kind, message) for the error event."""
     import torch
 
-    from napari_csunet.io import ImageError, MaskError
+    from napari_csunet.datasets import MaskError
+    from napari_csunet.io import ImageError
 
     from .loop import NonFiniteLoss
 

@@ -1,0 +1,166 @@
+"""Labelled dataset layouts: NASA's (``<split>/`` + ``<split>_annot/``) and ``images/`` + ``masks/``,
+masks as label maps or colour overlays, and the class names that go with them.
+
+Label convention (see docs): 0 = unlabelled, classes are 1..K. NASA label maps use 0 for a real
+class, so the NASA-layout reader maps NASA class ``c`` to ``c + 1``; NASA colour-overlay masks
+(Super) are decoded by exact colour to 1..K.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .io import IMAGE_SUFFIXES, as_channels_last, read_image
+
+__all__ = ["MaskError", "ClassSpec", "SUPER_CLASSES", "EBC_CLASSES", "decode_color_mask", "read_mask", "Sample",
+           "find_samples"]
+
+
+class MaskError(ValueError):
+    """A mask cannot be used with its image or dataset."""
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """Class names/colours of a dataset; ``overlay_colors`` decode colour-overlay masks."""
+
+    names: tuple[str, ...]
+    colors: tuple[str, ...]
+    #: RGB -> label for colour overlays; pixels of no listed colour get ``overlay_default``
+    overlay_colors: dict[tuple[int, int, int], int] = field(default_factory=dict)
+    overlay_default: int = 1
+
+
+SUPER_CLASSES = ClassSpec(
+    names=("matrix", "secondary", "tertiary"),
+    colors=("#808080", "#0000ff", "#ff0000"),
+    overlay_colors={(0, 0, 255): 2, (255, 0, 0): 3},
+    overlay_default=1,
+)
+EBC_CLASSES = ClassSpec(names=("background", "oxide", "crack"), colors=("#404040", "#2ca02c", "#ff00ff"))
+
+
+def decode_color_mask(mask: np.ndarray, spec: ClassSpec, name: str = "mask") -> np.ndarray:
+    """Decode an RGB(A) overlay mask by exact colour; warn about saturated colours we do not know."""
+    rgb = np.asarray(mask)[..., :3]
+    labels = np.full(rgb.shape[:2], spec.overlay_default, dtype=np.uint8)
+    known = np.zeros(rgb.shape[:2], dtype=bool)
+    for color, label in spec.overlay_colors.items():
+        hit = np.all(rgb == np.array(color, dtype=rgb.dtype), axis=-1)
+        labels[hit] = label
+        known |= hit
+    spread = rgb.max(axis=-1).astype(np.int32) - rgb.min(axis=-1)
+    odd = ~known & (spread > 200)  # vivid colours that are not the micrograph's grey
+    if odd.any():
+        colors, counts = np.unique(rgb[odd].reshape(-1, 3), axis=0, return_counts=True)
+        top = ", ".join(f"{tuple(int(v) for v in c)} x{n}" for c, n in sorted(zip(colors, counts, strict=True), key=lambda t: -t[1])[:5])
+        warnings.warn(f"{name}: {int(odd.sum())} pixels of unknown colours decoded as "
+                      f"{spec.names[spec.overlay_default - 1]!r}: {top}", stacklevel=2)
+    return labels
+
+
+def read_mask(path: str | Path, spec: ClassSpec, zero_is_class: bool, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a colour-overlay or label-map mask into labels 1..K (0 = unlabelled)."""
+    path = Path(path)
+    raw = read_image(path)
+    if raw.ndim == 3 and raw.shape[-1] in (3, 4):
+        labels = decode_color_mask(raw, spec, name=str(path))
+    elif raw.ndim == 2 or (raw.ndim == 3 and raw.shape[-1] == 1):
+        raw = raw.reshape(raw.shape[:2])
+        if raw.dtype.kind == "f" or raw.min() < 0:
+            raise MaskError(f"{path}: label maps must hold non-negative integers, found {raw.dtype}")
+        labels = raw.astype(np.int64) + (1 if zero_is_class else 0)
+        top = int(labels.max())
+        if top > len(spec.names):
+            raise MaskError(f"{path}: label {top - (1 if zero_is_class else 0)} is above the "
+                            f"{len(spec.names)} classes {list(spec.names)}")
+        labels = labels.astype(np.uint8)
+    else:
+        raise MaskError(f"{path}: mask of shape {raw.shape} is neither a label map nor an RGB overlay")
+    if shape is not None and labels.shape != tuple(shape):
+        raise MaskError(f"{path}: mask is {labels.shape[0]}x{labels.shape[1]} but its image is {shape[0]}x{shape[1]}")
+    return labels
+
+
+@dataclass(frozen=True)
+class Sample:
+    """An image file and its mask file, plus how to decode the mask."""
+
+    image: Path
+    mask: Path | None
+    spec: ClassSpec
+    zero_is_class: bool
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(image (H, W[, C]) as stored, labels uint8 (H, W) in 1..K with 0 = unlabelled)."""
+        image = as_channels_last(read_image(self.image), str(self.image))
+        labels = None
+        if self.mask is not None:
+            labels = read_mask(self.mask, self.spec, self.zero_is_class, shape=image.shape[:2])
+        return image, labels
+
+
+def _class_spec_for(root: Path, colour_overlay: bool) -> ClassSpec:
+    """Class names from ``dataset.json`` if present, else NASA's (Super for overlays, EBC for maps)."""
+    for candidate in (root / "dataset.json", root.parent / "dataset.json"):
+        if candidate.exists():
+            meta = json.loads(candidate.read_text())
+            names = tuple(meta["classes"])
+            colors = tuple(meta.get("colors") or [])
+            from .modelfile import default_class_colors
+
+            return ClassSpec(names=names, colors=colors or tuple(default_class_colors(len(names))))
+    return SUPER_CLASSES if colour_overlay else EBC_CLASSES
+
+
+def _mask_for(image: Path, mask_dir: Path) -> Path | None:
+    for stem in (image.stem, f"{image.stem}_mask"):
+        for suffix in (image.suffix, *IMAGE_SUFFIXES):
+            candidate = mask_dir / f"{stem}{suffix}"
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def find_samples(root: str | Path, split: str | None = "test", zero_is_class: bool | None = None,
+                 names: Sequence[str] | None = None) -> list[Sample]:
+    """Pair images with masks in NASA's layout (``<split>/`` + ``<split>_annot/``) or ``images/`` + ``masks/``.
+
+    NASA's label maps count 0 as a class (so ``zero_is_class`` defaults to True there); the plain
+    layout follows our convention (0 = unlabelled) unless told otherwise. ``names`` picks images
+    by stem (the paper's Super2/Super3 subsets).
+    """
+    root = Path(root)
+    if split and (root / split).is_dir():
+        image_dir, mask_dir, nasa = root / split, root / f"{split}_annot", True
+    elif (root / "images").is_dir():
+        image_dir, mask_dir, nasa = root / "images", root / "masks", False
+    else:
+        raise FileNotFoundError(
+            f"{root}: expected NASA's layout ({split}/ and {split}_annot/) or images/ and masks/ folders"
+        )
+    images = _images_in(image_dir)
+    if names is not None:
+        wanted = set(names)
+        images = [p for p in images if p.stem in wanted]
+        missing = wanted - {p.stem for p in images}
+        if missing:
+            raise FileNotFoundError(f"{image_dir}: no images named {sorted(missing)}")
+    if not images:
+        raise FileNotFoundError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    masks = [_mask_for(p, mask_dir) if mask_dir.is_dir() else None for p in images]
+    first = next((m for m in masks if m is not None), None)
+    overlay = first is not None and read_image(first).ndim == 3
+    spec = _class_spec_for(root, overlay)
+    zic = (nasa and not overlay) if zero_is_class is None else zero_is_class
+    return [Sample(p, m, spec, zic) for p, m in zip(images, masks, strict=True)]
