@@ -89,14 +89,16 @@ def class_statistics(labels: np.ndarray, class_names: Sequence[str], min_area: i
     return rows
 
 
-def statistics_csv(rows: Iterable[dict[str, Any]], leading: Sequence[str] = ()) -> str:
-    """CSV text of :func:`class_statistics` rows, one writer for the CLI's summary and the GUI's export.
+def statistics_csv(rows: Iterable[dict[str, Any]], leading: Sequence[str] = (),
+                   fields: Sequence[str] = STAT_FIELDS) -> str:
+    """CSV text of statistics rows, one writer for the CLI's summary and the GUI's export.
 
-    Columns are ``leading`` (e.g. ``("image",)``) then :data:`STAT_FIELDS`; other keys are left out
-    and None is written as an empty cell.
+    Columns are ``leading`` (e.g. ``("image",)``) then ``fields`` (:data:`STAT_FIELDS`, or
+    :data:`napari_csunet.measurements.FIELDS` for the rows in physical units); other keys are left
+    out and None is written as an empty cell.
     """
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=(*leading, *STAT_FIELDS), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=(*leading, *fields), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from .pixelsize import PixelSize
 
 __all__ = ["FIELDS", "PARTICLE_FIELDS", "DEFAULT_MIN_AREA", "particle_table", "block_bootstrap_ci",
            "between_images_ci", "mean_intercept", "astm_grain_size", "measure", "Measurement", "FOLDER_FIELDS",
-           "folder_summary"]
+           "folder_summary", "calibration_for"]
 
 #: the smallest particle counted by default: 3 x 3 px, below which a segmentation resolves nothing
 DEFAULT_MIN_AREA = 9
@@ -260,3 +261,18 @@ def folder_summary(per_image: Sequence[Sequence[dict[str, Any]]]) -> list[dict[s
                     "mean_eq_diameter_px": _weighted(rows, "mean_eq_diameter_px"),
                     "mean_eq_diameter_um": _weighted(rows, "mean_eq_diameter_um")})
     return out
+
+
+def calibration_for(path: str | Path | None, image: np.ndarray, pixel_size_um: float | None = None,
+                    find_databar: bool = True) -> tuple[PixelSize | None, DataBar | None]:
+    """(pixel size, data bar) of an image: a given size, else the file's metadata, else a calibration."""
+    from .databar import detect_databar
+    from .pixelsize import read_pixel_size, recall_calibration
+
+    if pixel_size_um is not None:
+        size: PixelSize | None = PixelSize(pixel_size_um, pixel_size_um, "given on the command line")
+    elif path is not None:
+        size = read_pixel_size(path) or recall_calibration(path)
+    else:
+        size = None
+    return size, detect_databar(image) if find_databar else None

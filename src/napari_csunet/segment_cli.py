@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import class_statistics, statistics_csv
-from .atomic import atomic_path, atomic_write_text
+from .atomic import atomic_path
+from .databar import predict_outside
 from .io import IMAGE_SUFFIXES, read_image
+from .measurements import DEFAULT_MIN_AREA, calibration_for, measure
+from .report import batch_tables, write_batch_tables
 
 __all__ = ["register", "expand_inputs", "overlay", "output_stems"]
 
@@ -46,6 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities (float16 TIFF)")
     p.add_argument("--no-overlay", action="store_true", help="skip the colour overlay PNGs")
+    p.add_argument("--pixel-size", type=float, metavar="UM", help="µm per pixel for every image (default: from "
+                   "each file's metadata or sidecar, else numbers in px)")
+    p.add_argument("--no-databar", action="store_true", help="do not look for an SEM data bar (default: its rows "
+                   "are left out of segmentation and statistics, label 0)")
+    p.add_argument("--matrix", metavar="CLASS", help="the matrix class, not counted as particles (default: the "
+                   "largest class of each image)")
+    p.add_argument("--min-size", type=int, default=None, metavar="PX",
+                   help="smallest particle counted, in pixels (default 9: 3 x 3)")
+    p.add_argument("--report", action="store_true", help="also write report.html: tables, plots, overlays")
     _engine_args(p)
     p.set_defaults(func=_segment)
 
@@ -210,15 +221,23 @@ def _segment_files(seg: Any, files: list[Path], stems: list[str], args: argparse
 
             try:
                 image = read_image(path)
-                pred = seg.predict(image, want_probs=args.probs, progress=progress, name=str(path))
+                size, databar = calibration_for(path, image, args.pixel_size, not args.no_databar)
+                pred = predict_outside(lambda im, p=path: seg.predict(im, want_probs=args.probs, progress=progress,
+                                                                      name=str(p)), image, databar)
                 written = _write_outputs(args.out, stem, image, pred, seg.info, args)
+                measured = measure(pred.labels, seg.info.class_names, size, databar, args.matrix,
+                                   args.min_size or DEFAULT_MIN_AREA)
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                 _say_error(_named(path, exc))
                 results.append({"input": str(path), "error": _named(path, exc)})
             else:
-                rows = [{"image": path.name, **r} for r in class_statistics(pred.labels, seg.info.class_names)]
                 results.append({"input": str(path), "shape": list(pred.labels.shape), **written,
-                                "seconds": round(time.perf_counter() - start, 3), "rows": rows})
+                                "pixel_size_um": size.mean_um if size else None,
+                                "databar": databar.to_dict() if databar else None,
+                                "seconds": round(time.perf_counter() - start, 3),
+                                **batch_tables(path.name, measured, size, databar,
+                                               overlay(image, pred.labels, list(seg.info.class_colors))
+                                               if args.report else None)})
             finally:
                 tiles.close()
             bar.update(1)
@@ -245,13 +264,13 @@ def _segment(args: argparse.Namespace) -> int:
     order = {str(f): i for i, f in enumerate(files)}
     results = sorted((r for part in parts for r in part), key=lambda r: order[r["input"]])
     summary = args.out / "summary.csv"
-    atomic_write_text(summary, statistics_csv([row for r in results for row in r.pop("rows", [])], ("image",)))
+    written = write_batch_tables(args.out, results, seg.info, seg.name, args.report)
     failed = sum("error" in r for r in results) + len(input_errors)
     if args.json:
         from .cli import print_json
 
         print_json({"model": seg.name, "device": str(seg.device), "world_size": world, "out": str(args.out),
-                    "summary": str(summary), "images": results, "input_errors": input_errors,
+                    "summary": str(summary), **written, "images": results, "input_errors": input_errors,
                     "segmented": len(results) - sum("error" in r for r in results), "failed": failed})
     else:
         done = [r for r in results if "error" not in r]
