@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_csunet.annotations import AnnotationError, AnnotationStore, default_annotations_dir
+from napari_csunet.annotations import (
+    ACCEPTED,
+    PAINTED,
+    AnnotationError,
+    AnnotationStore,
+    default_annotations_dir,
+)
 from napari_csunet.settings import Settings, load_settings, save_settings
 
 NAMES = ["matrix", "secondary", "tertiary"]
@@ -35,23 +41,63 @@ def test_add_writes_files_and_index_at_once(tmp_path):
     # a fresh store (napari restarted) sees the same thing
     assert [e.id for e in AnnotationStore(tmp_path).entries()] == [entry.id]
     assert AnnotationStore(tmp_path).pairs() == [{"image": str(tmp_path / entry.image),
-                                                  "labels": str(tmp_path / entry.labels)}]
+                                                  "labels": str(tmp_path / entry.labels),
+                                                  "mask": str(tmp_path / entry.mask)}]
 
 
-def test_region_keeps_only_the_rectangle_and_readd_replaces(tmp_path):
+@pytest.mark.parametrize(
+    ("kwargs", "painted", "accepted"),
+    [
+        ({}, 50, 0),  # only what the user painted over the prediction trains
+        ({"regions": [[0, 0, 5, 40], [60, 70, 70, 90]]}, 50, 5 * 40 + 4 * 10),  # several rectangles, clipped
+        ({"whole_image": True}, 50, 800 + 40),  # every labelled pixel
+    ],
+)
+def test_only_painted_or_accepted_pixels_train(tmp_path, kwargs, painted, accepted):
+    store = AnnotationStore(tmp_path)
+    image, labels = _pair()
+    prediction = labels.copy()
+    prediction[10:20, :5] = 1  # the user painted these 50 pixels tertiary
+    prediction[60:, 70:] = 2
+    labels[60:, 70:] = 2  # labelled as predicted: counts only when accepted
+    entry = store.add(image, labels, name="a", class_names=NAMES, prediction=prediction, **kwargs)
+    mask = tifffile.imread(tmp_path / entry.mask)
+    assert entry.painted == painted == int((mask == PAINTED).sum())
+    assert int((mask == ACCEPTED).sum()) == accepted and entry.labelled == painted + accepted
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / entry.labels), labels)  # the layer, as left
+    truth = store.training_labels(entry)
+    assert truth[10:20, :5].min() == 3 and int((truth > 0).sum()) == entry.labelled
+
+
+def test_readd_replaces_and_nothing_corrected_is_refused(tmp_path):
     store = AnnotationStore(tmp_path)
     image, labels = _pair()
     store.add(image, labels, name="a", class_names=NAMES)
-    entry = store.add(image, labels, name="a", class_names=NAMES, region=[0, 0, 5, 40])
-    assert len(store) == 1
-    assert entry.counts["matrix"] == 5 * 40 and entry.counts["tertiary"] == 0
-    assert tifffile.imread(tmp_path / entry.labels)[5:].max() == 0
+    entry = store.add(image, labels, name="a", class_names=NAMES, regions=[[0, 0, 5, 40]], prediction=labels)
+    assert len(store) == 1 and entry.counts == {"matrix": 200, "secondary": 0, "tertiary": 0}
+    with pytest.raises(AnnotationError, match="no corrected or accepted pixels"):
+        store.add(image, labels, name="b", class_names=NAMES, prediction=labels)
+
+
+def test_sets_saved_before_masks_train_on_every_label(tmp_path):
+    store = AnnotationStore(tmp_path)
+    image, labels = _pair()
+    entry = store.add(image, labels, name="old", class_names=NAMES)
+    index = json.loads((tmp_path / "index.json").read_text())
+    for key in ("mask", "regions", "whole_image", "painted"):  # an index written by an older version
+        index["entries"][0].pop(key)
+    (tmp_path / entry.mask).unlink()
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    (old,) = store.entries()
+    assert old.mask is None and store.pairs()[0].keys() == {"image", "labels"}
+    np.testing.assert_array_equal(store.training_labels(old), labels)
+    assert store.score("old", labels)["pixel_accuracy"] == 1.0 and store.score("other", labels) is None
 
 
 @pytest.mark.parametrize(
     ("labels", "kwargs", "message"),
     [
-        (np.zeros((64, 80), np.uint8), {}, "no labelled pixels"),
+        (np.zeros((64, 80), np.uint8), {}, "no corrected or accepted pixels"),
         (np.full((64, 80), 7, np.uint8), {}, "label 7"),
         (np.ones((32, 80), np.uint8), {}, "image is"),
         (np.ones((64, 80), np.float32), {}, "non-negative integers"),

@@ -17,8 +17,10 @@ pytestmark = pytest.mark.gui
 
 from napari.layers import Labels  # noqa: E402
 
-from napari_csunet._qt.main_widget import CSUNetWidget  # noqa: E402
+from napari_csunet._qt.main_widget import MIN_WIDTH, CSUNetWidget  # noqa: E402
 from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
+from napari_csunet._qt.training_set import PAINTED_ONLY, WHOLE_IMAGE  # noqa: E402
+from napari_csunet.annotations import ACCEPTED, PAINTED  # noqa: E402
 
 CLASSES = ["matrix", "secondary", "tertiary"]
 IMAGE = "superalloy spot2_0d_0"
@@ -76,12 +78,19 @@ def test_model_panel_lists_the_model_file_and_loads_it(widget):
     w = widget
     items = [w.model_panel.files.item(i).text() for i in range(w.model_panel.files.count())]
     kinds = [t.split("(")[1].split(")")[0] for t in items]
-    assert kinds == sorted(kinds, key=lambda k: k != "starter")  # starter models first, then the user's
+    assert kinds == sorted(kinds, key=lambda k: k != "user")  # the user's fine-tuned models first, then starters
     assert any(t.startswith("tiny-test (user) · matrix, secondary, tertiary") for t in items)
     assert w.session.path.name == "tiny-test.safetensors" and w.session.info.class_names == CLASSES
     assert "tiny-test" in w.model_panel.current.text()
     assert w.tabs.currentIndex() == 1  # jumped to Segment once the model was ready
     assert w.segment_panel.segment_btn.isEnabled()
+    assert "tiny-test ready" in w.segment_panel.status.text() and "load a model" not in w.segment_panel.status.text()
+    panel = w.model_panel  # missing preset weights: plain text that says a loaded model needs none
+    request = (panel.preset.currentText(), panel._source(panel.cnn_source), panel._source(panel.swin_source),
+               panel.allow_download.isChecked())
+    panel._show_sources((["CNN x: not downloaded yet"], False), request)
+    assert panel.weights_status.kind == "info" and "a loaded model file needs none" in panel.weights_status.text()
+    assert w.width() >= MIN_WIDTH and w.model_panel.files.wordWrap()
 
 
 def test_segment_writes_named_classes_and_resegment_keeps_an_undo(widget, qtbot):
@@ -93,6 +102,8 @@ def test_segment_writes_named_classes_and_resegment_keeps_an_undo(widget, qtbot)
     assert set(np.unique(layer.data)) <= {1, 2, 3}
     assert list(layer.features["class"]) == ["unlabelled", *CLASSES]
     np.testing.assert_allclose(layer.colormap.map(3)[:3], [1, 0, 0])
+    dominant = int(np.bincount(layer.data.ravel()).argmax())  # drawn transparent: the micrograph shows
+    assert layer.colormap.map(dominant)[3] == 0 and all(layer.colormap.map(c)[3] > 0 for c in {1, 2, 3} - {dominant})
     assert f"{IMAGE} p(tertiary)" in w.viewer.layers and f"{IMAGE} uncertainty" in w.viewer.layers
     probs = sum(w.viewer.layers[f"{IMAGE} p({c})"].data for c in CLASSES)
     np.testing.assert_allclose(probs, 1, atol=0.02)
@@ -147,24 +158,38 @@ def test_palette_and_number_keys_pick_the_brush_class(widget, qtbot):
     assert layer.selected_label == 2 and layer.mode == "paint"
 
 
-def test_add_to_training_set_with_a_rectangle_then_remove(widget, qtbot):
+def test_add_to_training_set_with_rectangles_then_remove(widget, qtbot):
     w = widget
     layer = segment(w, qtbot)
-    layer.data[100:120, 100:140] = 3
-    shapes = w.viewer.add_shapes([[[90, 95], [90, 200], [130, 200], [130, 95]]], shape_type="rectangle", name="roi")
+    prediction = layer.metadata[PREDICTION]
+    layer.data[100:120, 100:140] = prediction[100:120, 100:140] % 3 + 1  # 800 painted pixels
+    layer.data[400:410, 400:410] = prediction[400:410, 400:410] % 3 + 1  # 100 more, outside the rectangles
     panel = w.correct_panel
     panel.set_labels_layer(layer)
-    panel.region.set_value(shapes.name)
+    assert panel.region.currentText() == PAINTED_ONLY
+    panel.training.update_preview()
+    assert "900 px: 900 painted + 0 accepted" in panel.training.preview.text()
+    shapes = w.viewer.add_shapes([[[90, 95], [90, 200], [130, 200], [130, 95]],
+                                  [[0, 0], [0, 10], [10, 10], [10, 0]]], shape_type="rectangle", name="roi")
+    assert panel.region.currentText() == "roi"  # the rectangles just drawn are used
+    panel.training.update_preview()
+    assert f"{900 + 40 * 105 - 800 + 100:,} px: 900 painted" in panel.training.preview.text()
     entry = panel.add_to_training_set()
-    assert entry is not None and entry.region == [90, 95, 130, 200]
-    saved = tifffile.imread(panel.store.root / entry.labels)
-    assert saved[100:120, 100:140].min() == 3 and saved[:90].max() == 0 and saved[131:].max() == 0
+    assert entry is not None and entry.regions == [[90, 95, 130, 200], [0, 0, 10, 10]]
+    saved, mask = (tifffile.imread(panel.store.root / rel) for rel in (entry.labels, entry.mask))
+    np.testing.assert_array_equal(saved, layer.data)  # the layer as left; the mask says what trains
+    assert (mask[100:120, 100:140] == PAINTED).all() and (mask[400:410, 400:410] == PAINTED).all()
+    assert (mask[90:130, 95:200] > 0).all() and (mask[:10, :10] == ACCEPTED).all() and int((mask > 0).sum()) == 4400
     np.testing.assert_array_equal(tifffile.imread(panel.store.root / entry.image), w.viewer.layers[IMAGE].data)
-    assert entry.counts["tertiary"] >= 800 and sum(entry.counts.values()) == 40 * 105
-    assert panel.table.rowCount() == 1 and panel.table.horizontalHeaderItem(3).text() == "tertiary"
+    assert entry.painted == 900 and entry.labelled == 4400
+    assert panel.table.rowCount() == 1 and panel.table.horizontalHeaderItem(4).text() == "tertiary"
     panel.table.selectRow(0)
     panel.remove_selected()
     assert panel.table.rowCount() == 0 and len(panel.store) == 0
+    shapes.data = []
+    panel.region.set_value(WHOLE_IMAGE)
+    entry = panel.add_to_training_set()
+    assert entry.whole_image and entry.labelled == layer.data.size and "most of these labels" in panel.status.text()
 
 
 @pytest.mark.parametrize("region", ["empty shapes", "no labels"])
@@ -178,7 +203,7 @@ def test_add_to_training_set_refuses_with_a_reason(widget, qtbot, region):
         expected = "has no rectangle"
     else:
         layer.data[:] = 0
-        expected = "no labelled pixels"
+        expected = "no corrected or accepted pixels"
     assert panel.add_to_training_set() is None
     assert panel.status.kind == "error" and expected in panel.status.text()
     assert len(panel.store) == 0

@@ -1,7 +1,9 @@
-"""The user's whole loop in a real viewer, with the real training child (tiny preset, 3 steps).
+"""The user's whole loop in a real viewer, with the real training child (tiny preset, a few steps).
 
-sample image -> segment -> paint a correction -> add to training set -> fine-tune in the child
-process -> the new model is current -> the image is segmented again; and Stop keeps the best.
+sample image -> segment -> correct three boxes (NASA's labels) and mark them -> add to training
+set -> fine-tune in the child process, validated on held-out corrected pixels -> the new model is
+current -> the image is segmented again with the corrections kept; a fine-tune that cannot improve
+says so and keeps the model; Stop keeps the best.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 from test_gui import CLASSES, IMAGE, segment, tiny_model, tiny_model_bytes, widget  # noqa: E402,F401
 
 from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
+from napari_csunet._qt.training_set import WHOLE_IMAGE  # noqa: E402
 from napari_csunet.jobs import jobs_dir  # noqa: E402
 from napari_csunet.model_catalog import user_models_dir  # noqa: E402
 
@@ -27,41 +30,91 @@ def _fast(panel, steps: int) -> None:
     panel.batch.setValue(1)
 
 
-def test_segment_correct_add_finetune_replace_resegment(widget, qtbot):  # noqa: F811 - fixture
+BOXES = [(40, 40), (300, 60), (170, 330)]  # top-left corners of three 160² boxes the user corrects
+
+
+def _correct_three_boxes(w, layer):
+    """NASA's ground truth painted into three boxes, and a Shapes layer marking them as checked."""
+    from napari_csunet import samples
+
+    ((truth, _, _),) = samples.superalloy_labels()
+    for r, c in BOXES:
+        layer.data[r:r + 160, c:c + 160] = truth[r:r + 160, c:c + 160]
+    w.viewer.add_shapes([[[r, c], [r, c + 160], [r + 160, c + 160], [r + 160, c]] for r, c in BOXES],
+                        shape_type="rectangle", name="checked")
+    w.correct_panel.set_labels_layer(layer)
+    assert w.correct_panel.region.currentText() == "checked"
+
+
+def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot):  # noqa: F811 - fixture
     w = widget
     layer = segment(w, qtbot)
     first_prediction = layer.metadata[PREDICTION].copy()
-    w.correct_panel.set_class(3)
-    layer.paint((200, 200), new_label=3)  # a brush stroke, as the user paints
-    layer.data[300:340, 100:180] = 2
+    _correct_three_boxes(w, layer)
     corrected = layer.data.copy()
-    assert not np.array_equal(corrected, first_prediction)
+    painted = corrected != first_prediction
+    assert painted.any()
     entry = w.correct_panel.add_to_training_set()
-    assert entry is not None and (w.correct_panel.store.root / entry.labels).exists()
+    assert entry is not None and entry.labelled == 3 * 160 * 160 and entry.painted == int(painted.sum())
     assert w.correct_panel.table.rowCount() == 1
 
     panel = w.finetune_panel
-    _fast(panel, 3)
+    _fast(panel, 30)
+    panel.lr.setValue(1e-3)
     assert panel.start(), panel.status.text()
     assert panel.running and not panel.start_btn.isEnabled() and panel.stop_btn.isEnabled()
-    qtbot.waitUntil(lambda: panel.last_done is not None and not panel.running, timeout=180_000)
-    qtbot.waitUntil(lambda: not w.session.busy and not w.segment_panel.running, timeout=120_000)
+    qtbot.waitUntil(lambda: panel.last_done is not None and not panel.running, timeout=300_000)
+    qtbot.waitUntil(lambda: not w.session.busy and not w.segment_panel.running and panel.last_scores is not None,
+                    timeout=120_000)
 
     done = panel.last_done
+    before, after = done["initial_metrics"], done["best_metrics"]
+    held_out = before["pixels"]
+    assert 0.15 * entry.labelled < held_out < 0.3 * entry.labelled  # validation: corrected pixels only
+    assert done["best_step"] > 0 and after["miou"] > before["miou"], panel.result.text()
     new_model = user_models_dir() / done["path"].split("/")[-1]
     assert new_model.exists() and new_model.name.startswith("tiny-test-ft-")
     assert w.session.path == new_model and w.session.info.class_names == CLASSES
-    assert any(new_model.name in w.model_panel.files.item(i).toolTip() for i in range(w.model_panel.files.count()))
-    assert "→" in panel.result.text() and "mIoU" in panel.result.text()
-    assert len(panel.plot.loss) >= 1 and len(panel.plot.val) >= 2  # step 0 (before) and after
-    assert layer.metadata["csunet_model"] == w.session.segmenter.name
-    np.testing.assert_array_equal(layer.metadata[PREVIOUS], corrected)  # the corrections survive as undo
-    assert set(np.unique(layer.data)) <= {1, 2, 3}
+    assert w.model_panel.files.item(0).toolTip().startswith(str(new_model))  # the newest model on top
+    assert f"held-out corrected pixels ({held_out:,} px)" in panel.result.text()
+    scores = panel.last_scores  # all corrected/accepted pixels, before vs after, in the same units
+    assert scores["pixels"] == entry.labelled and scores["after"]["miou"] > scores["before"]["miou"]
+    assert f"on the {entry.labelled:,} corrected/accepted px" in panel.result.text()
+
+    new_prediction = layer.metadata[PREDICTION]
+    assert not np.array_equal(new_prediction, first_prediction)  # the model changed
+    np.testing.assert_array_equal(layer.data[painted], corrected[painted])  # the corrections stay on screen
+    np.testing.assert_array_equal(layer.data[~painted], new_prediction[~painted])  # the new prediction elsewhere
+    np.testing.assert_array_equal(layer.metadata[PREVIOUS], corrected)
+    w.correct_panel.revert()
+    np.testing.assert_array_equal(layer.data, new_prediction)
     assert panel.start_btn.isEnabled() and not panel.stop_btn.isEnabled()
     (job_file,) = jobs_dir().glob("*/job.json")
+    assert jobs_dir().parent == user_models_dir()  # job files stay under CSUNET_MODELS_DIR
     spec = json.loads(job_file.read_text())
-    assert spec["mode"] == "finetune" and spec["model"].endswith("tiny-test.safetensors") and spec["steps"] == 3
+    assert spec["mode"] == "finetune" and spec["model"].endswith("tiny-test.safetensors") and spec["steps"] == 30
     assert spec["pairs"] == w.correct_panel.store.pairs() and spec["class_names"] == CLASSES
+
+
+def test_a_finetune_that_cannot_improve_says_so_and_keeps_the_model(widget, qtbot):  # noqa: F811 - fixture
+    """Every pixel accepted as the model predicted it: the starting model already scores 100% on
+    the held-out part (the child validates with the GUI's predictor), so nothing can beat it."""
+    w = widget
+    layer = segment(w, qtbot)
+    shown = layer.data.copy()
+    w.correct_panel.region.set_value(WHOLE_IMAGE)
+    assert w.correct_panel.add_to_training_set() is not None
+    panel = w.finetune_panel
+    _fast(panel, 2)
+    panel.lr.setValue(1e-6)
+    assert panel.start(), panel.status.text()
+    qtbot.waitUntil(lambda: panel.last_done is not None and not panel.running, timeout=180_000)
+    assert panel.last_done["best_step"] == 0, panel.result.text()
+    assert panel.result.kind == "warning" and "no improvement" in panel.result.text()
+    assert "kept the current model tiny-test.safetensors" in panel.result.text()
+    assert w.session.path.name == "tiny-test.safetensors"
+    assert not list(user_models_dir().glob("tiny-test-ft-*"))  # no identical "new" model registered
+    np.testing.assert_array_equal(layer.data, shown)
 
 
 def test_stop_keeps_the_best_model(widget, qtbot):  # noqa: F811 - fixture

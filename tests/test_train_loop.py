@@ -205,7 +205,7 @@ def test_pretrained_encoders_learn_slower_and_the_schedule_warms_up() -> None:
 
 def test_pretrained_weights_are_applied_and_their_encoder_learns_slower(data_dir: Path, tmp_path: Path,
                                                                         monkeypatch) -> None:
-    import napari_csunet.weights as weights
+    import napari_csunet.weights.apply as weights  # build_preset_model applies through it
 
     calls: dict = {}
 

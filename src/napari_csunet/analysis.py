@@ -116,8 +116,8 @@ METRIC_NOTES = {
 
 
 def _check_classes(samples: Sequence[Sample], class_names: Sequence[str]) -> None:
-    for s in samples:
-        if len(s.spec.names) != len(class_names):
+    for s in samples:  # unnamed label maps are checked label by label (at most the model's K)
+        if s.spec.names and len(s.spec.names) != len(class_names):
             where = s.mask or s.image
             raise MaskError(f"{where}: the data has {len(s.spec.names)} classes {list(s.spec.names)} but the model has "
                             f"{len(class_names)} {list(class_names)}; use a model trained for these classes")

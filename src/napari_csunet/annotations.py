@@ -1,7 +1,10 @@
 """The annotation set: corrected images saved on disk the moment the user adds them.
 
-A folder with ``images/``, ``labels/`` and ``index.json``. Label TIFFs follow the project's
-convention (0 = unlabelled, classes 1..K) so partial corrections train only where painted.
+A folder with ``images/``, ``labels/``, ``masks/`` and ``index.json``. Label TIFFs hold the labels
+layer as the user left it (0 = unlabelled, classes 1..K); the mask says which of those pixels the
+user vouched for: 2 = painted (differs from the model's prediction), 1 = accepted as predicted
+(inside a rectangle the user marked, or the whole image), 0 = an uncorrected prediction that does
+not train. Without a mask (older sets, label maps made elsewhere) every labelled pixel counts.
 Every file is written atomically and the index last, so napari dying mid-way never loses or
 corrupts what was already added. ``CSUNET_ANNOTATIONS_DIR`` overrides the platform data dir.
 """
@@ -22,9 +25,12 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
 
-__all__ = ["AnnotationError", "Annotation", "AnnotationStore", "default_annotations_dir", "class_counts"]
+__all__ = ["AnnotationError", "Annotation", "AnnotationStore", "default_annotations_dir", "class_counts",
+           "correction_mask", "PAINTED", "ACCEPTED"]
 
 INDEX = "index.json"
+#: mask values: a pixel the user painted, a pixel the user accepted as the model predicted it
+PAINTED, ACCEPTED = 2, 1
 
 
 class AnnotationError(ValueError):
@@ -57,11 +63,35 @@ class Annotation:
     shape: list[int]
     counts: dict[str, int]
     created: float = field(default_factory=time.time)
-    region: list[int] | None = None  # [row0, col0, row1, col1] when restricted to a rectangle
+    region: list[int] | None = None  # older sets: [row0, col0, row1, col1], labels zeroed outside it
+    mask: str | None = None  # corrected/accepted pixels (PAINTED, ACCEPTED, 0); None: every label counts
+    regions: list[list[int]] | None = None  # rectangles accepted as predicted
+    whole_image: bool = False  # every labelled pixel accepted
+    painted: int | None = None  # pixels the user painted, among those that count
 
     @property
     def labelled(self) -> int:
+        """Pixels that train (corrected or accepted)."""
         return sum(self.counts.values())
+
+
+def correction_mask(labels: np.ndarray, prediction: np.ndarray | None = None,
+                    regions: Sequence[Sequence[int]] = (), whole_image: bool = False) -> np.ndarray:
+    """Which labelled pixels the user vouched for (uint8: PAINTED, ACCEPTED, 0).
+
+    Painted = differs from ``prediction``; accepted = inside one of ``regions`` ([row0, col0,
+    row1, col1]) or anywhere with ``whole_image``. Without a prediction nothing tells a
+    correction from the model's output, so every labelled pixel counts as painted.
+    """
+    labels = np.asarray(labels)
+    labelled = labels > 0
+    if prediction is None or np.shape(prediction) != labels.shape:
+        return (labelled * PAINTED).astype(np.uint8)
+    accepted = np.full(labels.shape, whole_image, dtype=bool)
+    for region in regions:
+        accepted |= _rectangle(labels.shape, region)
+    mask = np.where(labels != np.asarray(prediction), PAINTED, np.where(accepted, ACCEPTED, 0))
+    return (mask * labelled).astype(np.uint8)
 
 
 def _slug(name: str) -> str:
@@ -106,7 +136,8 @@ class AnnotationStore:
         out = []
         for raw in self._read_index()["entries"]:
             entry = Annotation(**raw)
-            if (self.root / entry.image).exists() and (self.root / entry.labels).exists():
+            files = (entry.image, entry.labels, entry.mask) if entry.mask else (entry.image, entry.labels)
+            if all((self.root / rel).exists() for rel in files):
                 out.append(entry)
             else:
                 warnings.warn(f"annotation {entry.id!r}: files missing under {self.root}; skipped", stacklevel=2)
@@ -116,10 +147,13 @@ class AnnotationStore:
         return len(self.entries())
 
     def add(self, image: np.ndarray, labels: np.ndarray, *, name: str, class_names: Sequence[str],
-            class_colors: Sequence[str] = (), region: Sequence[int] | None = None) -> Annotation:
-        """Save ``image`` and ``labels`` (0 = unlabelled) now; re-adding a name replaces it.
+            class_colors: Sequence[str] = (), prediction: np.ndarray | None = None,
+            regions: Sequence[Sequence[int]] = (), whole_image: bool = False) -> Annotation:
+        """Save ``image``, ``labels`` (0 = unlabelled) and what the user vouched for, now.
 
-        ``region`` ([row0, col0, row1, col1]) keeps only the labels inside that rectangle.
+        Only pixels the user painted (label != ``prediction``), pixels inside ``regions`` and,
+        with ``whole_image``, every labelled pixel will train (see :func:`correction_mask`).
+        Re-adding a name replaces it.
         """
         image = np.asarray(image)
         labels = np.asarray(labels)
@@ -133,11 +167,11 @@ class AnnotationStore:
         if labels.size and int(labels.max()) > k:
             raise AnnotationError(f"{name}: label {int(labels.max())} but the model has only {k} classes "
                                   f"({', '.join(class_names)}); repaint those pixels or erase them (0)")
-        if region is not None:
-            labels = _restrict(labels, region)
-        counts = class_counts(labels, class_names)
+        mask = correction_mask(labels, prediction, regions, whole_image)
+        counts = class_counts(np.where(mask > 0, labels, 0), class_names)
         if not any(counts.values()):
-            raise AnnotationError(f"{name}: no labelled pixels" + (" inside the rectangle" if region else ""))
+            raise AnnotationError(f"{name}: no corrected or accepted pixels: paint corrections, mark checked "
+                                  "areas with rectangles (Shapes layer), or accept the whole image")
         data = self._read_index()
         if data["entries"] and list(data["class_names"]) != list(class_names):
             raise AnnotationError(
@@ -146,14 +180,25 @@ class AnnotationStore:
         entries = [e for e in data["entries"] if e["name"] != name]
         entry_id = _slug(name)
         entry = Annotation(id=entry_id, name=name, image=f"images/{entry_id}.tif", labels=f"labels/{entry_id}.tif",
-                           shape=list(labels.shape), counts=counts,
-                           region=[int(v) for v in region] if region is not None else None)
+                           shape=list(labels.shape), counts=counts, mask=f"masks/{entry_id}.tif",
+                           regions=[[int(v) for v in r] for r in regions] or None, whole_image=bool(whole_image),
+                           painted=int(np.count_nonzero(mask == PAINTED)))
         _write_tiff(self.root / entry.image, image)
         _write_tiff(self.root / entry.labels, labels.astype(np.uint8 if k < 256 else np.uint16))
+        _write_tiff(self.root / entry.mask, mask)
         data.update(class_names=list(class_names), class_colors=list(class_colors) or data["class_colors"],
                     entries=[*entries, asdict(entry)])
         self._write_index(data)
         return entry
+
+    def training_labels(self, entry: Annotation) -> np.ndarray:
+        """The labels that train: corrected/accepted pixels, 0 elsewhere."""
+        import tifffile
+
+        labels = tifffile.imread(self.root / entry.labels)
+        if entry.mask is None:
+            return labels
+        return np.where(tifffile.imread(self.root / entry.mask) > 0, labels, 0).astype(labels.dtype)
 
     def remove(self, entry_id: str) -> None:
         """Drop an annotation from the index, then delete its files."""
@@ -164,21 +209,37 @@ class AnnotationStore:
         gone = next(e for e in data["entries"] if e["id"] == entry_id)
         data["entries"] = keep
         self._write_index(data)
-        for rel in (gone["image"], gone["labels"]):
-            (self.root / rel).unlink(missing_ok=True)
+        for rel in (gone["image"], gone["labels"], gone.get("mask")):
+            if rel:
+                (self.root / rel).unlink(missing_ok=True)
+
+    def score(self, name: str | None, prediction: np.ndarray | None) -> dict[str, Any] | None:
+        """Metrics of ``prediction`` on the corrected/accepted pixels of the entry called ``name``
+        (None when there is no such entry or the shapes differ): how well a model agrees with the user."""
+        from .metrics import segmentation_metrics
+
+        entry = next((e for e in self.entries() if e.name == name), None)
+        if entry is None or prediction is None:
+            return None
+        truth = self.training_labels(entry)
+        if np.shape(prediction) != truth.shape:
+            return None
+        return segmentation_metrics(np.asarray(prediction), truth, self.class_names)
 
     def pairs(self, ids: Sequence[str] | None = None) -> list[dict[str, str]]:
-        """``[{"image", "labels"}]`` absolute paths, the training job's format."""
+        """``[{"image", "labels"[, "mask"]}]`` absolute paths, the training job's format."""
         return [{"image": str(self.root / e.image), "labels": str(self.root / e.labels)}
+                | ({"mask": str(self.root / e.mask)} if e.mask else {})
                 for e in self.entries() if ids is None or e.id in ids]
 
 
-def _restrict(labels: np.ndarray, region: Sequence[int]) -> np.ndarray:
+def _rectangle(shape: tuple[int, ...], region: Sequence[int]) -> np.ndarray:
+    """A boolean image, True inside ``region`` ([row0, col0, row1, col1], clipped to ``shape``)."""
     r0, c0, r1, c1 = (int(round(v)) for v in region)
-    r0, r1 = sorted((max(r0, 0), min(r1, labels.shape[0])))
-    c0, c1 = sorted((max(c0, 0), min(c1, labels.shape[1])))
-    out = np.zeros_like(labels)
-    out[r0:r1, c0:c1] = labels[r0:r1, c0:c1]
+    r0, r1 = sorted((max(r0, 0), min(r1, shape[0])))
+    c0, c1 = sorted((max(c0, 0), min(c1, shape[1])))
+    out = np.zeros(shape, dtype=bool)
+    out[r0:r1, c0:c1] = True
     return out
 
 

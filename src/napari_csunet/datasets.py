@@ -3,7 +3,8 @@ masks as label maps or colour overlays, and the class names that go with them.
 
 Label convention (see docs): 0 = unlabelled, classes are 1..K. NASA label maps use 0 for a real
 class, so the NASA-layout reader maps NASA class ``c`` to ``c + 1``; NASA colour-overlay masks
-(Super) are decoded by exact colour to 1..K.
+(Super), 8- or 16-bit, are decoded by exact colour to 1..K. Label maps without a ``dataset.json``
+naming their classes get ``class 1..K``, K inferred from the labels.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import numpy as np
 
 from .io import IMAGE_SUFFIXES, as_channels_last, read_image
 
-__all__ = ["MaskError", "ClassSpec", "SUPER_CLASSES", "EBC_CLASSES", "decode_color_mask", "read_mask", "Sample",
-           "find_samples"]
+__all__ = ["MaskError", "ClassSpec", "SUPER_CLASSES", "EBC_CLASSES", "UNNAMED", "NAMING_HINT", "decode_color_mask",
+           "read_mask", "Sample", "find_samples"]
+
+#: how a user names the classes of a folder (every message about classes says it)
+NAMING_HINT = ('name the classes in a dataset.json next to the images/ or <split>/ folder, e.g. '
+               '{"classes": ["matrix", "pore", "crack"]} (label 1 is the first name)')
 
 
 class MaskError(ValueError):
@@ -28,10 +33,13 @@ class MaskError(ValueError):
 
 @dataclass(frozen=True)
 class ClassSpec:
-    """Class names/colours of a dataset; ``overlay_colors`` decode colour-overlay masks."""
+    """Class names/colours of a dataset; ``overlay_colors`` decode colour-overlay masks.
+
+    No names (:data:`UNNAMED`) means the labels say how many classes there are (``class 1..K``).
+    """
 
     names: tuple[str, ...]
-    colors: tuple[str, ...]
+    colors: tuple[str, ...] = ()
     #: RGB -> label for colour overlays; pixels of no listed colour get ``overlay_default``
     overlay_colors: dict[tuple[int, int, int], int] = field(default_factory=dict)
     overlay_default: int = 1
@@ -44,11 +52,24 @@ SUPER_CLASSES = ClassSpec(
     overlay_default=1,
 )
 EBC_CLASSES = ClassSpec(names=("background", "oxide", "crack"), colors=("#404040", "#2ca02c", "#ff00ff"))
+#: label maps whose classes no dataset.json names
+UNNAMED = ClassSpec(names=())
+
+
+def _as_8bit(rgb: np.ndarray) -> np.ndarray:
+    """16-bit (or 0..1 float) colours scaled to 0..255, so (0, 0, 65535) is pure blue like (0, 0, 255)."""
+    if rgb.dtype.kind == "f":
+        top = 1.0 if rgb.size and float(rgb.max()) <= 1.0 else 255.0
+        return np.clip(np.rint(rgb * (255.0 / top)), 0, 255).astype(np.uint8)
+    if rgb.dtype.itemsize > 1 and rgb.size and int(rgb.max()) > 255:
+        full = float(np.iinfo(rgb.dtype).max) if rgb.dtype.kind in "ui" else 65535.0
+        return np.rint(np.clip(rgb, 0, None) * (255.0 / full)).astype(np.uint8)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def decode_color_mask(mask: np.ndarray, spec: ClassSpec, name: str = "mask") -> np.ndarray:
-    """Decode an RGB(A) overlay mask by exact colour; warn about saturated colours we do not know."""
-    rgb = np.asarray(mask)[..., :3]
+    """Decode an RGB(A) overlay mask (8- or 16-bit) by exact colour; warn about vivid colours we do not know."""
+    rgb = _as_8bit(np.asarray(mask)[..., :3])
     labels = np.full(rgb.shape[:2], spec.overlay_default, dtype=np.uint8)
     known = np.zeros(rgb.shape[:2], dtype=bool)
     for color, label in spec.overlay_colors.items():
@@ -77,9 +98,11 @@ def read_mask(path: str | Path, spec: ClassSpec, zero_is_class: bool, shape: tup
             raise MaskError(f"{path}: label maps must hold non-negative integers, found {raw.dtype}")
         labels = raw.astype(np.int64) + (1 if zero_is_class else 0)
         top = int(labels.max())
-        if top > len(spec.names):
+        if spec.names and top > len(spec.names):
             raise MaskError(f"{path}: label {top - (1 if zero_is_class else 0)} is above the "
-                            f"{len(spec.names)} classes {list(spec.names)}")
+                            f"{len(spec.names)} classes {list(spec.names)}; {NAMING_HINT}")
+        if top > 255:
+            raise MaskError(f"{path}: label {top} is above 255; labels are stored as 8-bit (at most 255 classes)")
         labels = labels.astype(np.uint8)
     else:
         raise MaskError(f"{path}: mask of shape {raw.shape} is neither a label map nor an RGB overlay")
@@ -107,7 +130,8 @@ class Sample:
 
 
 def _class_spec_for(root: Path, colour_overlay: bool) -> ClassSpec:
-    """Class names from ``dataset.json`` if present, else NASA's (Super for overlays, EBC for maps)."""
+    """Class names from ``dataset.json`` if present; else NASA's Super classes for colour overlays and
+    :data:`UNNAMED` label maps (their classes are counted from the labels)."""
     for candidate in (root / "dataset.json", root.parent / "dataset.json"):
         if candidate.exists():
             meta = json.loads(candidate.read_text())
@@ -116,7 +140,7 @@ def _class_spec_for(root: Path, colour_overlay: bool) -> ClassSpec:
             from .modelfile import default_class_colors
 
             return ClassSpec(names=names, colors=colors or tuple(default_class_colors(len(names))))
-    return SUPER_CLASSES if colour_overlay else EBC_CLASSES
+    return SUPER_CLASSES if colour_overlay else UNNAMED
 
 
 def _mask_for(image: Path, mask_dir: Path) -> Path | None:

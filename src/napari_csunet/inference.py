@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .device import amp_dtype, is_out_of_memory, pick_device
 from .io import ImageError, as_channels_last, image_stats, standardize, to_model_channels
 from .modelfile import ModelInfo
 from .tiling import TileLayout, check_tile
@@ -47,36 +48,6 @@ class Cancelled(Exception):
 
 class InferenceMemoryError(MemoryError):
     """The device ran out of memory; the message says which smaller tile/batch to try."""
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU; a named device must exist (else ValueError)."""
-    import torch
-
-    if isinstance(name, torch.device):
-        name = str(name)
-    key = str(name).strip().lower()
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = mps is not None and mps.is_available()
-    if key == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if mps_ok else "cpu")
-    try:
-        device = torch.device(key)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU here; use cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
-    elif device.type == "mps":
-        if not mps_ok:
-            raise ValueError(f"device {name!r} asked for, but Apple MPS is not available here; use cpu or auto")
-    elif device.type != "cpu":
-        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
-    return device
 
 
 @dataclass
@@ -106,27 +77,14 @@ def split_planes(image: np.ndarray, name: str = "image") -> tuple[list[np.ndarra
     return planes, stack
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    import torch
-
-    if device.type != "cuda":
-        return None  # CPU autocast is slower than fp32 on most CPUs; MPS runs fp32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t)
-    text = str(exc).lower()
-    return isinstance(exc, types) or (isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
-
-
 class Segmenter:
     """A model kept warm on its device, and how to tile images for it."""
 
     def __init__(self, model: torch.nn.Module, info: ModelInfo, device: str | torch.device = "auto", tile: int = 512,
-                 overlap: float = 0.25, batch_size: int = 4, amp: bool = True, tta: bool = False) -> None:
+                 overlap: float = 0.25, batch_size: int = 4, amp: bool = True, tta: bool = False,
+                 channels_last: bool | None = None) -> None:
+        """``channels_last`` None: NHWC on CUDA (faster under AMP); training validation passes False
+        to leave the memory layout of the model it trains alone."""
         import torch
 
         self.multiple = int(getattr(model, "size_multiple", 1))
@@ -138,8 +96,8 @@ class Segmenter:
         self.info = info
         self.device = pick_device(device)
         self.tile, self.overlap, self.batch_size, self.tta = int(tile), float(overlap), int(batch_size), bool(tta)
-        self.amp_dtype = _amp_dtype(self.device) if amp else None
-        self.channels_last = self.device.type == "cuda"  # cuDNN convolutions prefer NHWC under AMP
+        self.amp_dtype = amp_dtype(self.device, amp)
+        self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -288,7 +246,7 @@ class Segmenter:
                         probs = probs + self._probs(x.flip(dims)).flip(dims)
                     probs = probs / (1 + len(_FLIPS))
         except (RuntimeError, MemoryError) as exc:
-            if not _is_oom(exc):
+            if not is_out_of_memory(exc):
                 raise
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -32,10 +32,11 @@ class JobError(RuntimeError):
 
 
 def jobs_dir() -> Path:
-    """Where job specs and child logs go (next to the user's models)."""
+    """Where job specs and child logs go: under the user's models folder (``CSUNET_MODELS_DIR``),
+    so a test or a demo that redirects that folder leaves nothing elsewhere."""
     from .model_catalog import user_models_dir
 
-    return user_models_dir().parent / "jobs"
+    return user_models_dir() / "jobs"
 
 
 def _child_env() -> dict[str, str]:

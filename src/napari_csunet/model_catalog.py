@@ -22,14 +22,15 @@ def user_models_dir() -> Path:
 
 
 def list_model_files() -> list[dict[str, Any]]:
-    """Starter models first, then the user's fine-tuned ones (newest first)."""
+    """The user's fine-tuned models first (newest first: the one just trained is on top), then the
+    starter models."""
     from .modelfile import ModelFileError, describe
 
     out = []
     starters = sorted(STARTER_DIR.glob("*.safetensors")) if STARTER_DIR.is_dir() else []
     user_dir = user_models_dir()
     users = sorted(user_dir.glob("*.safetensors"), key=lambda p: -p.stat().st_mtime) if user_dir.is_dir() else []
-    for kind, paths in (("starter", starters), ("user", users)):
+    for kind, paths in (("user", users), ("starter", starters)):
         for p in paths:
             try:
                 out.append(describe(p) | {"kind": kind})

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ModelInfo", "ModelFileError", "save_model_file", "load_model_file", "read_model_info",
-    "default_class_colors", "FORMAT_VERSION",
+    "default_class_colors", "numbered_class_names", "FORMAT_VERSION",
 ]
 
 FORMAT_VERSION = 1
@@ -35,7 +35,13 @@ class ModelFileError(ValueError):
 
 
 def default_class_colors(n: int) -> list[str]:
+    """The one palette for classes that come without colours (cycled beyond ten)."""
     return [_PALETTE[i % len(_PALETTE)] for i in range(n)]
+
+
+def numbered_class_names(n: int) -> list[str]:
+    """``class 1..n``: the names of classes nobody named (label i is ``class i``)."""
+    return [f"class {i + 1}" for i in range(n)]
 
 
 @dataclass

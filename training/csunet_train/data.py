@@ -20,7 +20,7 @@ from napari_csunet.modelfile import default_class_colors
 
 __all__ = [
     "DataError", "LabelledImage", "TrainingData", "labelled_image", "read_pairs", "read_folder",
-    "holdout_region", "split_validation", "check_classes", "fingerprint", "load_data",
+    "holdout_region", "split_validation", "MIN_VAL_PIXELS", "check_classes", "fingerprint", "load_data",
 ]
 
 
@@ -79,18 +79,27 @@ def labelled_image(image: np.ndarray, labels: np.ndarray, name: str = "image") -
 
 
 def read_pairs(entries: Iterable[dict[str, str]]) -> list[LabelledImage]:
-    """``[{"image": path, "labels": path}]`` -> labelled images; label files are label maps 1..K."""
+    """``[{"image": path, "labels": path[, "mask": path]}]`` -> labelled images.
+
+    Label files are label maps 1..K. A ``mask`` (the GUI's corrected/accepted pixels, > 0) keeps
+    only those labels: the rest is the model's own uncorrected prediction, which does not train.
+    """
     out = []
     for entry in entries:
         image_path, label_path = Path(entry["image"]), Path(entry["labels"])
         try:
             image = read_image(image_path)
             labels = read_image(label_path)
+            mask = read_image(Path(entry["mask"])) if entry.get("mask") else None
         except ImageError as exc:
             raise DataError(str(exc)) from None
         if labels.ndim == 3 and labels.shape[-1] in (3, 4):
             raise DataError(f"{label_path}: a colour image; pair label files must be label maps "
                             "(0 = unlabelled, 1..K)")
+        if mask is not None:
+            if mask.shape != labels.shape[:2]:
+                raise DataError(f"{entry['mask']}: mask is {mask.shape} but the labels are {labels.shape[:2]}")
+            labels = np.where(mask > 0, labels, 0).astype(labels.dtype)
         out.append(labelled_image(image, labels, image_path.stem))
     return out
 
@@ -136,23 +145,32 @@ def _read_annotation_set(root: Path, names: Sequence[str] | None) -> tuple[list[
     return read_pairs(pairs), class_names, colors or default_class_colors(len(class_names))
 
 
+#: fewer held-out labelled pixels than this score too noisily to pick a model by
+MIN_VAL_PIXELS = 2000
+
+
 def holdout_region(item: LabelledImage, fraction: float) -> tuple[LabelledImage, LabelledImage] | None:
     """Split one image: the end strip (along its longer side) holding ``fraction`` of the labels.
 
-    The training copy keeps the whole image but loses the strip's labels; None when too few
-    pixels are labelled to spare any.
+    The training copy keeps the whole image but loses the strip's labels; None when the strip
+    would hold fewer than ``MIN_VAL_PIXELS`` labelled pixels (then train a fixed schedule and
+    keep the last model rather than validate on too little).
     """
     axis = 0 if item.labels.shape[0] >= item.labels.shape[1] else 1
     per_line = np.count_nonzero(item.labels, axis=1 - axis)
     total = int(per_line.sum())
-    if total < 200:
+    if total * fraction < MIN_VAL_PIXELS:
         return None
     from_end = np.cumsum(per_line[::-1])
     start = len(per_line) - int(np.searchsorted(from_end, fraction * total)) - 1
     if start <= 0 or int(per_line[:start].sum()) == 0:
         return None
     cut = (slice(start, None), slice(None)) if axis == 0 else (slice(None), slice(start, None))
-    val = LabelledImage(item.image[cut].copy(), item.labels[cut].copy(), f"{item.name} (held-out strip)")
+    # validation predicts the whole image (as the GUI does: same normalisation, no strip borders)
+    # and scores the strip's labels only
+    val_labels = np.zeros_like(item.labels)
+    val_labels[cut] = item.labels[cut]
+    val = LabelledImage(item.image, val_labels, f"{item.name} (held-out strip)")
     train_labels = item.labels.copy()
     train_labels[cut] = 0
     return replace(item, labels=train_labels), val
@@ -231,7 +249,10 @@ def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Seq
     if not val_items:
         train_items, val_items = split_validation(train_items, cfg.val_fraction, cfg.seed)
         if not val_items:
-            warnings.append("too few labelled pixels to hold any out for validation; the last model is kept")
+            labelled = sum(it.labelled_pixels for it in train_items)
+            warnings.append(f"only {labelled:,} labelled (corrected or accepted) pixels: too few to hold "
+                            f"{MIN_VAL_PIXELS:,} out for validation, so no validation: training runs all "
+                            "its steps and the last model is kept")
     warnings += check_classes(train_items, val_items, names)
     train_items = [it for it in train_items if it.labelled_pixels]
     val_items = [it for it in val_items if it.labelled_pixels]

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
+from napari_csunet.device import pick_device
+
 __all__ = ["DistInfo", "setup", "cleanup", "all_reduce_sum", "pick_device"]
 
 
@@ -30,26 +32,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: the local rank's GPU if there is one, else the CPU; ``cuda`` picks the local rank's GPU."""
-    if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() else "cpu"
-    if preference == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    try:
-        return torch.device(preference)
-    except RuntimeError:
-        raise ValueError(f"unknown device {preference!r}; use auto, cpu, cuda or cuda:N") from None
-
-
 def setup(preference: str = "auto") -> DistInfo:
     """Join torchrun's process group when launched by it: NCCL on GPUs, gloo on CPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(preference, local_rank)
+    device = pick_device(preference, local_rank)  # the GUI's and csunet segment's rule, per local rank
     if world > 1 and not tdist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -59,25 +59,20 @@ def _load_start(cfg: TrainConfig) -> Start:
 
 
 def _build_start(cfg: TrainConfig, data: TrainingData) -> Start:
-    """A preset with random weights, then the pretrained encoder weights asked for."""
-    from napari_csunet.models import build_model, get_preset
+    """A preset with random weights, then the pretrained encoder weights asked for (as the GUI does)."""
+    from napari_csunet.weights import WeightsError
+    from napari_csunet.weights.apply import build_preset_model
 
     try:
-        preset = get_preset(cfg.preset)
+        model, info = build_preset_model(cfg.preset, data.class_names, in_chans=data.in_chans,
+                                         cnn=cfg.weights.get("cnn"), swin=cfg.weights.get("swin"),
+                                         allow_download=cfg.allow_download)
     except KeyError as exc:
         raise ConfigError(str(exc).strip("'\"")) from None
-    model = build_model(preset.name, num_classes=len(data.class_names), in_chans=data.in_chans)
-    sources = {k: v for k, v in cfg.weights.items() if v}
-    if sources:
-        from napari_csunet.weights import WeightsError, apply_sources
-
-        try:
-            applied = apply_sources(model, sources.get("cnn"), sources.get("swin"), allow_download=cfg.allow_download)
-        except WeightsError as exc:  # missing file (no download allowed), unknown source, bad checkpoint
-            raise ConfigError(str(exc)) from None
-        sources = dict(applied or sources)
-    return Start(model, preset.name, model.config, sources, [k for k in ("cnn", "swin") if cfg.weights.get(k)], {},
-                 None, None, "", preset.description)
+    except WeightsError as exc:  # missing file (no download allowed), unknown source, bad checkpoint
+        raise ConfigError(str(exc)) from None
+    return Start(model, info.preset, info.config, info.sources, [k for k in ("cnn", "swin") if cfg.weights.get(k)],
+                 {}, None, None, "", info.description)
 
 
 def _collect_warnings(fn, *args, **kwargs) -> tuple[Any, list[str]]:
@@ -206,17 +201,16 @@ def _ignore_sigint(worker_id: int) -> None:
 
 def _error_kind(exc: BaseException) -> tuple[str, str]:
     """(kind, message) for the error event."""
-    import torch
-
     from napari_csunet.datasets import MaskError
+    from napari_csunet.device import is_out_of_memory
     from napari_csunet.io import ImageError
 
     from .loop import NonFiniteLoss
 
     if isinstance(exc, ConfigError | DataError | ImageError | MaskError):
         return "data", str(exc)
-    if isinstance(exc, torch.cuda.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc)):
-        return "oom", ("out of GPU memory: use a smaller crop (e.g. 256) or batch size, a smaller preset, or freeze "
+    if is_out_of_memory(exc):
+        return "oom", ("out of memory: use a smaller crop (e.g. 256) or batch size, a smaller preset, or freeze "
                        f"an encoder ({str(exc).splitlines()[0][:200]})")
     if isinstance(exc, NonFiniteLoss):
         return "nan", (f"{exc}: training diverged; lower the learning rate or turn off AMP. The best model so far "

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_csunet.io import standardize, to_model_channels
+from napari_csunet.device import amp_dtype
 from napari_csunet.metrics import confusion_matrix, metrics_from_confusion
-from napari_csunet.models.config import TILE_MULTIPLE
 
 from .data import LabelledImage
 from .dist import DistInfo, all_reduce_sum
@@ -27,8 +26,8 @@ from .events import Emit
 from .losses import segmentation_loss
 
 __all__ = [
-    "NonFiniteLoss", "FitState", "Clock", "build_optimizer", "warmup_cosine", "budget_schedule", "amp_dtype", "train_step", "predict_labels",
-    "evaluate", "fit", "freeze_encoders",
+    "NonFiniteLoss", "FitState", "Clock", "build_optimizer", "warmup_cosine", "budget_schedule", "amp_dtype", "train_step",
+    "validation_segmenter", "evaluate", "fit", "freeze_encoders",
 ]
 
 ENCODERS = ("cnn", "swin")
@@ -115,13 +114,6 @@ def budget_schedule(budget_s: float, clock: Clock, warmup_fraction: float = 0.05
     return factor
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16 (with a grad scaler); no autocast on CPUs."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler | None, dtype: torch.dtype | None, grad_clip: float) -> torch.Tensor:
     """One optimisation step; returns the (detached) loss without synchronising."""
@@ -144,25 +136,16 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: to
     return loss.detach()
 
 
-@torch.no_grad()
-def predict_labels(model: nn.Module, image: np.ndarray, in_chans: int, device: torch.device,
-                   dtype: torch.dtype | None = None, tile: int = 1024) -> np.ndarray:
-    """Labels 1..K for a whole image: per-image standardisation, reflection padding to multiples
-    of 256, and side-by-side tiles of at most ``tile`` pixels to bound memory."""
-    x = standardize(to_model_channels(image, in_chans))
-    h, w = x.shape[1:]
-    ph, pw = -h % TILE_MULTIPLE, -w % TILE_MULTIPLE
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, ph), (0, pw)), mode="symmetric")
-    xt = torch.from_numpy(np.ascontiguousarray(x))[None]
-    out = np.empty(x.shape[1:], dtype=np.uint8)
-    for top in range(0, x.shape[1], tile):
-        for left in range(0, x.shape[2], tile):
-            block = xt[..., top:top + tile, left:left + tile].to(device)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = model(block)
-            out[top:top + tile, left:left + tile] = (logits.argmax(1)[0] + 1).to("cpu", torch.uint8).numpy()
-    return out[:h, :w]
+def validation_segmenter(model: nn.Module, class_names: Sequence[str], in_chans: int, device: torch.device,
+                         dtype: torch.dtype | None):
+    """The :class:`~napari_csunet.inference.Segmenter` that ``csunet evaluate`` would build for the
+    saved model (same tiles, blending, normalisation), wrapped around the network being trained,
+    so validation numbers are the numbers the saved model gets."""
+    from napari_csunet.inference import Segmenter
+    from napari_csunet.modelfile import ModelInfo
+
+    info = ModelInfo(model.config.with_classes(len(class_names), in_chans), list(class_names))
+    return Segmenter(model, info, device=device, amp=dtype is not None, channels_last=False)
 
 
 def evaluate(model: nn.Module, items: Sequence[LabelledImage], class_names: Sequence[str], in_chans: int,
@@ -171,13 +154,12 @@ def evaluate(model: nn.Module, items: Sequence[LabelledImage], class_names: Sequ
     if not items:
         return None
     was_training = model.training
-    model.eval()
+    segmenter = validation_segmenter(model, class_names, in_chans, device, dtype)
     k = len(class_names)
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     cm = np.zeros((k, k), dtype=np.int64)
     for item in items[rank::world]:
-        pred = predict_labels(model, item.image, in_chans, device, dtype)
-        cm += confusion_matrix(pred, item.labels, k)
+        cm += confusion_matrix(segmenter.predict(item.image, name=item.name).labels, item.labels, k)
     total = all_reduce_sum(torch.from_numpy(cm).to(device)).cpu().numpy()
     model.train(was_training)
     return metrics_from_confusion(total, class_names)

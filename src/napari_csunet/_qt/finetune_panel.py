@@ -2,9 +2,11 @@
 
 The training backend runs as ``python -m csunet_train.job`` (never in napari's interpreter, never
 on the GUI thread); its JSON-lines events drive a live loss / validation-IoU plot and a status
-line. Stop saves the best model. When the child is done, the new model becomes the current one,
-the image is segmented again and the before/after validation IoU is shown. A crash or an
-out-of-memory in the child shows its message; napari and the annotations are untouched.
+line. Validation is on held-out corrected/accepted pixels only. Stop saves the best model. When
+the child is done and beat the current model, the new model becomes the current one, the image is
+segmented again with the user's painted corrections kept on top, and the scores on the corrected
+pixels before/after are shown; when it did not, the panel says so and keeps the current model.
+A crash or an out-of-memory in the child shows its message; napari and the annotations are untouched.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from ..model_catalog import user_models_dir
 from ..settings import save_settings
 from .common import StatusLine, form_group, hbox
 from .correct_panel import CorrectPanel
+from .finetune_text import before_after, duration, held_out, iou, stem
 from .plot import TrainingPlot
-from .segment_panel import IMAGE, SegmentPanel
+from .segment_panel import IMAGE, PREDICTION, SegmentPanel
 from .session import ModelSession
 
 __all__ = ["FinetunePanel", "DEFAULTS"]
@@ -45,20 +48,6 @@ class _Relay(QObject):
     """Hands events from the job's reader thread to the GUI thread."""
 
     event = Signal(object)
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def _iou(metrics: dict | None) -> str:
-    if not metrics or metrics.get("miou") is None:
-        return "n/a"
-    paper = metrics.get("iou_paper")
-    return f"mIoU {metrics['miou']:.3f}" + (f" (paper IoU {paper:.3f})" if paper is not None else "")
 
 
 class FinetunePanel(QWidget):
@@ -111,6 +100,7 @@ class FinetunePanel(QWidget):
         self.job: TrainingJob | None = None
         self.last_done: dict[str, Any] | None = None
         self.last_started: dict[str, Any] | None = None
+        self.last_scores: dict[str, Any] | None = None
         self._relay = _Relay()
         self._relay.event.connect(self._on_event)
         session.busy_changed.connect(self._update_enabled)
@@ -151,7 +141,7 @@ class FinetunePanel(QWidget):
         self.session.settings.finetune = self.params()
         save_settings(self.session.settings)
         if self.session.path is None or self.session.unsaved:
-            base = user_models_dir() / f"{_stem(info.name or info.preset or 'model')}-base.safetensors"
+            base = user_models_dir() / f"{stem(info.name or info.preset or 'model')}-base.safetensors"
             self.status.info(f"saving the current model to {base} first …")
             return self.session.save(base, on_done=lambda: self._launch(pairs)) is not None
         return self._launch(pairs)
@@ -161,7 +151,7 @@ class FinetunePanel(QWidget):
 
         info, store = self.session.info, self.correct.store
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = _stem(info.name or info.preset or "model").split("-ft-")[0]
+        base = stem(info.name or info.preset or "model").split("-ft-")[0]
         out = user_models_dir() / f"{base}-ft-{stamp}.safetensors"
         params = self.params()
         spec = {"mode": "finetune", "model": str(self.session.path), "pairs": pairs, "val_pairs": None,
@@ -176,7 +166,7 @@ class FinetunePanel(QWidget):
             return False
         self.plot.clear(params["steps"])
         self.result.info("")
-        self.last_done = None
+        self.last_done, self.last_scores = None, None
         self.job = TrainingJob(spec, self._relay.event.emit)
         try:
             self.job.start()
@@ -218,16 +208,18 @@ class FinetunePanel(QWidget):
         self.plot.add_loss(ev["step"], ev.get("loss"))
         speed = ev.get("images_per_s")
         self.status.info(f"step {ev['step']}/{ev.get('steps')} · loss {ev.get('loss') or float('nan'):.4f}"
-                         + (f" · {speed:.1f} img/s" if speed else "") + f" · ETA {_duration(ev.get('eta_s'))}")
+                         + (f" · {speed:.1f} img/s" if speed else "") + f" · ETA {duration(ev.get('eta_s'))}")
 
     def _ev_eval(self, ev: dict) -> None:
         metrics = ev.get("metrics") or {}
         self.plot.add_val(ev["step"], metrics.get("miou"), bool(ev.get("best")))
         if ev["step"] == 0:
-            self.result.info(f"before: validation {_iou(metrics)}")
+            self.result.info(f"before: {held_out(metrics)} {iou(metrics)}" if metrics else
+                             "no validation: too few corrected pixels to hold some out")
 
     def _ev_checkpoint(self, ev: dict) -> None:
-        self.result.info(f"best so far at step {ev['step']}: validation {_iou(ev.get('metrics'))}")
+        if ev.get("metrics"):
+            self.result.info(f"best so far at step {ev['step']}: {held_out(ev['metrics'])} {iou(ev['metrics'])}")
 
     def _ev_warning(self, ev: dict) -> None:
         self.status.warning(f"training: {ev.get('message')}")
@@ -237,10 +229,24 @@ class FinetunePanel(QWidget):
 
     def _ev_done(self, ev: dict) -> None:
         self.last_done = ev
-        before, after = _iou(ev.get("initial_metrics")), _iou(ev.get("best_metrics"))
-        self.result.info(f"validation {before} → {after} (best at step {ev.get('best_step')}, "
-                         f"{'stopped' if ev.get('stopped') else 'finished'} after {ev.get('steps')} steps)")
+        before, best, steps = ev.get("initial_metrics"), ev.get("best_metrics"), ev.get("steps")
+        how = f"{'stopped' if ev.get('stopped') else 'finished'} after {steps} steps"
         path = ev.get("path")
+        if before and ev.get("best_step") == 0:  # validated, and nothing beat the current model
+            if path and Path(path).exists() and self.session.path and Path(path) != Path(self.session.path):
+                Path(path).unlink()  # the starting weights again: do not list an identical "new" model
+            self.result.warning(f"no improvement on the held-out corrected pixels ({held_out(before)} "
+                                f"{before_after(before, best)}, {how}): kept the current model "
+                                f"{self.session.path.name if self.session.path else ''}. Correct more pixels "
+                                "or train more steps", notify=True)
+            self.status.info("the current model is unchanged")
+            return
+        if before:
+            self.result.info(f"{held_out(before)} {before_after(before, best)} "
+                             f"(best at step {ev.get('best_step')}, {how})")
+        else:
+            self.result.info(f"no held-out validation (too few corrected pixels): trained all steps and kept "
+                             f"the last model ({how})")
         if not path or not Path(path).exists():
             self.status.error("training ended without saving a model (no step finished)")
             return
@@ -252,14 +258,28 @@ class FinetunePanel(QWidget):
         self.trained.emit(path)
         layers = self._images_to_resegment()
         self.status.info(f"new model {Path(path).name} is current" + ("; segmenting again …" if layers else ""))
-        if layers and self.segment_panel.segment(layers, on_done=lambda written: self._resegmented(path, written)) is None:
+        old = {layer.name: self.segment_panel.prediction_of(layer) for layer in layers}
+        if layers and self.segment_panel.segment(
+                layers, on_done=lambda written: self._resegmented(path, written, old), keep_painted=True) is None:
             self.status.warning(f"new model {Path(path).name} is current; segment again in the Segment tab")
 
-    def _resegmented(self, path: str, written: list) -> None:
+    def _resegmented(self, path: str, written: list, old: dict) -> None:
         names = ", ".join(layer.name for layer in written)
-        self.status.info(f"new model {Path(path).name} is current" + (f"; segmented again: {names}" if names else ""))
+        self.status.info(f"new model {Path(path).name} is current" + (
+            f"; segmented again: {names} (your painted corrections are kept; Revert shows the new prediction)"
+            if names else ""))
+        for layer in written:
+            image = layer.metadata.get(IMAGE)
+            before = self.correct.store.score(image, old.get(image))
+            after = self.correct.store.score(image, layer.metadata.get(PREDICTION))
+            if before is not None and after is not None:
+                n = before["pixels"]
+                self.result.info(self.result.text() + f"\non the {n:,} corrected/accepted px of {image} (training "
+                                 f"and held-out): {before_after(before, after)}")
+                self.last_scores = {"image": image, "pixels": n, "before": before, "after": after}
 
     def _images_to_resegment(self) -> list:
+        """The image of the Correct tab's labels layer, else the Segment tab's choice."""
         layer = self.correct.layer()
         name = layer.metadata.get(IMAGE) if layer is not None else None
         if name in self.viewer.layers:
@@ -277,9 +297,3 @@ def _spin(box, low, high, value, tip: str):
     box.setValue(value)
     box.setToolTip(tip)
     return box
-
-
-def _stem(name: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import napari
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from ..settings import load_settings, save_settings
@@ -19,9 +20,16 @@ from .session import ModelSession
 __all__ = ["CSUNetWidget"]
 
 
+#: the dock's least width: model names, the training-set table and the statistics fit without a
+#: horizontal scrollbar (measured on the screenshot at napari's default font)
+MIN_WIDTH = 460
+
+
 def _scrolled(widget: QWidget) -> QScrollArea:
+    """A vertical-only scroll area: the dock is made wide enough instead of scrolling sideways."""
     area = QScrollArea()
     area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setWidget(widget)
     return area
 
@@ -43,6 +51,8 @@ class CSUNetWidget(QWidget):
                              ("Correct", self.correct_panel), ("Fine-tune", self.finetune_panel),
                              ("Inspect", self.inspect_panel)):
             self.tabs.addTab(_scrolled(panel), title)
+        panels = (self.model_panel, self.segment_panel, self.correct_panel, self.finetune_panel, self.inspect_panel)
+        self.setMinimumWidth(max(MIN_WIDTH, *(p.minimumSizeHint().width() + 24 for p in panels)))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)

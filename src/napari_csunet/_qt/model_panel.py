@@ -48,6 +48,8 @@ class ModelPanel(QWidget):
 
         self.files = QListWidget()
         self.files.setMinimumHeight(90)
+        self.files.setWordWrap(True)  # long entries wrap instead of needing a horizontal scrollbar
+        self.files.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.files.itemDoubleClicked.connect(lambda *_: self.load_selected())
         self.load_btn = QPushButton("Load selected")
         self.load_btn.clicked.connect(lambda: self.load_selected())
@@ -115,7 +117,7 @@ class ModelPanel(QWidget):
     # -- model files ---------------------------------------------------------------------------
 
     def refresh_files(self) -> None:
-        """List starter models first, then the user's fine-tuned ones (newest first)."""
+        """List the user's fine-tuned models first (newest first), then the starter models."""
         self.files.clear()
         for entry in list_model_files():
             metrics = entry.get("metrics") or {}
@@ -180,7 +182,11 @@ class ModelPanel(QWidget):
         if request != current:  # the user moved on; a newer check is coming
             return
         lines, ready = result
-        (self.weights_status.info if ready else self.weights_status.warning)("\n".join(lines), notify=False)
+        # only about building a new model from this preset: plain text, not an error-like colour
+        # (a loaded starter or fine-tuned model needs none of these weights)
+        head = "weights for a new model from this preset:" if ready else \
+            "to build this preset, its weights are needed first (a loaded model file needs none):"
+        self.weights_status.info("\n".join([head, *lines]), notify=False)
 
     @staticmethod
     def _source(combo: QComboBox) -> str | None:

@@ -31,7 +31,7 @@ from .common import (
 )
 from .session import ModelSession
 
-__all__ = ["SegmentPanel", "ALL_IMAGES", "write_prediction"]
+__all__ = ["SegmentPanel", "ALL_IMAGES", "write_prediction", "painted_pixels"]
 
 ALL_IMAGES = "all open images"
 #: keys of the Labels layer's metadata
@@ -44,15 +44,41 @@ class _Relay(QObject):
     progress = Signal(int, int, int, int)  # image index, images, tiles done, tiles total
 
 
+def painted_pixels(layer: Labels) -> np.ndarray | None:
+    """Where the user painted a class over the model's prediction (erased pixels excluded)."""
+    prediction = layer.metadata.get(PREDICTION)
+    if prediction is None or prediction.shape != layer.data.shape:
+        return None
+    data = np.asarray(layer.data)
+    return (data != prediction) & (data > 0)
+
+
+def _hide_dominant(colormap: dict, labels: np.ndarray) -> dict:
+    """The most common class (the background, mostly) drawn transparent so the micrograph shows."""
+    counts = np.bincount(np.asarray(labels).ravel()[::7], minlength=2)
+    counts[0] = 0
+    return colormap | {int(counts.argmax()): "transparent"} if counts.any() else colormap
+
+
 def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name: str,
-                     extras: bool = True) -> Labels:
-    """Put a prediction into ``"<image> labels"``: a new layer, or new data for the existing one."""
+                     extras: bool = True, keep_painted: bool = False) -> Labels:
+    """Put a prediction into ``"<image> labels"``: a new layer, or new data for the existing one.
+
+    ``keep_painted`` keeps the user's painted corrections on top of the new prediction (the raw
+    prediction stays in the metadata for Revert, the labels before it for Undo).
+    """
     name = labels_name(image.name)
     kwargs = labels_kwargs(info.class_names, info.class_colors, name)
+    kwargs["colormap"] = _hide_dominant(kwargs["colormap"], pred.labels)
     layer = viewer.layers[name] if name in viewer.layers else None
     if isinstance(layer, Labels) and layer.data.shape == pred.labels.shape:
         previous = layer.data
-        layer.data = pred.labels
+        painted = painted_pixels(layer) if keep_painted else None
+        new = pred.labels
+        if painted is not None and painted.any():
+            new = pred.labels.copy()
+            new[painted] = np.asarray(previous)[painted]
+        layer.data = new
         if layer.metadata.get("class_colors") != list(info.class_colors):  # a re-colour redraws everything
             layer.colormap = kwargs["colormap"]
         if layer.metadata.get("class_names") != list(info.class_names):
@@ -131,10 +157,11 @@ class SegmentPanel(QWidget):
         self._cancel = threading.Event()
         self._napari_bar: cancelable_progress | None = None
         self._written: list[Labels] = []
+        self._keep_painted = False
         self.worker = None
-        session.changed.connect(self._update_enabled)
+        session.changed.connect(self._on_model_changed)
         session.busy_changed.connect(self._update_enabled)
-        self._update_enabled()
+        self._on_model_changed()
 
     @property
     def running(self) -> bool:
@@ -144,14 +171,33 @@ class SegmentPanel(QWidget):
         ready = self.session.segmenter is not None and not self.session.busy and not self.running
         self.segment_btn.setEnabled(ready)
 
+    def _on_model_changed(self) -> None:
+        self._update_enabled()
+        seg = self.session.segmenter
+        if seg is None:
+            self.status.info("load a model in the Model tab, then segment")
+        elif self.status.text().startswith("load a model") or self.status.kind == "error":
+            self.status.info(f"model {self.session.info.name or seg.name} ready on {seg.device}: choose an image "
+                             "and Segment")
+
+    def prediction_of(self, image: Image) -> np.ndarray | None:
+        """The raw prediction last written for ``image`` (None before its first segmentation)."""
+        name = labels_name(image.name)
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        return layer.metadata.get(PREDICTION) if isinstance(layer, Labels) else None
+
     def targets(self, choice=None) -> list[Image]:
         choice = self.images.value() if choice is None else choice
         if choice == ALL_IMAGES:
             return [lay for lay in self.viewer.layers if isinstance(lay, Image) and is_input_image(lay)]
         return [choice] if isinstance(choice, Image) else []
 
-    def segment(self, layers: list[Image] | None = None, on_done: Callable[[list[Labels]], None] | None = None):
-        """Segment ``layers`` (default: the panel's choice); returns the worker, None if refused."""
+    def segment(self, layers: list[Image] | None = None, on_done: Callable[[list[Labels]], None] | None = None,
+                keep_painted: bool = False):
+        """Segment ``layers`` (default: the panel's choice); returns the worker, None if refused.
+
+        ``keep_painted`` keeps the user's painted corrections in the labels layers.
+        """
         layers = self.targets() if layers is None else layers
         seg = self.session.segmenter
         if seg is None:
@@ -168,6 +214,7 @@ class SegmentPanel(QWidget):
         seg.tta = self.tta.isChecked()
         self._cancel.clear()
         self._written = []
+        self._keep_painted = keep_painted
         self._napari_bar = cancelable_progress(total=0, desc=f"CS-UNet: segmenting {layers[0].name}",
                                                cancel_callback=self._cancel.set)
         self.worker = create_worker(_predict_all, seg, jobs, options, self._relay.progress.emit,
@@ -203,7 +250,8 @@ class SegmentPanel(QWidget):
     def _on_result(self, result) -> None:
         layer, pred = result
         info = self.session.info
-        self._written.append(write_prediction(self.viewer, layer, pred, info, self.session.segmenter.name))
+        self._written.append(write_prediction(self.viewer, layer, pred, info, self.session.segmenter.name,
+                                              keep_painted=self._keep_painted))
         fractions = np.bincount(pred.labels.ravel(), minlength=info.num_classes + 1)[1:] / pred.labels.size
         self.status.info(f"{layer.name}: " + ", ".join(f"{n} {f:.1%}" for n, f in zip(info.class_names, fractions, strict=False)))
 

@@ -18,7 +18,7 @@ from ..modelfile import ModelInfo
 from ..settings import Settings, load_settings, save_settings
 from .compat import avoid_triton_llvm_clash
 
-__all__ = ["ModelSession", "load_preset_model", "leave_a_core_for_the_gui"]
+__all__ = ["ModelSession", "leave_a_core_for_the_gui"]
 
 
 def leave_a_core_for_the_gui() -> None:
@@ -30,21 +30,6 @@ def leave_a_core_for_the_gui() -> None:
     cores = os.cpu_count() or 2
     if torch.get_num_threads() >= cores:
         torch.set_num_threads(max(1, cores - 1))
-
-
-def load_preset_model(preset: str, class_names: list[str], cnn: str | None, swin: str | None,
-                      allow_download: bool) -> tuple[Any, ModelInfo, dict]:
-    """Build a preset with fresh classes and apply pretrained encoder sources (worker thread)."""
-    from ..models import build_model, get_preset
-    from ..weights import apply_sources
-
-    config = get_preset(preset).config.with_classes(len(class_names))
-    model = build_model(config)
-    report = apply_sources(model, cnn, swin, allow_download=allow_download) if (cnn or swin) else {}
-    info = ModelInfo(config=config, class_names=list(class_names), preset=preset,
-                     sources={"cnn": cnn, "swin": swin}, name=preset,
-                     description=get_preset(preset).description)
-    return model, info, report
 
 
 class ModelSession(QObject):
@@ -140,9 +125,10 @@ class ModelSession(QObject):
 
         def job():
             from ..inference import Segmenter
+            from ..weights.apply import build_preset_model
 
-            leave_a_core_for_the_gui()
-            model, info, _ = load_preset_model(preset, class_names, cnn, swin, allow_download)
+            leave_a_core_for_the_gui()  # the weight report goes into info.sources, and so into the saved file
+            model, info = build_preset_model(preset, class_names, cnn=cnn, swin=swin, allow_download=allow_download)
             return Segmenter(model, info, **kwargs), None, True
 
         what = f"building {preset}" + (" (downloading weights if needed)" if allow_download else "")

@@ -29,7 +29,8 @@ def source_status(preset: str, cnn: str | None, swin: str | None, allow_download
         elif allow_download and not src.manual_download:
             lines.append(f"{kind.upper()} {src.id}: will download from {src.url}")
         else:
-            how = "manual download (Google Drive)" if src.manual_download else "not cached"
-            lines.append(f"{kind.upper()} {src.id}: {how}; get {src.url} and save it as {download_path(src)}")
+            how = ("needs a manual download (Google Drive)" if src.manual_download else
+                   "not downloaded yet: tick 'download missing weights', or")
+            lines.append(f"{kind.upper()} {src.id}: {how} get {src.url} and save it as {download_path(src)}")
             ready = False
     return lines, ready

@@ -23,13 +23,13 @@ __all__ = [
     "WeightSource", "KNOWN_SHA256", "all_sources", "get_source", "source_id_for",
     "cache_dir", "cached_file", "converted_path", "download", "download_path",
     "WeightsError", "UnknownWeights", "WeightsUnavailable", "WeightsFormatError", "UnsafeCheckpointError",
-    "apply_sources", "import_weights", "materialize", "list_weights", "load_cnn", "load_swin", "mirror_decoder",
+    "apply_sources", "build_preset_model", "import_weights", "materialize", "list_weights", "load_cnn", "load_swin", "mirror_decoder",
     "read_checkpoint",
     "ConversionReport",
 ]
 
 _LAZY = {
-    "apply_sources": "apply", "import_weights": "apply", "materialize": "apply", "list_weights": "apply",
+    "apply_sources": "apply", "build_preset_model": "apply", "import_weights": "apply", "materialize": "apply", "list_weights": "apply",
     "mirror_decoder": "apply", "load_cnn": "apply", "load_swin": "apply", "read_checkpoint": "checkpoint", "ConversionReport": "convert",
 }
 

@@ -9,11 +9,13 @@ encoder is taken).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from ..modelfile import ModelInfo
 from .cache import (
     cached_file,
     converted_path,
@@ -42,7 +44,8 @@ from .sources import (
     swin_t_variant,
 )
 
-__all__ = ["apply_sources", "import_weights", "materialize", "list_weights", "load_cnn", "load_swin", "mirror_decoder"]
+__all__ = ["apply_sources", "build_preset_model", "import_weights", "materialize", "list_weights", "load_cnn", "load_swin",
+           "mirror_decoder"]
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +193,25 @@ def apply_sources(model: nn.Module, cnn: str | None, swin: str | None, *, allow_
         applied |= {kind: source, f"{kind}_id": wid, f"{kind}_sha256": sha256_file(path),
                     f"{kind}_report": report.to_dict()}
     return applied
+
+
+def build_preset_model(preset: str, class_names: Sequence[str], *, in_chans: int | None = None,
+                       cnn: str | None = None, swin: str | None = None, allow_download: bool = False
+                       ) -> tuple[nn.Module, ModelInfo]:
+    """A preset for these classes with random weights, then the pretrained encoder sources.
+
+    The one way the GUI and training start a model from a preset: ``info.sources`` holds the
+    weight report (ids, sha256, conversions), so every model file says where its weights came from.
+    Raises KeyError for an unknown preset and :class:`WeightsError` subclasses for bad sources.
+    """
+    from ..models import build_model, get_preset
+
+    spec = get_preset(preset)
+    model = build_model(spec.name, num_classes=len(class_names), in_chans=in_chans)
+    applied = apply_sources(model, cnn, swin, allow_download=allow_download) if (cnn or swin) else {}
+    info = ModelInfo(model.config, list(class_names), preset=spec.name, sources=dict(applied), name=spec.name,
+                     description=spec.description)
+    return model, info
 
 
 def list_weights() -> list[dict[str, Any]]:

@@ -1,0 +1,74 @@
+"""Device rules shared by inference and training: which device, which mixed precision, what is an
+out-of-memory error. One place, so the GUI, ``csunet segment`` and a training child agree (a Mac
+fine-tunes on MPS like it segments there). torch is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["pick_device", "amp_dtype", "is_out_of_memory", "DEVICE_HELP"]
+
+DEVICE_HELP = "auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
+
+
+def _mps_available() -> bool:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
+def pick_device(name: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; a named device must exist (else ValueError).
+
+    ``local_rank`` (under torchrun) makes ``auto``/``cuda`` take that rank's own GPU.
+    """
+    import torch
+
+    key = str(name).strip().lower()
+    if key == "auto":
+        key = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+    try:
+        device = torch.device(key)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r}; use {DEVICE_HELP}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU here; use cpu or auto")
+        count = torch.cuda.device_count()
+        if device.index is None and local_rank is not None:
+            device = torch.device("cuda", local_rank % count)
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: there are only {count} CUDA GPU(s)")
+    elif device.type == "mps":
+        if not _mps_available():
+            raise ValueError(f"device {name!r} asked for, but Apple MPS is not available here; use cpu or auto")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r} is not supported; use {DEVICE_HELP}")
+    return device
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype: bf16 on GPUs that have it, else fp16 (training adds a grad scaler);
+    None (full precision) on CPUs, where autocast is slower, and on MPS."""
+    import torch
+
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocator failure on any device (CUDA, MPS or a CPU's ``can't allocate memory``)."""
+    import torch
+
+    types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+                  if t)
+    if isinstance(exc, types):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError | MemoryError) and ("out of memory" in text or "can't allocate memory" in text)

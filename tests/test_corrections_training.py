@@ -1,0 +1,56 @@
+"""Training from the GUI's annotation set: only corrected/accepted pixels train and validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from csunet_train.config import TrainConfig
+from csunet_train.data import MIN_VAL_PIXELS, load_data, read_folder
+from napari_csunet.annotations import AnnotationStore
+
+NAMES = ["background", "oxide", "crack"]
+
+
+def _store(tmp_path: Path, boxes: list[tuple[int, int, int]]) -> tuple[AnnotationStore, np.ndarray]:
+    """One 512² image predicted all background, with ``(row, col, side)`` boxes accepted after
+    painting their left half 'crack'."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (512, 512), dtype=np.uint8)
+    prediction = np.ones((512, 512), np.uint8)
+    labels = prediction.copy()
+    for r, c, side in boxes:
+        labels[r:r + side, c:c + side // 2] = 3
+    store = AnnotationStore(tmp_path / "annotations")
+    store.add(image, labels, name="ebc", class_names=NAMES, prediction=prediction,
+              regions=[[r, c, r + side, c + side] for r, c, side in boxes])
+    return store, labels
+
+
+def test_uncorrected_predictions_never_train_or_validate(tmp_path: Path) -> None:
+    boxes = [(20, 20, 100), (200, 300, 100), (380, 60, 100)]
+    store, labels = _store(tmp_path, boxes)
+    items, names, _ = read_folder(store.root, "train")
+    assert names == NAMES and len(items) == 1
+    inside = np.zeros(labels.shape, bool)
+    for r, c, side in boxes:
+        inside[r:r + side, c:c + side] = True
+    np.testing.assert_array_equal(items[0].labels, np.where(inside, labels, 0))
+
+    cfg = TrainConfig(out=str(tmp_path / "m.safetensors"), mode="finetune", model="m", pairs=store.pairs())
+    data = load_data(cfg, NAMES)
+    (train,), (val,) = data.train, data.val
+    assert val.labelled_pixels >= MIN_VAL_PIXELS and train.labelled_pixels > 0
+    assert val.labelled_pixels + train.labelled_pixels == int(inside.sum())  # held out, not shared
+    assert not data.warnings
+
+
+@pytest.mark.parametrize(("side", "validated"), [(30, False), (120, True)])
+def test_too_few_corrections_train_without_validation(tmp_path: Path, side: int, validated: bool) -> None:
+    store, _ = _store(tmp_path, [(100, 100, side)])
+    cfg = TrainConfig(out=str(tmp_path / "m.safetensors"), mode="finetune", model="m", pairs=store.pairs())
+    data = load_data(cfg, NAMES)
+    assert bool(data.val) is validated
+    assert any("no validation" in w and "last model" in w for w in data.warnings) is not validated

@@ -1,0 +1,69 @@
+"""Data a new user brings: label maps with more classes than NASA's, no dataset.json, 16-bit overlays."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from fabricated import write_nasa_folder
+
+from csunet_train.config import TrainConfig
+from csunet_train.data import DataError, load_data, read_folder
+from napari_csunet.datasets import NAMING_HINT, SUPER_CLASSES, decode_color_mask, find_samples
+
+OVERLAY = Path("nasa/Super1/val_annot/spot1_0d_0_mask.tif")
+
+
+def test_label_maps_without_dataset_json_count_their_classes(tmp_path: Path) -> None:
+    root = write_nasa_folder(tmp_path / "five", classes=5)
+    (sample, *_) = find_samples(root, "train")
+    assert sample.spec.names == () and sample.zero_is_class  # NASA's layout: 0 is a class
+    items, names, _ = read_folder(root, "train")
+    assert names == [] and set(np.unique(items[0].labels)) == {1, 2, 3, 4, 5}
+    data = load_data(TrainConfig(out=str(tmp_path / "m.safetensors"), preset="csunet-tiny", data_dir=str(root)))
+    assert data.class_names == [f"class {i}" for i in range(1, 6)] and len(data.class_colors) == 5
+    assert any("dataset.json" in w for w in data.warnings)
+
+
+@pytest.mark.parametrize(("named", "message"), [(["a", "b", "c"], "label 4 is above the 3 classes"),
+                                                (["a", "b", "c", "d", "e"], None)])
+def test_a_dataset_json_names_the_classes_and_a_short_one_says_how_to_fix_it(tmp_path: Path, named: list[str],
+                                                                           message: str | None) -> None:
+    root = write_nasa_folder(tmp_path / "five", classes=5, splits={"train": 1})
+    (root / "dataset.json").write_text(json.dumps({"classes": named}))
+    if message:
+        with pytest.raises(DataError, match=message) as info:
+            read_folder(root, "train")
+        assert NAMING_HINT in str(info.value)
+    else:
+        assert read_folder(root, "train")[1] == named
+
+
+def _as(overlay8: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "uint16":
+        return overlay8.astype(np.uint16) * 257  # NASA's 16-bit masks: pure blue is (0, 0, 65535)
+    if dtype == "float32":
+        return overlay8.astype(np.float32) / 255
+    return overlay8
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_colour_overlays_decode_alike_at_any_bit_depth(data_dir: Path, tmp_path: Path, dtype: str) -> None:
+    overlay8 = tifffile.imread(data_dir / OVERLAY)
+    expected = decode_color_mask(overlay8, SUPER_CLASSES)
+    assert set(np.unique(expected)) == {1, 2, 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an unknown-colour warning would mean a wrong decode
+        np.testing.assert_array_equal(decode_color_mask(_as(overlay8, dtype), SUPER_CLASSES), expected)
+    root = tmp_path / "Super"
+    for sub in ("val", "val_annot"):
+        (root / sub).mkdir(parents=True)
+    tifffile.imwrite(root / "val" / "spot.tif", tifffile.imread(data_dir / "nasa/Super1/val/spot1_0d_0.tif"))
+    tifffile.imwrite(root / "val_annot" / "spot_mask.tif", _as(overlay8, dtype))
+    items, names, _ = read_folder(root, "val")
+    assert names == list(SUPER_CLASSES.names)
+    np.testing.assert_array_equal(items[0].labels, expected)

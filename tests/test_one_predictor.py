@@ -1,0 +1,55 @@
+"""One engine: training validation predicts like ``csunet evaluate``; one device, AMP and OOM rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fabricated import write_nasa_folder
+
+from csunet_train import dist as distmod
+from csunet_train.config import TrainConfig
+from csunet_train.job import _error_kind, run_job
+from napari_csunet import cli
+from napari_csunet.device import amp_dtype, is_out_of_memory, pick_device
+from napari_csunet.inference import InferenceMemoryError
+
+
+def test_validation_numbers_are_what_csunet_evaluate_gives_the_saved_model(tmp_path: Path, capsys) -> None:
+    """The 5-class folder (no dataset.json; 520x250 images: padded, two blended tiles) trains, and
+    the best validation mIoU of the run equals ``csunet evaluate --split val`` of the saved model."""
+    root = write_nasa_folder(tmp_path / "five", classes=5, splits={"train": 1, "val": 1}, shape=(520, 250))
+    out = tmp_path / "m.safetensors"
+    events: list[dict] = []
+    cfg = TrainConfig(out=str(out), preset="csunet-tiny", data_dir=str(root), steps=2, eval_every=2, crop=256,
+                      batch_size=1, lr=2e-3, device="cpu", seed=0)
+    done = run_job(cfg, events.append)
+    started = next(e for e in events if e["event"] == "started")
+    assert started["classes"] == [f"class {i}" for i in range(1, 6)] and started["val_images"] == 1
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--data", str(root), "--split", "val", "--model", str(out), "--device", "cpu",
+                     "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["images"] == 1 and list(evaluated["iou_per_class"]) == list(done["best_metrics"]["iou_per_class"])
+    assert abs(evaluated["miou"] - done["best_metrics"]["miou"]) <= 0.002
+    assert abs(evaluated["pixel_accuracy"] - done["best_metrics"]["pixel_accuracy"]) <= 0.002
+
+
+def test_training_and_inference_pick_the_same_device() -> None:
+    assert distmod.setup("auto").device == pick_device("auto")
+    assert amp_dtype(torch.device("cpu")) is None and amp_dtype(torch.device("cpu"), enabled=False) is None
+
+
+@pytest.mark.parametrize(("exc", "oom"), [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"), True),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), True),
+    (InferenceMemoryError("out of memory on cuda with 512x512 tiles"), True),
+    (RuntimeError("shape mismatch"), False),
+    (ValueError("out of memory"), False),
+])
+def test_one_out_of_memory_rule_for_inference_and_training(exc: BaseException, oom: bool) -> None:
+    assert is_out_of_memory(exc) is oom
+    assert (_error_kind(exc)[0] == "oom") is oom
