@@ -14,6 +14,7 @@ from napari_csunet.measurements import (
     astm_grain_size,
     between_images_ci,
     block_bootstrap_ci,
+    default_matrix,
     folder_summary,
     mean_intercept,
     measure,
@@ -127,3 +128,12 @@ def test_folder_summary():
     assert math.isclose(summary[1]["area_fraction_mean"], a[1]["area_fraction"] / 2)
     assert summary[1]["area_fraction_ci_low"] < summary[1]["area_fraction_mean"] < summary[1]["area_fraction_ci_high"]
     assert summary[1]["particles"] == 10 and math.isclose(summary[1]["mean_eq_diameter_um"], a[1]["mean_eq_diameter_um"])
+
+
+@pytest.mark.parametrize(("names", "counts", "expected"), [
+    (["gamma", "gamma prime"], [40, 60], 1),  # no matrix-like name: the largest class
+    (["matrix", "secondary", "tertiary"], [45, 52, 3], 0),  # named: even where it is not the largest
+    (["oxide", "Background", "crack"], [50, 40, 10], 1),
+])
+def test_default_matrix(names, counts, expected):
+    assert default_matrix(names, np.array(counts)) == expected

@@ -4,8 +4,8 @@ Per class of a label image (0 = not analysed: unlabelled or the SEM data bar): t
 with a 95 % interval from a block bootstrap over tiles, particles (8-connected regions of at least
 ``min_area`` px; scikit-image ``regionprops_table``) with their number density, equivalent
 diameter, maximum Feret diameter and aspect ratio, and the mean lineal intercept with the ASTM E112
-grain size number it implies. The matrix class (the largest unless named) is not counted as
-particles. Particles cut by the image edge (or the data bar) are left out of the size
+grain size number it implies. The matrix class (named so, else the largest; or as told) is not
+counted as particles. Particles cut by the image edge (or the data bar) are left out of the size
 distribution, since their size is unknown, and count half in the number density. Lengths in µm
 are the pixel values times the pixel size (the geometric mean of width and height for
 non-square pixels); without a pixel size the µm columns are empty and only "px" numbers exist.
@@ -25,7 +25,7 @@ from .pixelsize import PixelSize
 
 __all__ = ["FIELDS", "PARTICLE_FIELDS", "DEFAULT_MIN_AREA", "particle_table", "block_bootstrap_ci",
            "between_images_ci", "mean_intercept", "astm_grain_size", "measure", "Measurement", "FOLDER_FIELDS",
-           "folder_summary", "calibration_for"]
+           "folder_summary", "calibration_for", "default_matrix", "MATRIX_NAMES"]
 
 #: the smallest particle counted by default: 3 x 3 px, below which a segmentation resolves nothing
 DEFAULT_MIN_AREA = 9
@@ -143,6 +143,21 @@ def astm_grain_size(intercept_um: float | None) -> float | None:
     return -6.643856 * math.log10(intercept_um / 1000.0) - 3.288
 
 
+#: class names taken for the matrix without being told (before "the largest class")
+MATRIX_NAMES = ("matrix", "background", "bulk", "host")
+
+
+def default_matrix(class_names: Sequence[str], counts: np.ndarray) -> int:
+    """Index of the matrix: a class named like one (:data:`MATRIX_NAMES`), else the largest class.
+
+    By name first so that the matrix stays the same class over a folder even where a precipitate
+    happens to cover more of one image than the matrix does.
+    """
+    lowered = [str(n).strip().lower() for n in class_names]
+    named = next((lowered.index(n) for n in MATRIX_NAMES if n in lowered), None)
+    return named if named is not None else int(np.argmax(counts))
+
+
 def _stat(values: np.ndarray, fn: Any = np.mean) -> float | None:
     values = values[np.isfinite(values)]
     return float(fn(values)) if values.size else None
@@ -194,7 +209,7 @@ def measure(labels: np.ndarray, class_names: Sequence[str], pixel_size: PixelSiz
     low, high = block_bootstrap_ci(planes, k)
     if matrix is not None and matrix not in class_names:
         raise ValueError(f"matrix class {matrix!r} is not one of {list(class_names)}")
-    matrix_index = list(class_names).index(matrix) if matrix is not None else int(np.argmax(counts))
+    matrix_index = list(class_names).index(matrix) if matrix is not None else default_matrix(class_names, counts)
     um = pixel_size.mean_um if pixel_size else None
     area_mm2 = analysed * pixel_size.area_um2 * 1e-6 if pixel_size else None
     rows, tables = [], {}

@@ -1,8 +1,10 @@
-"""Inspect panel: phase area fractions and particle statistics, overlay style, disagreement.
+"""Inspect panel: measurements in physical units with plots, overlay style, disagreement.
 
-Statistics are computed on a worker thread (particle labelling of a large image takes a moment)
-and shown as a table that exports to CSV. The disagreement layer marks pixels that two label
-layers (say the prediction and the corrected labels) both label, differently.
+The pixel size and the data bar of the image come from the calibration box on top. Measurements
+(:mod:`napari_csunet.measurements`) and their plots (:mod:`napari_csunet.plots`, rendered to PNG)
+are computed on a worker thread and shown as a table that exports to CSV, a fractions plot with
+95 % intervals and a size histogram with log bins. The disagreement layer marks pixels that two
+label layers (say the prediction and the corrected labels) both label, differently.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from typing import Any
 
 import napari
 import numpy as np
-from napari.layers import Labels
+from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from qtpy.QtCore import Qt
+from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QFileDialog,
+    QLabel,
     QPushButton,
     QSlider,
     QSpinBox,
@@ -27,18 +32,52 @@ from qtpy.QtWidgets import (
 )
 
 from ..atomic import atomic_write_text
-from .common import LayerCombo, StatusLine, form_group
+from ..measurements import DEFAULT_MIN_AREA
+from .calibration import CalibrationBox, databar_of, pixel_size_of
+from .common import LayerCombo, StatusLine, form_group, image_data
 from .session import ModelSession
 
 __all__ = ["InspectPanel", "disagreement"]
 
-#: column -> (heading, tooltip); compact so the table fits a narrow dock
-_HEADERS = {"class": ("class", "class name"), "area_fraction": ("area %", "share of the labelled pixels"),
-            "particles": ("n", "particles (8-connected regions) of at least 'min particle px' pixels"),
-            "mean_area_px": ("area", "mean particle area, pixels"),
-            "mean_diameter_px": ("⌀", "mean equivalent diameter, pixels"),
-            "median_diameter_px": ("⌀ med", "median equivalent diameter, pixels"),
-            "pixels": ("pixels", "labelled pixels of the class")}
+AUTO_MATRIX = "auto (by name, else largest)"
+#: column -> (heading, tooltip); compact so the table fits a narrow dock; {u} = µm or px
+_HEADERS = {"class": ("class", "class name"),
+            "area_fraction": ("area %", "share of the analysed pixels (the data bar is not analysed)"),
+            "ci": ("95 % CI", "block bootstrap over 8 x 8 tiles of the image"),
+            "particles": ("n", "particles (8-connected regions) of at least 'min particle' pixels; the matrix: —"),
+            "density_per_mm2": ("/mm²", "particles per mm² (edge-cut ones count half)"),
+            "mean_eq_diameter": ("⌀ {u}", "mean equivalent diameter of the particles not cut by the edge"),
+            "median_eq_diameter": ("⌀ med", "median equivalent diameter"),
+            "astm_grain_size": ("G", "ASTM E112 grain size number from the mean lineal intercept (grain structures)")}
+
+
+def _cell(row: dict[str, Any], key: str, unit: str) -> str:
+    """Table text of one measurement; lengths in µm when the pixel size is known, else px."""
+    if key == "ci":
+        low, high = row["fraction_ci_low"], row["fraction_ci_high"]
+        return "—" if low is None or high is None else f"{100 * low:.1f}–{100 * high:.1f}"
+    value = row.get(f"{key}_{'um' if unit == 'µm' else 'px'}", row.get(key))
+    if value is None:
+        return "—"
+    if key == "area_fraction":
+        return f"{100 * value:.2f}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _measure_and_plot(data: np.ndarray, names: list[str], colors: list[str], size: Any, bar: Any,
+                      matrix: str | None, min_area: int) -> tuple[Any, bytes, bytes]:
+    """Worker thread: the measurement and its two plots (dark, to sit in napari's dock)."""
+    from ..measurements import measure
+    from ..plots import fractions_png, size_histogram_png
+
+    m = measure(data, names, size, bar, matrix, min_area)
+    by_name = dict(zip(names, colors, strict=False))
+    key = "eq_diameter_um" if size is not None else "eq_diameter_px"
+    diameters = {c: t[key][~t["touches_edge"]] for c, t in m.particles.items()}
+    return (m, fractions_png(m.rows, by_name, size=(4.4, 1.8), dark=True),
+            size_histogram_png(diameters, by_name, "µm" if size is not None else "px", size=(4.4, 2.5), dark=True))
 
 
 def disagreement(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
@@ -56,11 +95,16 @@ class InspectPanel(QWidget):
     def __init__(self, viewer: napari.Viewer, session: ModelSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer, self.session = viewer, session
+        self.calibration = CalibrationBox(viewer)
         self.labels = LayerCombo(viewer, Labels)
         self.labels.currentIndexChanged.connect(self._sync_display)
         self.min_area = QSpinBox()
         self.min_area.setRange(1, 1_000_000)
-        self.min_area.setToolTip("particles smaller than this (pixels) are not counted")
+        self.min_area.setValue(DEFAULT_MIN_AREA)
+        self.min_area.setSuffix(" px")
+        self.min_area.setToolTip("particles smaller than this are not counted (default 3 x 3 px: speckle is not a particle)")
+        self.matrix = QComboBox()
+        self.matrix.setToolTip("the continuous phase: not counted as particles")
         self.compute_btn = QPushButton("Compute statistics")
         self.compute_btn.clicked.connect(lambda: self.compute())
         self.table = QTableWidget(0, len(_HEADERS))
@@ -70,6 +114,7 @@ class InspectPanel(QWidget):
             self.table.setHorizontalHeaderItem(c, item)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.fractions_plot, self.sizes_plot = QLabel(), QLabel()
         self.export_btn = QPushButton("Export CSV…")
         self.export_btn.clicked.connect(lambda: self.export_csv())
         self.contours = QCheckBox("contours only")
@@ -79,21 +124,27 @@ class InspectPanel(QWidget):
         self.opacity.valueChanged.connect(self._apply_display)
         self.layer_a = LayerCombo(viewer, Labels)
         self.layer_b = LayerCombo(viewer, Labels)
+        for combo in (self.layer_a, self.layer_b):
+            combo.currentIndexChanged.connect(self._pick_distinct)
         self.diff_btn = QPushButton("Show disagreement")
         self.diff_btn.clicked.connect(lambda: self.show_disagreement())
         self.status = StatusLine()
 
         layout = QVBoxLayout(self)
-        layout.addWidget(form_group("Phases and particles", [("labels", self.labels), ("min particle px", self.min_area),
-                                                             self.compute_btn, self.table, self.export_btn]))
+        layout.addWidget(self.calibration)
+        layout.addWidget(form_group("Phases and particles", [
+            ("labels", self.labels), ("matrix", self.matrix), ("min particle", self.min_area), self.compute_btn,
+            self.table, self.fractions_plot, self.sizes_plot, self.export_btn]))
         layout.addWidget(form_group("Display", [self.contours, ("opacity", self.opacity)]))
         layout.addWidget(form_group("Disagreement between two label layers", [
             ("A", self.layer_a), ("B", self.layer_b), self.diff_btn]))
         layout.addWidget(self.status)
         layout.addStretch(1)
         self.rows: list[dict[str, Any]] = []
+        self.measurement = None
         self.worker = None
         self._sync_display()
+        self._pick_distinct()
 
     def layer(self) -> Labels | None:
         value = self.labels.value()
@@ -106,11 +157,44 @@ class InspectPanel(QWidget):
         top = int(layer.data.max()) if layer.data.size else 0
         return names + [f"class {i}" for i in range(len(names) + 1, top + 1)]
 
+    def _pick_distinct(self, *_: object) -> None:
+        """A and B on two different layers (the disagreement of a layer with itself is nothing)."""
+        names = [lay.name for lay in self.layer_b.layers()]
+        if len(names) > 1 and self.layer_a.currentText() == self.layer_b.currentText():
+            other = next(n for n in names if n != self.layer_a.currentText())
+            self.layer_b.blockSignals(True)
+            self.layer_b.setCurrentIndex(self.layer_b.findText(other))
+            self.layer_b.blockSignals(False)
+
     # -- statistics ----------------------------------------------------------------------------
 
+    def _image_of(self, layer: Labels) -> Image | None:
+        """The image the labels belong to: the one segmented into them, else the calibration's image."""
+        from .segment_panel import IMAGE as SEGMENTED_FROM
+
+        name = layer.metadata.get(SEGMENTED_FROM)
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
+            if self.calibration.image.currentText() != name:
+                self.calibration.image.set_value(name)
+            return self.viewer.layers[name]
+        image = self.calibration.layer()
+        if image is not None and image_data(image).shape[:2 if image.rgb else None][-2:] == layer.data.shape[-2:]:
+            return image
+        return None
+
+    def _sync_matrix(self, names: list[str]) -> str | None:
+        current = self.matrix.currentText()
+        if [self.matrix.itemText(i) for i in range(1, self.matrix.count())] != names:
+            self.matrix.blockSignals(True)
+            self.matrix.clear()
+            self.matrix.addItems([AUTO_MATRIX, *names])
+            self.matrix.setCurrentText(current if current in names else AUTO_MATRIX)
+            self.matrix.blockSignals(False)
+        return None if self.matrix.currentText() == AUTO_MATRIX else self.matrix.currentText()
+
     def compute(self):
-        """Area fractions and particle statistics of the chosen layer, on a worker thread."""
-        from ..analysis import class_statistics
+        """Measurements of the chosen layer with the image's pixel size and data bar, on a worker thread."""
+        from ..modelfile import default_class_colors
 
         layer = self.layer()
         if layer is None:
@@ -119,11 +203,15 @@ class InspectPanel(QWidget):
         if self.worker is not None:
             return None
         names = self._class_names(layer)
+        colors = list(layer.metadata.get("class_colors") or default_class_colors(len(names)))
+        image = self._image_of(layer)
+        size, bar = (pixel_size_of(image), databar_of(image)) if image is not None else (None, None)
         data = np.asarray(layer.data).copy()  # painting may go on meanwhile
         self.compute_btn.setEnabled(False)
         self.status.info(f"measuring {layer.name} …")
-        self.worker = create_worker(class_statistics, data, names, self.min_area.value(), _start_thread=False, _ignore_errors=True)
-        self.worker.returned.connect(lambda rows: self._show(rows, layer.name))
+        self.worker = create_worker(_measure_and_plot, data, names, colors, size, bar, self._sync_matrix(names),
+                                    self.min_area.value(), _start_thread=False, _ignore_errors=True)
+        self.worker.returned.connect(lambda result: self._show(result, layer.name))
         self.worker.errored.connect(lambda exc: self.status.error(f"statistics failed: {exc}"))
         self.worker.finished.connect(self._done)
         self.worker.start()
@@ -133,24 +221,31 @@ class InspectPanel(QWidget):
         self.worker = None
         self.compute_btn.setEnabled(True)
 
-    def _show(self, rows: list[dict[str, Any]], name: str) -> None:
-        self.rows = rows
+    def _show(self, result: tuple[Any, bytes, bytes], name: str) -> None:
+        self.measurement, fractions_png, sizes_png = result
+        rows = self.rows = self.measurement.rows
+        unit = "µm" if rows and rows[0]["pixel_size_um"] else "px"
+        for c, (heading, _tip) in enumerate(_HEADERS.values()):
+            self.table.horizontalHeaderItem(c).setText(heading.format(u=unit))
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for c, key in enumerate(_HEADERS):
-                value = row.get(key)
-                text = ("—" if value is None else f"{100 * value:.2f}" if key == "area_fraction"
-                        else f"{value:,.0f}" if isinstance(value, float) and value >= 100
-                        else f"{value:.1f}" if isinstance(value, float)
-                        else f"{value:,}" if isinstance(value, int) else str(value))
-                self.table.setItem(r, c, QTableWidgetItem(text))
+                self.table.setItem(r, c, QTableWidgetItem(_cell(row, key, unit)))
         self.table.resizeColumnsToContents()
-        self.status.info(f"{name}: " + ", ".join(f"{r['class']} {r['area_fraction']:.1%}" for r in rows))
+        for label, png in ((self.fractions_plot, fractions_png), (self.sizes_plot, sizes_png)):
+            pixmap = QPixmap()
+            pixmap.loadFromData(png, "PNG")
+            label.setPixmap(pixmap)
+        bar = rows[0]["databar_rows"] if rows else 0
+        self.status.info(f"{name}: " + ", ".join(f"{r['class']} {r['area_fraction']:.1%}" for r in rows)
+                         + (f" · data bar ({bar} rows) not analysed" if bar else "")
+                         + ("" if unit == "µm" else " · no pixel size: sizes in px"))
 
     def csv_text(self) -> str:
         from ..analysis import statistics_csv
+        from ..measurements import FIELDS
 
-        return statistics_csv(self.rows)
+        return statistics_csv(self.rows, (), FIELDS)
 
     def export_csv(self, path: str | None = None) -> str | None:
         if not self.rows:

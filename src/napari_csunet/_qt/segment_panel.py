@@ -278,8 +278,14 @@ class SegmentPanel(QWidget):
 
 
 def _predict_all(seg, jobs, options, progress, cancelled) -> Iterator:
-    """Worker thread: one prediction per image, yielded as soon as it is done."""
+    """Worker thread: one prediction per image, yielded as soon as it is done; the SEM data bar
+    (as set in the Inspect tab, else detected) never reaches the model and is labelled 0."""
+    from ..databar import predict_outside
+    from .calibration import databar_of
+
     for i, (layer, data) in enumerate(jobs):
-        pred = seg.predict(np.asarray(data), progress=lambda d, t, i=i: progress(i, len(jobs), d, t),
-                           cancel=cancelled, name=layer.name, **options)
+        data = np.asarray(data)
+        pred = predict_outside(lambda im, i=i, layer=layer: seg.predict(
+            im, progress=lambda d, t: progress(i, len(jobs), d, t), cancel=cancelled, name=layer.name, **options),
+            data, databar_of(layer, data))
         yield layer, pred

@@ -1,0 +1,262 @@
+"""Pixel size and SEM data bar of the chosen image: shown, editable, remembered on the layer.
+
+The pixel size comes from the file (layer ``source.path``), else a calibration remembered for
+that file, else the user: typed in, or measured by drawing a line over the scale bar. It sets the
+layers' ``scale`` and ``units``, so napari's scale bar reads µm. The data bar is found when an
+image is chosen, drawn as a rectangle, and can be resized or switched off; the Segment tab leaves
+those rows out (:func:`databar_of`), the statistics too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import napari
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..databar import DataBar, detect_databar
+from ..pixelsize import (
+    PixelSize,
+    calibrate,
+    read_pixel_size,
+    recall_calibration,
+    remember_calibration,
+)
+from .common import (
+    OUTPUT,
+    LayerCombo,
+    StatusLine,
+    form_group,
+    hbox,
+    image_data,
+    is_input_image,
+    labels_name,
+)
+
+__all__ = ["CalibrationBox", "databar_of", "pixel_size_of", "PIXEL_SIZE", "DATABAR", "LINE_LAYER"]
+
+#: image-layer metadata keys: the pixel size (dict) and the data bar (dict, or None when off)
+PIXEL_SIZE, DATABAR = "csunet_pixel_size", "csunet_databar"
+LINE_LAYER = "scale bar line"
+_UNITS = ("µm", "nm", "mm")
+
+
+def _rows_of(layer: Image) -> int:
+    data = image_data(layer)
+    return int(data.shape[-3] if layer.rgb else data.shape[-2])
+
+
+def _bar_name(layer: Image) -> str:
+    return f"{layer.name} data bar (not analysed)"
+
+
+def databar_of(layer: Image, data: Any = None) -> DataBar | None:
+    """The image's data bar: as the user left it, else detected now (and remembered on the layer)."""
+    if DATABAR not in layer.metadata:
+        found = detect_databar(np.asarray(image_data(layer) if data is None else data))
+        layer.metadata[DATABAR] = found.to_dict() if found else None
+    stored = layer.metadata[DATABAR]
+    return DataBar(**stored) if stored else None
+
+
+def pixel_size_of(layer: Image) -> PixelSize | None:
+    """The image's pixel size: as set here, else from its file or a remembered calibration."""
+    if PIXEL_SIZE not in layer.metadata:
+        path = getattr(layer.source, "path", None)
+        found = (read_pixel_size(path) or recall_calibration(path)) if path else None
+        layer.metadata[PIXEL_SIZE] = asdict(found) if found else None
+    stored = layer.metadata[PIXEL_SIZE]
+    return PixelSize(**stored) if stored else None
+
+
+class CalibrationBox(QWidget):
+    """Image picker, pixel size (from file / typed / scale-bar line), data bar rows and side."""
+
+    changed = Signal()
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.image = LayerCombo(viewer, Image, accept=is_input_image)
+        self.size = QDoubleSpinBox()
+        self.size.setRange(0.0, 1e5)
+        self.size.setDecimals(5)
+        self.size.setSuffix(" µm/px")
+        self.size.setSpecialValueText("unknown: numbers in px")
+        self.size.setToolTip("micrometres per pixel; 0 = unknown")
+        self.source = QLabel()
+        self.source.setWordWrap(True)
+        self.bar_length = QDoubleSpinBox()
+        self.bar_length.setRange(0.0, 1e6)
+        self.bar_length.setValue(1.0)
+        self.bar_unit = QComboBox()
+        self.bar_unit.addItems(_UNITS)
+        self.line_btn = QPushButton("From scale bar line")
+        self.line_btn.setToolTip(f"draw a line over the scale bar in the '{LINE_LAYER}' layer, type its length")
+        self.use_bar = QCheckBox("leave out the data bar")
+        self.bar_rows = QSpinBox()
+        self.bar_rows.setRange(0, 100_000)
+        self.bar_rows.setSuffix(" rows")
+        self.bar_side = QComboBox()
+        self.bar_side.addItems(["bottom", "top"])
+        self.status = StatusLine()
+        self._box = form_group("Pixel size and data bar", [
+            ("image", self.image), ("pixel size", self.size), self.source,
+            ("scale bar", hbox(self.bar_length, self.bar_unit, self.line_btn)),
+            ("data bar", hbox(self.use_bar, self.bar_rows, self.bar_side)), self.status])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self._box)
+        self._shown: str | None = None
+        self.image.currentIndexChanged.connect(self._image_changed)
+        self.size.editingFinished.connect(self._typed_size)
+        self.line_btn.clicked.connect(lambda: self.calibrate_from_line())
+        for w in (self.use_bar, self.bar_rows, self.bar_side):
+            signal = w.toggled if isinstance(w, QCheckBox) else (w.valueChanged if isinstance(w, QSpinBox)
+                                                                  else w.currentIndexChanged)
+            signal.connect(self._bar_edited)
+        self.load()
+
+    def _image_changed(self, *_: object) -> None:
+        layer = self.layer()
+        if layer is not None and layer.name != self._shown:  # layer-list churn re-emits the same choice
+            self.load()
+
+    def layer(self) -> Image | None:
+        value = self.image.value()
+        return value if isinstance(value, Image) else None
+
+    def _set_quietly(self, widget: QWidget, value: Any) -> None:
+        widget.blockSignals(True)
+        if isinstance(widget, QCheckBox):
+            widget.setChecked(bool(value))
+        elif isinstance(widget, QComboBox):
+            widget.setCurrentText(str(value))
+        else:
+            widget.setValue(value)
+        widget.blockSignals(False)
+
+    def load(self) -> None:
+        """Show the chosen image's pixel size and data bar (read or detected on first sight)."""
+        layer = self.layer()
+        if layer is None:
+            return
+        self._shown = layer.name
+        size, bar = pixel_size_of(layer), databar_of(layer)
+        self._set_quietly(self.size, size.mean_um if size else 0.0)
+        self.source.setText(size.describe() if size else "the file states no pixel size: type it or use a scale bar line")
+        self._set_quietly(self.use_bar, bar is not None)
+        self._set_quietly(self.bar_rows, bar.rows if bar else 0)
+        self._set_quietly(self.bar_side, bar.side if bar else "bottom")
+        self._apply_scale(layer, size)
+        self._draw_bar(layer, bar)
+        self.changed.emit()
+
+    def pixel_size(self) -> PixelSize | None:
+        layer = self.layer()
+        return pixel_size_of(layer) if layer is not None else None
+
+    def databar(self) -> DataBar | None:
+        layer = self.layer()
+        return databar_of(layer) if layer is not None else None
+
+    def set_pixel_size(self, size: PixelSize | None) -> None:
+        layer = self.layer()
+        if layer is None:
+            self.status.error("open an image first")
+            return
+        layer.metadata[PIXEL_SIZE] = asdict(size) if size else None
+        self.load()
+
+    def _typed_size(self) -> None:
+        value = self.size.value()
+        current = self.pixel_size()
+        if current is not None and np.isclose(value, current.mean_um):
+            return
+        self.set_pixel_size(PixelSize(value, value, "typed in") if value > 0 else None)
+
+    def calibrate_from_line(self) -> PixelSize | None:
+        """Pixel size from the last line drawn in the scale-bar layer (made and armed on first use)."""
+        layer = self.layer()
+        if layer is None:
+            self.status.error("open an image first")
+            return None
+        lines = self.viewer.layers[LINE_LAYER] if LINE_LAYER in self.viewer.layers else None
+        if not isinstance(lines, Shapes) or not len(lines.data):
+            if not isinstance(lines, Shapes):
+                lines = self.viewer.add_shapes(name=LINE_LAYER, scale=layer.scale[-2:], units=layer.units[-2:],
+                                               edge_color="#ffd000",
+                                               edge_width=2, metadata={OUTPUT: True})
+            lines.mode = "add_line"
+            self.viewer.layers.selection.active = lines
+            self.status.info(f"draw a line along the scale bar in '{LINE_LAYER}', type its length, click again")
+            return None
+        ends = np.asarray(lines.data[-1])[[0, -1], -2:] * lines.scale[-2:] / layer.scale[-2:]
+        try:
+            size = calibrate(float(np.linalg.norm(ends[1] - ends[0])), self.bar_length.value(), self.bar_unit.currentText())
+        except ValueError as exc:
+            self.status.error(str(exc))
+            return None
+        path = getattr(layer.source, "path", None)
+        if path:
+            remember_calibration(path, size)
+        self.set_pixel_size(size)
+        self.status.info(f"{size.describe()}" + (" · remembered for this file" if path else ""))
+        return size
+
+    def _apply_scale(self, layer: Image, size: PixelSize | None) -> None:
+        """Scale and units of the image, its labels layer, the data bar and scale-bar line layers."""
+        yx, unit = ((size.y_um, size.x_um), "um") if size else ((1.0, 1.0), "pixel")
+        names = (labels_name(layer.name), _bar_name(layer), LINE_LAYER)
+        targets = [layer] + [lay for lay in self.viewer.layers if isinstance(lay, Labels | Shapes) and lay.name in names]
+        for lay in targets:
+            if tuple(lay.scale[-2:]) != yx:
+                lay.scale = (*lay.scale[:-2], *yx)
+            try:
+                lay.units = (*lay.units[:-2], unit, unit)
+            except (AttributeError, ValueError):  # napari < 0.6 has no layer units
+                pass
+        self.viewer.scale_bar.visible = size is not None
+
+    def _bar_edited(self, *_: object) -> None:
+        layer = self.layer()
+        if layer is None:
+            return
+        rows = self.bar_rows.value()
+        bar = DataBar(self.bar_side.currentText(), rows) if self.use_bar.isChecked() and rows > 0 else None
+        layer.metadata[DATABAR] = bar.to_dict() if bar else None
+        self._draw_bar(layer, bar)
+        self.changed.emit()
+
+    def _draw_bar(self, layer: Image, bar: DataBar | None) -> None:
+        name = _bar_name(layer)
+        shapes = self.viewer.layers[name] if name in self.viewer.layers else None
+        if bar is None:
+            if shapes is not None:
+                shapes.visible = False
+            return
+        height, width = _rows_of(layer), image_data(layer).shape[-2 if layer.rgb else -1]
+        edge = bar.boundary(height) - 0.5
+        far = height - 0.5 if bar.side == "bottom" else -0.5
+        rect = np.array([[edge, -0.5], [edge, width - 0.5], [far, width - 0.5], [far, -0.5]])
+        if isinstance(shapes, Shapes):
+            shapes.data = [rect]
+            shapes.visible = True
+        else:
+            self.viewer.add_shapes([rect], shape_type="rectangle", name=name, scale=layer.scale[-2:],
+                                   units=layer.units[-2:], edge_color="#ff5050", face_color=[0.6, 0.6, 0.6, 0.35],
+                                   edge_width=2, metadata={OUTPUT: True})
+            self.viewer.layers.selection.active = layer
