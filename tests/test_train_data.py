@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import torch
 
-from csunet_train.config import ConfigError, TrainConfig, load_job, load_recipe
+from csunet_train.config import ConfigError, TrainConfig, load_job, load_recipe, recipe_names
 from csunet_train.data import (
     DataError,
     check_classes,
@@ -23,8 +23,6 @@ from csunet_train.data import (
 )
 from csunet_train.losses import segmentation_loss
 from csunet_train.sampling import CropDataset, prepare_image
-
-RECIPES = Path(__file__).resolve().parents[1] / "training" / "recipes"
 
 
 def _item(h: int = 300, w: int = 300, labels: np.ndarray | None = None, name: str = "img"):
@@ -193,7 +191,7 @@ def test_bad_jobs_are_refused(tmp_path: Path, job: dict, message: str) -> None:
         load_job(path)
 
 
-@pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES.glob("*.yaml")))
+@pytest.mark.parametrize("recipe", recipe_names())
 def test_every_recipe_loads(recipe: str, tmp_path: Path) -> None:
     for name in ("Super1", "EBC2"):
         (tmp_path / name).mkdir()

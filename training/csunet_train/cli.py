@@ -70,8 +70,10 @@ def _add_shared(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a preset, a recipe or a job file",
                        description="Train a model: --recipe FILE | --job JOB.json | --data DIR --preset NAME --out FILE")
-    p.add_argument("--recipe", metavar="FILE", help="YAML recipe (a path, or a name in training/recipes)")
-    p.add_argument("--data-root", metavar="DIR", help="where a recipe's data_dir lives (default ../shared/data/nasa)")
+    p.add_argument("--recipe", metavar="NAME|FILE", help="a recipe shipped with the package (e.g. super3, "
+                   "starter-ebc) or a YAML file")
+    p.add_argument("--data-root", metavar="DIR", help="the folder holding a recipe's data_dir (Super1/, EBC2/); "
+                   "default $CSUNET_DATA_ROOT, or ../shared/data/nasa next to a checkout")
     p.add_argument("--job", metavar="JOB.json", help="run a job file (the GUI's format)")
     p.add_argument("--preset", help="architecture (see `csunet models`)")
     p.add_argument("--weights", type=_weights, metavar="cnn=SRC,swin=SRC", help="pretrained encoder sources")

@@ -6,16 +6,22 @@ Importable without torch: the CLI and the GUI build and validate jobs before any
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from napari_csunet.models.config import TILE_MULTIPLE
 
-__all__ = ["TrainConfig", "ConfigError", "load_job", "load_recipe", "REPO_ROOT", "default_data_root"]
+__all__ = ["TrainConfig", "ConfigError", "load_job", "load_recipe", "recipe_names", "RECIPE_DIR", "REPO_ROOT",
+           "DATA_ROOT_ENV", "default_data_root", "project_root"]
 
-#: the repository root when running from a checkout (recipes resolve ``out`` against it)
+#: recipes ship inside the package, so an installed wheel finds them by name
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+#: the repository root when running from a checkout
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: where recipes' data folders (Super1/, EBC2/, ...) live, when --data-root is not given
+DATA_ROOT_ENV = "CSUNET_DATA_ROOT"
 MODES = ("train", "finetune")
 
 
@@ -145,31 +151,62 @@ def load_job(path: str | Path) -> TrainConfig:
     return TrainConfig.from_dict(_read_mapping(Path(path), "job file", json.loads, (json.JSONDecodeError,)))
 
 
-def default_data_root() -> Path:
-    """``../shared/data/nasa`` next to the repository (where the team keeps NASA's data)."""
-    return REPO_ROOT.parent / "shared" / "data" / "nasa"
+def _in_checkout() -> bool:
+    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "training" / "csunet_train").is_dir()
+
+
+def project_root() -> Path:
+    """What a recipe's relative ``out``/``model`` paths mean: the repository in a checkout (the
+    starter recipes write into the package source), else the current folder (an installed wheel)."""
+    return REPO_ROOT if _in_checkout() else Path.cwd()
+
+
+def default_data_root() -> Path | None:
+    """``$CSUNET_DATA_ROOT``, else ``../shared/data/nasa`` next to a checkout (the team's copy), else None."""
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env)
+    return REPO_ROOT.parent / "shared" / "data" / "nasa" if _in_checkout() else None
+
+
+def recipe_names() -> list[str]:
+    """The recipes shipped in the package (``csunet train --recipe NAME``)."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def _resolve_data_dir(recipe: str, data_dir: str, data_root: str | Path | None) -> str:
+    """A recipe's relative ``data_dir`` under the data root, or an error that says how to give one."""
+    if Path(data_dir).is_absolute():
+        return data_dir
+    how = f"pass --data-root DIR (the folder that holds {data_dir}/) or set {DATA_ROOT_ENV}=DIR"
+    root = Path(data_root) if data_root is not None else default_data_root()
+    if root is None:
+        raise ConfigError(f"recipe {recipe}: its data folder {data_dir!r} is relative to a data root: {how}")
+    if not (root / data_dir).is_dir():
+        raise ConfigError(f"recipe {recipe}: data folder {root / data_dir} not found; {how}")
+    return str(root / data_dir)
 
 
 def load_recipe(path: str | Path, data_root: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """A YAML recipe -> TrainConfig. ``data_dir`` is relative to ``data_root``; ``out``/``model`` to the repository.
+    """A YAML recipe (a file, or a name in :data:`RECIPE_DIR`) -> TrainConfig.
 
-    ``overrides`` (e.g. ``out``, ``steps``) replace the recipe's values when not None.
+    ``data_dir`` is relative to ``data_root`` (see :func:`default_data_root`), ``out``/``model`` to
+    :func:`project_root`. ``overrides`` (e.g. ``out``, ``steps``) replace the recipe's values when not None.
     """
     import yaml
 
     path = Path(path)
     if not path.exists() and not path.suffix:
-        path = Path(__file__).resolve().parent.parent / "recipes" / f"{path}.yaml"
+        if not (RECIPE_DIR / f"{path}.yaml").is_file():
+            raise ConfigError(f"recipe {str(path)!r} not found: not a file, and not one of {', '.join(recipe_names())}")
+        path = RECIPE_DIR / f"{path}.yaml"
     data = _read_mapping(path, "recipe", yaml.safe_load, (yaml.YAMLError,))
     data.setdefault("recipe", path.stem)
-    root = Path(data_root) if data_root is not None else default_data_root()
-    if data.get("data_dir") is not None and not Path(data["data_dir"]).is_absolute():
-        data["data_dir"] = str(root / data["data_dir"])
+    if data.get("data_dir") is not None and overrides.get("data_dir") is None:
+        data["data_dir"] = _resolve_data_dir(path.stem, str(data["data_dir"]), data_root)
     data.update({k: v for k, v in overrides.items() if v is not None})
     given = {k for k, v in overrides.items() if v}
-    for key in ("out", "model"):  # a recipe's own file paths are relative to the repository
+    for key in ("out", "model"):  # a recipe's own file paths are relative to the project
         if data.get(key) and not Path(data[key]).is_absolute() and key not in given:
-            data[key] = str(REPO_ROOT / data[key])
-    if data.get("data_dir") and not Path(data["data_dir"]).is_dir():
-        raise ConfigError(f"recipe {path.stem}: data folder {data['data_dir']} not found; pass --data-root")
+            data[key] = str(project_root() / data[key])
     return TrainConfig.from_dict(data)
