@@ -15,9 +15,15 @@ from napari_csunet import samples
 from napari_csunet._reader import napari_get_reader, read_labels
 from napari_csunet._writer import write_labels
 
-ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = yaml.safe_load((ROOT / "napari.yaml").read_text())
+MANIFEST_PATH = Path(samples.__file__).with_name("napari.yaml")
+MANIFEST = yaml.safe_load(MANIFEST_PATH.read_text())
 PYTHON_NAMES = [c["python_name"] for c in MANIFEST["contributions"]["commands"]]
+
+
+def test_the_manifest_is_a_plain_file_in_the_package():
+    """No symlink: git on Windows checks symlinks out as text files, which npe2 cannot read."""
+    assert MANIFEST_PATH.is_file() and not MANIFEST_PATH.is_symlink()
+    assert not (Path(__file__).resolve().parents[1] / "napari.yaml").exists()  # one copy, no twin to drift
 
 
 def test_manifest_validates_with_npe2():
