@@ -47,6 +47,15 @@ def _figure(size: tuple[float, float], dark: bool) -> tuple[Any, Any, dict[str, 
     return fig, ax, theme
 
 
+def _plain_log_ticks(ax: Any) -> None:
+    """Ticks at 1, 2, 5 x 10^n written as plain numbers (0.02, 0.05, 0.1 ...), no minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _png(fig: Any) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -72,6 +81,7 @@ def size_histogram_png(diameters: Mapping[str, np.ndarray], colors: Mapping[str,
                     label=f"{name} (n={values.size})")
             drawn = True
     ax.set_xscale("log")
+    _plain_log_ticks(ax)
     ax.set_xlabel(f"equivalent diameter ({unit})", color=theme["text"], fontsize=9)
     ax.set_ylabel("particles", color=theme["text"], fontsize=9)
     if drawn:

@@ -109,7 +109,7 @@ class CalibrationBox(QWidget):
         self.use_bar = QCheckBox("leave out the data bar")
         self.bar_rows = QSpinBox()
         self.bar_rows.setRange(0, 100_000)
-        self.bar_rows.setSuffix(" rows")
+        self.bar_rows.setToolTip("rows of the data bar, counted from the image edge")
         self.bar_side = QComboBox()
         self.bar_side.addItems(["bottom", "top"])
         self.status = StatusLine()
@@ -122,6 +122,7 @@ class CalibrationBox(QWidget):
         layout.addWidget(self._box)
         self._shown: str | None = None
         self.image.currentIndexChanged.connect(self._image_changed)
+        viewer.layers.events.inserted.connect(self._adopt)
         self.size.editingFinished.connect(self._typed_size)
         self.line_btn.clicked.connect(lambda: self.calibrate_from_line())
         for w in (self.use_bar, self.bar_rows, self.bar_side):
@@ -134,6 +135,12 @@ class CalibrationBox(QWidget):
         layer = self.layer()
         if layer is not None and layer.name != self._shown:  # layer-list churn re-emits the same choice
             self.load()
+
+    def _adopt(self, event: Any) -> None:
+        """A labels layer written for the shown image later takes its scale and units."""
+        layer = self.layer()
+        if layer is not None and getattr(event.value, "name", None) == labels_name(layer.name):
+            self._apply_scale(layer, pixel_size_of(layer), reset=False)
 
     def layer(self) -> Image | None:
         value = self.image.value()
@@ -217,19 +224,23 @@ class CalibrationBox(QWidget):
         self.status.info(f"{size.describe()}" + (" · remembered for this file" if path else ""))
         return size
 
-    def _apply_scale(self, layer: Image, size: PixelSize | None) -> None:
+    def _apply_scale(self, layer: Image, size: PixelSize | None, reset: bool = True) -> None:
         """Scale and units of the image, its labels layer, the data bar and scale-bar line layers."""
         yx, unit = ((size.y_um, size.x_um), "um") if size else ((1.0, 1.0), "pixel")
         names = (labels_name(layer.name), _bar_name(layer), LINE_LAYER)
         targets = [layer] + [lay for lay in self.viewer.layers if isinstance(lay, Labels | Shapes) and lay.name in names]
+        changed = False
         for lay in targets:
             if tuple(lay.scale[-2:]) != yx:
                 lay.scale = (*lay.scale[:-2], *yx)
+                changed = True
             try:
                 lay.units = (*lay.units[:-2], unit, unit)
             except (AttributeError, ValueError):  # napari < 0.6 has no layer units
                 pass
         self.viewer.scale_bar.visible = size is not None
+        if changed and reset:
+            self.viewer.reset_view()  # the image's extent in world units changed
 
     def _bar_edited(self, *_: object) -> None:
         layer = self.layer()

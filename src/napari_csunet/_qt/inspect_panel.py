@@ -62,7 +62,7 @@ def _cell(row: dict[str, Any], key: str, unit: str) -> str:
     if key == "area_fraction":
         return f"{100 * value:.2f}"
     if isinstance(value, float):
-        return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+        return f"{value:.3g}" if value < 1000 else f"{value:.2e}".replace("e+0", "e").replace("e+", "e")
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 

@@ -89,6 +89,7 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
             layer.name = f"{name} (old)"
         kwargs = {k: v for k, v in kwargs.items() if k != "name"}
         layer = viewer.add_labels(pred.labels, name=name, scale=image.scale[-pred.labels.ndim:],
+                                  units=image.units[-pred.labels.ndim:],  # napari's scale bar reads µm
                                   translate=image.translate[-pred.labels.ndim:], **kwargs)
     layer.metadata.update({PREDICTION: pred.labels.copy(), IMAGE: image.name, "csunet_model": model_name,
                            "class_names": list(info.class_names), "class_colors": list(info.class_colors)})
