@@ -58,6 +58,6 @@ def test_wheel_ships_manifest_backend_and_data(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "napari_csunet/napari.yaml" in names
-    assert "csunet_train/__init__.py" in names
+    assert "csunet_train/__init__.py" in names and "csunet_train/recipes/super3.yaml" in names
     assert any(n.startswith("napari_csunet/data/") and n.endswith(".tif") for n in names)
     assert not any(n.startswith("training/") or n.endswith("/__init__.py") and n.startswith("training") for n in names)
