@@ -4,8 +4,8 @@
 
 For NASA Super1 test (starter-superalloy) and EBC2 test (starter-ebc), every test image is
 segmented and both the prediction and NASA's mask are measured with the same code
-(:func:`napari_csunet.measurements.measure` with its defaults: minimum particle size 9 px, the
-matrix by name, the data bar detector on). Per class it prints one JSON
+(:func:`napari_csunet.measurements.measure` with its defaults: minimum particle size 9 px unless
+``--min-size``, the matrix by name, the data bar detector on). Per class it prints one JSON
 object with:
 
 - ``area_fraction_error_points``: |predicted - true| area fraction in percentage points, per image
@@ -32,7 +32,7 @@ import numpy as np
 from napari_csunet.databar import detect_databar, predict_outside
 from napari_csunet.datasets import find_samples
 from napari_csunet.inference import Segmenter
-from napari_csunet.measurements import measure
+from napari_csunet.measurements import DEFAULT_MIN_AREA, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 NASA = ROOT.parent / "shared" / "data" / "nasa"
@@ -77,7 +77,7 @@ def _diameters(m: Any) -> dict[str, np.ndarray]:
     return {c: t["eq_diameter_px"][~t["touches_edge"]] for c, t in m.particles.items()}
 
 
-def run_set(root: Path, model: str, device: str) -> dict[str, Any]:
+def run_set(root: Path, model: str, device: str, min_area: int = DEFAULT_MIN_AREA) -> dict[str, Any]:
     seg = Segmenter.from_spec(model, device=device)
     names = list(seg.info.class_names)
     samples = find_samples(root, "test")
@@ -87,7 +87,7 @@ def run_set(root: Path, model: str, device: str) -> dict[str, Any]:
         bar = detect_databar(image)
         labels = predict_outside(lambda im, s=s: seg.predict(im, name=str(s.image)), image, bar).labels
         labels = np.where(target > 0, labels, 0).astype(np.uint8)  # compare the same pixels
-        mp, mt = measure(labels, names, None, bar), measure(target, names, None, bar)
+        mp, mt = measure(labels, names, None, bar, min_area=min_area), measure(target, names, None, bar, min_area=min_area)
         matrix = next(r["class"] for r in mt.rows if r["role"] == "matrix")
         per_image.append({"image": s.image.name, "matrix": matrix, "databar": bar.to_dict() if bar else None,
                           "pred": mp.rows, "true": mt.rows, "analysed_pred": mp.rows[0]["analysed_px"],
@@ -106,11 +106,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=NASA, help="folder holding Super1/ and EBC2/ in NASA's layout")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_AREA, help="smallest particle counted, px")
     parser.add_argument("--json", action="store_true", help="print one JSON object (the default output anyway)")
     args = parser.parse_args()
-    result = {"benchmark": "measurements", "host": platform.machine(),
+    result = {"benchmark": "measurements", "host": platform.machine(), "min_area_px": args.min_size,
               "note": __doc__.split("\n\n")[2].replace("\n", " "),
-              "datasets": {name: run_set(args.data / name, model, args.device) for name, model in SETS.items()}}
+              "datasets": {name: run_set(args.data / name, model, args.device, args.min_size)
+                           for name, model in SETS.items()}}
     print(json.dumps(result, indent=1))
     return 0
 

@@ -23,10 +23,10 @@ from .plots import fractions_png, size_histogram_png
 
 __all__ = ["thumbnail_png", "report_html", "write_report", "image_entry", "batch_tables", "write_batch_tables"]
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1280px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:2em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}th,td{padding:.25em .6em;border-bottom:1px solid #e4e4e4;
-text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+text-align:right;white-space:nowrap}th{background:#f3f3f3;white-space:normal}td:first-child,th:first-child{text-align:left}
 .row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}.note{color:#666;font-size:.85em}
 .swatch{display:inline-block;width:.8em;height:.8em;margin-right:.3em;border-radius:2px}
 dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;font-size:.9em}dt{color:#666}"""
@@ -43,7 +43,7 @@ _FOLDER_COLUMNS = (("class", "class", "{}"), ("images", "images", "{}"), ("area_
                    ("density_per_mm2_mean", "per mm² (mean)", "{:,.0f}"), ("mean_eq_diameter", "mean ⌀ ({u})", "{:.3g}"))
 
 
-def thumbnail_png(rgb: np.ndarray, max_side: int = 360) -> bytes:
+def thumbnail_png(rgb: np.ndarray, max_side: int = 320) -> bytes:
     """A small PNG of an RGB (or grey) uint8 picture, longest side ``max_side``."""
     from PIL import Image
 
