@@ -16,7 +16,7 @@ import numpy as np
 from ._layerdata import labels_layer_data
 from .datasets import SUPER_CLASSES, MaskError, decode_color_mask
 from .io import read_image
-from .modelfile import default_class_colors
+from .modelfile import default_class_colors, numbered_class_names
 
 __all__ = ["napari_get_reader", "read_labels", "classes_from_tiff"]
 
@@ -60,7 +60,7 @@ def read_labels(path: str | list[str]) -> list[tuple]:
             labels = raw
             stored = classes_from_tiff(p)
             k = max(int(labels.max()), 1)
-            names, colors = stored or ([f"class {i}" for i in range(1, k + 1)], default_class_colors(k))
+            names, colors = stored or (numbered_class_names(k), default_class_colors(k))
         else:
             raise MaskError(f"{p}: {raw.dtype} {raw.shape} is neither a label map nor an RGB colour overlay")
         out.append(labels_layer_data(np.asarray(labels), names, colors, p.stem))

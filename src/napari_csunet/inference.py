@@ -27,7 +27,7 @@ import numpy as np
 
 from .device import amp_dtype, is_out_of_memory, pick_device
 from .io import ImageError, as_channels_last, image_stats, standardize, to_model_channels
-from .modelfile import ModelInfo
+from .modelfile import ModelInfo, numbered_class_names
 from .tiling import TileLayout, check_tile
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,7 +125,7 @@ class Segmenter:
         config = get_preset(spec).config
         warnings.warn(f"{spec!r} is a preset with random weights: its labels mean nothing until it is trained "
                       "or fine-tuned; pass a model file for real segmentations", UserWarning, stacklevel=2)
-        info = ModelInfo(config, [f"class {i + 1}" for i in range(config.num_classes)], preset=spec, name=spec,
+        info = ModelInfo(config, numbered_class_names(config.num_classes), preset=spec, name=spec,
                          description="untrained preset (random weights)")
         return cls(build_model(config), info, **kw)
 

@@ -8,7 +8,6 @@ be read without torch, so the GUI can list model files cheaply.
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -93,30 +92,23 @@ class ModelInfo:
         return cls(**data)
 
 
-def _read_header(path: Path) -> dict[str, Any]:
-    """Parse the safetensors header (8-byte little-endian length + JSON) without torch."""
+def _read_metadata(path: Path) -> dict[str, str]:
+    """The safetensors header metadata, read by safetensors itself (numpy framework: no torch)."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                raise ModelFileError(f"{path}: file is empty or truncated, not a model file")
-            (n,) = struct.unpack("<Q", raw)
-            if n > 100_000_000:
-                raise ModelFileError(f"{path}: not a safetensors file (header length {n})")
-            header = fh.read(n)
-            if len(header) < n:
-                raise ModelFileError(f"{path}: truncated safetensors header")
-        return json.loads(header)
+        with safe_open(str(path), framework="numpy") as fh:
+            return fh.metadata() or {}
     except FileNotFoundError:
         raise ModelFileError(f"model file not found: {path}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ModelFileError(f"{path}: not a safetensors file (corrupt header)") from None
+    except (SafetensorError, OSError) as exc:
+        raise ModelFileError(f"{path}: not a safetensors model file ({exc})") from None
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
     """The description stored in a model file's header (cheap: reads only the header)."""
     path = Path(path)
-    meta = _read_header(path).get("__metadata__") or {}
+    meta = _read_metadata(path)
     if _META_KEY not in meta:
         raise ModelFileError(
             f"{path}: a safetensors file without a napari-csunet description; to use bare encoder "

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .models.config import nearest_multiple
+
 __all__ = ["TileLayout", "tile_starts", "ramp_window", "check_tile", "MAX_OVERLAP"]
 
 #: above this the number of tiles explodes for no gain in quality
@@ -23,7 +25,7 @@ MAX_OVERLAP = 0.75
 def check_tile(tile: int, multiple: int, overlap: float) -> None:
     """Refuse tile sizes the model cannot take and overlaps outside [0, MAX_OVERLAP]."""
     if not isinstance(tile, (int, np.integer)) or tile < multiple or tile % multiple:
-        nearest = max(multiple, int(round(tile / multiple)) * multiple) if isinstance(tile, (int, float)) else multiple
+        nearest = nearest_multiple(tile, multiple) if isinstance(tile, (int, float)) else multiple
         raise ValueError(f"tile {tile!r} must be a positive multiple of {multiple} pixels for this model; try {nearest}")
     if not 0.0 <= overlap <= MAX_OVERLAP:
         raise ValueError(f"overlap {overlap!r} must be a fraction of the tile between 0 and {MAX_OVERLAP} (default 0.25)")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from napari_csunet.models.config import TILE_MULTIPLE
+from napari_csunet.models.config import TILE_MULTIPLE, nearest_multiple
 
 __all__ = ["TrainConfig", "ConfigError", "load_job", "load_recipe", "recipe_names", "RECIPE_DIR", "REPO_ROOT",
            "DATA_ROOT_ENV", "default_data_root", "project_root"]
@@ -90,7 +90,8 @@ class TrainConfig:
             need(bool(self.model), "mode 'finetune' needs a model file ('model')")
         need(isinstance(self.steps, int) and self.steps >= 0, f"steps: {self.steps!r} must be an integer >= 0")
         need(isinstance(self.crop, int) and self.crop > 0 and self.crop % TILE_MULTIPLE == 0,
-             f"crop: {self.crop!r} must be a positive multiple of {TILE_MULTIPLE}")
+             f"crop: {self.crop!r} must be a positive multiple of {TILE_MULTIPLE}; try "
+             f"{nearest_multiple(self.crop) if isinstance(self.crop, int | float) else TILE_MULTIPLE}")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be an integer >= 1")
         need(0.0 <= float(self.aug_strength) <= 1.0, f"aug_strength: {self.aug_strength} must be in 0..1")
         need(float(self.lr) > 0, f"lr: {self.lr} must be > 0")

@@ -9,10 +9,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["SwinConfig", "ModelConfig", "TILE_MULTIPLE"]
+__all__ = ["SwinConfig", "ModelConfig", "TILE_MULTIPLE", "nearest_multiple"]
 
 #: Input sides must be multiples of this: patch 4 x three 2x merges x window 8 = 256.
 TILE_MULTIPLE = 256
+
+
+def nearest_multiple(n: float, multiple: int = TILE_MULTIPLE) -> int:
+    """The valid size closest to ``n`` (at least one ``multiple``): what every size error suggests."""
+    return max(multiple, int(round(n / multiple)) * multiple)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import timm
 import torch
-from torch import nn
 from timm.models.swin_transformer import SwinTransformer
+from torch import nn
 
 from .config import TILE_MULTIPLE, SwinConfig
 
@@ -73,9 +73,6 @@ class SwinEncoder(nn.Module):
         self.out_channels: tuple[int, ...] = cfg.dims
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.model.patch_embed(x)
-        feats = []
-        for i, stage in enumerate(self.model.layers):
-            x = stage(x)
-            feats.append(self.model.norm(x) if i == len(self.model.layers) - 1 else x)
-        return feats
+        # timm's own stage walk (final norm on the last stage); it returns NCHW, the decoder takes NHWC
+        feats = self.model.forward_intermediates(x, norm=True, intermediates_only=True)
+        return [f.permute(0, 2, 3, 1) for f in feats]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import TILE_MULTIPLE, ModelConfig
+from .config import TILE_MULTIPLE, ModelConfig, nearest_multiple
 from .encoders import CNNEncoder, SwinEncoder
 from .swin_decoder import SwinUNetDecoder
 from .unet import ConvUNetDecoder
@@ -13,16 +13,12 @@ from .unet import ConvUNetDecoder
 __all__ = ["SegmentationNet", "CSUNet", "SwinUNet", "CNNUNet", "build_network", "check_input_size"]
 
 
-def _nearest_multiple(n: int, m: int = TILE_MULTIPLE) -> int:
-    return max(m, int(round(n / m)) * m)
-
-
 def check_input_size(h: int, w: int, multiple: int = TILE_MULTIPLE) -> None:
     """Raise a ValueError that names the nearest valid size when a side is not a multiple."""
     if h % multiple or w % multiple or h == 0 or w == 0:
         raise ValueError(
             f"input of {h}x{w} pixels: both sides must be multiples of {multiple}; the nearest valid "
-            f"size is {_nearest_multiple(h, multiple)}x{_nearest_multiple(w, multiple)} "
+            f"size is {nearest_multiple(h, multiple)}x{nearest_multiple(w, multiple)} "
             "(napari_csunet.inference pads and tiles images of any size for you)"
         )
 

@@ -40,7 +40,7 @@ class ConvUNetDecoder(nn.Module):
         deep_first = list(encoder_channels)[::-1]
         skips = deep_first[1:] + [0] * (len(decoder_channels) - len(deep_first) + 1)
         ins = [deep_first[0], *decoder_channels[:-1]]
-        self.blocks = nn.ModuleList(_DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_channels))
+        self.blocks = nn.ModuleList(_DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_channels, strict=True))
         self.head = nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -7,7 +7,6 @@ has been validated, so later loads never unpickle anything.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -54,11 +53,10 @@ def cached_file(src: WeightSource) -> Path | None:
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's SHA-256, hashed as pooch hashes downloads (one hashing rule for both)."""
+    import pooch
+
+    return pooch.file_hash(str(path), alg="sha256")
 
 
 def verify_sha256(path: Path, expected: str | None) -> None:
