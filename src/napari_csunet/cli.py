@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "napari_csunet.weights.cli",    # weights list/path/fetch/import
     "napari_csunet.segment_cli",    # segment, evaluate
     "csunet_train.cli",             # train, finetune
+    "csunet_train.pretrain_cli",    # pretrain
     "napari_csunet.demo",           # demo
 )
 

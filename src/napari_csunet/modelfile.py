@@ -20,13 +20,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ModelInfo", "ModelFileError", "save_model_file", "load_model_file", "read_model_info",
-    "default_class_colors", "numbered_class_names", "FORMAT_VERSION",
+    "default_class_colors", "numbered_class_names", "FORMAT_VERSION", "PRETRAINING_TASK", "is_pretraining_only",
 ]
 
 FORMAT_VERSION = 1
 _META_KEY = "napari_csunet"
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
             "#bcbd22", "#17becf"]
+
+
+#: ``provenance["task"]`` of self-supervised pretrained models: a starting point, not a segmenter
+PRETRAINING_TASK = "pretraining"
 
 
 class ModelFileError(ValueError):
@@ -76,6 +80,11 @@ class ModelInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def is_pretraining_only(self) -> bool:
+        """A self-supervised pretrained model: its outputs reconstruct pixels, they are not classes."""
+        return is_pretraining_only(self.provenance)
+
     def to_json(self) -> str:
         data = asdict(self)
         data["config"] = self.config.to_dict()
@@ -90,6 +99,10 @@ class ModelInfo:
             raise ModelFileError(f"model file format {version} is newer than this napari-csunet understands")
         data["config"] = ModelConfig.from_dict(data["config"])
         return cls(**data)
+
+
+def is_pretraining_only(provenance: dict[str, Any]) -> bool:
+    return provenance.get("task") == PRETRAINING_TASK
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -168,4 +181,5 @@ def describe(path: str | Path) -> dict[str, Any]:
     info = read_model_info(path)
     return {"path": str(path), "name": info.name or Path(path).stem, "preset": info.preset,
             "classes": info.class_names, "description": info.description,
-            "metrics": info.provenance.get("metrics", {})}
+            "metrics": info.provenance.get("metrics", {}),
+            "task": PRETRAINING_TASK if info.is_pretraining_only else "segmentation"}

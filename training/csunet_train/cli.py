@@ -108,8 +108,16 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig.from_dict({"out": ""} | given)
 
 
-class _Progress:
-    """Events -> a tqdm bar and short lines on stderr."""
+def _metrics_text(m: dict[str, Any]) -> str:
+    if m.get("miou") is not None:
+        return f"mIoU {m['miou']:.4f}, paper IoU {m['iou_paper']:.4f}"
+    if m.get("recon_l1") is not None:  # pretraining
+        return f"reconstruction L1 {m['recon_l1']:.4f} (blank: {m['mean_l1']:.4f})"
+    return ""
+
+
+class Progress:
+    """Events -> a tqdm bar and short lines on stderr (training and pretraining)."""
 
     def __init__(self) -> None:
         self.bar = None
@@ -119,26 +127,25 @@ class _Progress:
 
         kind = event["event"]
         if kind == "started":
-            tqdm.write(f"training on {event['device']}: {event['train_images']} train / {event['val_images']} val "
-                       f"images, {event['params'] / 1e6:.1f}M parameters, classes {', '.join(event['classes'])}",
+            what = f"classes {', '.join(event['classes'])}" if "classes" in event else "masked image modelling"
+            tqdm.write(f"{event.get('mode', 'training')} on {event['device']}: {event['train_images']} train / "
+                       f"{event['val_images']} val images, {event['params'] / 1e6:.1f}M parameters, {what}",
                        file=sys.stderr)
             self.bar = tqdm(total=event["steps"], unit="step", file=sys.stderr, dynamic_ncols=True)
         elif kind == "step" and self.bar is not None:
             self.bar.update(event["step"] - self.bar.n)
             self.bar.set_postfix(loss=f"{event['loss']:.4f}", img_s=f"{event['images_per_s']:.1f}")
         elif kind == "eval" and event["metrics"]:
-            m = event["metrics"]
-            tqdm.write(f"step {event['step']}: mIoU {m['miou']:.4f}, paper IoU {m['iou_paper']:.4f}"
-                       + (" (best)" if event["best"] else ""), file=sys.stderr)
+            tqdm.write(f"step {event['step']}: {_metrics_text(event['metrics'])}" + (" (best)" if event["best"] else ""),
+                       file=sys.stderr)
         elif kind in ("warning", "error"):
             tqdm.write(f"{kind}: {event['message']}", file=sys.stderr)
         elif kind == "done":
             if self.bar is not None:
                 self.bar.close()
-            best = event["best_metrics"] or {}
             note = " (stopped)" if event["stopped"] else ""
-            miou = f"mIoU {best['miou']:.4f}, paper IoU {best['iou_paper']:.4f} " if best.get("miou") is not None else ""
-            print(f"saved {event['path']}{note}: {miou}from step {event['best_step']}")
+            print(f"saved {event['path']}{note}: {_metrics_text(event['best_metrics'] or {})} "
+                  f"from step {event['best_step']}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -146,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
     from .events import StopControl, stdout_events
     from .job import EXIT_CODES, run_and_report
 
-    emit = stdout_events() if args.json_events else _Progress()
+    emit = stdout_events() if args.json_events else Progress()
     try:
         cfg = config_from_args(args)
     except ConfigError as exc:

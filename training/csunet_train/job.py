@@ -21,6 +21,7 @@ from typing import Any
 from .config import ConfigError, TrainConfig, load_job
 from .data import DataError, LabelledImage, TrainingData, fingerprint, load_data
 from .events import Emit, StopControl, silent, stdout_events
+from .pretrain_config import PretrainConfig
 
 __all__ = ["run_job", "run_and_report", "main", "EXIT_CODES"]
 
@@ -41,6 +42,7 @@ class Start:
     class_colors: list[str] | None
     name: str
     description: str
+    pretraining_only: bool = False  # a self-supervised model: its outputs are pixels, not classes
 
 
 def _load_start(cfg: TrainConfig) -> Start:
@@ -54,8 +56,26 @@ def _load_start(cfg: TrainConfig) -> Start:
     except (KeyError, FileNotFoundError, ModelFileError) as exc:
         raise ConfigError(str(exc).strip("'\"")) from None
     present = [n for n in ("cnn", "swin") if hasattr(model, n)]
+    own = not info.is_pretraining_only  # a pretrained model's outputs are pixels: the data names the classes
     return Start(model, info.preset, info.config, dict(info.sources), present, dict(info.provenance),
-                 info.class_names, info.class_colors, info.name, info.description)
+                 info.class_names if own else None, info.class_colors if own else None, info.name if own else "",
+                 info.description if own else "", pretraining_only=not own)
+
+
+def _fit_head(start: Start, class_names: list[str], emit: Emit) -> dict[str, Any] | None:
+    """Give the starting model an output layer for the data's classes when its own do not fit."""
+    from napari_csunet.models import with_new_head
+
+    had = start.model.config.num_classes
+    if not start.pretraining_only and had == len(class_names):
+        return None
+    start.model = with_new_head(start.model, len(class_names), always=start.pretraining_only)
+    start.config = start.model.config
+    what = "a self-supervised pretrained model" if start.pretraining_only else f"a model of {had} classes"
+    emit({"event": "warning", "message": f"started from {what}: its output layer was re-initialised for the "
+          f"{len(class_names)} classes {class_names}; every other weight is kept"})
+    return {"from_outputs": had, "to_classes": list(class_names),
+            "reason": "pretrained" if start.pretraining_only else "class count"}
 
 
 def _build_start(cfg: TrainConfig, data: TrainingData) -> Start:
@@ -127,6 +147,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                                          start.class_colors if start else None, list(train or []), list(val or []))
         for message in caught + data.warnings:
             emit({"event": "warning", "message": message})
+        head = _fit_head(start, data.class_names, emit) if start else None
         start = start or _build_start(cfg, data)
         model = start.model.to(dist.device)
         in_chans = start.config.in_chans
@@ -164,8 +185,9 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             "device": _device_name(dist.device), "world_size": dist.world_size,
             "hyperparameters": {k: getattr(cfg, k) for k in ("lr", "crop", "batch_size", "aug_strength", "freeze_cnn",
                                                            "freeze_swin", "seed", "weight_decay", "encoder_lr_mult")},
-            "previous": {k: start.previous.get(k) for k in ("steps", "metrics", "time", "data_fingerprint")}
+            "previous": {k: start.previous.get(k) for k in ("task", "steps", "metrics", "time", "data_fingerprint")}
             if start.previous else None,
+            "head_reinitialised": head,
         }
 
         def save(step: int, metrics: dict[str, Any] | None, state) -> None:
@@ -218,10 +240,15 @@ def _error_kind(exc: BaseException) -> tuple[str, str]:
     return "internal", f"{type(exc).__name__}: {exc}"
 
 
-def run_and_report(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None) -> int:
-    """``run_job`` with failures turned into an ``error`` event and an exit code."""
+def run_and_report(cfg: TrainConfig | PretrainConfig, emit: Emit, stop: StopControl | None = None) -> int:
+    """``run_job`` (or ``run_pretrain``) with failures turned into an ``error`` event and an exit code."""
     try:
-        run_job(cfg, emit, stop)
+        if isinstance(cfg, PretrainConfig):
+            from .pretrain import run_pretrain
+
+            run_pretrain(cfg, emit, stop)
+        else:
+            run_job(cfg, emit, stop)
         return 0
     except Exception as exc:
         kind, message = _error_kind(exc)

@@ -114,13 +114,14 @@ def budget_schedule(budget_s: float, clock: Clock, warmup_fraction: float = 0.05
     return factor
 
 
-def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler | None, dtype: torch.dtype | None, grad_clip: float) -> torch.Tensor:
-    """One optimisation step; returns the (detached) loss without synchronising."""
+def train_step(model: nn.Module, x: torch.Tensor, y: Any, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None, dtype: torch.dtype | None, grad_clip: float,
+               loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] = segmentation_loss) -> torch.Tensor:
+    """One optimisation step of ``loss_fn(model(x), y)``; returns the (detached) loss without synchronising."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         logits = model(x)
-    loss = segmentation_loss(logits, y)
+    loss = loss_fn(logits, y)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
