@@ -73,10 +73,6 @@ def _score(names: list[str], per_image: list[dict[str, Any]], matrix: str) -> di
     return out
 
 
-def _diameters(m: Any) -> dict[str, np.ndarray]:
-    return {c: t["eq_diameter_px"][~t["touches_edge"]] for c, t in m.particles.items()}
-
-
 def run_set(root: Path, model: str, device: str, min_area: int = DEFAULT_MIN_AREA) -> dict[str, Any]:
     seg = Segmenter.from_spec(model, device=device)
     names = list(seg.info.class_names)
@@ -91,7 +87,8 @@ def run_set(root: Path, model: str, device: str, min_area: int = DEFAULT_MIN_ARE
         matrix = next(r["class"] for r in mt.rows if r["role"] == "matrix")
         per_image.append({"image": s.image.name, "matrix": matrix, "databar": bar.to_dict() if bar else None,
                           "pred": mp.rows, "true": mt.rows, "analysed_pred": mp.rows[0]["analysed_px"],
-                          "analysed_true": mt.rows[0]["analysed_px"], "d_pred": _diameters(mp), "d_true": _diameters(mt)})
+                          "analysed_true": mt.rows[0]["analysed_px"], "d_pred": mp.distribution("eq_diameter_px"),
+                          "d_true": mt.distribution("eq_diameter_px")})
     matrices = {im["matrix"] for im in per_image}
     return {"model": model, "device": str(seg.device), "images": len(samples), "matrix": sorted(matrices),
             "databars_detected": sum(im["databar"] is not None for im in per_image),

@@ -72,7 +72,7 @@ def test_units_databar_and_report(sem_folder, model_file, tmp_path, capsys):
     folder = _csv(out / "folder.csv")
     assert [r["images"] for r in folder] == ["2"] * 3
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") == 2 + 3 * 2  # folder plots + (overlay, fractions, sizes) per image
+    assert page.count("data:image/png;base64,") == 4 + 3 * 2  # folder: fractions, ⌀, Feret, aspect; per image 3
     assert "FEI/Thermo metadata" in page and "60 rows at the bottom, left out" in page and "ImageJ metadata" in page
 
 

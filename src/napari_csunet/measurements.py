@@ -173,6 +173,10 @@ class Measurement:
     def __init__(self, rows: list[dict[str, Any]], particles: dict[str, dict[str, np.ndarray]]) -> None:
         self.rows, self.particles = rows, particles
 
+    def distribution(self, column: str) -> dict[str, np.ndarray]:
+        """Per class, one particle column (e.g. ``eq_diameter_um``) of the particles not cut by an edge."""
+        return {cls: t[column][~t["touches_edge"]] for cls, t in self.particles.items()}
+
     def particle_rows(self) -> list[dict[str, Any]]:
         """One dict per particle (:data:`PARTICLE_FIELDS`), for a CSV."""
         out = []

@@ -66,8 +66,9 @@ def _png(fig: Any) -> bytes:
 
 
 def size_histogram_png(diameters: Mapping[str, np.ndarray], colors: Mapping[str, str], unit: str = "µm",
-                       size: tuple[float, float] = (4.2, 2.6), dark: bool = False) -> bytes:
-    """Histogram (counts, log-spaced bins) of each class's equivalent diameters in ``unit``."""
+                       size: tuple[float, float] = (4.2, 2.6), dark: bool = False,
+                       quantity: str = "equivalent diameter") -> bytes:
+    """Histogram (counts, log-spaced bins) of each class's ``quantity`` (in ``unit``; "" for a ratio)."""
     fig, ax, theme = _figure(size, dark)
     everything = np.concatenate([np.asarray(v, float) for v in diameters.values()] or [np.zeros(0)])
     bins = log_bins(everything)
@@ -82,7 +83,7 @@ def size_histogram_png(diameters: Mapping[str, np.ndarray], colors: Mapping[str,
             drawn = True
     ax.set_xscale("log")
     _plain_log_ticks(ax)
-    ax.set_xlabel(f"equivalent diameter ({unit})", color=theme["text"], fontsize=9)
+    ax.set_xlabel(f"{quantity} ({unit})" if unit else quantity, color=theme["text"], fontsize=9)
     ax.set_ylabel("particles", color=theme["text"], fontsize=9)
     if drawn:
         ax.legend(fontsize=8, frameon=False, labelcolor=theme["text"])

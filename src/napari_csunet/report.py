@@ -90,11 +90,12 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, 
 
 
 def image_entry(name: str, measurement: Any, pixel_size: Any, databar: Any, overlay_rgb: np.ndarray | None) -> dict:
-    """What the report keeps of one image: its rows, interior particle diameters, provenance, thumbnail."""
+    """What the report keeps of one image: its rows, particle size/shape distributions, provenance, thumbnail."""
     unit = "µm" if pixel_size is not None else "px"
-    key = "eq_diameter_um" if pixel_size is not None else "eq_diameter_px"
-    diameters = {cls: t[key][~t["touches_edge"]] for cls, t in measurement.particles.items()}
-    return {"image": name, "rows": measurement.rows, "unit": unit, "diameters": diameters,
+    suffix = "um" if pixel_size is not None else "px"
+    shapes = {q: measurement.distribution(f"{q}_{suffix}") for q in ("eq_diameter", "feret_max")}
+    return {"image": name, "rows": measurement.rows, "unit": unit, **shapes,
+            "aspect_ratio": measurement.distribution("aspect_ratio"),
             "pixel_size": pixel_size.describe() if pixel_size is not None else "unknown: numbers in px",
             "databar": f"{databar.rows} rows at the {databar.side}, left out" if databar else "none detected",
             "thumbnail": thumbnail_png(overlay_rgb) if overlay_rgb is not None else None}
@@ -111,14 +112,19 @@ def report_html(images: Sequence[Mapping[str, Any]], folder: Sequence[Mapping[st
     parts += [f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in facts.items()]
     parts.append("</dl>")
     if folder:
-        pooled = {cls: np.concatenate([e["diameters"].get(cls, np.zeros(0)) for e in images
-                                       if e["unit"] == unit]) for cls in colors}
+        def pooled(key: str) -> dict[str, np.ndarray]:
+            return {cls: np.concatenate([e[key].get(cls, np.zeros(0)) for e in images if e["unit"] == unit])
+                    for cls in colors}
+
         parts += ["<h2>All images</h2>", _table(folder, _FOLDER_COLUMNS, unit, colors,
                                                 "area_fraction_ci_low", "area_fraction_ci_high"),
                   '<div class="row">',
                   _img(fractions_png(folder, colors, "area_fraction_ci_low", "area_fraction_ci_high",
                                      "area_fraction_mean"), "area fractions over all images"),
-                  _img(size_histogram_png(pooled, colors, unit), "size distribution, all images"), "</div>",
+                  *(_img(size_histogram_png(pooled(key), colors, u, quantity=q), f"{q}, all images")
+                    for key, q, u in (("eq_diameter", "equivalent diameter", unit),
+                                      ("feret_max", "maximum Feret diameter", unit),
+                                      ("aspect_ratio", "aspect ratio (major / minor axis)", ""))), "</div>",
                   '<p class="note">Intervals between images: Student-t 95 % interval of the mean over the images '
                   "(none for a single image). Within an image: percentile interval of a block bootstrap over 8 × 8 tiles. "
                   "Size distributions leave out particles cut by the image edge or the data bar.</p>"]
@@ -128,7 +134,7 @@ def report_html(images: Sequence[Mapping[str, Any]], folder: Sequence[Mapping[st
                   _table(e["rows"], _IMAGE_COLUMNS, e["unit"], colors, "fraction_ci_low", "fraction_ci_high"),
                   '<div class="row">', _img(e.get("thumbnail"), f"overlay of {e['image']}"),
                   _img(fractions_png(e["rows"], colors), f"fractions of {e['image']}"),
-                  _img(size_histogram_png(e["diameters"], colors, e["unit"]), f"sizes in {e['image']}"), "</div>"]
+                  _img(size_histogram_png(e["eq_diameter"], colors, e["unit"]), f"sizes in {e['image']}"), "</div>"]
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -74,8 +74,7 @@ def _measure_and_plot(data: np.ndarray, names: list[str], colors: list[str], siz
 
     m = measure(data, names, size, bar, matrix, min_area)
     by_name = dict(zip(names, colors, strict=False))
-    key = "eq_diameter_um" if size is not None else "eq_diameter_px"
-    diameters = {c: t[key][~t["touches_edge"]] for c, t in m.particles.items()}
+    diameters = m.distribution("eq_diameter_um" if size is not None else "eq_diameter_px")
     return (m, fractions_png(m.rows, by_name, size=(4.4, 1.8), dark=True),
             size_histogram_png(diameters, by_name, "µm" if size is not None else "px", size=(4.4, 2.5), dark=True))
 
