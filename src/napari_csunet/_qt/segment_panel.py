@@ -253,7 +253,8 @@ class SegmentPanel(QWidget):
         info = self.session.info
         self._written.append(write_prediction(self.viewer, layer, pred, info, self.session.segmenter.name,
                                               keep_painted=self._keep_painted))
-        fractions = np.bincount(pred.labels.ravel(), minlength=info.num_classes + 1)[1:] / pred.labels.size
+        counts = np.bincount(pred.labels.ravel(), minlength=info.num_classes + 1)[1:]
+        fractions = counts / max(int(counts.sum()), 1)  # of the analysed pixels: a data bar is not material
         self.status.info(f"{layer.name}: " + ", ".join(f"{n} {f:.1%}" for n, f in zip(info.class_names, fractions, strict=False)))
 
     def _on_error(self, exc: BaseException) -> None:
