@@ -12,6 +12,7 @@ import pytest
 import tifffile
 
 from napari_csunet.cli import main
+from napari_csunet.pixelsize import read_pixel_size
 
 FEI_NM = 4.1  # pixel width the fabricated FEI file states
 
@@ -51,6 +52,7 @@ def test_units_databar_and_report(sem_folder, model_file, tmp_path, capsys):
     assert math.isclose(by_name["sem.tif"]["pixel_size_um"], FEI_NM / 1000) and by_name["plain.tif"]["pixel_size_um"] == 0.25
     labels = tifffile.imread(out / "sem_labels.tif")
     assert labels.shape == (272, 256) and (labels[-60:] == 0).all() and (labels[:-60] > 0).all()
+    assert math.isclose(read_pixel_size(out / "sem_labels.tif").x_um, FEI_NM / 1000)  # kept in the labels file
 
     rows = _csv(out / "summary.csv")
     sem = [r for r in rows if r["image"] == "sem.tif"]

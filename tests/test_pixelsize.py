@@ -124,3 +124,17 @@ def test_calibration_from_a_scale_bar_is_remembered_per_image(tmp_path):
     remember_calibration(a, size)
     assert recall_calibration(a) == size
     assert recall_calibration(b) is None
+
+
+@pytest.mark.parametrize(("meta", "expected"), [
+    ({"pixel_size_um": 0.004}, 0.004),
+    ({"scale": (0.5, 0.5), "units": ("micrometer", "micrometer")}, 0.5),  # a napari layer in µm
+    ({"scale": (2.0, 2.0), "units": ("pixel", "pixel")}, None),
+    ({}, None),
+])
+def test_label_files_keep_the_pixel_size(tmp_path, meta, expected):
+    from napari_csunet._writer import write_labels
+
+    (path,) = write_labels(str(tmp_path / "x_labels.tif"), np.ones((8, 8), np.uint8), meta)
+    found = read_pixel_size(path)
+    assert (found is None) if expected is None else math.isclose(found.x_um, expected, rel_tol=1e-6)

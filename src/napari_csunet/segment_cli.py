@@ -133,13 +133,15 @@ def overlay(image: np.ndarray, labels: np.ndarray, colors: list[str], alpha: flo
     return ((1 - alpha) * rgb + alpha * palette[labels]).round().astype(np.uint8)
 
 
-def _write_outputs(out: Path, stem: str, image: np.ndarray, pred: Any, info: Any, args: argparse.Namespace) -> dict[str, str]:
+def _write_outputs(out: Path, stem: str, image: np.ndarray, pred: Any, info: Any, args: argparse.Namespace,
+                   pixel_size_um: float | None = None) -> dict[str, str]:
     import skimage.io
     import tifffile
 
     from ._writer import write_labels
 
-    meta = {"metadata": {"class_names": list(info.class_names), "class_colors": list(info.class_colors)}}
+    meta = {"metadata": {"class_names": list(info.class_names), "class_colors": list(info.class_colors)},
+            "pixel_size_um": pixel_size_um}
     written = {"labels": write_labels(str(out / f"{stem}_labels.tif"), pred.labels, meta)[0]}
     if pred.probs is not None:
         path = out / f"{stem}_probs.tif"
@@ -224,7 +226,7 @@ def _segment_files(seg: Any, files: list[Path], stems: list[str], args: argparse
                 size, databar = calibration_for(path, image, args.pixel_size, not args.no_databar)
                 pred = predict_outside(lambda im, p=path: seg.predict(im, want_probs=args.probs, progress=progress,
                                                                       name=str(p)), image, databar)
-                written = _write_outputs(args.out, stem, image, pred, seg.info, args)
+                written = _write_outputs(args.out, stem, image, pred, seg.info, args, size.mean_um if size else None)
                 measured = measure(pred.labels, seg.info.class_names, size, databar, args.matrix,
                                    args.min_size or DEFAULT_MIN_AREA)
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
