@@ -95,3 +95,15 @@ def test_disagreement_pickers_start_on_two_layers(sem_widget):
     panel = w.inspect_panel
     assert panel.layer_a.currentText() != panel.layer_b.currentText()
     assert panel.min_area.value() == 9
+
+
+def test_reopened_labels_measure_in_their_own_scale(sem_widget, qtbot):
+    w, _ = sem_widget
+    data = np.ones((40, 40), np.uint8)
+    data[10:20, 10:20] = 2
+    w.viewer.add_labels(data, name="reopened", scale=(0.5, 0.5), units=("um", "um"))
+    panel = w.inspect_panel
+    panel.labels.set_value("reopened")
+    panel.compute()
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
+    assert panel.rows[1]["pixel_size_um"] == 0.5 and panel.rows[1]["mean_area_um2"] == pytest.approx(25.0)

@@ -138,3 +138,14 @@ def test_label_files_keep_the_pixel_size(tmp_path, meta, expected):
     (path,) = write_labels(str(tmp_path / "x_labels.tif"), np.ones((8, 8), np.uint8), meta)
     found = read_pixel_size(path)
     assert (found is None) if expected is None else math.isclose(found.x_um, expected, rel_tol=1e-6)
+
+
+def test_reopened_labels_carry_their_scale(tmp_path):
+    from napari_csunet._reader import read_labels
+    from napari_csunet._writer import write_labels
+
+    (path,) = write_labels(str(tmp_path / "y_labels.tif"), np.ones((8, 8), np.uint8), {"pixel_size_um": 0.25})
+    ((_, kwargs, _),) = read_labels(path)
+    assert kwargs["scale"] == pytest.approx((0.25, 0.25)) and kwargs["units"] == ("um", "um")
+    (plain,) = write_labels(str(tmp_path / "z_labels.tif"), np.ones((8, 8), np.uint8), {})
+    assert "scale" not in read_labels(plain)[0][1]

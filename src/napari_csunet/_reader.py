@@ -17,6 +17,7 @@ from ._layerdata import labels_layer_data
 from .datasets import SUPER_CLASSES, MaskError, decode_color_mask
 from .io import read_image
 from .modelfile import default_class_colors, numbered_class_names
+from .pixelsize import read_pixel_size
 
 __all__ = ["napari_get_reader", "read_labels", "classes_from_tiff"]
 
@@ -63,6 +64,10 @@ def read_labels(path: str | list[str]) -> list[tuple]:
             names, colors = stored or (numbered_class_names(k), default_class_colors(k))
         else:
             raise MaskError(f"{p}: {raw.dtype} {raw.shape} is neither a label map nor an RGB colour overlay")
-        out.append(labels_layer_data(np.asarray(labels), names, colors, p.stem))
+        data, kwargs, kind = labels_layer_data(np.asarray(labels), names, colors, p.stem)
+        size = read_pixel_size(p)
+        if size is not None:  # labels measured in µm when reopened (the writer keeps the pixel size)
+            kwargs.update(scale=(size.y_um, size.x_um), units=("um", "um"))
+        out.append((data, kwargs, kind))
     return out
 

@@ -66,6 +66,15 @@ def _cell(row: dict[str, Any], key: str, unit: str) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _own_size(layer: Labels) -> Any:
+    """A labels layer's own pixel size, when its scale is in micrometres (e.g. a reopened labels file)."""
+    from ..pixelsize import PixelSize
+
+    if all(str(u) == "micrometer" for u in layer.units[-2:]) and layer.scale[-1] != 1.0:
+        return PixelSize(float(layer.scale[-1]), float(layer.scale[-2]), "the labels layer's scale")
+    return None
+
+
 def _measure_and_plot(data: np.ndarray, names: list[str], colors: list[str], size: Any, bar: Any,
                       matrix: str | None, min_area: int) -> tuple[Any, bytes, bytes]:
     """Worker thread: the measurement and its two plots (dark, to sit in napari's dock)."""
@@ -204,7 +213,7 @@ class InspectPanel(QWidget):
         names = self._class_names(layer)
         colors = list(layer.metadata.get("class_colors") or default_class_colors(len(names)))
         image = self._image_of(layer)
-        size, bar = (pixel_size_of(image), databar_of(image)) if image is not None else (None, None)
+        size, bar = (pixel_size_of(image), databar_of(image)) if image is not None else (_own_size(layer), None)
         data = np.asarray(layer.data).copy()  # painting may go on meanwhile
         self.compute_btn.setEnabled(False)
         self.status.info(f"measuring {layer.name} …")
