@@ -107,3 +107,13 @@ def test_reopened_labels_measure_in_their_own_scale(sem_widget, qtbot):
     panel.compute()
     qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
     assert panel.rows[1]["pixel_size_um"] == 0.5 and panel.rows[1]["mean_area_um2"] == pytest.approx(25.0)
+
+
+def test_data_bar_of_a_pyramid_is_found_on_a_small_level(sem_image):
+    from napari.layers import Image
+
+    from napari_csunet._qt.calibration import databar_of
+
+    big = np.kron(sem_image, np.ones((10, 10), np.uint8))  # 5720 rows: level 0 is never loaded for this
+    layer = Image([big, big[::4, ::4], big[::16, ::16]], multiscale=True)
+    assert databar_of(layer).to_dict() == {"side": "bottom", "rows": 600}

@@ -63,10 +63,23 @@ def _bar_name(layer: Image) -> str:
     return f"{layer.name} data bar (not analysed)"
 
 
+def _detect_on_layer(layer: Image) -> DataBar | None:
+    """Detect on the largest pyramid level of at most 4096 rows (never loading a huge level 0)."""
+    if not layer.multiscale:
+        return detect_databar(np.asarray(layer.data))
+    levels = list(layer.data)
+    level = next((lv for lv in levels if lv.shape[-3 if layer.rgb else -2] <= 4096), levels[-1])
+    found = detect_databar(np.asarray(level))
+    if found is None:
+        return None
+    ratio = _rows_of(layer) / level.shape[-3 if layer.rgb else -2]
+    return DataBar(found.side, int(np.ceil(found.rows * ratio)))
+
+
 def databar_of(layer: Image, data: Any = None) -> DataBar | None:
     """The image's data bar: as the user left it, else detected now (and remembered on the layer)."""
     if DATABAR not in layer.metadata:
-        found = detect_databar(np.asarray(image_data(layer) if data is None else data))
+        found = detect_databar(np.asarray(data)) if data is not None else _detect_on_layer(layer)
         layer.metadata[DATABAR] = found.to_dict() if found else None
     stored = layer.metadata[DATABAR]
     return DataBar(**stored) if stored else None
