@@ -40,11 +40,29 @@ class PixelNet(torch.nn.Module):
         self.calls.append(tuple(x.shape))
         return self.conv(x)
 
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a whole image of any size (no tiles, no size rule)."""
+        return self.conv(x)
 
-def pixel_segmenter(in_chans: int = 1, k: int = 3, normalization: dict | None = None, **kw) -> Segmenter:
+
+class NeighbourNet(PixelNet):
+    """A 3x3 convolution with reflect padding: each pixel sees its neighbours, so an unblended tile
+    seam, a blending window that does not fade tile edges, or padding in the wrong place changes
+    the result, where the 1x1 PixelNet cannot tell."""
+
+    def __init__(self, in_chans: int = 1, k: int = 3, seed: int = 0) -> None:
+        super().__init__(in_chans, k, seed)
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv2d(in_chans, k, 3, padding=1, padding_mode="reflect")
+        with torch.no_grad():
+            self.conv.weight.mul_(4.0)
+
+
+def pixel_segmenter(in_chans: int = 1, k: int = 3, normalization: dict | None = None, net: type = PixelNet,
+                    **kw) -> Segmenter:
     info = ModelInfo(ModelConfig("unet", num_classes=k, in_chans=in_chans, cnn=None, swin=None),
                      [f"c{i}" for i in range(k)], normalization=normalization or {"mode": "image"})
-    return Segmenter(PixelNet(in_chans, k), info, **{"device": "cpu", **kw})
+    return Segmenter(net(in_chans, k), info, **{"device": "cpu", **kw})
 
 
 def untiled_probs(seg: Segmenter, image: np.ndarray) -> np.ndarray:
@@ -53,7 +71,7 @@ def untiled_probs(seg: Segmenter, image: np.ndarray) -> np.ndarray:
     mode = seg.info.normalization["mode"]
     stats = image_stats(x) if mode == "image" else (seg.info.normalization.get("mean", 0.0), seg.info.normalization.get("std", 1.0))
     with torch.no_grad():
-        return seg.model.conv(torch.from_numpy(standardize(x, stats))[None]).softmax(1)[0].numpy()
+        return seg.model.reference(torch.from_numpy(standardize(x, stats))[None]).softmax(1)[0].numpy()
 
 
 def assert_matches(pred: Prediction, ref: np.ndarray) -> None:
@@ -73,6 +91,32 @@ def test_tiled_equals_untiled(h, w, tile, overlap, batch, seed):
     pred = seg.predict(image, want_probs=True)
     assert pred.labels.shape == (h, w)
     assert_matches(pred, untiled_probs(seg, image))
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(h=st.integers(2, 600), w=st.integers(2, 600), tile=st.sampled_from([256, 512]),
+       overlap=st.floats(0.25, 0.75), seed=st.integers(0, 2**16))
+def test_tiled_equals_untiled_for_a_3x3_receptive_field(h, w, tile, overlap, seed):
+    """Tile edges see the tile's own (reflect) padding, not their true neighbours; the window must
+    fade them out where tiles overlap, and the image's own padding must be a reflection."""
+    image = np.random.default_rng(seed).integers(0, 256, (h, w)).astype(np.uint8)
+    seg = pixel_segmenter(net=NeighbourNet, tile=tile, overlap=overlap, batch_size=2)
+    assert_matches(seg.predict(image, want_probs=True), untiled_probs(seg, image))
+
+
+@pytest.mark.parametrize(("window", "pad_mode"), [("flat", "reflect"), ("ramp", "constant")])
+def test_the_3x3_reference_catches_unfaded_seams_and_wrong_padding(monkeypatch, window: str, pad_mode: str) -> None:
+    """The reference model is strict enough to fail a flat window or zero padding (the bugs it guards)."""
+    import napari_csunet.tiling as tiling
+
+    if window == "flat":
+        monkeypatch.setattr(tiling, "ramp_window", lambda size, *args, **kw: np.ones(size, np.float32))
+    real_pad = np.pad
+    monkeypatch.setattr(tiling.np, "pad", lambda a, widths, mode: real_pad(a, widths, mode=pad_mode))
+    image = np.random.default_rng(3).integers(0, 256, (200, 700)).astype(np.uint8)  # 200 rows: padded to 256
+    seg = pixel_segmenter(net=NeighbourNet, tile=256, overlap=0.25)
+    with pytest.raises(AssertionError):
+        assert_matches(seg.predict(image, want_probs=True), untiled_probs(seg, image))
 
 
 @pytest.mark.parametrize("shape", [(40, 3000), (3000, 40), (40, 9000), (1, 1), (1, 600), (255, 257), (10, 17)])

@@ -19,7 +19,7 @@ from napari_csunet.analysis import evaluate_samples
 from napari_csunet.cli import main
 from napari_csunet.datasets import SUPER_CLASSES, find_samples
 from napari_csunet.inference import Prediction
-from napari_csunet.modelfile import ModelInfo
+from napari_csunet.modelfile import ModelInfo, numbered_class_names
 from napari_csunet.segment_cli import expand_inputs, output_stems
 
 
@@ -160,7 +160,8 @@ class Oracle:
     """Predicts each image's own mask: every metric must be exactly 1."""
 
     def __init__(self, samples) -> None:
-        self.info = ModelInfo(get_config(), list(samples[0].spec.names))
+        config = get_config()  # NASA's EBC2 label maps come unnamed: their classes are counted
+        self.info = ModelInfo(config, list(samples[0].spec.names) or numbered_class_names(config.num_classes))
         self.masks = {str(s.image): s.load()[1] for s in samples}
 
     def predict(self, image, name: str = "image", **kw) -> Prediction:
@@ -210,7 +211,7 @@ def test_evaluate_cli_text_with_a_bad_mask(model_file, data_dir, tmp_path, capsy
     rc = main(["evaluate", "--model", str(model_file), "--data", str(root)])
     captured = capsys.readouterr()
     assert rc == 1
-    assert "spot2_0d_4.tif: label 5 is above the 3 classes" in captured.err
+    assert "spot2_0d_4.tif: label 5 is above the model's 3 classes" in captured.err  # no dataset.json: unnamed
     assert "spot2_0d_0.tif" in captured.out and "overall" in captured.out and "paper IoU" in captured.out
 
 

@@ -129,7 +129,8 @@ def _evaluate_one(segmenter: Segmenter, sample: Sample, k: int) -> np.ndarray:
     image, target = sample.load()
     top = int(target.max())
     if top > k:
-        raise MaskError(f"{sample.mask}: label {top} is above the model's {k} classes")
+        raise MaskError(f"{sample.mask}: label {top} is above the model's {k} classes; evaluate with a model "
+                        f"trained for {top} classes (csunet train --data ... makes one), or fix the mask")
     pred = segmenter.predict(image, name=str(sample.image)).labels
     return confusion_matrix(pred, target, k)
 

@@ -201,20 +201,19 @@ class Segmenter:
         padded = layout.pad_image(plane)
         k, dev = self.info.num_classes, self.device
         (th, tw), hp = layout.tile, layout.padded[0]
-        wy, wx = layout.windows()
+        wy, wx = (torch.from_numpy(w).to(dev) for w in layout.windows())
         sy, sx = (torch.from_numpy(s).to(dev) for s in layout.weight_sums())
-        win = torch.from_numpy(np.outer(wy, wx)).to(dev)
         acc = torch.zeros((k, th, layout.padded[1]), dtype=torch.float32, device=dev)
-        tiles = [(i, y, x) for i, y in enumerate(layout.ys) for x in layout.xs]
+        tiles = [(i, j, y, x) for i, y in enumerate(layout.ys) for j, x in enumerate(layout.xs)]
         base = 0  # padded row held by acc[:, 0]
         for b in range(0, len(tiles), self.batch_size):
             if cancel is not None and cancel():
                 raise Cancelled(f"{name}: segmentation cancelled")
             batch = tiles[b:b + self.batch_size]
             probs = self._forward(self._batch(padded, batch, (th, tw), stats), (th, tw))
-            for (i, y, x), p in zip(batch, probs, strict=True):
-                acc[:, y - base:y - base + th, x:x + tw].addcmul_(p, win)
-                if x == layout.xs[-1]:  # row of tiles i is complete: rows above the next one are final
+            for (i, j, y, x), p in zip(batch, probs, strict=True):
+                acc[:, y - base:y - base + th, x:x + tw].addcmul_(p, wy[i, :, None] * wx[j])
+                if j == len(layout.xs) - 1:  # row of tiles i is complete: rows above the next one are final
                     nxt = layout.ys[i + 1] if i + 1 < len(layout.ys) else hp
                     self._emit(acc, sy, sx, layout, base, nxt, out)
                     d = nxt - base
@@ -224,12 +223,12 @@ class Segmenter:
                     base = nxt
             tick(len(batch))
 
-    def _batch(self, padded: np.ndarray, batch: list[tuple[int, int, int]], size: tuple[int, int],
+    def _batch(self, padded: np.ndarray, batch: list[tuple[int, int, int, int]], size: tuple[int, int],
                stats: tuple[float, float]) -> torch.Tensor:
         import torch
 
         th, tw = size
-        arrays = [standardize(to_model_channels(padded[y:y + th, x:x + tw], self.in_chans), stats) for _, y, x in batch]
+        arrays = [standardize(to_model_channels(padded[y:y + th, x:x + tw], self.in_chans), stats) for *_, y, x in batch]
         x = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 

@@ -2,9 +2,12 @@
 
 A :class:`TileLayout` says where the tiles of one 2D image go: how the image is reflect-padded
 (only where a side is shorter than a tile), the tile size per axis (never larger than the padded
-side, always a multiple of the model's ``size_multiple``), the tile origins, and a smooth blending
-window. The window is a product of 1D ramps and the tiles form a product grid, so the sum of the
-windows over all tiles is the outer product of two 1D sums: normalising needs no (H, W) weight map.
+side, always a multiple of the model's ``size_multiple``), the tile origins, and smooth blending
+windows. A tile's edge pixels see the network's own padding instead of their neighbours, so a
+window fades only the edges that meet another tile, never an edge on the image's border (there
+the tile is the only one, and right). Windows are products of 1D ramps and the tiles form a
+product grid, so the sum of the windows over all tiles is the outer product of two 1D sums:
+normalising needs no (H, W) weight map.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from .models.config import nearest_multiple
 
-__all__ = ["TileLayout", "tile_starts", "ramp_window", "check_tile", "MAX_OVERLAP"]
+__all__ = ["TileLayout", "tile_starts", "ramp_window", "axis_windows", "check_tile", "MAX_OVERLAP"]
 
 #: above this the number of tiles explodes for no gain in quality
 MAX_OVERLAP = 0.75
@@ -40,20 +43,28 @@ def tile_starts(length: int, tile: int, overlap_px: int) -> list[int]:
     return [int(round(v)) for v in np.linspace(0, length - tile, n)]
 
 
-def ramp_window(tile: int, starts: list[int], floor: float = 1e-3) -> np.ndarray:
-    """1D blending weights: sin^2 ramps over the actual overlap, 1 in the middle, never 0.
+def ramp_window(size: int, ramp: int, fade_start: bool, fade_end: bool, floor: float = 1e-3) -> np.ndarray:
+    """1D blending weights of one tile: sin^2 ramps of ``ramp`` pixels at the ends that fade, 1
+    elsewhere, never 0; where rise and fall overlap (overlap above one half) they multiply.
 
-    Neighbouring ramps sum to about one (sin^2 + cos^2), so logits/probabilities cross-fade
-    smoothly instead of switching at a seam.
+    Neighbouring ramps sum to about one (sin^2 + cos^2), so probabilities cross-fade smoothly
+    instead of switching at a seam.
     """
-    w = np.ones(tile, dtype=np.float64)
-    if len(starts) > 1:
-        ramp = tile - int(np.diff(starts).max())
-        if ramp > 0:
-            up = np.sin(0.5 * np.pi * (np.arange(ramp) + 0.5) / ramp) ** 2
-            w[:ramp] = up
-            w[tile - ramp:] = up[::-1]
+    w = np.ones(size, dtype=np.float64)
+    if ramp > 0:
+        up = np.sin(0.5 * np.pi * (np.arange(ramp) + 0.5) / ramp) ** 2
+        if fade_start:
+            w[:ramp] *= up
+        if fade_end:
+            w[size - ramp:] *= up[::-1]
     return np.maximum(w, floor).astype(np.float32)
+
+
+def axis_windows(size: int, starts: list[int], length: int) -> np.ndarray:
+    """(tiles, size) windows along one axis of ``length`` padded pixels: ramps over the actual
+    overlap at the ends that meet a neighbour tile, none at the image's border."""
+    ramp = size - int(np.diff(starts).max()) if len(starts) > 1 else 0
+    return np.stack([ramp_window(size, ramp, a > 0, a + size < length) for a in starts])
 
 
 def _axis_plan(length: int, tile: int, multiple: int, overlap: float) -> tuple[int, int, int, list[int]]:
@@ -96,15 +107,17 @@ class TileLayout:
         return np.pad(image, widths, mode="reflect")
 
     def windows(self) -> tuple[np.ndarray, np.ndarray]:
-        """The per-axis blending windows (th,), (tw,)."""
-        return ramp_window(self.tile[0], list(self.ys)), ramp_window(self.tile[1], list(self.xs))
+        """The blending windows of each tile row (len(ys), th) and tile column (len(xs), tw);
+        tile (i, j) is weighted by ``outer(wy[i], wx[j])``."""
+        return (axis_windows(self.tile[0], list(self.ys), self.padded[0]),
+                axis_windows(self.tile[1], list(self.xs), self.padded[1]))
 
     def weight_sums(self) -> tuple[np.ndarray, np.ndarray]:
         """Sum of the windows over all tiles along each padded axis, (Hp,) and (Wp,)."""
         sums = []
-        for n, size, starts, win in zip(self.padded, self.tile, (self.ys, self.xs), self.windows(), strict=True):
+        for n, size, starts, wins in zip(self.padded, self.tile, (self.ys, self.xs), self.windows(), strict=True):
             s = np.zeros(n, dtype=np.float32)
-            for a in starts:
+            for a, win in zip(starts, wins, strict=True):
                 s[a:a + size] += win
             sums.append(s)
         return sums[0], sums[1]
