@@ -70,7 +70,7 @@ def _own_size(layer: Labels) -> Any:
     """A labels layer's own pixel size, when its scale is in micrometres (e.g. a reopened labels file)."""
     from ..pixelsize import PixelSize
 
-    if all(str(u) == "micrometer" for u in layer.units[-2:]) and layer.scale[-1] != 1.0:
+    if all(str(u) == "micrometer" for u in layer.units[-2:]):
         return PixelSize(float(layer.scale[-1]), float(layer.scale[-2]), "the labels layer's scale")
     return None
 
@@ -117,7 +117,7 @@ class InspectPanel(QWidget):
         self.compute_btn.clicked.connect(lambda: self.compute())
         self.table = QTableWidget(0, len(_HEADERS))
         for c, (heading, tip) in enumerate(_HEADERS.values()):
-            item = QTableWidgetItem(heading)
+            item = QTableWidgetItem(heading.format(u="px"))
             item.setToolTip(tip)
             self.table.setHorizontalHeaderItem(c, item)
         self.table.verticalHeader().setVisible(False)
