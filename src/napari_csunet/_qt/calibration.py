@@ -107,6 +107,7 @@ class CalibrationBox(QWidget):
         self.size = QDoubleSpinBox()
         self.size.setRange(0.0, 1e5)
         self.size.setDecimals(5)
+        self.size.setStepType(QDoubleSpinBox.StepType.AdaptiveDecimalStepType)  # nm and mm pixels alike
         self.size.setSuffix(" µm/px")
         self.size.setSpecialValueText("unknown: numbers in px")
         self.size.setToolTip("micrometres per pixel; 0 = unknown")
