@@ -56,3 +56,58 @@ def sem_with_databar(bar_rows: int = 60, side: str = "bottom") -> np.ndarray:
 def sem_image() -> np.ndarray:
     """A 572 x 512 SEM micrograph whose last 60 rows are the instrument's data bar."""
     return sem_with_databar()
+
+
+# -- GUI fixtures (test_gui*.py): napari's make_napari_viewer, the plugin docked, a tiny model ----
+
+TINY_CLASSES = ["matrix", "secondary", "tertiary"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_bytes(tmp_path_factory) -> bytes:
+    """A csunet-tiny model file (random weights) for the superalloy classes, built once per session."""
+    import torch
+
+    from napari_csunet.modelfile import ModelInfo, save_model_file
+    from napari_csunet.models import build_model, get_preset
+
+    torch.manual_seed(0)
+    config = get_preset("csunet-tiny").config
+    info = ModelInfo(config, TINY_CLASSES, ["#808080", "#0000ff", "#ff0000"], preset="csunet-tiny", name="tiny-test")
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model_file(path, build_model(config), info)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def tiny_model(tiny_model_bytes) -> Path:
+    """The tiny model file in the user's model folder (so the Model panel lists it)."""
+    from napari_csunet.model_catalog import user_models_dir
+
+    path = user_models_dir() / "tiny-test.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tiny_model_bytes)
+    return path
+
+
+@pytest.fixture
+def docked(make_napari_viewer):
+    """The plugin docked in a fresh viewer (``docked.viewer``), no model loaded yet."""
+    from napari_csunet._qt.main_widget import CSUNetWidget
+
+    _, w = make_napari_viewer().window.add_plugin_dock_widget("napari-csunet", "CS-UNet")
+    assert isinstance(w, CSUNetWidget)
+    return w
+
+
+@pytest.fixture
+def widget(docked, tiny_model, qtbot):
+    """The docked plugin with the tiny model loaded and the superalloy sample open."""
+    w = docked
+    w.viewer.open_sample("napari-csunet", "superalloy")
+    w.model_panel.refresh_files()
+    items = [w.model_panel.files.item(i).text() for i in range(w.model_panel.files.count())]
+    w.model_panel.files.setCurrentRow(next(i for i, t in enumerate(items) if t.startswith("tiny-test")))
+    w.model_panel.load_selected()
+    qtbot.waitUntil(lambda: w.session.segmenter is not None and not w.session.busy, timeout=60_000)
+    return w

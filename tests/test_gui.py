@@ -17,7 +17,7 @@ pytestmark = pytest.mark.gui
 
 from napari.layers import Labels  # noqa: E402
 
-from napari_csunet._qt.main_widget import MIN_WIDTH, CSUNetWidget  # noqa: E402
+from napari_csunet._qt.main_widget import MIN_WIDTH  # noqa: E402
 from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
 from napari_csunet._qt.training_set import PAINTED_ONLY, WHOLE_IMAGE  # noqa: E402
 from napari_csunet.annotations import ACCEPTED, PAINTED  # noqa: E402
@@ -26,46 +26,7 @@ CLASSES = ["matrix", "secondary", "tertiary"]
 IMAGE = "superalloy spot2_0d_0"
 
 
-@pytest.fixture(scope="session")
-def tiny_model_bytes(tmp_path_factory) -> bytes:
-    """A csunet-tiny model file (random weights), built once per session."""
-    import torch
-
-    from napari_csunet.modelfile import ModelInfo, save_model_file
-    from napari_csunet.models import build_model, get_preset
-
-    torch.manual_seed(0)
-    config = get_preset("csunet-tiny").config
-    info = ModelInfo(config, CLASSES, ["#808080", "#0000ff", "#ff0000"], preset="csunet-tiny", name="tiny-test")
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model_file(path, build_model(config), info)
-    return path.read_bytes()
-
-
-@pytest.fixture
-def tiny_model(tiny_model_bytes, monkeypatch, tmp_path):
-    """The tiny model file in the user's model folder (so the Model panel lists it)."""
-    from napari_csunet.model_catalog import user_models_dir
-
-    path = user_models_dir() / "tiny-test.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(tiny_model_bytes)
-    return path
-
-
-@pytest.fixture
-def widget(make_napari_viewer, tiny_model, qtbot):
-    """The docked plugin with the tiny model loaded and the superalloy sample open."""
-    viewer = make_napari_viewer()
-    dock, w = viewer.window.add_plugin_dock_widget("napari-csunet", "CS-UNet")
-    assert isinstance(w, CSUNetWidget)
-    viewer.open_sample("napari-csunet", "superalloy")
-    w.model_panel.refresh_files()
-    items = [w.model_panel.files.item(i).text() for i in range(w.model_panel.files.count())]
-    w.model_panel.files.setCurrentRow(next(i for i, t in enumerate(items) if t.startswith("tiny-test")))
-    w.model_panel.load_selected()
-    qtbot.waitUntil(lambda: w.session.segmenter is not None and not w.session.busy, timeout=60_000)
-    return w
+# the fixtures tiny_model, docked and widget (the tiny model, of these CLASSES, loaded) are in conftest.py
 
 
 def segment(w, qtbot, layers=None):

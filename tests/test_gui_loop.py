@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("qtpy")
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
-from test_gui import CLASSES, IMAGE, segment, tiny_model, tiny_model_bytes, widget  # noqa: E402,F401
+from test_gui import CLASSES, segment  # noqa: E402 (fixtures: conftest.py)
 
 from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
 from napari_csunet._qt.training_set import WHOLE_IMAGE  # noqa: E402
@@ -46,7 +46,7 @@ def _correct_three_boxes(w, layer):
     assert w.correct_panel.region.currentText() == "checked"
 
 
-def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot):  # noqa: F811 - fixture
+def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot):
     w = widget
     layer = segment(w, qtbot)
     first_prediction = layer.metadata[PREDICTION].copy()
@@ -96,7 +96,7 @@ def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot)
     assert spec["pairs"] == w.correct_panel.store.pairs() and spec["class_names"] == CLASSES
 
 
-def test_a_finetune_that_cannot_improve_says_so_and_keeps_the_model(widget, qtbot):  # noqa: F811 - fixture
+def test_a_finetune_that_cannot_improve_says_so_and_keeps_the_model(widget, qtbot):
     """Every pixel accepted as the model predicted it: the starting model already scores 100% on
     the held-out part (the child validates with the GUI's predictor), so nothing can beat it."""
     w = widget
@@ -117,7 +117,7 @@ def test_a_finetune_that_cannot_improve_says_so_and_keeps_the_model(widget, qtbo
     np.testing.assert_array_equal(layer.data, shown)
 
 
-def test_stop_keeps_the_best_model(widget, qtbot):  # noqa: F811 - fixture
+def test_stop_keeps_the_best_model(widget, qtbot):
     w = widget
     layer = segment(w, qtbot)
     layer.data[:64, :64] = 3

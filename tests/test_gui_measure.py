@@ -14,22 +14,19 @@ pytestmark = pytest.mark.gui
 from napari.layers import Shapes  # noqa: E402
 
 from napari_csunet._qt.calibration import DATABAR, LINE_LAYER  # noqa: E402
-from napari_csunet._qt.main_widget import CSUNetWidget  # noqa: E402
 from napari_csunet.pixelsize import recall_calibration  # noqa: E402
 
 FEI = "[User]\r\nDate=11/27/2026\r\n[Scan]\r\nPixelWidth=5e-09\r\nPixelHeight=5e-09\r\n"
 
 
 @pytest.fixture
-def sem_widget(make_napari_viewer, qtbot, tmp_path, sem_image):
+def sem_widget(docked, qtbot, tmp_path, sem_image):
     """The docked plugin, a random csunet-tiny model loaded, an FEI SEM file with a data bar open."""
     from test_segment_cli import _model_file
 
     path = tmp_path / "sem.tif"
     tifffile.imwrite(path, sem_image[300:], extratags=[(34682, "s", 0, FEI, True)])
-    viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("napari-csunet", "CS-UNet")
-    assert isinstance(w, CSUNetWidget)
+    w, viewer = docked, docked.viewer
     w.session.load_file(_model_file(tmp_path))
     qtbot.waitUntil(lambda: w.session.segmenter is not None and not w.session.busy, timeout=60_000)
     viewer.open(str(path), plugin="napari")
