@@ -53,3 +53,15 @@ def test_training_and_inference_pick_the_same_device() -> None:
 def test_one_out_of_memory_rule_for_inference_and_training(exc: BaseException, oom: bool) -> None:
     assert is_out_of_memory(exc) is oom
     assert (_error_kind(exc)[0] == "oom") is oom
+
+
+@pytest.mark.parametrize("cnn", [None, "imagenet"])
+def test_one_preset_builder_keeps_the_weight_report_in_the_model(monkeypatch, cnn: str | None) -> None:
+    """The GUI and training build presets alike; what was applied travels into the model file."""
+    import napari_csunet.weights.apply as apply_mod
+
+    report = {"cnn": cnn, "cnn_id": "resnet10t.imagenet", "cnn_sha256": "ab12"}
+    monkeypatch.setattr(apply_mod, "apply_sources", lambda model, cnn, swin, *, allow_download: report)
+    model, info = apply_mod.build_preset_model("csunet-tiny", ["pore", "grain"], in_chans=3, cnn=cnn)
+    assert info.sources == (report if cnn else {}) and info.preset == "csunet-tiny"
+    assert model.config == info.config and info.config.num_classes == 2 and info.config.in_chans == 3
