@@ -89,3 +89,15 @@ def test_pixel_size_option_and_no_databar(sem_folder, model_file, tmp_path, caps
     assert {r["pixel_size_source"] for r in rows} == {"given on the command line"} and {r["min_area_px"] for r in rows} == {"1"}
     assert not (out / "report.html").exists()
     assert np.isclose(sum(float(r["area_fraction"]) for r in rows), 1.0)
+
+
+@pytest.mark.parametrize(("extra", "message"), [(["--matrix", "gamma"], "is not one of the model's classes"),
+                                                (["--pixel-size", "-1"], "must be a positive number")])
+def test_bad_measurement_options_are_one_clear_line(sem_folder, model_file, tmp_path, capsys, extra, message):
+    args = ["segment", str(sem_folder), "--model", str(model_file), "--out", str(tmp_path / "o"), *extra]
+    try:
+        rc = main(args)
+    except SystemExit as exc:  # argparse refuses the value itself
+        rc = exc.code
+    assert rc == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "summary.csv").exists()

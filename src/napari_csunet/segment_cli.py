@@ -40,6 +40,13 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment images, folders or globs into label TIFFs, overlays and a CSV",
                        description="Segment micrographs; writes <stem>_labels.tif, <stem>_overlay.png, optionally "
@@ -48,13 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities (float16 TIFF)")
     p.add_argument("--no-overlay", action="store_true", help="skip the colour overlay PNGs")
-    p.add_argument("--pixel-size", type=float, metavar="UM", help="µm per pixel for every image (default: from "
+    p.add_argument("--pixel-size", type=_positive, metavar="UM", help="µm per pixel for every image (default: from "
                    "each file's metadata or sidecar, else numbers in px)")
     p.add_argument("--no-databar", action="store_true", help="do not look for an SEM data bar (default: its rows "
                    "are left out of segmentation and statistics, label 0)")
     p.add_argument("--matrix", metavar="CLASS", help="the matrix class, not counted as particles (default: the "
                    "largest class of each image)")
-    p.add_argument("--min-size", type=int, default=None, metavar="PX",
+    p.add_argument("--min-size", type=lambda v: int(_positive(v)), default=None, metavar="PX",
                    help="smallest particle counted, in pixels (default 9: 3 x 3)")
     p.add_argument("--report", action="store_true", help="also write report.html: tables, plots, overlays")
     _engine_args(p)
@@ -257,6 +264,9 @@ def _segment(args: argparse.Namespace) -> int:
         seg = _segmenter(args, _rank_device(args.device, world))
     except (KeyError, ValueError, OSError) as exc:
         _say_error(str(exc).strip("'\""))
+        return 2
+    if args.matrix is not None and args.matrix not in seg.info.class_names:
+        _say_error(f"--matrix {args.matrix!r} is not one of the model's classes {list(seg.info.class_names)}")
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     mine = _segment_files(seg, files[rank::world], stems[rank::world], args)
