@@ -35,8 +35,11 @@ def _finetune(app, viewer, widget, args: argparse.Namespace) -> None:
     from napari_csunet import samples
 
     ((truth, _, _),) = getattr(samples, f"{args.sample}_labels")()
+    from napari_csunet._qt.training_set import WHOLE_IMAGE
+
     layer = viewer.layers[widget.correct_panel.layer().name]
     layer.data = truth.copy()
+    widget.correct_panel.region.set_value(WHOLE_IMAGE)  # every label is right: a fully corrected image
     if widget.correct_panel.add_to_training_set() is None:
         raise SystemExit(f"screenshot: {widget.correct_panel.status.text()}")
     panel = widget.finetune_panel

@@ -67,6 +67,7 @@ def test_only_painted_or_accepted_pixels_train(tmp_path, kwargs, painted, accept
     np.testing.assert_array_equal(tifffile.imread(tmp_path / entry.labels), labels)  # the layer, as left
     truth = store.training_labels(entry)
     assert truth[10:20, :5].min() == 3 and int((truth > 0).sum()) == entry.labelled
+    np.testing.assert_array_equal(store.vouched("a"), truth > 0)  # what the GUI keeps on screen
 
 
 def test_readd_replaces_and_nothing_corrected_is_refused(tmp_path):

@@ -54,3 +54,29 @@ def test_too_few_corrections_train_without_validation(tmp_path: Path, side: int,
     data = load_data(cfg, NAMES)
     assert bool(data.val) is validated
     assert any("no validation" in w and "last model" in w for w in data.warnings) is not validated
+
+
+def test_uncorrected_predictions_become_pseudo_labels_that_count_only_with_a_weight(tmp_path: Path) -> None:
+    import torch
+
+    from csunet_train.losses import segmentation_loss
+    from csunet_train.sampling import prepare_image
+
+    store, labels = _store(tmp_path, [(20, 20, 100)])
+    (item,) = read_folder(store.root, "train")[0]
+    assert item.pseudo is not None and not (item.pseudo.astype(bool) & (item.labels > 0)).any()
+    assert int((item.pseudo > 0).sum() + (item.labels > 0).sum()) == labels.size
+    assert int(prepare_image(item, 1, 256).labels.min()) == 0  # weight 0: the pseudo-labels are not even loaded
+    prepared = prepare_image(item, 1, 256, pseudo=True)
+    assert int(prepared.labels.min()) == -1 and prepared.weight == 100 * 100  # drawn by its corrected pixels
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 8, 8, requires_grad=True)
+    y = torch.zeros(1, 8, 8, dtype=torch.long)
+    y[:, :4] = 3
+    y[:, 4:] = -1
+    corrected_only = segmentation_loss(logits, y.clamp(min=0))
+    assert torch.equal(segmentation_loss(logits, y), corrected_only)  # weight 0: ignored
+    segmentation_loss(logits, y, pseudo_weight=0.1).backward()
+    grad = logits.grad.abs().sum(dim=1)[0]
+    assert grad[4:].max() > 0 and grad[4:].mean() < 0.5 * grad[:4].mean()  # they count, but less

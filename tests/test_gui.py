@@ -214,6 +214,7 @@ def test_a_crashing_training_child_is_reported_and_napari_survives(widget, qtbot
     """Broken data in the annotation set: the real child reports an error, nothing is lost."""
     w = widget
     layer = segment(w, qtbot)
+    w.correct_panel.region.set_value(WHOLE_IMAGE)
     entry = w.correct_panel.add_to_training_set()
     (w.correct_panel.store.root / entry.labels).write_bytes(b"not a tiff at all")
     w.finetune_panel.steps.setValue(2)

@@ -83,8 +83,12 @@ def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot)
 
     new_prediction = layer.metadata[PREDICTION]
     assert not np.array_equal(new_prediction, first_prediction)  # the model changed
-    np.testing.assert_array_equal(layer.data[painted], corrected[painted])  # the corrections stay on screen
-    np.testing.assert_array_equal(layer.data[~painted], new_prediction[~painted])  # the new prediction elsewhere
+    boxes = np.zeros(painted.shape, bool)
+    for r, c in BOXES:
+        boxes[r:r + 160, c:c + 160] = True
+    kept = boxes | painted
+    np.testing.assert_array_equal(layer.data[kept], corrected[kept])  # the corrected boxes stay on screen
+    np.testing.assert_array_equal(layer.data[~kept], new_prediction[~kept])  # the new prediction elsewhere
     np.testing.assert_array_equal(layer.metadata[PREVIOUS], corrected)
     w.correct_panel.revert()
     np.testing.assert_array_equal(layer.data, new_prediction)

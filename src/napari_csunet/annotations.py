@@ -213,12 +213,21 @@ class AnnotationStore:
             if rel:
                 (self.root / rel).unlink(missing_ok=True)
 
+    def named(self, name: str | None) -> Annotation | None:
+        """The entry saved for the image called ``name``, if any."""
+        return next((e for e in self.entries() if e.name == name), None)
+
+    def vouched(self, name: str | None) -> np.ndarray | None:
+        """Where the entry for ``name`` has corrected/accepted labels (bool), None without one."""
+        entry = self.named(name)
+        return self.training_labels(entry) > 0 if entry is not None else None
+
     def score(self, name: str | None, prediction: np.ndarray | None) -> dict[str, Any] | None:
         """Metrics of ``prediction`` on the corrected/accepted pixels of the entry called ``name``
         (None when there is no such entry or the shapes differ): how well a model agrees with the user."""
         from .metrics import segmentation_metrics
 
-        entry = next((e for e in self.entries() if e.name == name), None)
+        entry = self.named(name)
         if entry is None or prediction is None:
             return None
         truth = self.training_labels(entry)

@@ -68,6 +68,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     class_balance: float = 0.5  # share of crops centred on a uniformly chosen class
     val_fraction: float = 0.2  # held out when no validation data is given
+    pseudo_weight: float = 0.0  # loss weight of uncorrected predicted pixels in GUI annotation sets (0: ignored)
     half: bool = False  # store the model file as fp16 (shipped starter models)
     name: str = ""
     description: str = ""
@@ -100,6 +101,7 @@ class TrainConfig:
              "patience must be null or an integer >= 1")
         need(self.num_workers >= 0, "num_workers must be >= 0")
         need(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
+        need(0.0 <= float(self.pseudo_weight) <= 1.0, f"pseudo_weight: {self.pseudo_weight} must be in 0..1")
         need(self.time_budget_s is None or float(self.time_budget_s) > 0, "time_budget_s must be null or > 0")
         need(set(self.weights) <= {"cnn", "swin"}, f"weights: unknown keys {sorted(set(self.weights) - {'cnn', 'swin'})}")
         for key in ("pairs", "val_pairs"):

@@ -82,7 +82,7 @@ def read_pairs(entries: Iterable[dict[str, str]]) -> list[LabelledImage]:
     """``[{"image": path, "labels": path[, "mask": path]}]`` -> labelled images.
 
     Label files are label maps 1..K. A ``mask`` (the GUI's corrected/accepted pixels, > 0) keeps
-    only those labels: the rest is the model's own uncorrected prediction, which does not train.
+    only those labels; the rest, the model's own uncorrected prediction, becomes ``pseudo``.
     """
     out = []
     for entry in entries:
@@ -99,7 +99,10 @@ def read_pairs(entries: Iterable[dict[str, str]]) -> list[LabelledImage]:
         if mask is not None:
             if mask.shape != labels.shape[:2]:
                 raise DataError(f"{entry['mask']}: mask is {mask.shape} but the labels are {labels.shape[:2]}")
-            labels = np.where(mask > 0, labels, 0).astype(labels.dtype)
+            item = labelled_image(image, np.where(mask > 0, labels, 0).astype(labels.dtype), image_path.stem)
+            item.pseudo = np.where(mask > 0, 0, labels).astype(np.uint8)
+            out.append(item)
+            continue
         out.append(labelled_image(image, labels, image_path.stem))
     return out
 
@@ -194,7 +197,8 @@ def check_classes(train: list[LabelledImage], val: list[LabelledImage], class_na
     for item in train + val:
         top = int(item.labels.max()) if item.labels.size else 0
         if top > k:
-            raise DataError(f"{item.name}: label {top} is above the {k} classes {list(class_names)}")
+            raise DataError(f"{item.name}: label {top} is above the {k} classes {list(class_names)}; {NAMING_HINT}, "
+                            "or give class_names (a model file's classes are fixed: train a preset for more)")
     if not train:
         raise DataError("no training images")
     if sum(item.labelled_pixels for item in train) == 0:

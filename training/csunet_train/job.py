@@ -8,6 +8,7 @@ step with the best model saved (exit 0); failures print an ``error`` event and e
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import traceback
@@ -129,6 +130,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         freeze_encoders,
         warmup_cosine,
     )
+    from .losses import segmentation_loss
     from .sampling import CropDataset, prepare_image
 
     t_start = time.perf_counter()
@@ -165,7 +167,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         if dist.distributed:
             train_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-        prepared = [prepare_image(it, in_chans, cfg.crop, cfg.seed + i) for i, it in enumerate(data.train)]
+        prepared = [prepare_image(it, in_chans, cfg.crop, cfg.seed + i, pseudo=cfg.pseudo_weight > 0)
+                    for i, it in enumerate(data.train)]
         dataset = CropDataset(prepared, cfg.crop, cfg.steps * cfg.batch_size, cfg.aug_strength, cfg.class_balance,
                               cfg.seed, dist.rank)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
@@ -173,7 +176,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                                              persistent_workers=False, worker_init_fn=_ignore_sigint)
         run = Run(model, train_model, optimizer, scheduler, scaler, loader, data.val, data.class_names, in_chans,
                   frozen, dist, dtype, cfg.steps, cfg.batch_size, cfg.eval_every, cfg.patience, cfg.grad_clip,
-                  keep_initial=cfg.model is not None, time_budget_s=cfg.time_budget_s, clock=clock)
+                  keep_initial=cfg.model is not None, time_budget_s=cfg.time_budget_s, clock=clock,
+                  loss_fn=functools.partial(segmentation_loss, pseudo_weight=cfg.pseudo_weight))
         emit({"event": "started", "steps": cfg.steps, "device": _device_name(dist.device),
               "train_images": len(data.train), "val_images": len(data.val), "params": count_parameters(model),
               "classes": data.class_names, "world_size": dist.world_size, "mode": cfg.mode, "out": cfg.out})

@@ -210,6 +210,7 @@ class Run:
     time_budget_s: float | None = None  # stop (and end the schedule) after this many seconds of training
     clock: Clock = field(default_factory=Clock)
     log_interval_s: float = 0.5
+    loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] = segmentation_loss  # e.g. with pseudo-label weight
 
 
 def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitState], None],
@@ -254,7 +255,8 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
         run.clock.start()
     for x, y in run.loader if run.steps else ():
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss_t = train_step(run.train_model, x, y, run.optimizer, run.scaler, run.dtype, run.grad_clip)
+        loss_t = train_step(run.train_model, x, y, run.optimizer, run.scaler, run.dtype, run.grad_clip,
+                            loss_fn=run.loss_fn)
         run.scheduler.step()
         step += 1
         expired = run.time_budget_s is not None and run.clock.elapsed >= run.time_budget_s

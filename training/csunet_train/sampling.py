@@ -29,7 +29,7 @@ _STAT_SAMPLES = 65_536
 class PreparedImage:
     """One training image in [0, 1] (C, H, W), padded to at least the crop, with a label index."""
 
-    def __init__(self, item: LabelledImage, in_chans: int, crop: int, seed: int) -> None:
+    def __init__(self, item: LabelledImage, in_chans: int, crop: int, seed: int, pseudo: bool = False) -> None:
         x = to_model_channels(item.image, in_chans)
         lo, hi = float(x.min()), float(x.max())
         x = (x - lo) / max(hi - lo, 1e-8)
@@ -53,11 +53,24 @@ class PreparedImage:
                 idx = np.sort(rng.choice(idx, _MAX_INDEX, replace=False))
             self.classes[int(c)] = idx.astype(np.int64)
         self.labelled = np.concatenate(list(self.classes.values()))
-        self.weight = float(self.labelled.size)
+        self.weight = float(self.labelled.size)  # images are drawn by their corrected pixels
+        if pseudo and item.pseudo is not None:
+            self._add_pseudo(item.pseudo, pad_h, pad_w, rng)
+
+    def _add_pseudo(self, pseudo: np.ndarray, pad_h: int, pad_w: int, rng: np.random.Generator) -> None:
+        """Uncorrected predictions as negative labels (see ``segmentation_loss``); crops that are not
+        class-balanced may centre on them, so the model also sees the image away from the corrections."""
+        pseudo = np.pad(pseudo, ((0, pad_h), (0, pad_w))).astype(np.int64)
+        self.labels = torch.where(self.labels > 0, self.labels, -torch.from_numpy(pseudo))
+        idx = np.flatnonzero(pseudo.ravel())
+        if idx.size > _MAX_INDEX:
+            idx = np.sort(rng.choice(idx, _MAX_INDEX, replace=False))
+        self.labelled = np.concatenate([self.labelled, idx])
 
 
-def prepare_image(item: LabelledImage, in_chans: int, crop: int, seed: int = 0) -> PreparedImage:
-    return PreparedImage(item, in_chans, crop, seed)
+def prepare_image(item: LabelledImage, in_chans: int, crop: int, seed: int = 0, pseudo: bool = False) -> PreparedImage:
+    """``pseudo``: also train on the item's uncorrected predictions (negative labels)."""
+    return PreparedImage(item, in_chans, crop, seed, pseudo)
 
 
 def _log_uniform(rng: np.random.Generator, spread: float) -> float:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import napari
+import numpy as np
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -34,14 +35,18 @@ from .common import StatusLine, form_group, hbox
 from .correct_panel import CorrectPanel
 from .finetune_text import before_after, duration, held_out, iou, stem
 from .plot import TrainingPlot
-from .segment_panel import IMAGE, PREDICTION, SegmentPanel
+from .segment_panel import IMAGE, PREDICTION, SegmentPanel, painted_pixels
 from .session import ModelSession
 
 __all__ = ["FinetunePanel", "DEFAULTS"]
 
+#: loss weight of the uncorrected predicted pixels next to the corrected ones (docs/training.md:
+#: measured with benchmarks/correction_loop.py)
+PSEUDO_WEIGHT = 0.0
+
 #: good defaults for a few corrected images (a CPU finishes them in minutes, a GPU in seconds)
 DEFAULTS: dict[str, Any] = {"steps": 200, "lr": 3e-4, "crop": 256, "batch_size": 4, "aug_strength": 0.5,
-                            "freeze_cnn": False, "freeze_swin": False}
+                            "freeze_cnn": False, "freeze_swin": False, "pseudo_weight": PSEUDO_WEIGHT}
 
 
 class _Relay(QObject):
@@ -78,6 +83,7 @@ class FinetunePanel(QWidget):
         self.freeze_cnn.setChecked(values["freeze_cnn"])
         self.freeze_swin = QCheckBox("freeze Swin encoder")
         self.freeze_swin.setChecked(values["freeze_swin"])
+        self.pseudo_weight = float(values["pseudo_weight"])  # no widget: a setting for experts and benchmarks
         self.start_btn = QPushButton("Start fine-tuning")
         self.start_btn.clicked.connect(lambda: self.start())
         self.stop_btn = QPushButton("Stop (keep best)")
@@ -117,7 +123,8 @@ class FinetunePanel(QWidget):
     def params(self) -> dict[str, Any]:
         return {"steps": self.steps.value(), "lr": self.lr.value(), "crop": int(self.crop.currentText()),
                 "batch_size": self.batch.value(), "aug_strength": round(self.aug.value(), 3),
-                "freeze_cnn": self.freeze_cnn.isChecked(), "freeze_swin": self.freeze_swin.isChecked()}
+                "freeze_cnn": self.freeze_cnn.isChecked(), "freeze_swin": self.freeze_swin.isChecked(),
+                "pseudo_weight": self.pseudo_weight}
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -260,8 +267,16 @@ class FinetunePanel(QWidget):
         self.status.info(f"new model {Path(path).name} is current" + ("; segmenting again …" if layers else ""))
         old = {layer.name: self.segment_panel.prediction_of(layer) for layer in layers}
         if layers and self.segment_panel.segment(
-                layers, on_done=lambda written: self._resegmented(path, written, old), keep_painted=True) is None:
+                layers, on_done=lambda written: self._resegmented(path, written, old), keep=self._corrections) is None:
             self.status.warning(f"new model {Path(path).name} is current; segment again in the Segment tab")
+
+    def _corrections(self, layer) -> np.ndarray | None:
+        """What stays on screen: pixels painted in ``layer`` and those the training set holds for its image."""
+        painted = painted_pixels(layer)
+        vouched = self.correct.store.vouched(layer.metadata.get(IMAGE))
+        if vouched is not None and vouched.shape == layer.data.shape:
+            return vouched if painted is None else painted | vouched
+        return painted
 
     def _resegmented(self, path: str, written: list, old: dict) -> None:
         names = ", ".join(layer.name for layer in written)

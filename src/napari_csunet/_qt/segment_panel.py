@@ -61,11 +61,12 @@ def _hide_dominant(colormap: dict, labels: np.ndarray) -> dict:
 
 
 def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name: str,
-                     extras: bool = True, keep_painted: bool = False) -> Labels:
+                     extras: bool = True, keep: Callable[[Labels], np.ndarray | None] | None = None) -> Labels:
     """Put a prediction into ``"<image> labels"``: a new layer, or new data for the existing one.
 
-    ``keep_painted`` keeps the user's painted corrections on top of the new prediction (the raw
-    prediction stays in the metadata for Revert, the labels before it for Undo).
+    ``keep(layer)`` names pixels of the existing layer (the user's corrections) that stay on top of
+    the new prediction; the raw prediction stays in the metadata for Revert, the labels before it
+    for Undo.
     """
     name = labels_name(image.name)
     kwargs = labels_kwargs(info.class_names, info.class_colors, name)
@@ -73,11 +74,11 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
     layer = viewer.layers[name] if name in viewer.layers else None
     if isinstance(layer, Labels) and layer.data.shape == pred.labels.shape:
         previous = layer.data
-        painted = painted_pixels(layer) if keep_painted else None
+        kept = keep(layer) if keep is not None else None
         new = pred.labels
-        if painted is not None and painted.any():
+        if kept is not None and kept.any():
             new = pred.labels.copy()
-            new[painted] = np.asarray(previous)[painted]
+            new[kept] = np.asarray(previous)[kept]
         layer.data = new
         if layer.metadata.get("class_colors") != list(info.class_colors):  # a re-colour redraws everything
             layer.colormap = kwargs["colormap"]
@@ -158,7 +159,7 @@ class SegmentPanel(QWidget):
         self._cancel = threading.Event()
         self._napari_bar: cancelable_progress | None = None
         self._written: list[Labels] = []
-        self._keep_painted = False
+        self._keep: Callable[[Labels], np.ndarray | None] | None = None
         self.worker = None
         session.changed.connect(self._on_model_changed)
         session.busy_changed.connect(self._update_enabled)
@@ -194,10 +195,10 @@ class SegmentPanel(QWidget):
         return [choice] if isinstance(choice, Image) else []
 
     def segment(self, layers: list[Image] | None = None, on_done: Callable[[list[Labels]], None] | None = None,
-                keep_painted: bool = False):
+                keep: Callable[[Labels], np.ndarray | None] | None = None):
         """Segment ``layers`` (default: the panel's choice); returns the worker, None if refused.
 
-        ``keep_painted`` keeps the user's painted corrections in the labels layers.
+        ``keep(labels layer)`` names the pixels (the user's corrections) that stay as they are.
         """
         layers = self.targets() if layers is None else layers
         seg = self.session.segmenter
@@ -215,7 +216,7 @@ class SegmentPanel(QWidget):
         seg.tta = self.tta.isChecked()
         self._cancel.clear()
         self._written = []
-        self._keep_painted = keep_painted
+        self._keep = keep
         self._napari_bar = cancelable_progress(total=0, desc=f"CS-UNet: segmenting {layers[0].name}",
                                                cancel_callback=self._cancel.set)
         self.worker = create_worker(_predict_all, seg, jobs, options, self._relay.progress.emit,
@@ -252,7 +253,7 @@ class SegmentPanel(QWidget):
         layer, pred = result
         info = self.session.info
         self._written.append(write_prediction(self.viewer, layer, pred, info, self.session.segmenter.name,
-                                              keep_painted=self._keep_painted))
+                                              keep=self._keep))
         counts = np.bincount(pred.labels.ravel(), minlength=info.num_classes + 1)[1:]
         fractions = counts / max(int(counts.sum()), 1)  # of the analysed pixels: a data bar is not material
         self.status.info(f"{layer.name}: " + ", ".join(f"{n} {f:.1%}" for n, f in zip(info.class_names, fractions, strict=False)))

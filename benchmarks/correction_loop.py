@@ -1,0 +1,160 @@
+"""The correction loop with the real widget: does a short fine-tune on three corrected boxes help?
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/correction_loop.py --json
+
+A user's session, scripted: napari with the plugin docked, the EBC sample (NASA EBC2 *test* image
+040617#2_S127(2)0015, which ``starter-ebc`` never saw), ``starter-ebc`` loaded, Segment; then the
+three 160² boxes where the starter is most wrong are "corrected" by copying NASA's ground truth
+into them, marked with a Shapes layer (three rectangles), added to the training set, and the model
+is fine-tuned in the training child (``--steps``, the panel's other defaults). Pixel accuracy and
+mIoU against the ground truth, inside and outside the boxes, are printed before and after as one
+JSON object (the raw predictions; the labels layer also keeps the corrections). ``--accept whole``
+adds the image as "whole image" instead (every uncorrected predicted pixel a label), for comparison.
+``--screenshot FILE`` saves the window after the fine-tune (``--tab`` picks the dock tab).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SIDE = 160
+
+
+def worst_boxes(pred: np.ndarray, truth: np.ndarray, n: int = 3, side: int = SIDE, stride: int = 16) -> list[tuple[int, int]]:
+    """Top-left corners of ``n`` non-overlapping ``side``² boxes holding the most wrong pixels."""
+    wrong = np.pad((pred != truth).astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    h, w = pred.shape
+    rows, cols = np.arange(0, h - side + 1, stride), np.arange(0, w - side + 1, stride)
+    r, c = np.meshgrid(rows, cols, indexing="ij")
+    counts = wrong[r + side, c + side] - wrong[r, c + side] - wrong[r + side, c] + wrong[r, c]
+    boxes: list[tuple[int, int]] = []
+    for flat in np.argsort(counts, axis=None)[::-1]:
+        top, left = int(r.flat[flat]), int(c.flat[flat])
+        if all(abs(top - t) >= side or abs(left - lft) >= side for t, lft in boxes):
+            boxes.append((top, left))
+        if len(boxes) == n:
+            break
+    return boxes
+
+
+def scores(pred: np.ndarray, truth: np.ndarray, where: np.ndarray, names: list[str]) -> dict:
+    """Pixel accuracy, mIoU and per-class IoU of ``pred`` on the pixels ``where``."""
+    from napari_csunet.metrics import segmentation_metrics
+
+    m = segmentation_metrics(pred[where], truth[where], names)
+    return {"pixel_accuracy": round(m["pixel_accuracy"], 4), "miou": round(m["miou"], 4),
+            "iou_per_class": {k: None if v is None else round(v, 4) for k, v in m["iou_per_class"].items()},
+            "pixels": m["pixels"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="starter-ebc")
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--accept", choices=("rectangles", "whole"), default="rectangles")
+    parser.add_argument("--screenshot", default=None, help="PNG of the window after the fine-tune")
+    parser.add_argument("--tab", default="Fine-tune")
+    parser.add_argument("--json", action="store_true", help="print only the JSON object")
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="csunet-correction-loop-"))
+    os.environ["CSUNET_ANNOTATIONS_DIR"] = str(scratch / "annotations")  # the user's folders stay untouched
+    os.environ["CSUNET_MODELS_DIR"] = str(scratch / "models")
+    os.environ["CSUNET_CONFIG_DIR"] = str(scratch / "config")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import napari
+    from qtpy.QtWidgets import QApplication
+    from screenshot import _wait
+
+    from napari_csunet import samples
+    from napari_csunet._qt.segment_panel import PREDICTION
+    from napari_csunet._qt.training_set import WHOLE_IMAGE
+    from napari_csunet.atomic import atomic_path
+    from napari_csunet.model_catalog import resolve_model
+
+    t0 = time.perf_counter()
+    viewer = napari.Viewer(title="napari-csunet: correction loop")
+    viewer.window._qt_window.resize(1500, 950)
+    app = QApplication.instance()
+    (image,) = viewer.open_sample("napari-csunet", "ebc")
+    ((truth, _, _),) = samples.ebc_labels()
+    _, w = viewer.window.add_plugin_dock_widget("napari-csunet", "CS-UNet")
+    w.model_panel.open_file(str(resolve_model(args.model)[1]))
+    _wait(app, lambda: w.session.segmenter is not None and not w.session.busy, 300, "loading the model")
+    names = list(w.session.info.class_names)
+    w.segment_panel.segment([image])
+    _wait(app, lambda: not w.segment_panel.running, 600, "segmenting")
+    layer = viewer.layers[f"{image.name} labels"]
+    before = layer.metadata[PREDICTION].copy()
+
+    boxes = worst_boxes(before, truth)
+    inside = np.zeros(truth.shape, bool)
+    for r, c in boxes:
+        layer.data[r:r + SIDE, c:c + SIDE] = truth[r:r + SIDE, c:c + SIDE]
+        inside[r:r + SIDE, c:c + SIDE] = True
+    layer.refresh()
+    if args.accept == "rectangles":
+        viewer.add_shapes([[[r, c], [r, c + SIDE], [r + SIDE, c + SIDE], [r + SIDE, c]] for r, c in boxes],
+                          shape_type="rectangle", name="checked", edge_color="yellow", face_color="transparent",
+                          edge_width=4)
+        w.correct_panel.region.set_value("checked")
+    else:
+        w.correct_panel.region.set_value(WHOLE_IMAGE)
+    w.correct_panel.set_labels_layer(layer)
+    corrected_layer = layer.data.copy()
+    entry = w.correct_panel.add_to_training_set()
+    if entry is None:
+        raise SystemExit(f"correction_loop: {w.correct_panel.status.text()}")
+
+    panel = w.finetune_panel
+    panel.steps.setValue(args.steps)
+    t_ft = time.perf_counter()
+    if not panel.start():
+        raise SystemExit(f"correction_loop: {panel.status.text()}")
+    _wait(app, lambda: panel.last_done is not None and not panel.running, 3600, "fine-tuning")
+    _wait(app, lambda: not w.session.busy and not w.segment_panel.running, 600, "re-segmenting")
+    finetune_s = time.perf_counter() - t_ft
+    done = panel.last_done
+    after = layer.metadata[PREDICTION]
+    outside = ~inside
+    result = {
+        "image": "EBC2/test 040617#2_S127(2)0015 (napari-csunet sample 'ebc'), 1024x1024",
+        "model": args.model, "steps": args.steps, "accept": args.accept, "boxes": [list(b) for b in boxes],
+        "box_side": SIDE, "trained_pixels": entry.labelled, "painted_pixels": entry.painted,
+        "metric": "pixel accuracy and mIoU (mean of per-class IoU) against NASA's ground truth, raw predictions",
+        "before": {"inside": scores(before, truth, inside, names), "outside": scores(before, truth, outside, names),
+                   "whole": scores(before, truth, np.ones_like(inside), names)},
+        "after": {"inside": scores(after, truth, inside, names), "outside": scores(after, truth, outside, names),
+                  "whole": scores(after, truth, np.ones_like(inside), names)},
+        "model_changed": not np.array_equal(after, before),
+        "corrections_kept_on_screen": bool(np.array_equal(layer.data[inside], corrected_layer[inside])),
+        "validation": {"held_out_pixels": (done.get("initial_metrics") or {}).get("pixels"),
+                       "before": done.get("initial_metrics"), "best": done.get("best_metrics"),
+                       "best_step": done.get("best_step")},
+        "panel_result": panel.result.text(), "finetune_and_resegment_s": round(finetune_s, 1),
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
+    if args.screenshot:
+        titles = [w.tabs.tabText(i) for i in range(w.tabs.count())]
+        w.tabs.setCurrentIndex(titles.index(args.tab))
+        viewer.layers.selection.active = layer
+        t_end = time.perf_counter() + 1.0
+        _wait(app, lambda: time.perf_counter() > t_end, 5, "drawing")
+        with atomic_path(args.screenshot, suffix=".png") as tmp:
+            viewer.screenshot(str(tmp), canvas_only=False)
+    viewer.close()
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
