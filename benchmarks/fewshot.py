@@ -26,12 +26,12 @@ import torch
 
 from csunet_train.config import TrainConfig, load_recipe
 from csunet_train.data import load_data
-from csunet_train.dist import pick_device
 from csunet_train.job import run_job
-from csunet_train.loop import amp_dtype, build_optimizer, train_step
+from csunet_train.loop import build_optimizer, train_step
 from csunet_train.losses import segmentation_loss
 from csunet_train.sampling import CropDataset, prepare_image
 from napari_csunet.datasets import find_samples
+from napari_csunet.device import amp_dtype, pick_device
 
 
 def _timed(fn) -> float:
