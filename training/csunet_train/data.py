@@ -35,6 +35,7 @@ class LabelledImage:
     image: np.ndarray
     labels: np.ndarray
     name: str
+    pseudo: np.ndarray | None = None  # the model's uncorrected prediction where ``labels`` is 0 (GUI sets)
 
     @property
     def labelled_pixels(self) -> int:
@@ -197,8 +198,7 @@ def check_classes(train: list[LabelledImage], val: list[LabelledImage], class_na
     for item in train + val:
         top = int(item.labels.max()) if item.labels.size else 0
         if top > k:
-            raise DataError(f"{item.name}: label {top} is above the {k} classes {list(class_names)}; {NAMING_HINT}, "
-                            "or give class_names (a model file's classes are fixed: train a preset for more)")
+            raise DataError(f"{item.name}: label {top} is above the {k} classes {list(class_names)}")
     if not train:
         raise DataError("no training images")
     if sum(item.labelled_pixels for item in train) == 0:
