@@ -44,14 +44,14 @@ def test_a_dataset_json_names_the_classes_and_a_short_one_says_how_to_fix_it(tmp
 
 
 def _as(overlay8: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "uint16":
-        return overlay8.astype(np.uint16) * 257  # NASA's 16-bit masks: pure blue is (0, 0, 65535)
+    if dtype in ("uint16", "int32"):
+        return overlay8.astype(dtype) * 257  # NASA's 16-bit masks: pure blue is (0, 0, 65535)
     if dtype == "float32":
         return overlay8.astype(np.float32) / 255
     return overlay8
 
 
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "float32"])
 def test_colour_overlays_decode_alike_at_any_bit_depth(data_dir: Path, tmp_path: Path, dtype: str) -> None:
     overlay8 = tifffile.imread(data_dir / OVERLAY)
     expected = decode_color_mask(overlay8, SUPER_CLASSES)

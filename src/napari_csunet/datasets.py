@@ -58,11 +58,14 @@ UNNAMED = ClassSpec(names=())
 
 def _as_8bit(rgb: np.ndarray) -> np.ndarray:
     """16-bit (or 0..1 float) colours scaled to 0..255, so (0, 0, 65535) is pure blue like (0, 0, 255)."""
+    if rgb.dtype.kind == "b":
+        return rgb.astype(np.uint8) * 255
     if rgb.dtype.kind == "f":
         top = 1.0 if rgb.size and float(rgb.max()) <= 1.0 else 255.0
         return np.clip(np.rint(rgb * (255.0 / top)), 0, 255).astype(np.uint8)
-    if rgb.dtype.itemsize > 1 and rgb.size and int(rgb.max()) > 255:
-        full = float(np.iinfo(rgb.dtype).max) if rgb.dtype.kind in "ui" else 65535.0
+    top = int(rgb.max()) if rgb.size else 0
+    if top > 255:  # 16-bit colours (in any integer container), else the container's full range
+        full = 65535.0 if top <= 65535 else float(np.iinfo(rgb.dtype).max)
         return np.rint(np.clip(rgb, 0, None) * (255.0 / full)).astype(np.uint8)
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
