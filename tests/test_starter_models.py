@@ -14,11 +14,12 @@ EXPECTED = {
 TOLERANCE = 0.01  # fp16 weights and BLAS differences between machines
 
 
-def test_starter_models_are_listed_first() -> None:
+def test_shipped_models_are_listed_with_their_kind() -> None:
     files = list_model_files()
-    starters = [f["name"] for f in files if f["kind"] == "starter"]
-    assert set(starters) == set(EXPECTED)
-    assert [f["kind"] for f in files][: len(starters)] == ["starter"] * len(starters)
+    assert {f["name"] for f in files if f["kind"] == "starter"} == set(EXPECTED)
+    assert {f["name"] for f in files if f["kind"] == "pretrained"} == {"micro-tiny"}
+    kinds = [f["kind"] for f in files]
+    assert kinds == sorted(kinds, key=lambda k: k != "user")  # the user's own models come first
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

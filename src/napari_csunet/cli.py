@@ -49,7 +49,8 @@ def _models(args: argparse.Namespace) -> int:
     if files:
         print("Model files (starter and fine-tuned):")
         for f in files:
-            print(f"  {f['name']:<28} {', '.join(f['classes'])}  {f['path']}")
+            what = "pretrained starting point: fine-tune it" if f["kind"] == "pretrained" else ", ".join(f["classes"])
+            print(f"  {f['name']:<28} {what}  {f['path']}")
         print()
     print("Presets:")
     for r in rows:

@@ -93,6 +93,10 @@ class Segmenter:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if not 1 <= info.num_classes <= 255:
             raise ValueError(f"labels are stored as uint8: at most 255 classes, the model has {info.num_classes}")
+        if info.is_pretraining_only:
+            raise ValueError(f"{info.name or 'this model'} is a self-supervised pretrained model: it reconstructs "
+                             "pixels and knows no classes. Fine-tune it on a few labelled images first (the GUI's "
+                             f"Fine-tune tab, or csunet finetune --model {info.name or 'FILE'} --data DIR)")
         self.info = info
         self.device = pick_device(device)
         self.tile, self.overlap, self.batch_size, self.tta = int(tile), float(overlap), int(batch_size), bool(tta)

@@ -23,7 +23,7 @@ def user_models_dir() -> Path:
 
 def list_model_files() -> list[dict[str, Any]]:
     """The user's fine-tuned models first (newest first: the one just trained is on top), then the
-    starter models."""
+    starter models; pretrained starting points (``micro-tiny``) have ``kind`` "pretrained"."""
     from .modelfile import ModelFileError, describe
 
     out = []
@@ -33,9 +33,11 @@ def list_model_files() -> list[dict[str, Any]]:
     for kind, paths in (("user", users), ("starter", starters)):
         for p in paths:
             try:
-                out.append(describe(p) | {"kind": kind})
+                entry = describe(p)
             except ModelFileError:
                 continue
+            # a self-supervised model is a starting point for fine-tuning, not a segmenter
+            out.append(entry | {"kind": "pretrained" if entry["task"] != "segmentation" else kind})
     return out
 
 
