@@ -249,6 +249,21 @@ def test_build_a_preset_or_say_where_the_weights_go(widget, qtbot, cnn, expected
         assert widget.session.info.class_names == CLASSES
 
 
+def test_a_new_model_starts_from_micro_tiny_by_default(widget, qtbot):
+    panel = widget.model_panel
+    assert panel.preset.currentText() == "micro-tiny" and not panel.cnn_source.isEnabled()
+    row = next(i for i in range(panel.files.count()) if panel.files.item(i).text().startswith("micro-tiny (pretrained)"))
+    panel.files.setCurrentRow(row)
+    assert panel.load_selected() is None and "class names" in panel.status.text()  # not loaded as a segmenter
+    panel.classes.setText("ferrite, pearlite, martensite, bainite, inclusion")
+    assert panel.build_preset() is not None
+    qtbot.waitUntil(lambda: not widget.session.busy, timeout=60_000)
+    info = widget.session.info
+    assert info.class_names == ["ferrite", "pearlite", "martensite", "bainite", "inclusion"]
+    assert info.provenance["started_from"] == "micro-tiny" and widget.session.unsaved
+    assert widget.session.segmenter.model.config.num_classes == 5 and not info.is_pretraining_only
+
+
 def test_model_loads_in_a_fresh_napari_started_first(tiny_model, tmp_path):
     """The user's order: napari (and its OpenGL) first, then torch/timm on a worker: no crash."""
     script = tmp_path / "fresh.py"

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..model_catalog import list_model_files
+from ..model_catalog import list_model_files, pretrained_models
 from ..models.registry import PRESETS
 from ..settings import DEVICES, cpu_only_torch_with_gpu, save_settings
 from .common import StatusLine, form_group, hbox
@@ -59,7 +59,11 @@ class ModelPanel(QWidget):
         refresh.clicked.connect(lambda: self.refresh_files())
         file_buttons = hbox(self.load_btn, self.open_btn, refresh)
 
-        self.preset = QComboBox()
+        self.preset = QComboBox()  # pretrained model files first (a new model starts from them), then presets
+        self.pretrained = {e["name"]: e for e in pretrained_models()}
+        for name, entry in self.pretrained.items():
+            self.preset.addItem(name)
+            self.preset.setItemData(self.preset.count() - 1, entry["description"], Qt.ItemDataRole.ToolTipRole)
         for name, preset in PRESETS.items():
             self.preset.addItem(name)
             self.preset.setItemData(self.preset.count() - 1, preset.description, Qt.ItemDataRole.ToolTipRole)
@@ -97,8 +101,8 @@ class ModelPanel(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(form_group("Model files (starter and fine-tuned)", [self.files, file_buttons]))
-        layout.addWidget(form_group("New model from a preset", [
-            ("preset", self.preset), ("CNN weights", self.cnn_source), ("Swin weights", self.swin_source),
+        layout.addWidget(form_group("New model for your classes", [
+            ("start from", self.preset), ("CNN weights", self.cnn_source), ("Swin weights", self.swin_source),
             ("classes", self.classes), self.allow_download, self.weights_status, self.build_btn]))
         layout.addWidget(form_group("Device and storage", [
             ("device", self.device), self.device_warning, ("weight cache", hbox(self.cache_dir, browse))]))
@@ -109,7 +113,7 @@ class ModelPanel(QWidget):
         session.changed.connect(self._on_model_changed)
         session.failed.connect(self.status.error)
         session.busy_changed.connect(self._on_busy)
-        self.preset.setCurrentText("csunet-small")
+        self.preset.setCurrentText("micro-tiny" if "micro-tiny" in self.pretrained else "csunet-small")
         self._on_preset_or_source()
         self.refresh_files()
         self._on_model_changed()
@@ -122,7 +126,8 @@ class ModelPanel(QWidget):
         for entry in list_model_files():
             metrics = entry.get("metrics") or {}
             score = f" · val mIoU {metrics['miou']:.3f}" if isinstance(metrics.get("miou"), float) else ""
-            item = QListWidgetItem(f"{entry['name']} ({entry['kind']}) · {', '.join(entry['classes'])}{score}")
+            what = "start of a new model, below" if entry["kind"] == "pretrained" else ", ".join(entry["classes"])
+            item = QListWidgetItem(f"{entry['name']} ({entry['kind']}) · {what}{score}")
             item.setToolTip(f"{entry['path']}\n{entry.get('description') or ''}")
             item.setData(PATH_ROLE, entry["path"])
             self.files.addItem(item)
@@ -133,6 +138,12 @@ class ModelPanel(QWidget):
         item = self.files.currentItem()
         if item is None:
             self.status.error("no model file selected: build a preset or open a model file")
+            return None
+        name = next((n for n, e in self.pretrained.items() if e["path"] == item.data(PATH_ROLE)), None)
+        if name is not None:  # it segments nothing yet: it starts a model for the user's classes
+            self.preset.setCurrentText(name)
+            self.status.info(f"{name} is pretrained without classes: type your class names under "
+                             "'New model for your classes' and press Build model")
             return None
         return self.open_file(item.data(PATH_ROLE))
 
@@ -151,6 +162,14 @@ class ModelPanel(QWidget):
         return [n.strip() for n in self.classes.text().split(",") if n.strip()]
 
     def _on_preset_or_source(self, *_: object) -> None:
+        pretrained = self.pretrained.get(self.preset.currentText())
+        for widget in (self.cnn_source, self.swin_source, self.allow_download):
+            widget.setEnabled(pretrained is None)
+        if pretrained is not None:
+            self.preset.setToolTip(pretrained["description"])
+            self.weights_status.info(f"{pretrained['name']}: pretrained on micrographs, shipped (no download); "
+                                     "the new model's output layer is trained when you fine-tune", notify=False)
+            return
         preset = PRESETS[self.preset.currentText()]
         for combo, sources in ((self.cnn_source, preset.cnn_sources), (self.swin_source, preset.swin_sources)):
             if combo.count() != len(sources) + 1 or combo.itemText(1) != (sources[0] if sources else ""):
@@ -202,6 +221,8 @@ class ModelPanel(QWidget):
             self.status.error(f"class names must differ: {', '.join(names)}")
             return None
         self.status.info(f"building {self.preset.currentText()} …")
+        if self.preset.currentText() in self.pretrained:
+            return self.session.load_pretrained(self.preset.currentText(), names)
         return self.session.load_preset(self.preset.currentText(), names, self._source(self.cnn_source),
                                         self._source(self.swin_source), self.allow_download.isChecked())
 
@@ -211,9 +232,9 @@ class ModelPanel(QWidget):
         self._on_preset_or_source()
 
     def select_preset(self, name: str) -> None:
-        """Choose a preset in the "new model" box (its weight sources follow)."""
+        """Choose a pretrained model or a preset in the "new model" box (its weight sources follow)."""
         if self.preset.findText(name) < 0:
-            raise KeyError(f"unknown preset {name!r}")
+            raise KeyError(f"unknown preset or pretrained model {name!r}")
         self.preset.setCurrentText(name)
 
     # -- device, storage, saving ---------------------------------------------------------------

@@ -134,6 +134,20 @@ class ModelSession(QObject):
         what = f"building {preset}" + (" (downloading weights if needed)" if allow_download else "")
         return self._run(job, on_done, what)
 
+    def load_pretrained(self, spec: str, class_names: list[str], on_done: Callable[[], None] | None = None):
+        """A new model for ``class_names`` from a pretrained model file (output layer new), on a worker."""
+        kwargs = self._segmenter_kwargs()
+
+        def job():
+            from ..inference import Segmenter
+            from ..model_catalog import start_from_pretrained
+
+            leave_a_core_for_the_gui()
+            model, info = start_from_pretrained(spec, class_names)
+            return Segmenter(model, info, **kwargs), None, True
+
+        return self._run(job, on_done, f"starting a model for {', '.join(class_names)} from {spec}")
+
     def set_device(self, device: str) -> None:
         """Remember the device; a loaded model moves there (reloaded on a worker thread)."""
         self.settings.device = device
