@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-__all__ = ["register", "config_from_args"]
+__all__ = ["register", "config_from_args", "run_from_args", "Progress"]
 
 #: flag name -> job key, for the options both subcommands share (None = not given)
 _SHARED = {
@@ -149,13 +149,18 @@ class Progress:
 
 
 def _run(args: argparse.Namespace) -> int:
+    return run_from_args(args, config_from_args)
+
+
+def run_from_args(args: argparse.Namespace, make_config) -> int:
+    """Build the job from the flags, then run it with a progress bar (or JSON-lines events)."""
     from .config import ConfigError
     from .events import StopControl, stdout_events
     from .job import EXIT_CODES, run_and_report
 
     emit = stdout_events() if args.json_events else Progress()
     try:
-        cfg = config_from_args(args)
+        cfg = make_config(args)
     except ConfigError as exc:
         emit({"event": "error", "kind": "data", "message": str(exc)})
         return EXIT_CODES["data"]

@@ -29,6 +29,28 @@ class ConfigError(ValueError):
     """A job, recipe or flag is invalid; the message names the key and the accepted values."""
 
 
+def need(ok: bool, msg: str) -> None:
+    """Validation: raise :class:`ConfigError` with ``msg`` (which names the key) unless ``ok``."""
+    if not ok:
+        raise ConfigError(msg)
+
+
+def config_from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
+    """A job dataclass from JSON/YAML values: unknown keys named, whole floats taken as integers."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {unknown}; known keys: {sorted(known)}")
+    data = dict(data)
+    for key in ("steps", "crop", "batch_size", "eval_every", "seed", "num_workers", "mask_patch", "val_images"):
+        if isinstance(data.get(key), float) and float(data[key]).is_integer():
+            data[key] = int(data[key])
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 @dataclass
 class TrainConfig:
     """One training job. Keys are those of JOB.json (see docs/training.md)."""
@@ -79,10 +101,6 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
         need(bool(self.out), "out: a path for the model file is required")
         need(self.mode in MODES, f"mode: {self.mode!r} is not one of {MODES}")
         if self.mode == "train":
@@ -117,20 +135,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown job keys {unknown}; known keys: {sorted(known)}")
         data = dict(data)
         if data.get("weights") is None:
             data.pop("weights", None)
-        for key in ("steps", "crop", "batch_size", "eval_every", "seed", "num_workers"):
-            if isinstance(data.get(key), float) and float(data[key]).is_integer():
-                data[key] = int(data[key])
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from None
+        return config_from_dict(cls, data, "job")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,9 +157,14 @@ def _read_mapping(path: Path, kind: str, parse: Any, errors: tuple[type[Exceptio
     return data
 
 
-def load_job(path: str | Path) -> TrainConfig:
-    """Read a JOB.json file."""
-    return TrainConfig.from_dict(_read_mapping(Path(path), "job file", json.loads, (json.JSONDecodeError,)))
+def load_job(path: str | Path):
+    """Read a JOB.json file: a ``TrainConfig``, or a ``PretrainConfig`` for ``mode: pretrain``."""
+    data = _read_mapping(Path(path), "job file", json.loads, (json.JSONDecodeError,))
+    if data.get("mode") == "pretrain":
+        from .pretrain_config import PretrainConfig
+
+        return PretrainConfig.from_dict(data)
+    return TrainConfig.from_dict(data)
 
 
 def _in_checkout() -> bool:

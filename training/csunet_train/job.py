@@ -111,6 +111,26 @@ def _device_name(device) -> str:
     return str(device)
 
 
+def begin_job(cfg: Any, emit: Emit, stop: StopControl | None) -> tuple[float, Any, Any, Emit, StopControl]:
+    """(start time, clock, rank/device, emitter, stop control) of a training or pretraining job.
+
+    A time budget counts from here (loading and the first validation included); ranks other than
+    0 stay silent.
+    """
+    from . import dist as distmod
+    from .loop import Clock
+
+    t_start = time.perf_counter()
+    clock = Clock()
+    clock.start()
+    try:
+        dist = distmod.setup(cfg.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return (t_start, clock, dist, emit if dist.is_main else silent,
+            stop or StopControl(cfg.stop_file, handle_signals=False))
+
+
 def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             train: Sequence[LabelledImage] | None = None, val: Sequence[LabelledImage] | None = None) -> dict[str, Any]:
     """Run one job and return its ``done`` event; ``train``/``val`` add in-memory labelled images."""
@@ -121,7 +141,6 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
 
     from . import dist as distmod
     from .loop import (
-        Clock,
         Run,
         amp_dtype,
         budget_schedule,
@@ -133,15 +152,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
     from .losses import segmentation_loss
     from .sampling import CropDataset, prepare_image
 
-    t_start = time.perf_counter()
-    clock = Clock()
-    clock.start()  # a time budget counts from here: loading and the first validation included
-    try:
-        dist = distmod.setup(cfg.device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    emit = emit if dist.is_main else silent
-    stop = stop or StopControl(cfg.stop_file, handle_signals=False)
+    t_start, clock, dist, emit, stop = begin_job(cfg, emit, stop)
     try:
         torch.manual_seed(cfg.seed)
         start = _load_start(cfg) if cfg.model else None

@@ -19,7 +19,7 @@ from napari_csunet.modelfile import PRETRAINING_TASK, ModelInfo
 
 from .config import ConfigError
 from .data import DataError, LabelledImage
-from .events import Emit, StopControl, silent
+from .events import Emit, StopControl
 from .pretrain_config import PretrainConfig
 from .unlabelled import find_images, read_unlabelled
 
@@ -135,19 +135,11 @@ def run_pretrain(cfg: PretrainConfig, emit: Emit, stop: StopControl | None = Non
     from napari_csunet.models import count_parameters
 
     from . import dist as distmod
-    from .job import _device_name
-    from .loop import Clock, amp_dtype, budget_schedule, build_optimizer, train_step, warmup_cosine
+    from .job import _device_name, _ignore_sigint, begin_job
+    from .loop import amp_dtype, budget_schedule, build_optimizer, train_step, warmup_cosine
     from .sampling import CropDataset, prepare_image
 
-    t_start = time.perf_counter()
-    clock = Clock()
-    clock.start()
-    try:
-        dist = distmod.setup(cfg.device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    emit = emit if dist.is_main else silent
-    stop = stop or StopControl(cfg.stop_file, handle_signals=False)
+    t_start, clock, dist, emit, stop = begin_job(cfg, emit, stop)
     try:
         torch.manual_seed(cfg.seed + dist.rank)
         paths, excluded = find_images(cfg.images, cfg.exclude)
@@ -179,8 +171,6 @@ def run_pretrain(cfg: PretrainConfig, emit: Emit, stop: StopControl | None = Non
         prepared = [prepare_image(it, in_chans, cfg.crop, cfg.seed + i) for i, it in enumerate(train_items)]
         dataset = CropDataset(prepared, cfg.crop, remaining * cfg.batch_size, cfg.aug_strength, 0.0,
                               cfg.seed + prior, dist.rank)
-        from .job import _ignore_sigint
-
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                              pin_memory=device.type == "cuda", worker_init_fn=_ignore_sigint)
         emit({"event": "started", "mode": cfg.mode, "steps": cfg.steps, "prior_steps": prior,

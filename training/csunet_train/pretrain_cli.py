@@ -68,16 +68,6 @@ def pretrain_config_from_args(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .cli import Progress
-    from .config import ConfigError
-    from .events import StopControl, stdout_events
-    from .job import EXIT_CODES, run_and_report
+    from .cli import run_from_args
 
-    emit = stdout_events() if args.json_events else Progress()
-    try:
-        cfg = pretrain_config_from_args(args)
-    except ConfigError as exc:
-        emit({"event": "error", "kind": "data", "message": str(exc)})
-        return EXIT_CODES["data"]
-    with StopControl(cfg.stop_file) as stop:
-        return run_and_report(cfg, emit, stop)
+    return run_from_args(args, pretrain_config_from_args)

@@ -5,12 +5,12 @@ Importable without torch, like :mod:`csunet_train.config`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from napari_csunet.models.config import TILE_MULTIPLE
 
-from .config import ConfigError
+from .config import config_from_dict, need
 
 __all__ = ["PretrainConfig", "PRETRAIN_MODE"]
 
@@ -53,10 +53,6 @@ class PretrainConfig:
     description: str = ""
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
         need(bool(self.out), "out: a path for the pretrained model file is required")
         need(self.mode == PRETRAIN_MODE, f"mode: {self.mode!r} must be {PRETRAIN_MODE!r} for a pretraining job")
         need(bool(self.images), "images: give at least one folder or file of unlabelled micrographs")
@@ -81,18 +77,11 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown pretraining job keys {unknown}; known keys: {sorted(known)}")
         data = dict(data)
         for key in ("images", "exclude"):
             if isinstance(data.get(key), str):
                 data[key] = [data[key]]
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(str(exc)) from None
+        return config_from_dict(cls, data, "pretraining job")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
