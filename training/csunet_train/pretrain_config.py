@@ -5,14 +5,17 @@ Importable without torch, like :mod:`csunet_train.config`.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from napari_csunet.models.config import TILE_MULTIPLE
 
 from .config import config_from_dict, need
 
-__all__ = ["PretrainConfig", "PRETRAIN_MODE"]
+__all__ = ["PretrainConfig", "PRETRAIN_MODE", "adaptation_job"]
 
 PRETRAIN_MODE = "pretrain"
 
@@ -85,3 +88,20 @@ class PretrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def adaptation_job(start: str | Path, sources: Sequence[str | Path], out: str | Path, steps: int,
+                   device: str = "auto") -> dict[str, Any]:
+    """The job that adapts a pretrained model to the user's unlabelled images (the GUI's "Adapt").
+
+    A short continuation of pretraining (lower rate, small batch, no held-out images); checked here
+    so a bad job is refused with the key named, before any child starts.
+    """
+    stem = Path(str(start)).stem
+    spec = {"mode": PRETRAIN_MODE, "model": str(start), "images": [str(s) for s in sources], "out": str(out),
+            "steps": int(steps), "batch_size": 8, "lr": 5e-4, "eval_every": max(1, int(steps) // 5),
+            "val_images": 0, "device": device, "name": f"{stem}-adapted-{time.strftime('%Y%m%d-%H%M%S')}",
+            "description": f"{stem} adapted by masked image modelling on the user's own micrographs "
+                           f"({len(sources)} source(s)); fine-tune it before use"}
+    PretrainConfig.from_dict(spec)
+    return spec

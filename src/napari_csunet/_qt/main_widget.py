@@ -60,6 +60,7 @@ class CSUNetWidget(QWidget):
         self.segment_panel.segmented.connect(lambda layers: self.correct_panel.set_labels_layer(layers[-1]))
         self.finetune_panel.trained.connect(lambda _path: self.model_panel.refresh_files())
         self.destroyed.connect(self.finetune_panel.shutdown)
+        self.destroyed.connect(self.model_panel.adapt.shutdown)
         _warm_up()
 
     def _after_model_loaded(self) -> None:
@@ -68,6 +69,7 @@ class CSUNetWidget(QWidget):
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.finetune_panel.shutdown()
+        self.model_panel.adapt.shutdown()
         super().closeEvent(event)
 
 

@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 from ..model_catalog import list_model_files, pretrained_models
 from ..models.registry import PRESETS
 from ..settings import DEVICES, cpu_only_torch_with_gpu, save_settings
+from .adapt_panel import AdaptPanel
 from .common import StatusLine, form_group, hbox
 from .compat import avoid_triton_llvm_clash
 from .session import ModelSession
@@ -60,13 +61,8 @@ class ModelPanel(QWidget):
         file_buttons = hbox(self.load_btn, self.open_btn, refresh)
 
         self.preset = QComboBox()  # pretrained model files first (a new model starts from them), then presets
-        self.pretrained = {e["name"]: e for e in pretrained_models()}
-        for name, entry in self.pretrained.items():
-            self.preset.addItem(name)
-            self.preset.setItemData(self.preset.count() - 1, entry["description"], Qt.ItemDataRole.ToolTipRole)
-        for name, preset in PRESETS.items():
-            self.preset.addItem(name)
-            self.preset.setItemData(self.preset.count() - 1, preset.description, Qt.ItemDataRole.ToolTipRole)
+        self.pretrained: dict[str, dict] = {}
+        self._fill_start_choices()
         self.cnn_source, self.swin_source = QComboBox(), QComboBox()
         self.classes = QLineEdit("matrix, secondary, tertiary")
         self.classes.setToolTip("Class names, comma-separated: label 1 is the first")
@@ -78,6 +74,8 @@ class ModelPanel(QWidget):
         for combo in (self.preset, self.cnn_source, self.swin_source):
             combo.currentIndexChanged.connect(self._on_preset_or_source)
         self.allow_download.toggled.connect(self._remember_download)
+        self.adapt = AdaptPanel(viewer, self._pretrained_start, lambda: session.settings.device)
+        self.adapt.adapted.connect(self._on_adapted)
 
         self.device = QComboBox()
         self.device.addItems(DEVICES)
@@ -104,6 +102,7 @@ class ModelPanel(QWidget):
         layout.addWidget(form_group("New model for your classes", [
             ("start from", self.preset), ("CNN weights", self.cnn_source), ("Swin weights", self.swin_source),
             ("classes", self.classes), self.allow_download, self.weights_status, self.build_btn]))
+        layout.addWidget(self.adapt)
         layout.addWidget(form_group("Device and storage", [
             ("device", self.device), self.device_warning, ("weight cache", hbox(self.cache_dir, browse))]))
         layout.addWidget(form_group("Current model", [self.current, self.save_btn]))
@@ -122,6 +121,7 @@ class ModelPanel(QWidget):
 
     def refresh_files(self) -> None:
         """List the user's fine-tuned models first (newest first), then the starter models."""
+        self._fill_start_choices()
         self.files.clear()
         for entry in list_model_files():
             metrics = entry.get("metrics") or {}
@@ -133,6 +133,31 @@ class ModelPanel(QWidget):
             self.files.addItem(item)
         if self.files.count():
             self.files.setCurrentRow(0)
+
+    def _fill_start_choices(self, select: str | None = None) -> None:
+        """Pretrained models (shipped and adapted, newest adapted first), then the presets."""
+        current = select or self.preset.currentText()
+        self.preset.blockSignals(True)
+        self.preset.clear()
+        self.pretrained = {e["name"]: e for e in pretrained_models()}
+        for name, description in [(n, e["description"]) for n, e in self.pretrained.items()] + \
+                [(n, p.description) for n, p in PRESETS.items()]:
+            self.preset.addItem(name)
+            self.preset.setItemData(self.preset.count() - 1, description, Qt.ItemDataRole.ToolTipRole)
+        if current and self.preset.findText(current) >= 0:
+            self.preset.setCurrentText(current)
+        self.preset.blockSignals(False)
+
+    def _pretrained_start(self) -> str | None:
+        """The pretrained model an adaptation continues: the one chosen to start from, else micro-tiny."""
+        entry = self.pretrained.get(self.preset.currentText()) or self.pretrained.get("micro-tiny")
+        return entry["path"] if entry else None
+
+    def _on_adapted(self, path: str) -> None:
+        self.refresh_files()
+        name = next((n for n, e in self.pretrained.items() if Path(e["path"]) == Path(path)), None)
+        if name is not None:
+            self.preset.setCurrentText(name)
 
     def load_selected(self):
         item = self.files.currentItem()
