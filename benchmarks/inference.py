@@ -3,11 +3,14 @@
     nice -n 10 .venv/bin/python benchmarks/inference.py --json            # csunet-small, 2048^2
     .venv/bin/python benchmarks/inference.py --model csunet-r50-swint --size 4096 --json   # a GPU
     .venv/bin/python benchmarks/inference.py --memory-only 16384 --json   # engine memory at scale
+    .venv/bin/python benchmarks/inference.py --mosaic 32768 --json        # a zarr larger than memory
 
 Prints one JSON object. Every ratio is measured in the same run on the same device:
 
-- ``mpx_per_s``: tiled prediction of a real Super1 micrograph mirror-tiled to ``--size``^2 (default tile
-  512, overlap 0.25, batch 4; bf16 autocast on CUDA);
+- ``mpx_per_s``: tiled prediction of a real Super1 micrograph mirror-tiled to ``--size``^2 with the
+  engine's defaults (tile and batch chosen from the image and the device, overlap 64 px; bf16
+  autocast and channels-last on CUDA; ``--tile/--overlap/--batch`` fix them, ``--compile`` adds
+  torch.compile);
 - ``tiling_overhead``: tiled time / raw time, raw = the bare forward pass over the same pixels cut
   into non-overlapping 512^2 tiles in batches (1.0 = tiling costs nothing);
 - ``vs_nasa_recipe``: our throughput / the throughput of NASA's recipe (512 tiles, half-tile stride);
@@ -15,14 +18,20 @@ Prints one JSON object. Every ratio is measured in the same run on the same devi
 - ``seam_agreement``: share of pixels where a 1024^2 image predicted whole (one tile) and tiled
   (tile 256) agree, with a trained model (the starter model if there is one, else csunet-tiny
   trained here for ``--train-steps`` steps on one Super1 image with the training backend);
-- ``flop_efficiency``: model FLOP/s achieved while tiling (torch.utils.flop_counter) over the
+- ``flop_efficiency``: model FLOP/s achieved while tiling (torch.utils.flop_counter on a 512^2
+  tile, scaled by pixels: convolutions and windowed attention cost the same per pixel) over the
   matrix-multiply FLOP/s measured here.
+
+``--mosaic SIZE`` fabricates a SIZE^2 uint8 zarr (the micrograph mirror-tiled, chunk by chunk) and
+segments it with ``Segmenter.predict_to`` into a chunked zarr of labels, reporting ``peak_rss_mb``
+and ``mpx_per_s``; the model is a 1x1 convolution (engine cost only) unless ``--model`` names one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import sys
@@ -42,6 +51,7 @@ from napari_csunet.model_catalog import STARTER_DIR
 from napari_csunet.modelfile import ModelInfo
 from napari_csunet.models import build_model, count_parameters
 from napari_csunet.models.registry import get_preset
+from napari_csunet.tiling import CONTEXT_PX
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SUPER1 = ROOT.parent / "shared" / "data" / "nasa" / "Super1"
@@ -112,7 +122,8 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 1.5)
     return 2 * n**3 * reps / elapsed
 
 
-def model_flops(model: torch.nn.Module, in_chans: int, tile: int, device: torch.device) -> int:
+def model_flops(model: torch.nn.Module, in_chans: int, device: torch.device, tile: int = 512) -> int:
+    """FLOPs of one ``tile``^2 forward pass (2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, in_chans, tile, tile, device=device)
@@ -121,12 +132,12 @@ def model_flops(model: torch.nn.Module, in_chans: int, tile: int, device: torch.
     return int(counter.get_total_flops())
 
 
-def raw_forward(seg: Segmenter, image: np.ndarray, tile: int = 512) -> tuple[Any, int]:
+def raw_forward(seg: Segmenter, image: np.ndarray, tile: int = 512, batch: int = 4) -> tuple[Any, int]:
     """(a function running the bare model over ``image`` cut into non-overlapping tiles in batches, tiles)."""
     x = standardize(to_model_channels(image, seg.in_chans), image_stats(to_model_channels(image, seg.in_chans)))
     h, w = x.shape[1:]
     tiles = [x[:, i:i + tile, j:j + tile] for i in range(0, h, tile) for j in range(0, w, tile)]
-    batches = [torch.from_numpy(np.stack(tiles[b:b + seg.batch_size])) for b in range(0, len(tiles), seg.batch_size)]
+    batches = [torch.from_numpy(np.stack(tiles[b:b + batch])) for b in range(0, len(tiles), batch)]
     amp = torch.autocast(seg.device.type, dtype=seg.amp_dtype) if seg.amp_dtype else torch.autocast("cpu", enabled=False)
 
     def run() -> None:
@@ -160,38 +171,89 @@ def trained_model(device: str, steps: int) -> tuple[Path, str]:
                  f"(no starter model shipped); {done['train_time_s']:.0f} s")
 
 
-def seam_check(device: str, steps: int, batch: int) -> dict[str, Any]:
+def seam_check(device: str, steps: int) -> dict[str, Any]:
+    """Tiles of 256 (16 tiles, the most seams a 1024^2 image can have) at the default overlap in
+    pixels, half of it and none, against one whole 1024^2 tile."""
     path, how = trained_model(device, steps)
     image, labels = mosaic(1024)
-    whole = Segmenter.from_file(path, device=device, tile=1024, overlap=0.0, batch_size=1).predict(image).labels
-    result = {"seam_model": how, "seam_model_accuracy": float((whole == labels)[labels > 0].mean())}
-    for key, overlap in (("seam_agreement", 0.25), ("seam_agreement_no_overlap", 0.0)):
-        tiled = Segmenter.from_file(path, device=device, tile=256, overlap=overlap, batch_size=batch).predict(image).labels
+    whole = Segmenter.from_file(path, device=device, tile=1024, batch_size=1).predict(image).labels
+    result = {"seam_model": how, "seam_model_accuracy": float((whole == labels)[labels > 0].mean()),
+              "seam_overlap_px": CONTEXT_PX}
+    for key, px in (("seam_agreement", CONTEXT_PX), ("seam_agreement_half_overlap", CONTEXT_PX // 2),
+                    ("seam_agreement_no_overlap", 0)):
+        tiled = Segmenter.from_file(path, device=device, tile=256, overlap_px=px, batch_size=4).predict(image).labels
         result[key] = float((tiled == whole).mean())
     return result
 
 
+class PixelNet(torch.nn.Module):
+    """A 1x1 convolution with CS-UNet's size rule: the engine's own cost, the network's left out."""
+
+    size_multiple = 256
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
 def memory_only(size: int) -> dict[str, Any]:
-    """Engine memory on a huge image with a 1x1-conv model (the network's own cost is left out)."""
-    class PixelNet(torch.nn.Module):
-        size_multiple = 256
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = torch.nn.Conv2d(1, 3, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.conv(x)
-
+    """Engine memory on a huge image held in memory (input and labels arrays) with a 1x1-conv model."""
     info = ModelInfo(get_preset("csunet-tiny").config, list(SUPER_CLASSES.names), name="1x1-conv")
-    seg = Segmenter(PixelNet(), info, device="cpu", tile=512, overlap=0.25, batch_size=4)
+    seg = Segmenter(PixelNet(), info, device="cpu")
     image = np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8)
     before = rss_mb()
     t, pred = timed(lambda: seg.predict(image), seg.device)
+    layout, _ = seg.plan(image.shape)
     return {"mode": "memory-only", "model": "1x1 conv (engine cost only)", "image_px": [size, size],
             "image_mb": image.nbytes / 2**20, "labels_mb": pred.labels.nbytes / 2**20,
             "rss_before_mb": round(before, 1), "peak_rss_mb": round(rss_mb(), 1), "seconds": round(t, 1),
-            "tiles": seg.num_tiles(image.shape)}
+            "mpx_per_s": size * size / 1e6 / t, "tile": list(layout.tile), "tiles": layout.num_tiles}
+
+
+def mosaic_zarr(path: Path, size: int) -> Any:
+    """A size^2 uint8 zarr of the Super1 micrograph mirror-tiled, written chunk by chunk (its
+    1024^2 period is one chunk, so no whole-image array is ever made)."""
+    import zarr
+
+    period, _ = mosaic(1024)
+    arr = zarr.open_array(str(path), mode="w", shape=(size, size), chunks=(1024, 1024), dtype="uint8")
+    for y in range(0, size, 1024):
+        for x in range(0, size, 1024):
+            arr[y:y + 1024, x:x + 1024] = period[:min(1024, size - y), :min(1024, size - x)]
+    return arr
+
+
+def mosaic_run(args: argparse.Namespace) -> dict[str, Any]:
+    """Segment a fabricated zarr larger than this process should hold, into a chunked zarr."""
+    from napari_csunet.mosaic import segment_mosaic
+
+    device = pick_device(args.device)
+    if args.model_given:
+        model, info = model_and_info(args.model)
+    else:
+        model, info = PixelNet(), ModelInfo(get_preset("csunet-tiny").config, list(SUPER_CLASSES.names), name="1x1-conv")
+    seg = Segmenter(model, info, device=device, tile=args.tile, overlap=args.overlap, batch_size=args.batch)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        t0 = time.perf_counter()
+        mosaic_zarr(Path(tmp) / "mosaic.zarr", args.mosaic)
+        write_s = time.perf_counter() - t0
+        layout, batch = seg.plan((args.mosaic, args.mosaic))
+        rss_before = rss_mb()
+        t, summary = timed(lambda: segment_mosaic(seg, Path(tmp) / "mosaic.zarr", Path(tmp) / "labels.zarr"), device)
+        disk = sum(f.stat().st_size for f in (Path(tmp) / "labels.zarr").rglob("*") if f.is_file())
+    mpx = args.mosaic**2 / 1e6
+    return {"mode": "mosaic", "model": info.name if args.model_given else "1x1 conv (engine cost only)",
+            "device": str(device), "image_px": [args.mosaic, args.mosaic], "image_mb_uncompressed": round(mpx * 1e6 / 2**20),
+            "input": "zarr uint8, chunks 1024^2", "output": "zarr uint8 labels, chunks 1024^2",
+            "tile": list(layout.tile), "batch": batch, "tiles": layout.num_tiles,
+            "tiled_work_ratio": layout.num_tiles * layout.tile[0] * layout.tile[1] / mpx / 1e6,
+            "seconds": round(t, 1), "mpx_per_s": mpx / t, "peak_rss_mb": round(rss_mb(), 1),
+            "rss_before_mb": round(rss_before, 1), "labels_on_disk_mb": round(disk / 2**20, 1),
+            "fabricate_input_s": round(write_s, 1), "area_fractions": summary["area_fractions"],
+            "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,13 +261,18 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     model, info = model_and_info(args.model)
     seg = Segmenter(model, info, device=device, tile=args.tile, overlap=args.overlap, batch_size=args.batch)
     image, _ = mosaic(args.size)
+    layout, batch = seg.plan(image.shape)
+    compile_s = None
+    if args.compile:  # compiled for the tile shape the defaults chose; compile time reported apart
+        seg.model = torch.compile(seg.model)
+        compile_s, _ = timed(lambda: seg.predict(image[:layout.tile[0], :layout.tile[1]]), device)
     seg.predict(image[:512, :512])  # warm-up: allocator, cuDNN autotuning, lazy imports
     rss_before = rss_mb()
     first, _ = timed(lambda: seg.predict(image), device)
     peak = rss_mb()
     mpx = image.size / 1e6
-    run_raw, raw_tiles = raw_forward(seg, image)
-    nasa = Segmenter(seg.model, info, device=device, tile=512, overlap=0.5, batch_size=args.batch)
+    run_raw, raw_tiles = raw_forward(seg, image, batch=args.raw_batch)
+    nasa = Segmenter(seg.model, info, device=device, tile=512, overlap=0.5, batch_size=args.raw_batch)
     variants = {"tiled": lambda: seg.predict(image), "raw": run_raw, "nasa": lambda: nasa.predict(image)}
     times: dict[str, list[float]] = {"tiled": [first], "raw": [], "nasa": []}
     for r in range(args.repeats):  # interleaved rounds, fastest of each: fair on a machine shared with others
@@ -213,39 +280,42 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             if not (key == "tiled" and r == 0):
                 times[key].append(timed(fn, device)[0])
     t_tiled, t_raw, t_nasa = (min(times[k]) for k in ("tiled", "raw", "nasa"))
-    flops_tile = model_flops(seg.model, seg.in_chans, args.tile, device)
-    flops_512 = flops_tile if args.tile == 512 else model_flops(seg.model, seg.in_chans, 512, device)
+    flops_512 = model_flops(model, seg.in_chans, device)
+    flops_px = flops_512 / 512**2
     mm_dtype = seg.amp_dtype or torch.float32
     mm = matmul_flops(device, mm_dtype)
-    tiles = seg.num_tiles(image.shape)
-    achieved = flops_tile * tiles / t_tiled
+    tiles, (th, tw) = layout.num_tiles, layout.tile
+    achieved = flops_px * th * tw * tiles / t_tiled
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "device_type": device.type, "precision": str(mm_dtype).replace("torch.", ""),
-        "model": info.name or args.model, "params": count_parameters(seg.model),
-        "image_px": [args.size, args.size], "tile": args.tile, "overlap": args.overlap, "batch": args.batch,
-        "tiles": tiles, "seconds": round(t_tiled, 2), "repeats": args.repeats,
-        "mpx_per_s": mpx / t_tiled,
-        "raw_mpx_per_s": mpx / t_raw, "raw_tiles_512": raw_tiles,
-        "tiling_overhead": t_tiled / t_raw,
+        "channels_last": seg.channels_last, "compiled": bool(args.compile), "compile_s": compile_s,
+        "model": info.name or args.model, "params": count_parameters(model),
+        "image_px": [args.size, args.size], "tile": [th, tw], "overlap_px": seg.overlap_px if seg.overlap is None
+        else round(seg.overlap * th), "batch": batch, "tiles": tiles, "seconds": round(t_tiled, 2),
+        "repeats": args.repeats, "mpx_per_s": mpx / t_tiled,
+        "raw_mpx_per_s": mpx / t_raw, "raw_tiles_512": raw_tiles, "raw_batch": args.raw_batch,
+        "tiling_overhead": t_tiled / t_raw, "tiled_work_ratio": tiles * th * tw / image.size,
         "nasa_recipe_mpx_per_s": mpx / t_nasa, "nasa_recipe_tiles": nasa.num_tiles(image.shape),
         "vs_nasa_recipe": t_nasa / t_tiled,
         "peak_rss_mb": round(peak, 1), "rss_before_large_image_mb": round(rss_before, 1),
         "image_mb": round(image.nbytes / 2**20, 1),
-        "gflop_per_tile": flops_tile / 1e9, "achieved_gflop_per_s": achieved / 1e9,
+        "gflop_per_mpx": flops_px * 1e6 / 1e9, "achieved_gflop_per_s": achieved / 1e9,
         "matmul_gflop_per_s": mm / 1e9, "flop_efficiency": achieved / mm,
         "raw_flop_efficiency": flops_512 * raw_tiles / t_raw / mm,
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     if device.type == "cuda":
         result["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     if not args.no_seam:
-        result.update(seam_check(str(device), args.train_steps, args.batch))
+        result.update(seam_check(str(device), args.train_steps))
     result["notes"] = {
         "tiling_overhead": "tiled time / bare forward time over the same pixels in non-overlapping 512^2 tiles (1.0 = free)",
+        "tiled_work_ratio": "pixels of all tiles / pixels of the image (what the tile layout alone costs)",
         "vs_nasa_recipe": "our throughput / NASA's recipe (512 tiles, stride 256) on the same image and model",
         "flop_efficiency": "model FLOPs (torch.utils.flop_counter, 2 per multiply-add) per second while tiling / "
                            f"measured {result['precision']} matmul FLOP/s",
-        "seam_agreement": "share of pixels where tile 256 (overlap 0.25, blended) equals one 1024^2 tile",
+        "seam_agreement": f"share of pixels where tile 256 (overlap {CONTEXT_PX} px, blended) equals one 1024^2 tile",
     }
     return result
 
@@ -254,18 +324,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="csunet-small", help="preset (random weights) or model file")
     p.add_argument("--size", type=int, default=2048, help="side of the large image (default 2048)")
-    p.add_argument("--tile", type=int, default=512)
-    p.add_argument("--overlap", type=float, default=0.25)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--tile", type=int, help="tile side (default: chosen from the image and device)")
+    p.add_argument("--overlap", type=float, help="overlap as a fraction of the tile (default: 64 px)")
+    p.add_argument("--batch", type=int, help="tiles per batch (default: sized to memory)")
+    p.add_argument("--raw-batch", type=int, default=4, help="batch of the bare-forward and NASA references")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model first (time reported apart)")
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=2, help="rounds of timing each variant; the fastest counts")
     p.add_argument("--train-steps", type=int, default=150, help="steps for the seam model when none is shipped")
     p.add_argument("--no-seam", action="store_true", help="skip the seam check (and its training)")
     p.add_argument("--memory-only", type=int, metavar="SIZE", help="only measure engine memory on a SIZE^2 image")
+    p.add_argument("--mosaic", type=int, metavar="SIZE", help="segment a fabricated SIZE^2 zarr into a zarr")
+    p.add_argument("--tmp", help="folder for the --mosaic zarrs (default: the system's temporary folder)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
     args = p.parse_args(argv)
+    args.model_given = any(a == "--model" or a.startswith("--model=") for a in (argv or sys.argv[1:]))
     warnings.simplefilter("ignore", UserWarning)
-    result = memory_only(args.memory_only) if args.memory_only else benchmark(args)
+    result = (memory_only(args.memory_only) if args.memory_only else mosaic_run(args) if args.mosaic
+              else benchmark(args))
     json.dump(result, sys.stdout, indent=2 if not args.json else None)
     sys.stdout.write("\n")
     return 0

@@ -164,11 +164,11 @@ def test_dtype_shape_catalogue(name, image, shape, in_chans):
 
 
 def test_column_chunks_do_not_change_the_result(monkeypatch):
-    from napari_csunet import inference
+    from napari_csunet import band
 
     image = np.random.default_rng(8).random((300, 700)).astype(np.float32)
     whole = pixel_segmenter(tile=256).predict(image, want_probs=True, want_uncertainty=True)
-    monkeypatch.setattr(inference, "_CHUNK", 100)
+    monkeypatch.setattr(band, "CHUNK", 100)
     chunked = pixel_segmenter(tile=256).predict(image, want_probs=True, want_uncertainty=True)
     for a, b in zip((whole.labels, whole.probs, whole.uncertainty), (chunked.labels, chunked.probs, chunked.uncertainty), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -214,7 +214,7 @@ def test_unknown_normalization_is_refused():
 def test_flip_tta_on_a_flip_equivariant_model_changes_nothing():
     image = np.random.default_rng(6).random((200, 300)).astype(np.float32)
     plain = pixel_segmenter(tile=256).predict(image, want_probs=True)
-    tta_seg = pixel_segmenter(tile=256, tta=True)
+    tta_seg = pixel_segmenter(tile=256, batch_size=4, tta=True)  # no memory probe
     tta = tta_seg.predict(image, want_probs=True)
     np.testing.assert_allclose(tta.probs.astype(np.float32), plain.probs.astype(np.float32), atol=1e-3)
     assert len(tta_seg.model.calls) == 4  # one tile, four flips
@@ -232,13 +232,19 @@ def test_progress_counts_tiles_and_batches():
     assert len(calls) == 1 + -(-total // 3)
 
 
-def test_cancel_stops_before_the_next_batch():
+@pytest.mark.parametrize(("polls", "calls", "conv_runs"), [(1, 0, 0), (2, 1, 0), (3, 1, 1), (4, 2, 1)])
+def test_cancel_stops_before_the_next_batch_or_stage(polls: int, calls: int, conv_runs: int) -> None:
+    """cancel() is polled before each batch and before each stage of the network (here its conv):
+    the Nth poll answering True stops there, inside a forward pass if need be."""
     seg = pixel_segmenter(tile=256, batch_size=2)
-    answers = iter([False, False, True])
+    ran: list[int] = []
+    seg.model.conv.register_forward_hook(lambda *_: ran.append(1))
+    answers = iter([False] * (polls - 1) + [True])
     with pytest.raises(Cancelled):
         seg.predict(np.zeros((600, 600), np.uint8), cancel=lambda: next(answers))
-    assert len(seg.model.calls) == 2
+    assert (len(seg.model.calls), len(ran)) == (calls, conv_runs)
     seg.predict(np.zeros((600, 600), np.uint8), cancel=lambda: False)  # usable again afterwards
+    assert len(ran) == conv_runs + seg.num_tiles((600, 600)) // 2 + seg.num_tiles((600, 600)) % 2
 
 
 @pytest.mark.parametrize("image,match", [
@@ -331,12 +337,12 @@ def test_preset_warns_and_model_file_loads(tmp_path):
 
 
 def test_huge_images_take_statistics_from_a_pixel_grid(monkeypatch):
-    from napari_csunet import inference
+    from napari_csunet import lazy
 
     image = np.random.default_rng(9).normal(120, 30, (600, 900)).astype(np.float32)
     seg = pixel_segmenter(tile=256)
     exact = seg._stats(image)
     assert exact == pytest.approx(image_stats(image))
-    monkeypatch.setattr(inference, "_STATS_PIXELS", 20_000)
+    monkeypatch.setattr(lazy, "STATS_PIXELS", 20_000)
     grid = seg._stats(image)
     assert grid != exact and grid == pytest.approx(exact, rel=0.02)

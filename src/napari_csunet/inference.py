@@ -3,7 +3,10 @@
 Why it is built this way:
 
 - Networks take sides that are multiples of ``model.size_multiple`` (256 for CS-UNet); images are
-  reflect-padded (only where a side is shorter than a tile) and cut into overlapping tiles.
+  reflect-padded (only where a side is shorter than a tile) and cut into overlapping tiles. By
+  default the tile and the batch are chosen per image from the device's memory
+  (:mod:`napari_csunet.budget`): the fewest, largest tiles, overlapping by the network's context
+  in pixels (``tiling.CONTEXT_PX``), so tiling costs little more than the bare forward pass.
 - Tile probabilities are blended with a smooth window (:mod:`napari_csunet.tiling`), so there are
   no seams. They are accumulated on the model's device in a band of one tile's height that slides
   down the image: finished rows are turned into labels and leave the band at once. Memory is the
@@ -12,23 +15,32 @@ Why it is built this way:
 - Each image is normalised by its own statistics (``{"mode": "image"}``) and every tile by the
   whole image's, as in training; stacks are normalised and predicted slice by slice.
 - The model stays on its device between calls (the GUI keeps one Segmenter warm).
+- The next batch is read and normalised on a helper thread while the network runs (reading a
+  zarr mosaic and the host-side copies leave the critical path); :meth:`Segmenter.predict_to`
+  reads any array-like (zarr, dask) tile by tile and writes labels band by band into array-likes
+  (zarr), so an image larger than memory never has to be loaded.
+- ``cancel`` is also polled between the network's stages, so a large tile stops within a stage.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .band import Band
+from .budget import Budget, bytes_per_pixel, device_budget, engine_bytes_per_pixel
 from .device import amp_dtype, is_out_of_memory, pick_device
-from .io import ImageError, as_channels_last, image_stats, standardize, to_model_channels
+from .io import ImageError, as_channels_last, to_model_channels
+from .lazy import checked_pixels, lazy_stats
 from .modelfile import ModelInfo, numbered_class_names
-from .tiling import TileLayout, check_tile
+from .tiling import CONTEXT_PX, TileLayout, check_tile
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -38,8 +50,8 @@ __all__ = ["pick_device", "Cancelled", "InferenceMemoryError", "Prediction", "Se
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 _FLIPS: tuple[tuple[int, ...], ...] = ((-1,), (-2,), (-2, -1))
-_CHUNK = 4096  # columns handled at once when a band of finished rows leaves the accumulator
-_STATS_PIXELS = 4 * 2**20  # normalisation statistics use at most about this many pixels
+Tile = tuple[int, int, int, int]  # tile row, tile column, padded y, padded x
+Reader = Callable[[int, int, int, int], np.ndarray]  # (y, x, rows, columns) -> raw pixels
 
 
 class Cancelled(Exception):
@@ -80,17 +92,22 @@ def split_planes(image: np.ndarray, name: str = "image") -> tuple[list[np.ndarra
 class Segmenter:
     """A model kept warm on its device, and how to tile images for it."""
 
-    def __init__(self, model: torch.nn.Module, info: ModelInfo, device: str | torch.device = "auto", tile: int = 512,
-                 overlap: float = 0.25, batch_size: int = 4, amp: bool = True, tta: bool = False,
-                 channels_last: bool | None = None) -> None:
-        """``channels_last`` None: NHWC on CUDA (faster under AMP); training validation passes False
-        to leave the memory layout of the model it trains alone."""
+    def __init__(self, model: torch.nn.Module, info: ModelInfo, device: str | torch.device = "auto",
+                 tile: int | None = None, overlap: float | None = None, batch_size: int | None = None,
+                 amp: bool = True, tta: bool = False, channels_last: bool | None = None,
+                 overlap_px: int = CONTEXT_PX) -> None:
+        """``tile``/``batch_size`` None: chosen per image from the device's memory; ``overlap`` (a
+        fraction of the tile) None: ``overlap_px`` pixels. ``channels_last`` None: NHWC on CUDA
+        (faster under AMP); training validation passes False to leave the model it trains alone."""
         import torch
 
         self.multiple = int(getattr(model, "size_multiple", 1))
-        check_tile(tile, self.multiple, overlap)
-        if int(batch_size) < 1:
+        if tile is not None or overlap is not None:
+            check_tile(self.multiple if tile is None else tile, self.multiple, 0.0 if overlap is None else overlap)
+        if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if int(overlap_px) < 0:
+            raise ValueError(f"overlap_px must be at least 0, got {overlap_px}")
         if not 1 <= info.num_classes <= 255:
             raise ValueError(f"labels are stored as uint8: at most 255 classes, the model has {info.num_classes}")
         if info.is_pretraining_only:
@@ -99,13 +116,18 @@ class Segmenter:
                              f"Fine-tune tab, or csunet finetune --model {info.name or 'FILE'} --data DIR)")
         self.info = info
         self.device = pick_device(device)
-        self.tile, self.overlap, self.batch_size, self.tta = int(tile), float(overlap), int(batch_size), bool(tta)
+        self.tile = None if tile is None else int(tile)
+        self.overlap = None if overlap is None else float(overlap)
+        self.overlap_px = int(overlap_px)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.tta = bool(tta)
         self.amp_dtype = amp_dtype(self.device, amp)
         self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.in_chans = int(info.config.in_chans)
+        self._budget: Budget | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, **kw: Any) -> Segmenter:
@@ -137,9 +159,32 @@ class Segmenter:
     def name(self) -> str:
         return self.info.name or self.info.preset or "model"
 
+    def budget(self) -> Budget:
+        """The device's memory facts for this model (measured once, on first use)."""
+        if self._budget is None:
+            import torch
+
+            with torch.inference_mode():
+                bpp = bytes_per_pixel(self.model, self.in_chans, self.multiple, self.device, self.amp_dtype,
+                                      self.channels_last)
+            bpp = bpp * (2 if self.tta else 1) + engine_bytes_per_pixel(self.in_chans, self.info.num_classes)
+            self._budget = Budget(self.device.type, device_budget(self.device), bpp, self.multiple,
+                                  self.info.num_classes)
+        return self._budget
+
+    def plan(self, shape: Sequence[int]) -> tuple[TileLayout, int]:
+        """(the tile layout, tiles per batch) for one (H, W) plane, with the automatic choices made."""
+        hw = (int(shape[0]), int(shape[1]))
+        if self.tile is not None and self.batch_size is not None:
+            tile: int | tuple[int, int] = self.tile
+            batch = self.batch_size
+        else:
+            tile, batch = self.budget().plan(hw, self.overlap_px, self.tile, self.batch_size)
+        return TileLayout.plan(hw, tile, self.overlap, self.multiple, self.overlap_px), batch
+
     def num_tiles(self, shape: Sequence[int]) -> int:
         """Tiles one (H, W) plane needs (without TTA), e.g. for an estimate before predicting."""
-        return TileLayout.plan((shape[0], shape[1]), self.tile, self.overlap, self.multiple).num_tiles
+        return self.plan(shape)[0].num_tiles
 
     def predict(self, image: np.ndarray, *, want_probs: bool = False, want_uncertainty: bool = False,
                 progress: ProgressFn | None = None, cancel: CancelFn | None = None,
@@ -147,42 +192,55 @@ class Segmenter:
         """Segment a 2D image (H, W[, C]) or a stack (Z, H, W[, C]) slice by slice.
 
         ``progress(done, total)`` counts tiles; ``cancel()`` returning True raises :class:`Cancelled`
-        before the next batch. ``name`` is used in error messages (e.g. the file path).
+        before the next batch or network stage. ``name`` is used in error messages (e.g. the file path).
         """
-        import torch
-
         planes, stack = split_planes(image, name)
-        layouts = [TileLayout.plan(p.shape[:2], self.tile, self.overlap, self.multiple) for p in planes]
-        total, done = sum(lay.num_tiles for lay in layouts), 0
-
-        def tick(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, total)
-
-        if progress is not None:
-            progress(0, total)
-        (h, w), k, z = layouts[0].shape, self.info.num_classes, len(planes)
+        plans = [self.plan(p.shape[:2]) for p in planes]
+        tick = _ticker(sum(lay.num_tiles for lay, _ in plans), progress)
+        (h, w), k, z = plans[0][0].shape, self.info.num_classes, len(planes)
         out = Prediction(np.empty((z, h, w), np.uint8), np.empty((z, k, h, w), np.float16) if want_probs else None,
                          np.empty((z, h, w), np.float32) if want_uncertainty else None)
-        with torch.inference_mode():
-            for i, (plane, layout) in enumerate(zip(planes, layouts, strict=True)):
-                view = Prediction(*(None if a is None else a[i] for a in (out.labels, out.probs, out.uncertainty)))
-                self._predict_plane(plane, layout, view, tick, cancel, f"{name}[{i}]" if stack else name)
+        for i, (plane, (layout, batch)) in enumerate(zip(planes, plans, strict=True)):
+            view = Prediction(*(None if a is None else a[i] for a in (out.labels, out.probs, out.uncertainty)))
+            label = f"{name}[{i}]" if stack else name
+            self._check_channels(plane, label)
+            padded = layout.pad_image(plane)
+            self._predict_plane(lambda y, x, th, tw, a=padded: a[y:y + th, x:x + tw], self._stats(plane), layout,
+                                batch, view, tick, cancel, label)
         if not stack:
             out = Prediction(*(None if a is None else a[0] for a in (out.labels, out.probs, out.uncertainty)))
         return out
 
+    def predict_to(self, source: Any, labels: Any, *, probs: Any = None, stats: tuple[float, float] | None = None,
+                   progress: ProgressFn | None = None, cancel: CancelFn | None = None, name: str = "image") -> None:
+        """Segment one 2D array-like ``source`` (H, W[, C]) (zarr, dask, numpy) read tile by tile into
+        array-likes ``labels`` (H, W) uint8 and optionally ``probs`` (K, H, W), written band by band.
+
+        ``stats`` (mean, std) skips the pass over the image that :func:`lazy_stats` makes.
+        """
+        shape = tuple(int(s) for s in source.shape)
+        if len(shape) not in (2, 3) or (len(shape) == 3 and not 1 <= shape[2] <= 4):
+            raise ImageError(f"{name}: shape {shape} is not a 2D grey or colour (H, W, C<=4) image")
+        self._check_channels(np.empty((1, 1) + shape[2:]), name)
+        layout, batch = self.plan(shape[:2])
+        stats = self._stats(source) if stats is None else stats
+        if layout.padded != layout.shape:  # a side shorter than a tile: small along it, so load it
+            padded = layout.pad_image(checked_pixels(source[:], name))
+            reader: Reader = lambda y, x, th, tw: padded[y:y + th, x:x + tw]  # noqa: E731
+        else:
+            reader = lambda y, x, th, tw: checked_pixels(source[y:y + th, x:x + tw], name)  # noqa: E731
+        self._predict_plane(reader, stats, layout, batch, Prediction(labels, probs), _ticker(layout.num_tiles, progress),
+                            cancel, name)
+
     # -- one plane -------------------------------------------------------------------------------
 
-    def _stats(self, plane: np.ndarray) -> tuple[float, float]:
-        norm = self.info.normalization or {"mode": "image"}
-        mode = norm.get("mode", "image")
-        if mode == "image":
-            # exact up to 4 Mpx (as in training); a regular grid of ~4M pixels on huge mosaics
-            step = max(1, int(np.ceil(np.sqrt(plane.shape[0] * plane.shape[1] / _STATS_PIXELS))))
-            return image_stats(to_model_channels(plane[::step, ::step], self.in_chans))
+    def _mode(self) -> str:
+        return (self.info.normalization or {"mode": "image"}).get("mode", "image")
+
+    def _stats(self, plane: Any) -> tuple[float, float]:
+        norm, mode = self.info.normalization or {"mode": "image"}, self._mode()
+        if mode == "image":  # the whole image's statistics for every tile, as in training
+            return lazy_stats(plane, self.in_chans)
         if mode == "fixed":
             return float(norm["mean"]), float(norm["std"])
         if mode == "none":
@@ -195,46 +253,69 @@ class Segmenter:
             raise ImageError(f"{name}: image has {c} channels but model {self.name!r} expects {self.in_chans}; "
                              "convert the image or use a model trained on such images")
 
-    def _predict_plane(self, plane: np.ndarray, layout: TileLayout, out: Prediction,
-                       tick: Callable[[int], None], cancel: CancelFn | None, name: str) -> None:
-        """Fill ``out`` (views of the caller's arrays) with one plane's prediction."""
+    def _predict_plane(self, read: Reader, stats: tuple[float, float], layout: TileLayout, batch_size: int,
+                       out: Prediction, tick: Callable[[int], None], cancel: CancelFn | None, name: str) -> None:
+        """Fill ``out`` (views of the caller's arrays, or array-likes) with one plane's prediction."""
         import torch
 
-        self._check_channels(plane, name)
-        stats = self._stats(plane)
-        padded = layout.pad_image(plane)
-        k, dev = self.info.num_classes, self.device
-        (th, tw), hp = layout.tile, layout.padded[0]
-        wy, wx = (torch.from_numpy(w).to(dev) for w in layout.windows())
-        sy, sx = (torch.from_numpy(s).to(dev) for s in layout.weight_sums())
-        acc = torch.zeros((k, th, layout.padded[1]), dtype=torch.float32, device=dev)
+        th, tw = layout.tile
+        band = Band(layout, self.info.num_classes, self.device, out)
         tiles = [(i, j, y, x) for i, y in enumerate(layout.ys) for j, x in enumerate(layout.xs)]
-        base = 0  # padded row held by acc[:, 0]
-        for b in range(0, len(tiles), self.batch_size):
-            if cancel is not None and cancel():
-                raise Cancelled(f"{name}: segmentation cancelled")
-            batch = tiles[b:b + self.batch_size]
-            probs = self._forward(self._batch(padded, batch, (th, tw), stats), (th, tw))
-            for (i, j, y, x), p in zip(batch, probs, strict=True):
-                acc[:, y - base:y - base + th, x:x + tw].addcmul_(p, wy[i, :, None] * wx[j])
-                if j == len(layout.xs) - 1:  # row of tiles i is complete: rows above the next one are final
-                    nxt = layout.ys[i + 1] if i + 1 < len(layout.ys) else hp
-                    self._emit(acc, sy, sx, layout, base, nxt, out)
-                    d = nxt - base
-                    for c in range(0, acc.shape[2], _CHUNK):  # column chunks keep temporaries small
-                        acc[:, :th - d, c:c + _CHUNK] = acc[:, d:, c:c + _CHUNK].clone()
-                    acc[:, th - d:] = 0
-                    base = nxt
-            tick(len(batch))
+        batches = [tiles[b:b + batch_size] for b in range(0, len(tiles), batch_size)]
+        with torch.inference_mode(), self._stage_cancel(cancel, name), ThreadPoolExecutor(1) as pool:
+            for batch, x in zip(batches, self._prefetch(pool, read, batches, (th, tw), stats), strict=True):
+                if cancel is not None and cancel():
+                    raise Cancelled(f"{name}: segmentation cancelled")
+                probs = self._forward(x.to(self.device, non_blocking=True), (th, tw))
+                for tile, p in zip(batch, probs, strict=True):
+                    band.add(*tile, p)
+                tick(len(batch))
 
-    def _batch(self, padded: np.ndarray, batch: list[tuple[int, int, int, int]], size: tuple[int, int],
-               stats: tuple[float, float]) -> torch.Tensor:
+    def _prefetch(self, pool: ThreadPoolExecutor, read: Reader, batches: list[list[Tile]], size: tuple[int, int],
+                  stats: tuple[float, float]) -> Iterator[torch.Tensor]:
+        """The input batches, each read and normalised on ``pool`` while the previous one runs."""
+        pending = pool.submit(self._batch, read, batches[0], size, stats) if batches else None
+        for b in range(len(batches)):
+            assert pending is not None
+            x = pending.result()
+            pending = pool.submit(self._batch, read, batches[b + 1], size, stats) if b + 1 < len(batches) else None
+            yield x
+
+    def _batch(self, read: Reader, batch: list[Tile], size: tuple[int, int], stats: tuple[float, float]) -> torch.Tensor:
+        """One normalised float32 input batch, written straight into its (pinned, on CUDA) tensor."""
         import torch
 
         th, tw = size
-        arrays = [standardize(to_model_channels(padded[y:y + th, x:x + tw], self.in_chans), stats) for *_, y, x in batch]
-        x = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
+        mean, std = np.float32(stats[0]), np.float32(stats[1])
+        x = torch.empty((len(batch), self.in_chans, th, tw), dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        buf = x.numpy()
+        for n, (*_, y, x0) in enumerate(batch):
+            tile = read(y, x0, th, tw)
+            if tile.ndim == 2:  # grey: one pass from the stored dtype, no float copy of the tile
+                np.subtract(tile, mean, out=buf[n, 0], dtype=np.float32)
+                buf[n, 1:] = buf[n, :1]
+            else:
+                np.subtract(to_model_channels(tile, self.in_chans), mean, out=buf[n])
+            np.divide(buf[n], std, out=buf[n])
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @contextlib.contextmanager
+    def _stage_cancel(self, cancel: CancelFn | None, name: str) -> Iterator[None]:
+        """Poll ``cancel`` before each top-level stage of the network (large tiles take seconds)."""
+        if cancel is None:
+            yield
+            return
+
+        def check(*_: object) -> None:
+            if cancel():
+                raise Cancelled(f"{name}: segmentation cancelled")
+
+        hooks = [m.register_forward_pre_hook(check) for n, m in self.model.named_modules() if n and n.count(".") <= 1]
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
 
     def _forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Softmax probabilities (B, K, th, tw) in float32, flip-averaged with TTA."""
@@ -253,7 +334,7 @@ class Segmenter:
                 raise
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            smaller = max(self.multiple, self.tile // 2)
+            smaller = max(self.multiple, max(size) // 2 // self.multiple * self.multiple)
             raise InferenceMemoryError(
                 f"out of memory on {self.device} with {size[0]}x{size[1]} tiles in batches of {len(x)}"
                 f"{' with flip TTA' if self.tta else ''}: use a smaller batch (batch_size/--batch 1) or tile "
@@ -268,23 +349,17 @@ class Segmenter:
                              f"expected (batch, {k} classes, {x.shape[-2]}, {x.shape[-1]})")
         return logits.float().softmax(1)
 
-    @staticmethod
-    def _emit(acc: torch.Tensor, sy: torch.Tensor, sx: torch.Tensor, layout: TileLayout, r0: int, r1: int,
-              out: Prediction) -> None:
-        """Write the finished padded rows [r0, r1) (held from ``acc[:, 0]`` on) into ``out``."""
-        import torch
 
-        src, dst = layout.row_slice(r0, r1)
-        if src.stop == src.start:
-            return  # padding rows only
-        left, width = layout.pad[1], layout.shape[1]
-        wy = sy[r0 + src.start:r0 + src.stop, None]
-        for c in range(0, width, _CHUNK):  # column chunks keep temporaries small on wide mosaics
-            c1 = min(c + _CHUNK, width)
-            band = acc[:, src, left + c:left + c1] / (wy * sx[None, left + c:left + c1])
-            top, idx = band.max(0)
-            out.labels[dst, c:c1] = (idx + 1).to(torch.uint8).cpu().numpy()
-            if out.probs is not None:
-                out.probs[:, dst, c:c1] = band.half().cpu().numpy()
-            if out.uncertainty is not None:
-                out.uncertainty[dst, c:c1] = (1.0 - top).cpu().numpy()
+def _ticker(total: int, progress: ProgressFn | None) -> Callable[[int], None]:
+    """``tick(n)``: n more tiles done, reported as ``progress(done, total)`` (starting with 0)."""
+    done = 0
+    if progress is not None:
+        progress(0, total)
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    return tick

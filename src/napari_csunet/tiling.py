@@ -8,6 +8,10 @@ window fades only the edges that meet another tile, never an edge on the image's
 the tile is the only one, and right). Windows are products of 1D ramps and the tiles form a
 product grid, so the sum of the windows over all tiles is the outer product of two 1D sums:
 normalising needs no (H, W) weight map.
+
+:func:`choose_tile` picks the tile from the image and a memory budget: the fewest padded pixels
+(plus a small cost per tile) with a fixed overlap in pixels, because the overlap a seam needs is
+the network's context (tens of pixels), not a fraction of the tile.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ import numpy as np
 
 from .models.config import nearest_multiple
 
-__all__ = ["TileLayout", "tile_starts", "ramp_window", "axis_windows", "check_tile", "MAX_OVERLAP"]
+__all__ = ["TileLayout", "tile_starts", "ramp_window", "axis_windows", "check_tile", "choose_tile", "MAX_OVERLAP",
+           "CONTEXT_PX"]
 
 #: above this the number of tiles explodes for no gain in quality
 MAX_OVERLAP = 0.75
+#: default overlap in pixels: two first-stage Swin windows (patch 4 x window 8); measured on the
+#: starter model, tiles of 256 agree with the whole image on 99.96 % of pixels at 64 px overlap
+CONTEXT_PX = 64
 
 
 def check_tile(tile: int, multiple: int, overlap: float) -> None:
@@ -67,12 +75,48 @@ def axis_windows(size: int, starts: list[int], length: int) -> np.ndarray:
     return np.stack([ramp_window(size, ramp, a > 0, a + size < length) for a in starts])
 
 
-def _axis_plan(length: int, tile: int, multiple: int, overlap: float) -> tuple[int, int, int, list[int]]:
-    """(tile size, padded length, pad before, starts) for one axis."""
+def _axis_plan(length: int, tile: int, multiple: int, overlap: float | None,
+               overlap_px: int = 0) -> tuple[int, int, int, list[int]]:
+    """(tile size, padded length, pad before, starts) for one axis; ``overlap`` (a fraction of the
+    tile) wins over ``overlap_px`` when given."""
     size = min(tile, -(-length // multiple) * multiple)
     padded = max(length, size)
-    starts = tile_starts(padded, size, int(round(overlap * size)))
+    starts = tile_starts(padded, size, int(round(overlap * size)) if overlap is not None else overlap_px)
     return size, padded, (padded - length) // 2, starts
+
+
+def _count(length: int, size: int, overlap_px: int) -> int:
+    """Tiles of ``size`` along ``length`` (as :func:`tile_starts` spreads them)."""
+    return 1 if length <= size else math.ceil((length - size) / max(1, size - overlap_px)) + 1
+
+
+def _axis_sizes(length: int, multiple: int, largest: int) -> list[int]:
+    top = min(-(-length // multiple) * multiple, max(multiple, largest // multiple * multiple))
+    return list(range(multiple, top + 1, multiple))
+
+
+def choose_tile(shape: tuple[int, int], multiple: int, overlap_px: int, max_area: int,
+                row_bytes: int = 0, max_band_bytes: int = 0) -> tuple[int, int]:
+    """The (rows, columns) tile with the least work for an (H, W) image: padded pixels of all tiles
+    plus a quarter of a ``multiple``-sided tile per tile (the per-tile cost), among tiles of at most
+    ``max_area`` pixels and, when ``row_bytes`` is given, whose accumulation band (``row_bytes`` per
+    tile row, see the inference engine) stays within ``max_band_bytes``.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    max_area = max(int(max_area), multiple * multiple)
+    max_rows = max_area // multiple
+    if row_bytes and max_band_bytes:
+        max_rows = max(multiple, min(max_rows, max_band_bytes // max(1, row_bytes)))
+    cols = {tw: _count(w, tw, overlap_px) for tw in _axis_sizes(w, multiple, max_area // multiple)}
+    best: tuple[float, int, tuple[int, int]] | None = None
+    for th in _axis_sizes(h, multiple, max_rows):
+        ny = _count(h, th, overlap_px)
+        for tw in _axis_sizes(w, multiple, max_area // th):
+            work = ny * cols[tw] * (th * tw + multiple * multiple / 4)
+            if best is None or (work, -th * tw) < best[:2]:
+                best = (work, -th * tw, (th, tw))
+    assert best is not None
+    return best[2]
 
 
 @dataclass(frozen=True)
@@ -87,11 +131,18 @@ class TileLayout:
     xs: tuple[int, ...]
 
     @classmethod
-    def plan(cls, shape: tuple[int, int], tile: int, overlap: float, multiple: int) -> TileLayout:
-        check_tile(tile, multiple, overlap)
+    def plan(cls, shape: tuple[int, int], tile: int | tuple[int, int], overlap: float | None, multiple: int,
+             overlap_px: int = 0) -> TileLayout:
+        """Tiles of ``tile`` (or (rows, columns)) overlapping by ``overlap`` of the tile, or by
+        ``overlap_px`` pixels when ``overlap`` is None."""
+        th0, tw0 = (tile, tile) if isinstance(tile, (int, np.integer)) else tile
+        for t in (th0, tw0):
+            check_tile(t, multiple, 0.0 if overlap is None else overlap)
+        if overlap_px < 0:
+            raise ValueError(f"overlap_px must be >= 0, got {overlap_px}")
         h, w = int(shape[0]), int(shape[1])
-        th, hp, top, ys = _axis_plan(h, tile, multiple, overlap)
-        tw, wp, left, xs = _axis_plan(w, tile, multiple, overlap)
+        th, hp, top, ys = _axis_plan(h, int(th0), multiple, overlap, overlap_px)
+        tw, wp, left, xs = _axis_plan(w, int(tw0), multiple, overlap, overlap_px)
         return cls((h, w), (th, tw), (hp, wp), (top, left), tuple(ys), tuple(xs))
 
     @property
