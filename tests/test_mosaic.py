@@ -114,3 +114,36 @@ def test_stacks_and_channels_first_are_refused_clearly(tmp_path, shape, message)
     zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=shape, dtype="uint8")
     with pytest.raises(ValueError, match=message):
         open_lazy(tmp_path / "s.zarr")
+
+
+@pytest.mark.parametrize("kind", ["zarr", "big tiff"])
+def test_csunet_segment_writes_chunked_zarr_labels_for_lazy_inputs(tmp_path, monkeypatch, capsys, kind):
+    """A zarr folder (not a folder of images) and a TIFF over the lazy threshold go the mosaic way;
+    an ordinary TIFF beside them still gets its label TIFF."""
+    import json
+
+    from napari_csunet import lazy
+    from napari_csunet.cli import main
+    from napari_csunet.modelfile import ModelInfo, save_model_file
+    from napari_csunet.models import build_model, get_preset
+
+    config = get_preset("csunet-tiny").config
+    model = save_model_file(tmp_path / "m.safetensors", build_model(config), ModelInfo(config, ["a", "b", "c"]))
+    image = np.random.default_rng(5).integers(0, 255, (300, 520)).astype(np.uint8)
+    if kind == "zarr":
+        zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=image.shape, chunks=(256, 256), dtype="uint8")[:] = image
+        inputs = [str(tmp_path / "big.zarr")]
+    else:
+        monkeypatch.setattr(lazy, "LAZY_TIFF_PIXELS", 100_000)
+        tifffile.imwrite(tmp_path / "big.tif", image, tile=(256, 256))
+        inputs = [str(tmp_path / "big.tif")]
+    tifffile.imwrite(tmp_path / "small.tif", image[:100, :100])
+    rc = main(["segment", *inputs, str(tmp_path / "small.tif"), "--model", str(model), "--out", str(tmp_path / "out"),
+               "--device", "cpu", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0 and result["failed"] == 0
+    big, small = result["images"]
+    assert big["labels"].endswith("big_labels.zarr") and small["labels"].endswith("small_labels.tif")
+    labels = zarr.open_array(big["labels"], mode="r")
+    assert labels.shape == image.shape and labels[:].min() >= 1
+    assert sum(big["area_fractions"].values()) == pytest.approx(1.0)

@@ -104,3 +104,15 @@ def segment_mosaic(seg: Segmenter, source: str | Path | Any, out: str | Path, *,
     written = {"labels": str(out)} | ({"probs": str(out.with_name(out.stem + "_probs.zarr"))} if probs else {})
     return {"image": name, "shape": [h, w], "input_kind": facts["kind"], "written": written,
             "area_fractions": {n: float(f) for n, f in zip(seg.info.class_names, fractions, strict=True)}}
+
+
+def mosaic_row(seg: Segmenter, path: Path, out_dir: Path, stem: str, probs: bool,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """``csunet segment``'s result for one lazily read input: ``<stem>_labels.zarr`` (and
+    ``_probs.zarr``) in ``out_dir``; no overlay or particle tables (they would need the whole image)."""
+    import time
+
+    start = time.perf_counter()
+    summary = segment_mosaic(seg, path, out_dir / f"{stem}_labels.zarr", probs=probs, progress=progress, name=str(path))
+    return {"input": str(path), "shape": summary["shape"], "input_kind": summary["input_kind"], **summary["written"],
+            "area_fractions": summary["area_fractions"], "seconds": round(time.perf_counter() - start, 3)}

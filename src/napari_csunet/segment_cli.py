@@ -21,7 +21,9 @@ import numpy as np
 from .atomic import atomic_path
 from .databar import predict_outside
 from .io import IMAGE_SUFFIXES, read_image
+from .lazy import is_lazy_input
 from .measurements import DEFAULT_MIN_AREA, calibration_for, measure
+from .mosaic import mosaic_row
 from .report import batch_tables, write_batch_tables
 
 __all__ = ["register", "expand_inputs", "overlay", "output_stems"]
@@ -32,9 +34,10 @@ _OUTPUT_ENDINGS = ("_labels", "_probs", "_overlay")
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model file, starter/user model name, or preset (random weights)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--tile", type=int, default=512, help="tile side in pixels, a multiple of 256 (default 512)")
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap as a fraction of the tile (default 0.25)")
-    p.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument("--tile", type=int, help="tile side in pixels, a multiple of 256 (default: chosen per image "
+                   "from the device's memory)")
+    p.add_argument("--overlap", type=float, help="tile overlap as a fraction of the tile (default: 64 px)")
+    p.add_argument("--batch", type=int, help="tiles per forward pass (default: sized to the device's memory)")
     p.add_argument("--tta", action="store_true", help="average over flips (4x slower, smoother)")
     p.add_argument("--no-amp", action="store_true", help="full precision on GPUs (default: bf16/fp16 autocast)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -50,8 +53,9 @@ def _positive(text: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment images, folders or globs into label TIFFs, overlays and a CSV",
                        description="Segment micrographs; writes <stem>_labels.tif, <stem>_overlay.png, optionally "
-                                   "<stem>_probs.tif, and summary.csv (area fractions, particle statistics).")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+                                   "<stem>_probs.tif, and summary.csv (area fractions, particle statistics); "
+                                   "zarr/OME-Zarr and TIFFs over 64 Mpx are read lazily into <stem>_labels.zarr.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, zarr/OME-Zarr, folders or glob patterns")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--probs", action="store_true", help="also write per-class probabilities (float16 TIFF)")
     p.add_argument("--no-overlay", action="store_true", help="skip the colour overlay PNGs")
@@ -90,7 +94,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     errors: list[str] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if path.is_dir() and not is_lazy_input(path):
             found = sorted(p for p in path.iterdir() if p.is_file() and _is_image(p))
             errors += [] if found else [f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"]
         elif path.exists():
@@ -229,6 +233,10 @@ def _segment_files(seg: Any, files: list[Path], stems: list[str], args: argparse
                 tiles.update(done - tiles.n)
 
             try:
+                if is_lazy_input(path):  # larger than memory: tiles read lazily, labels into chunked zarr
+                    results.append(mosaic_row(seg, path, args.out, stem, args.probs, progress))
+                    bar.update(1)
+                    continue
                 image = read_image(path)
                 size, databar = calibration_for(path, image, args.pixel_size, not args.no_databar)
                 pred = predict_outside(lambda im, p=path: seg.predict(im, want_probs=args.probs, progress=progress,
