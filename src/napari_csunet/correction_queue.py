@@ -1,0 +1,181 @@
+"""Where to correct next: image regions ranked by how unsure the model is there.
+
+The user's scarce resource is time with the brush, so the Correct tab walks them through square
+regions in order of the model's uncertainty (1 - max probability, optionally plus the
+disagreement between test-time-augmentation views), worst first. A region is done once the user
+painted in it or accepted it as predicted; accepted regions become accepted rectangles of the
+annotation store, so they train like painted pixels. Numpy only: the GUI, the live update and
+``benchmarks/annotation_efficiency.py`` share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Region", "CorrectionQueue", "tile_boxes", "rank_regions", "TODO", "PAINTED", "ACCEPTED"]
+
+#: region states: not checked yet, the user painted in it, the user accepted it as predicted
+TODO, PAINTED, ACCEPTED = "todo", "painted", "accepted"
+STATES = (TODO, PAINTED, ACCEPTED)
+
+
+@dataclass
+class Region:
+    """One square of the image: ``box`` is [row0, col0, row1, col1] (end exclusive)."""
+
+    box: tuple[int, int, int, int]
+    score: float
+    state: str = TODO
+
+    @property
+    def done(self) -> bool:
+        return self.state != TODO
+
+    @property
+    def pixels(self) -> int:
+        r0, c0, r1, c1 = self.box
+        return (r1 - r0) * (c1 - c0)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        r0, c0, r1, c1 = self.box
+        return (r0 + r1) / 2, (c0 + c1) / 2
+
+
+def tile_boxes(shape: Sequence[int], size: int) -> list[tuple[int, int, int, int]]:
+    """Non-overlapping ``size``² boxes covering an (H, W) image; the last row/column of boxes is
+    clipped at the border (a smaller box) rather than shifted over its neighbour."""
+    if size < 1:
+        raise ValueError(f"region size must be at least 1 px, got {size}")
+    h, w = int(shape[0]), int(shape[1])
+    return [(r, c, min(r + size, h), min(c + size, w)) for r in range(0, h, size) for c in range(0, w, size)]
+
+
+def rank_regions(uncertainty: np.ndarray, size: int = 256, disagreement: np.ndarray | None = None,
+                 done: np.ndarray | None = None, top: float = 0.1) -> list[Region]:
+    """Regions of ``size``² sorted worst first.
+
+    A region's score is the mean of its most uncertain ``top`` share of pixels (a thin wrong
+    boundary matters even in a region that is mostly sure), with ``disagreement`` (0..1, e.g.
+    how often TTA views differ from the prediction) added per pixel. Pixels where ``done`` is True
+    (already corrected or accepted) count as certain.
+    """
+    u = np.asarray(uncertainty, dtype=np.float32)
+    if u.ndim != 2:
+        raise ValueError(f"uncertainty must be one (H, W) plane, got shape {u.shape}")
+    if disagreement is not None:
+        if np.shape(disagreement) != u.shape:
+            raise ValueError(f"disagreement is {np.shape(disagreement)} but uncertainty is {u.shape}")
+        u = u + np.asarray(disagreement, dtype=np.float32)
+    if done is not None:
+        if np.shape(done) != u.shape:
+            raise ValueError(f"done mask is {np.shape(done)} but uncertainty is {u.shape}")
+        u = np.where(done, 0.0, u)
+    if not 0 < top <= 1:
+        raise ValueError(f"top must be in (0, 1], got {top}")
+    regions = []
+    for box in tile_boxes(u.shape, size):
+        values = u[box[0]:box[2], box[1]:box[3]].ravel()
+        n = max(1, int(round(top * values.size)))
+        regions.append(Region(box, float(np.partition(values, values.size - n)[-n:].mean())))
+    regions.sort(key=lambda r: -r.score)
+    return regions
+
+
+class CorrectionQueue:
+    """Ranked regions of one image, which are done, and which one the user is looking at."""
+
+    def __init__(self, regions: Iterable[Region], shape: Sequence[int], size: int) -> None:
+        self.regions = sorted(regions, key=lambda r: -r.score)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.size = int(size)
+        self.current: int | None = None
+
+    @classmethod
+    def from_uncertainty(cls, uncertainty: np.ndarray, size: int = 256, disagreement: np.ndarray | None = None,
+                         done: np.ndarray | None = None) -> CorrectionQueue:
+        """A queue ranked by :func:`rank_regions`; regions mostly covered by ``done`` start as painted."""
+        queue = cls(rank_regions(uncertainty, size, disagreement, done), np.shape(uncertainty), size)
+        if done is not None:
+            for region in queue.regions:
+                r0, c0, r1, c1 = region.box
+                if np.mean(done[r0:r1, c0:c1]) >= 0.5:
+                    region.state = PAINTED
+        return queue
+
+    def __len__(self) -> int:
+        return len(self.regions)
+
+    @property
+    def remaining(self) -> int:
+        return sum(not r.done for r in self.regions)
+
+    @property
+    def checked(self) -> int:
+        return len(self.regions) - self.remaining
+
+    def region(self) -> Region | None:
+        """The region the user is looking at, if any."""
+        return None if self.current is None else self.regions[self.current]
+
+    def next(self) -> Region | None:
+        """Move to the most uncertain region not done yet (None when all are done)."""
+        todo = [i for i, r in enumerate(self.regions) if not r.done]
+        if not todo:
+            self.current = None
+            return None
+        later = [i for i in todo if self.current is None or i > self.current]
+        self.current = (later or todo)[0]
+        return self.regions[self.current]
+
+    def mark(self, state: str, index: int | None = None) -> Region:
+        """Set a region's state (the current one by default)."""
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        index = self.current if index is None else index
+        if index is None:
+            raise ValueError("no current region: call next() first")
+        self.regions[index].state = state
+        return self.regions[index]
+
+    def accept(self, index: int | None = None) -> Region:
+        """The user checked the region and its prediction is right: it trains as labelled."""
+        return self.mark(ACCEPTED, index)
+
+    def mark_painted(self, changed: np.ndarray, min_pixels: int = 1) -> list[Region]:
+        """Regions where at least ``min_pixels`` of ``changed`` (bool, H x W) are True become painted
+        (accepted ones stay accepted); returns the regions that changed state."""
+        if np.shape(changed) != self.shape:
+            raise ValueError(f"changed mask is {np.shape(changed)} but the queue's image is {self.shape}")
+        out = []
+        for region in self.regions:
+            r0, c0, r1, c1 = region.box
+            if region.state == TODO and np.count_nonzero(changed[r0:r1, c0:c1]) >= min_pixels:
+                region.state = PAINTED
+                out.append(region)
+        return out
+
+    def accepted_boxes(self) -> list[list[int]]:
+        """Accepted regions as the annotation store's rectangles ([row0, col0, row1, col1])."""
+        return [list(r.box) for r in self.regions if r.state == ACCEPTED]
+
+    def rerank(self, uncertainty: np.ndarray, disagreement: np.ndarray | None = None) -> None:
+        """New scores from a new prediction; done regions keep their state, the current one is kept
+        if it is still to do, else the queue starts again from the top."""
+        fresh = {r.box: r.score for r in rank_regions(uncertainty, self.size, disagreement)}
+        if set(fresh) != {r.box for r in self.regions}:
+            raise ValueError(f"the new uncertainty ({np.shape(uncertainty)}) does not fit this queue's regions")
+        keep = self.region()
+        for region in self.regions:
+            region.score = fresh[region.box]
+        self.regions.sort(key=lambda r: -r.score)
+        self.current = self.regions.index(keep) if keep is not None and not keep.done else None
+
+    def summary(self) -> str:
+        """For the status line: how much is left."""
+        accepted = sum(r.state == ACCEPTED for r in self.regions)
+        return (f"{self.remaining} of {len(self)} regions left to check "
+                f"({self.checked - accepted} painted, {accepted} accepted)")

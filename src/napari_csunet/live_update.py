@@ -1,0 +1,110 @@
+"""Live update: after each correction, a short fine-tune, then a fresh prediction and queue.
+
+The cycle is: the user corrects or accepts a region -> a short fine-tune in the training child,
+continuing from the current model with the encoders frozen (only the decoder learns, which is
+what makes a few dozen steps on a CPU take tens of seconds) -> the new model is loaded, the
+image re-segmented and the queue re-ranked. One cycle at a time: a correction made meanwhile is
+remembered and starts the next cycle when this one ends, never a second child. GUI-free (the
+Correct tab drives it with callbacks), so the rules are tested without Qt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LIVE_DEFAULTS", "live_job_spec", "LiveUpdate"]
+
+#: a short fine-tune: decoder only, few steps, no pseudo-labels, one validation at the end
+LIVE_DEFAULTS: dict[str, Any] = {"steps": 30, "lr": 3e-4, "crop": 256, "batch_size": 2, "aug_strength": 0.5,
+                                 "freeze_cnn": True, "freeze_swin": True, "pseudo_weight": 0.0}
+
+
+def live_job_spec(model: str | Path, pairs: list[dict[str, str]], class_names: list[str], out: str | Path,
+                  device: str = "auto", class_colors: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
+    """The training job (JOB.json keys) of one live update, checked by ``TrainConfig``."""
+    from csunet_train.config import TrainConfig
+
+    params = LIVE_DEFAULTS | overrides
+    spec = {"mode": "finetune", "model": str(model), "pairs": list(pairs), "class_names": list(class_names),
+            "class_colors": list(class_colors) if class_colors else None, "device": device, "out": str(out),
+            "eval_every": int(params["steps"]), "name": Path(out).stem,
+            "description": f"live update of {Path(model).name} on {len(pairs)} corrected image(s)"} | params
+    TrainConfig.from_dict(spec)  # raises ConfigError with the key's name
+    return spec
+
+
+class LiveUpdate:
+    """One cycle at a time; corrections during a cycle queue exactly one more.
+
+    ``start_cycle()`` launches a cycle (returns False when it cannot, e.g. nothing to train on);
+    the owner calls :meth:`finished` when the cycle's prediction is on screen (or it failed).
+    """
+
+    def __init__(self, start_cycle: Callable[[], bool], clock: Callable[[], float] = time.monotonic) -> None:
+        self._start_cycle = start_cycle
+        self._clock = clock
+        self.enabled = False
+        self.running = False
+        self.pending = False
+        self.cycles = 0
+        self.requested_at: float | None = None  # the correction the running cycle answers
+        self._pending_since: float | None = None
+        self.last_seconds: float | None = None  # correction -> updated prediction, last cycle
+        self.last_updated: float | None = None  # wall-clock time of the last updated prediction
+
+    def request(self) -> str:
+        """A region was corrected or accepted: 'started', 'queued' (a cycle is running), 'off' or 'refused'."""
+        if not self.enabled:
+            return "off"
+        now = self._clock()
+        if self.running:
+            if not self.pending:
+                self.pending, self._pending_since = True, now
+            return "queued"
+        return self._begin(now)
+
+    def _begin(self, since: float) -> str:
+        self.running, self.requested_at = True, since
+        try:
+            ok = self._start_cycle()
+        except Exception:
+            self.running = False
+            raise
+        if not ok:
+            self.running = False
+            return "refused"
+        self.cycles += 1
+        return "started"
+
+    def finished(self, ok: bool = True) -> str | None:
+        """The cycle ended (``ok``: a new prediction is on screen); starts the queued one, if any."""
+        if not self.running:
+            return None
+        self.running = False
+        if ok and self.requested_at is not None:
+            self.last_seconds = self._clock() - self.requested_at
+            self.last_updated = time.time()
+        if self.pending and self.enabled:
+            since, self.pending, self._pending_since = self._pending_since, False, None
+            return self._begin(since if since is not None else self._clock())
+        self.pending = False
+        return None
+
+    def cancel_pending(self) -> None:
+        """Forget the queued cycle (live update switched off, or Stop)."""
+        self.pending, self._pending_since = False, None
+
+    def describe(self) -> str:
+        """For the status line: when the prediction was last updated and what is going on."""
+        parts = []
+        if self.last_updated is not None:
+            parts.append(f"prediction updated at {time.strftime('%H:%M:%S', time.localtime(self.last_updated))}"
+                         + (f" ({self.last_seconds:.0f} s after the correction)" if self.last_seconds else ""))
+        else:
+            parts.append("prediction not updated live yet")
+        if self.running:
+            parts.append("updating …" + (" (one more queued)" if self.pending else ""))
+        return "; ".join(parts)

@@ -1,0 +1,148 @@
+"""The correction queue's ranking and bookkeeping, and the live update's one-cycle-at-a-time rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_csunet.correction_queue import (
+    ACCEPTED,
+    PAINTED,
+    TODO,
+    CorrectionQueue,
+    rank_regions,
+    tile_boxes,
+)
+from napari_csunet.live_update import LIVE_DEFAULTS, LiveUpdate, live_job_spec
+
+
+@pytest.mark.parametrize(("shape", "size", "count", "last"), [
+    ((512, 512), 256, 4, (256, 256, 512, 512)),
+    ((600, 300), 256, 6, (512, 256, 600, 300)),  # border regions are clipped, not shifted
+    ((100, 100), 256, 1, (0, 0, 100, 100)),
+])
+def test_tile_boxes_cover_the_image_once(shape, size, count, last):
+    boxes = tile_boxes(shape, size)
+    cover = np.zeros(shape, int)
+    for r0, c0, r1, c1 in boxes:
+        cover[r0:r1, c0:c1] += 1
+    assert len(boxes) == count and boxes[-1] == last and (cover == 1).all()
+
+
+def _uncertainty() -> np.ndarray:
+    u = np.full((512, 512), 0.05, np.float32)
+    u[300:330, 280:480] = 0.6  # a thin uncertain boundary (9% of the region) bottom right
+    u[0:256, 256:512] = 0.2  # a uniformly unsure top-right region
+    return u
+
+
+def test_regions_rank_a_thin_uncertain_boundary_first():
+    ranked = rank_regions(_uncertainty(), 256)
+    assert [r.box for r in ranked][:2] == [(256, 256, 512, 512), (0, 256, 256, 512)]
+    assert ranked[-1].score == pytest.approx(0.05)
+    # plain means would put the uniform region first: the top share is what finds the boundary
+    assert [r.box for r in rank_regions(_uncertainty(), 256, top=1.0)][0] == (0, 256, 256, 512)
+
+
+def test_disagreement_and_done_pixels_change_the_order():
+    u = _uncertainty()
+    tta = np.zeros_like(u)
+    tta[0:100, 0:100] = 1.0
+    assert rank_regions(u, 256, disagreement=tta)[0].box == (0, 0, 256, 256)
+    done = np.zeros(u.shape, bool)
+    done[256:, 256:] = True
+    assert rank_regions(u, 256, done=done)[0].box == (0, 256, 256, 512)
+    with pytest.raises(ValueError, match="disagreement"):
+        rank_regions(u, 256, disagreement=tta[:10])
+
+
+def test_queue_walks_worst_first_and_counts_what_is_left():
+    queue = CorrectionQueue.from_uncertainty(_uncertainty(), 256)
+    assert queue.remaining == 4 and queue.region() is None
+    first = queue.next()
+    assert first.box == (256, 256, 512, 512)
+    queue.accept()
+    assert first.state == ACCEPTED and queue.remaining == 3 and queue.accepted_boxes() == [[256, 256, 512, 512]]
+    second = queue.next()
+    changed = np.zeros((512, 512), bool)
+    changed[10, 10] = True  # the user painted one pixel in the top-left region
+    painted = queue.mark_painted(changed)
+    assert [r.box for r in painted] == [(0, 0, 256, 256)] and painted[0].state == PAINTED
+    assert second.state == TODO and queue.remaining == 2
+    assert "2 of 4 regions left" in queue.summary() and "1 painted, 1 accepted" in queue.summary()
+    assert queue.next() is not second and queue.next() is second  # wraps around the regions left
+    queue.accept()
+    queue.mark(ACCEPTED, queue.regions.index(next(r for r in queue.regions if not r.done)))
+    assert queue.remaining == 0 and queue.next() is None
+
+
+def test_queue_rerank_keeps_done_regions_and_refuses_other_shapes():
+    queue = CorrectionQueue.from_uncertainty(_uncertainty(), 256)
+    queue.next()
+    queue.accept()
+    current = queue.next()
+    flipped = np.full((512, 512), 0.05, np.float32)
+    flipped[:256, :256] = 0.9
+    queue.rerank(flipped)
+    assert queue.regions[0].box == (0, 0, 256, 256)
+    assert next(r for r in queue.regions if r.box == (256, 256, 512, 512)).state == ACCEPTED
+    assert queue.region() is current
+    with pytest.raises(ValueError, match="does not fit"):
+        queue.rerank(np.zeros((256, 256)))
+    with pytest.raises(ValueError, match="state"):
+        queue.mark("maybe")
+
+
+def test_from_uncertainty_counts_vouched_regions_as_done():
+    done = np.zeros((512, 512), bool)
+    done[:200, :] = True
+    queue = CorrectionQueue.from_uncertainty(_uncertainty(), 256, done=done)
+    assert queue.remaining == 2 and {r.box for r in queue.regions if r.done} == {(0, 0, 256, 256), (0, 256, 256, 512)}
+
+
+class _Cycles:
+    def __init__(self, ok: bool = True) -> None:
+        self.started, self.ok = 0, ok
+
+    def __call__(self) -> bool:
+        self.started += 1
+        return self.ok
+
+
+def test_live_update_runs_one_cycle_and_queues_one_more():
+    clock = iter([0.0, 5.0, 6.0, 40.0, 70.0]).__next__
+    cycles = _Cycles()
+    live = LiveUpdate(cycles, clock=clock)
+    assert live.request() == "off" and cycles.started == 0
+    live.enabled = True
+    assert live.request() == "started" and live.running  # t=0
+    assert live.request() == "queued" and live.request() == "queued"  # t=5, t=6: one queued, not two
+    assert cycles.started == 1 and live.pending
+    assert live.finished() == "started"  # t=40: the first cycle answered in 40 s; the queued one starts
+    assert live.last_seconds == pytest.approx(40.0) and cycles.started == 2 and not live.pending
+    assert live.finished() is None and not live.running  # t=70: 65 s after the queued correction at t=5
+    assert live.last_seconds == pytest.approx(65.0)
+    assert "prediction updated at" in live.describe() and "65 s" in live.describe()
+
+
+def test_live_update_refused_cycle_and_cancelled_queue():
+    live = LiveUpdate(_Cycles(ok=False))
+    live.enabled = True
+    assert live.request() == "refused" and not live.running
+    live = LiveUpdate(_Cycles())
+    live.enabled = True
+    live.request()
+    live.request()
+    live.cancel_pending()
+    assert live.finished(ok=False) is None and live.last_updated is None
+
+
+def test_live_job_spec_is_a_short_frozen_finetune(tmp_path):
+    spec = live_job_spec(tmp_path / "m.safetensors", [{"image": "a.tif", "labels": "b.tif"}], ["a", "b"],
+                         tmp_path / "out.safetensors", steps=12)
+    assert spec["freeze_cnn"] and spec["freeze_swin"] and spec["steps"] == 12 and spec["eval_every"] == 12
+    assert spec["mode"] == "finetune" and spec["crop"] == LIVE_DEFAULTS["crop"]
+    from csunet_train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="crop"):
+        live_job_spec("m.safetensors", [], ["a"], tmp_path / "o.safetensors", crop=100)
