@@ -51,6 +51,18 @@ def _finetune(app, viewer, widget, args: argparse.Namespace) -> None:
     print(panel.status.text(), "|", panel.result.text())
 
 
+def _queue(app, widget, accept: int) -> None:
+    """The Correct tab's queue: regions ranked by uncertainty, ``accept`` of them accepted as is."""
+    box = widget.correct_panel.queue
+    widget.correct_panel.set_labels_layer(widget.viewer.layers[widget.correct_panel.layer().name])
+    if not box.rank():
+        raise SystemExit(f"screenshot: {widget.correct_panel.status.text()}")
+    _wait(app, lambda: box.queue is not None and not widget.segment_panel.running, 600, "ranking the queue")
+    for _ in range(accept):
+        box.accept()
+    print(box.left.text(), "|", box.where.text())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="starter-superalloy", help="model file or starter model name")
@@ -60,9 +72,11 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
     parser.add_argument("--size", default="1500x900", help="window size WxH")
     parser.add_argument("--finetune", type=int, default=0, metavar="STEPS", help="fine-tune this many steps first")
+    parser.add_argument("--queue", type=int, default=-1, metavar="ACCEPT",
+                        help="rank the correction queue and accept this many regions (with --tab Correct)")
     args = parser.parse_args()
 
-    if args.finetune:  # keep the demo's annotations and fine-tuned model out of the user's folders
+    if args.finetune or args.queue >= 0:  # keep the demo's annotations and fine-tuned model out of the user's folders
         scratch = Path(tempfile.mkdtemp(prefix="csunet-screenshot-"))
         os.environ["CSUNET_ANNOTATIONS_DIR"] = str(scratch / "annotations")
         os.environ["CSUNET_MODELS_DIR"] = str(scratch / "models")
@@ -88,6 +102,8 @@ def main() -> int:
     _wait(app, lambda: not widget.segment_panel.running, 600, "segmenting")
     if args.finetune:
         _finetune(app, viewer, widget, args)
+    if args.queue >= 0:
+        _queue(app, widget, args.queue)
     if widget.inspect_panel.compute() is not None:
         _wait(app, lambda: widget.inspect_panel.worker is None, 300, "measuring")
     titles = [widget.tabs.tabText(i) for i in range(widget.tabs.count())]

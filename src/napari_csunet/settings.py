@@ -36,6 +36,9 @@ class Settings:
     tile: int = 512
     #: the fine-tune panel's last values (steps, lr, crop, ...)
     finetune: dict[str, Any] = field(default_factory=dict)
+    #: the correction queue's Accept/Next keys also on the labels layer (off: only on the plugin's
+    #: Correct tab, so napari's own layer keys are never taken without the user asking)
+    queue_keys_on_layer: bool = False
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(self.device)):

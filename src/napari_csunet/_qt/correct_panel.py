@@ -14,7 +14,9 @@ from qtpy.QtWidgets import QGridLayout, QPushButton, QVBoxLayout, QWidget
 from .._layerdata import class_names_from_features
 from ..annotations import AnnotationStore
 from .common import LayerCombo, StatusLine, form_group, hbox
-from .segment_panel import PREDICTION, PREVIOUS
+from .live_box import LiveBox
+from .queue_box import QueueBox
+from .segment_panel import PREDICTION, PREVIOUS, SegmentPanel
 from .session import ModelSession
 from .training_set import PAINTED_ONLY, WHOLE_IMAGE, TrainingSetBox
 
@@ -25,7 +27,7 @@ class CorrectPanel(QWidget):
     """Class palette, revert/undo, the annotation set."""
 
     def __init__(self, viewer: napari.Viewer, session: ModelSession, store: AnnotationStore | None = None,
-                 parent: QWidget | None = None) -> None:
+                 segment: SegmentPanel | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer, self.session = viewer, session
         self.store = store or AnnotationStore()
@@ -46,10 +48,17 @@ class CorrectPanel(QWidget):
         t = self.training
         self.region, self.add_btn, self.table, self.remove_btn = t.region, t.add_btn, t.table, t.remove_btn
         self.refresh_list, self.remove_selected, self.add_to_training_set = t.refresh_list, t.remove_selected, t.add
+        self.queue = QueueBox(viewer, self.store, self.layer, self._save_kwargs, self.status, segment,
+                              layer_keys=session.settings.queue_keys_on_layer)
+        self.queue.corrected.connect(self.refresh_list)
+        self.live = LiveBox(session, self.store, segment, self.queue) if segment is not None else None
 
         buttons = hbox(self.revert_btn, self.undo_btn)
         layout = QVBoxLayout(self)
         layout.addWidget(form_group("Paint", [("labels", self.labels), self.palette_box, buttons]))
+        layout.addWidget(self.queue)
+        if self.live is not None:
+            layout.addWidget(self.live)
         layout.addWidget(self.training)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -83,6 +92,10 @@ class CorrectPanel(QWidget):
 
             return [rgb_to_hex(layer.colormap.map(i + 1))[0][:7] for i in range(n)]
         return ["#808080"] * n
+
+    def _save_kwargs(self, layer: Labels) -> dict:
+        names = self.class_names(layer)
+        return {"class_names": names, "class_colors": self._class_colors(layer, len(names))}
 
     def _on_labels_changed(self, *_: object) -> None:
         layer = self.layer()

@@ -43,7 +43,7 @@ class CSUNetWidget(QWidget):
         self.session = ModelSession(_merged_settings(), parent=self)
         self.model_panel = ModelPanel(napari_viewer, self.session)
         self.segment_panel = SegmentPanel(napari_viewer, self.session)
-        self.correct_panel = CorrectPanel(napari_viewer, self.session)
+        self.correct_panel = CorrectPanel(napari_viewer, self.session, segment=self.segment_panel)
         self.finetune_panel = FinetunePanel(napari_viewer, self.session, self.segment_panel, self.correct_panel)
         self.inspect_panel = InspectPanel(napari_viewer, self.session)
         self.tabs = QTabWidget()
@@ -61,6 +61,7 @@ class CSUNetWidget(QWidget):
         self.finetune_panel.trained.connect(lambda _path: self.model_panel.refresh_files())
         self.destroyed.connect(self.finetune_panel.shutdown)
         self.destroyed.connect(self.model_panel.adapt.shutdown)
+        self.destroyed.connect(self.correct_panel.live.shutdown)
         _warm_up()
 
     def _after_model_loaded(self) -> None:
@@ -70,6 +71,7 @@ class CSUNetWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.finetune_panel.shutdown()
         self.model_panel.adapt.shutdown()
+        self.correct_panel.live.shutdown()
         super().closeEvent(event)
 
 

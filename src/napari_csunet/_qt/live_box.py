@@ -1,0 +1,170 @@
+"""The Correct tab's live update toggle: a short fine-tune after each correction, in the background.
+
+Drives :class:`napari_csunet.live_update.LiveUpdate` with the GUI's pieces: the training child
+(:class:`napari_csunet.jobs.TrainingJob`, never napari's interpreter), the model session (loads
+the new model on its worker thread) and the Segment tab (re-segments the queue's image with the
+corrections kept, which re-ranks the queue). Nothing here blocks the GUI thread; a correction
+made during a cycle queues one more cycle; Stop ends the child and forgets the queued cycle.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QCheckBox, QPushButton, QVBoxLayout, QWidget
+
+from ..annotations import AnnotationStore
+from ..jobs import TrainingJob
+from ..live_update import LiveUpdate, live_job_spec
+from ..model_catalog import user_models_dir
+from .common import StatusLine, hbox
+from .finetune_text import stem
+from .queue_box import QueueBox
+from .segment_panel import SegmentPanel
+from .session import ModelSession
+
+__all__ = ["LiveBox", "live_dir"]
+
+
+def live_dir() -> Path:
+    """Live-update models: a subfolder, so they do not crowd the Model tab's list."""
+    return user_models_dir() / "live"
+
+
+class _Relay(QObject):
+    event = Signal(object)
+
+
+class LiveBox(QWidget):
+    """Toggle, state ("prediction updated at …"), Stop."""
+
+    def __init__(self, session: ModelSession, store: AnnotationStore, segment: SegmentPanel, queue: QueueBox,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session, self.store, self.segment, self.queue = session, store, segment, queue
+        self.toggle = QCheckBox("live update after each correction")
+        self.toggle.setToolTip("after each corrected or accepted region: a short fine-tune (encoders frozen) in "
+                               "the background, then the image is segmented again and the queue re-ranked")
+        self.toggle.toggled.connect(self._on_toggle)
+        self.stop_btn = QPushButton("Stop update")
+        self.stop_btn.clicked.connect(lambda: self.stop())
+        self.stop_btn.setEnabled(False)
+        self.state = StatusLine("live update is off")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(hbox(self.toggle, self.stop_btn))
+        layout.addWidget(self.state)
+        self.live = LiveUpdate(self._start_cycle)
+        self.job: TrainingJob | None = None
+        self.params: dict[str, Any] = {}  # overrides of LIVE_DEFAULTS (tests, experts)
+        self.last_done: dict[str, Any] | None = None
+        self._stopped = False
+        self._relay = _Relay()
+        self._relay.event.connect(self._on_event)
+        queue.corrected.connect(self.request)
+
+    def _on_toggle(self, on: bool) -> None:
+        self.live.enabled = on
+        if not on:
+            self.live.cancel_pending()
+        self._show()
+
+    def request(self) -> str:
+        """A region was saved: start a cycle, or queue one behind the running cycle."""
+        result = self.live.request()
+        self._show()
+        return result
+
+    def _show(self, extra: str = "") -> None:
+        if not self.live.enabled and not self.live.running:
+            text = "live update is off"
+            if self.live.last_updated is not None:
+                text += "; " + self.live.describe()
+        else:
+            text = self.live.describe()
+        self.state.info(text + (f"; {extra}" if extra else ""))
+        self.stop_btn.setEnabled(self.live.running)
+
+    # -- one cycle: train -> load -> segment ---------------------------------------------------------
+
+    def _start_cycle(self) -> bool:
+        info, path = self.session.info, self.session.path
+        if info is None or path is None or self.session.unsaved:
+            self.state.error("live update needs a model saved as a file: load one, or fine-tune once")
+            return False
+        if self.session.busy or self.segment.running:
+            self.state.warning("busy (loading or segmenting): correct again when it is done", notify=False)
+            return False
+        pairs = self.store.pairs()
+        if not pairs or self.store.class_names != list(info.class_names):
+            self.state.error("nothing to train on with this model's classes: correct or accept a region first")
+            return False
+        base = stem(info.name or "model").split("-live-")[0]
+        out = live_dir() / f"{base}-live-{time.strftime('%Y%m%d-%H%M%S')}-{self.live.cycles}.safetensors"
+        spec = live_job_spec(path, pairs, list(info.class_names), out, self.session.settings.device,
+                             self.store.class_colors or list(info.class_colors), **self.params)
+        self.job, self.last_done = TrainingJob(spec, self._relay.event.emit), None
+        try:
+            self.job.start()
+        except OSError as exc:
+            self.job = None
+            self.state.error(f"could not start the training process: {exc}")
+            return False
+        return True
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("event")
+        if kind == "step":
+            self._show(f"training step {ev.get('step')}/{ev.get('steps')}")
+        elif kind == "error":
+            self.state.error(f"live update failed ({ev.get('kind')}): {ev.get('message')}")
+        elif kind == "done":
+            self.last_done = ev
+        elif kind == "exit":
+            self.job = None
+            stopped, self._stopped = self._stopped, False
+            self._after_training(self.last_done if ev.get("returncode") == 0 and not stopped else None)
+
+    def _after_training(self, done: dict[str, Any] | None) -> None:
+        path = done.get("path") if done else None
+        if done is None or not path or not Path(path).exists():
+            self._finish(False, "stopped" if done is None else "no model was saved")
+            return
+        if done.get("initial_metrics") and done.get("best_step") == 0:  # nothing beat the current model
+            Path(path).unlink(missing_ok=True)
+            self._finish(False, "no improvement on the held-out corrected pixels: model unchanged")
+            return
+        if self.session.busy or self.session.load_file(path, on_done=lambda: self._resegment(path)) is None:
+            self._finish(False, f"busy: load {Path(path).name} from the Model tab")
+
+    def _resegment(self, path: str) -> None:
+        layer = self.queue.owner_layer()
+        image = self.queue.image_of(layer) if layer is not None else None
+        if image is None:
+            self._finish(True, f"new model {Path(path).name}; segment again to see it")
+            return
+        self.segment.want_uncertainty.setChecked(True)
+        if self.segment.segment([image], keep=self.queue.corrections, on_done=lambda _w: self._finish(True)) is None:
+            self._finish(False, "could not segment again (busy)")
+
+    def _finish(self, ok: bool, why: str = "") -> None:
+        if self.live.finished(ok) is None:  # no queued cycle started
+            self.stop_btn.setEnabled(False)
+        self._show(why)
+
+    def stop(self) -> None:
+        """End the running cycle's training (the current model stays) and forget the queued one."""
+        self.live.cancel_pending()
+        if self.job is not None:
+            self._stopped = True
+            self.job.stop(grace_s=10.0, kill_after_s=5.0)
+        self.state.info("stopping the live update …")
+
+    def shutdown(self, *_: object) -> None:
+        """napari is closing: end the child now."""
+        self.live.cancel_pending()
+        if self.job is not None:
+            self.job.kill()

@@ -1,0 +1,294 @@
+"""The Correct tab's correction queue: "next region to check", accept as is, what is left.
+
+Regions are ranked by the model's uncertainty (the Segment tab's uncertainty layer; asked for
+when missing). Next zooms the canvas to the most uncertain region left and outlines it in a
+Shapes layer; painting in a region or accepting it marks it done, and done regions are saved
+at once to the annotation set as vouched rectangles (full labels), so they train. Keys: on this
+box (A accept, N next) and, only if the user's settings ask for it, on the labels layer too,
+never over one of napari's own bindings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import napari
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtGui import QKeySequence
+from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QShortcut, QVBoxLayout, QWidget
+
+from ..annotations import AnnotationError, AnnotationStore
+from ..correction_queue import CorrectionQueue, Region
+from .common import StatusLine, form_group, hbox
+from .segment_panel import IMAGE, PREDICTION, SegmentPanel
+
+__all__ = ["QueueBox", "HIGHLIGHT", "ACCEPT_KEY", "NEXT_KEY", "napari_keys"]
+
+HIGHLIGHT = "correction queue"
+ACCEPT_KEY, NEXT_KEY = "A", "N"
+CURRENT_COLOR, DONE_COLOR = "#ffd400", "#3cb44b"
+
+
+def napari_keys() -> set[str]:
+    """Keys napari itself binds for labels layers (their class keymap and napari's app-model shortcuts)."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    keys = {str(coerce_keybinding(k)) for k in Labels.class_keymap}  # viewer layers are proxies: not type()
+    try:
+        from napari._app_model import get_app_model
+
+        keys |= {str(kb.keybinding) for kb in get_app_model().keybindings}
+    except ImportError:
+        pass
+    return keys
+
+
+class QueueBox(QWidget):
+    """Rank, Next, Accept, the count of regions left, the highlight on the canvas."""
+
+    #: a region was corrected or accepted and saved (the live update listens)
+    corrected = Signal()
+
+    def __init__(self, viewer: napari.Viewer, store: AnnotationStore, layer: Callable[[], Labels | None],
+                 save_kwargs: Callable[[Labels], dict], status: StatusLine, segment: SegmentPanel | None = None,
+                 layer_keys: bool = False, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer, self.store, self.status, self.segment = viewer, store, status, segment
+        self._layer, self._save_kwargs, self.layer_keys = layer, save_kwargs, layer_keys
+        self.queue: CorrectionQueue | None = None
+        self.owner: str | None = None  # the labels layer the queue belongs to
+        self.size = QComboBox()
+        self.size.addItems(["128", "256", "512"])
+        self.size.setCurrentText("256")
+        self.size.setToolTip("side of a region to check (px)")
+        self.rank_btn = QPushButton("Rank regions")
+        self.rank_btn.setToolTip("order the image's regions by the model's uncertainty, most uncertain first")
+        self.rank_btn.clicked.connect(lambda: self.rank())
+        self.next_btn = QPushButton(f"Next region ({NEXT_KEY})")
+        self.next_btn.clicked.connect(lambda: self.next())
+        self.accept_btn = QPushButton(f"Accept as is ({ACCEPT_KEY})")
+        self.accept_btn.setToolTip("the prediction in this region is right: it trains as labelled")
+        self.accept_btn.clicked.connect(lambda: self.accept())
+        self.where = QLabel("rank the regions of a segmented image to be led to the uncertain ones")
+        self.where.setWordWrap(True)
+        self.left = StatusLine()
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(form_group("Correction queue", [("region size", self.size), self.rank_btn,
+                                                        hbox(self.next_btn, self.accept_btn), self.where, self.left]))
+        for key, slot in ((ACCEPT_KEY, self.accept), (NEXT_KEY, self.next)):
+            shortcut = QShortcut(QKeySequence(key), self)
+            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(slot)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(300)
+        self._timer.timeout.connect(self.check_painted)
+        self._watched: Labels | None = None
+        self._kick = lambda *_: self._timer.start()
+        if segment is not None:
+            segment.segmented.connect(self._on_segmented)
+        self._update_enabled()
+
+    # -- ranking ---------------------------------------------------------------------------------
+
+    def owner_layer(self) -> Labels | None:
+        """The labels layer the queue was ranked for, while it is still in the viewer."""
+        if self.owner in self.viewer.layers and isinstance(self.viewer.layers[self.owner], Labels):
+            return self.viewer.layers[self.owner]
+        return None
+
+    def image_of(self, layer: Labels) -> Image | None:
+        name = layer.metadata.get(IMAGE)
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def uncertainty_of(self, layer: Labels) -> np.ndarray | None:
+        """The Segment tab's uncertainty layer for ``layer``'s image, if it fits."""
+        name = f"{layer.metadata.get(IMAGE)} uncertainty"
+        if name in self.viewer.layers and np.shape(self.viewer.layers[name].data) == layer.data.shape:
+            return np.asarray(self.viewer.layers[name].data)
+        return None
+
+    def rank(self) -> bool:
+        """Build the queue from the uncertainty (segmenting again with it first when there is none)."""
+        layer = self._layer()
+        if layer is None or layer.data.ndim != 2:
+            self.status.error("the queue needs a 2D labels layer: segment an image first")
+            return False
+        uncertainty = self.uncertainty_of(layer)
+        if uncertainty is None:
+            image = self.image_of(layer)
+            if self.segment is None or image is None:
+                self.status.error("no uncertainty for this image: segment it with 'uncertainty layer' on")
+                return False
+            self.segment.want_uncertainty.setChecked(True)
+            self.status.info("segmenting again for the uncertainty (your corrections stay) …")
+            return self.segment.segment([image], keep=self.corrections, on_done=self._rank_after) is not None
+        done = self.corrections(layer)
+        self.queue = CorrectionQueue.from_uncertainty(uncertainty, int(self.size.currentText()), done=done)
+        self.owner = layer.name
+        self._watch(layer)
+        self.next()
+        return True
+
+    def _rank_after(self, written: list) -> None:
+        """Rank once the segmentation asked for by :meth:`rank` is done (never ask twice)."""
+        layer = self._layer()
+        if written and layer is not None and self.uncertainty_of(layer) is not None:
+            self.rank()
+        else:
+            self.status.error("no uncertainty came back (segmentation cancelled or failed): rank again")
+
+    def _on_segmented(self, written: list) -> None:
+        """A new prediction: re-rank the queue's image, keeping which regions are done."""
+        layer = next((lay for lay in written if lay.name == self.owner), None)
+        uncertainty = self.uncertainty_of(layer) if layer is not None else None
+        if self.queue is None or uncertainty is None:
+            return
+        self.queue.rerank(uncertainty)
+        if self.queue.region() is None:
+            self.queue.next()
+        self.show_region(zoom=False)
+
+    def corrections(self, layer: Labels) -> np.ndarray:
+        """Pixels that stay as the user left them: painted, saved in the annotation set, in done regions."""
+        data = np.asarray(layer.data)
+        prediction = layer.metadata.get(PREDICTION)
+        keep = np.zeros(data.shape, bool)
+        if prediction is not None and np.shape(prediction) == data.shape:
+            keep |= (data != prediction) & (data > 0)
+        vouched = self.store.vouched(layer.metadata.get(IMAGE))
+        if vouched is not None and vouched.shape == data.shape:
+            keep |= vouched
+        if self.queue is not None and layer.name == self.owner:
+            for region in self.queue.regions:
+                if region.done:
+                    r0, c0, r1, c1 = region.box
+                    keep[r0:r1, c0:c1] = True
+        return keep
+
+    # -- navigation ------------------------------------------------------------------------------
+
+    def _queue_layer(self) -> Labels | None:
+        layer = self._layer()
+        if self.queue is None or layer is None or layer.name != self.owner or layer.data.shape != self.queue.shape:
+            self.status.error("no queue for this labels layer: Rank regions first")
+            return None
+        return layer
+
+    def next(self) -> Region | None:
+        """Save the region just painted, if any, then zoom to the most uncertain region left."""
+        if self._queue_layer() is None:
+            return None
+        self.check_painted()
+        region = self.queue.next()
+        self.show_region()
+        return region
+
+    def accept(self) -> Region | None:
+        """The prediction in the current region is right: save it as labelled, go to the next one."""
+        if self._queue_layer() is None:
+            return None
+        if self.queue.region() is None:
+            self.status.error("no region to accept: press Next first")
+            return None
+        accepted = self.queue.accept()
+        if self.save():
+            self.queue.next()
+            self.show_region()
+        return accepted
+
+    def check_painted(self) -> list[Region]:
+        """Regions the user painted in become done and are saved (debounced after painting)."""
+        layer = self.owner_layer()
+        if self.queue is None or layer is None:
+            return []
+        prediction = layer.metadata.get(PREDICTION)
+        if prediction is None or np.shape(prediction) != layer.data.shape:
+            return []
+        painted = self.queue.mark_painted(np.asarray(layer.data) != prediction)
+        if painted:
+            self.save()
+            self.show_region(zoom=False)
+        return painted
+
+    def save(self) -> bool:
+        """Write the image with every done region as a vouched rectangle to the annotation set."""
+        layer = self.owner_layer()
+        image = self.image_of(layer) if layer is not None else None
+        if layer is None or image is None:
+            self.status.error("which image does this labels layer belong to? Segment it again")
+            return False
+        entry = self.store.named(image.name)
+        boxes = [list(b) for b in {tuple(b) for b in (entry.regions or [] if entry else [])}
+                 | {tuple(r.box) for r in self.queue.regions if r.done}]
+        try:
+            self.store.add(np.asarray(image.data), np.asarray(layer.data), name=image.name,
+                           prediction=layer.metadata.get(PREDICTION), regions=boxes, **self._save_kwargs(layer))
+        except (AnnotationError, OSError) as exc:
+            self.status.error(f"not saved: {exc}")
+            return False
+        self.corrected.emit()
+        return True
+
+    def show_region(self, zoom: bool = True) -> None:
+        """Outline the current region (and the done ones) and centre the canvas on it."""
+        layer = self.owner_layer()
+        self._update_enabled()
+        if self.queue is None or layer is None:
+            return
+        region = self.queue.region()
+        boxes = [r for r in self.queue.regions if r.done] + ([region] if region is not None else [])
+        rects = [np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float) for r0, c0, r1, c1 in (r.box for r in boxes)]
+        colors = [DONE_COLOR] * (len(boxes) - (region is not None)) + [CURRENT_COLOR] * (region is not None)
+        if HIGHLIGHT in self.viewer.layers:
+            self.viewer.layers.remove(HIGHLIGHT)
+        if rects:
+            shapes = self.viewer.add_shapes(rects, shape_type="rectangle", name=HIGHLIGHT, edge_color=colors,
+                                            face_color="transparent", edge_width=max(2, self.queue.size // 64),
+                                            scale=layer.scale[-2:], translate=layer.translate[-2:])
+            shapes.metadata["csunet_output"] = True
+            self.viewer.layers.selection.active = layer  # the brush stays on the labels
+        self.left.info(self.queue.summary())
+        if region is None:
+            self.where.setText("every region has been checked: fine-tune, or rank again after a new prediction")
+            return
+        rank = self.queue.regions.index(region) + 1
+        r0, c0, r1, c1 = region.box
+        self.where.setText(f"region {rank} of {len(self.queue)} (rows {r0}–{r1}, columns {c0}–{c1}), "
+                           f"uncertainty {region.score:.2f}: paint what is wrong, or accept it as is")
+        if zoom:
+            self.viewer.camera.center = tuple(layer.data_to_world(region.center)[-2:])
+            side = max(r1 - r0, c1 - c0) * float(max(layer.scale[-2:]))
+            self.viewer.camera.zoom = 0.8 * min(self.viewer.canvas.size) / side
+
+    # -- wiring ----------------------------------------------------------------------------------
+
+    def _watch(self, layer: Labels) -> None:
+        if self._watched is not None:
+            self._watched.events.paint.disconnect(self._kick)
+        self._watched = layer
+        layer.events.paint.connect(self._kick)
+        if self.layer_keys:
+            self.bind_layer_keys(layer)
+
+    def bind_layer_keys(self, layer: Labels) -> list[str]:
+        """Accept/Next keys on the labels layer (a setting): refused for keys napari already uses."""
+        taken = napari_keys()
+        refused = []
+        for key, slot in ((ACCEPT_KEY, self.accept), (NEXT_KEY, self.next)):
+            if key in taken:
+                refused.append(key)
+                continue
+            layer.bind_key(key, lambda _layer, s=slot: s(), overwrite=True)
+        if refused:
+            self.status.warning(f"key(s) {', '.join(refused)} are napari's own on labels layers: use the "
+                                "buttons or this box's keys instead")
+        return refused
+
+    def _update_enabled(self) -> None:
+        has = self.queue is not None
+        self.next_btn.setEnabled(has and self.queue.remaining > 0)
+        self.accept_btn.setEnabled(has and self.queue.region() is not None)

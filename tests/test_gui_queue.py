@@ -1,0 +1,171 @@
+"""The Correct tab's correction queue and live update in a real viewer (tiny model, real child).
+
+Rank -> the canvas goes to the most uncertain region, outlined; Accept saves it as a vouched
+rectangle and moves on; painting marks a region done; the keys; live update after a correction
+with a second correction queued behind it (never a second child); Stop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qtpy")
+pytestmark = pytest.mark.gui
+
+from qtpy.QtWidgets import QShortcut  # noqa: E402
+from test_gui import IMAGE, segment  # noqa: E402 (fixtures: conftest.py)
+
+from napari_csunet._qt import queue_box  # noqa: E402
+from napari_csunet._qt.live_box import live_dir  # noqa: E402
+from napari_csunet._qt.queue_box import CURRENT_COLOR, HIGHLIGHT, napari_keys  # noqa: E402
+from napari_csunet._qt.segment_panel import PREDICTION  # noqa: E402
+from napari_csunet.correction_queue import ACCEPTED, PAINTED  # noqa: E402
+
+
+def _ranked(w, qtbot, uncertainty: bool = True):
+    w.segment_panel.want_uncertainty.setChecked(uncertainty)
+    layer = segment(w, qtbot)
+    w.correct_panel.set_labels_layer(layer)
+    box = w.correct_panel.queue
+    assert box.rank(), w.correct_panel.status.text()
+    qtbot.waitUntil(lambda: box.queue is not None and not w.segment_panel.running, timeout=120_000)
+    return layer, box
+
+
+def test_rank_zooms_to_the_most_uncertain_region_and_outlines_it(widget, qtbot):
+    w = widget
+    layer, box = _ranked(w, qtbot)
+    queue = box.queue
+    assert len(queue) == 4 and queue.remaining == 4  # the 512² sample in 256² regions
+    first = queue.region()
+    assert first is queue.regions[0] and first.score == max(r.score for r in queue.regions)
+    shapes = w.viewer.layers[HIGHLIGHT]
+    assert len(shapes.data) == 1 and np.allclose(shapes.edge_color[0][:3], [1.0, 212 / 255, 0.0])
+    r0, c0, r1, c1 = first.box
+    assert np.allclose(np.asarray(shapes.data[0]).min(0), [r0, c0]) and np.allclose(np.asarray(shapes.data[0]).max(0), [r1, c1])
+    assert np.allclose(w.viewer.camera.center[-2:], first.center)
+    assert w.viewer.layers.selection.active.name == layer.name  # the brush stays on the labels
+    assert "4 of 4 regions left" in box.left.text() and "region 1 of 4" in box.where.text()
+    assert CURRENT_COLOR.startswith("#")
+
+
+def test_accept_saves_the_region_as_labelled_and_moves_on(widget, qtbot):
+    w = widget
+    layer, box = _ranked(w, qtbot)
+    first = box.queue.region()
+    accepted = box.accept()
+    assert accepted is first and first.state == ACCEPTED and box.queue.remaining == 3
+    entry = w.correct_panel.store.named(IMAGE)
+    assert entry is not None and entry.regions == [list(first.box)] and entry.labelled == first.pixels
+    assert w.correct_panel.table.rowCount() == 1  # the training set's list was refreshed
+    assert box.queue.region() is not first and box.queue.region() is box.queue.regions[1]
+    assert len(w.viewer.layers[HIGHLIGHT].data) == 2  # the done region stays outlined (green), the next one
+    assert "1 accepted" in box.left.text()
+
+
+def test_painting_in_a_region_marks_it_done_and_saves_it(widget, qtbot):
+    w = widget
+    layer, box = _ranked(w, qtbot)
+    region = box.queue.regions[2]
+    r0, c0, _, _ = region.box
+    prediction = layer.metadata[PREDICTION]
+    data = layer.data.copy()
+    data[r0:r0 + 8, c0:c0 + 8] = np.where(prediction[r0:r0 + 8, c0:c0 + 8] == 1, 2, 1)
+    layer.data = data
+    layer.events.paint(value=None)  # what napari's brush emits; the box re-checks after a short delay
+    qtbot.waitUntil(lambda: region.state == PAINTED, timeout=5_000)
+    entry = w.correct_panel.store.named(IMAGE)
+    assert entry.regions == [list(region.box)] and entry.labelled == region.pixels and entry.painted == 64
+    assert box.queue.remaining == 3
+
+
+def test_next_and_accept_keys_and_the_layer_key_setting(widget, qtbot, monkeypatch):
+    w = widget
+    layer, box = _ranked(w, qtbot)
+    keys = {s.key().toString(): s for s in box.findChildren(QShortcut)}
+    assert set(keys) == {"A", "N"}
+    first = box.queue.region()
+    keys["N"].activated.emit()
+    assert box.queue.region() is box.queue.regions[1] and first.state == "todo"
+    keys["A"].activated.emit()
+    assert box.queue.regions[1].state == ACCEPTED
+    bound = lambda: {str(k) for k in layer.keymap}  # noqa: E731
+    assert "1" in bound() and not {"A", "N"} & bound()  # nothing bound on the layer unless the setting asks
+    taken = napari_keys()
+    assert "P" in taken  # napari's paint-mode key on labels layers
+    monkeypatch.setattr(queue_box, "ACCEPT_KEY", "P")
+    assert box.bind_layer_keys(layer) == ["P"]
+    assert "P" not in bound() and "N" in bound()
+    assert "napari's own" in w.correct_panel.status.text()
+
+
+def test_rank_without_an_uncertainty_layer_segments_again_keeping_corrections(widget, qtbot):
+    w = widget
+    w.segment_panel.want_uncertainty.setChecked(False)
+    layer = segment(w, qtbot)
+    data = layer.data.copy()
+    data[:5, :5] = np.where(layer.metadata[PREDICTION][:5, :5] == 3, 2, 3)
+    layer.data = data
+    w.correct_panel.set_labels_layer(layer)
+    box = w.correct_panel.queue
+    assert box.rank()
+    qtbot.waitUntil(lambda: box.queue is not None and not w.segment_panel.running, timeout=120_000)
+    assert f"{IMAGE} uncertainty" in w.viewer.layers
+    assert (layer.data[:5, :5] == data[:5, :5]).all()  # the correction stayed
+    assert next(r for r in box.queue.regions if r.box[:2] == (0, 0)).state == PAINTED
+
+
+def _live_on(w, qtbot, **params):
+    """Rank, switch the live update on (``params`` override the live defaults)."""
+    layer, box = _ranked(w, qtbot)
+    live = w.correct_panel.live
+    live.params = {"batch_size": 1} | params
+    live.toggle.setChecked(True)
+    return layer, box, live, w.session.path
+
+
+def _paint_truth(layer, region) -> None:
+    """The user corrects the region: NASA's ground truth painted into it."""
+    from napari_csunet import samples
+
+    ((truth, _, _),) = samples.superalloy_labels()
+    r0, c0, r1, c1 = region.box
+    data = layer.data.copy()
+    data[r0:r1, c0:c1] = truth[r0:r1, c0:c1]
+    layer.data = data
+
+
+@pytest.mark.slow
+def test_live_update_after_a_correction_queues_the_next_and_updates_the_prediction(widget, qtbot):
+    w = widget
+    layer, box, live, start_model = _live_on(w, qtbot, steps=8, lr=1e-3)
+    first = box.queue.region()
+    _paint_truth(layer, first)
+    box.next()  # the painted region is saved: a live update starts
+    assert first.state == PAINTED and live.live.running and live.job is not None and live.live.cycles == 1
+    first_job = live.job
+    _paint_truth(layer, box.queue.region())
+    box.next()  # a correction while the first cycle runs: queued, not a second child
+    assert live.live.pending and live.job is first_job and live.live.cycles == 1
+    assert "one more queued" in live.state.text()
+    qtbot.waitUntil(lambda: live.live.cycles == 2 and not live.live.running, timeout=600_000)
+    assert w.session.path != start_model and w.session.path.parent == live_dir(), live.state.text()
+    assert live.live.last_seconds is not None and "prediction updated at" in live.state.text()
+    assert box.queue.remaining == 2 and len(w.correct_panel.store.named(IMAGE).regions) == 2
+    assert (layer.data[first.box[0]:first.box[2], first.box[1]:first.box[3]] != 0).all()  # corrections kept
+    assert not live.stop_btn.isEnabled()
+
+
+@pytest.mark.slow
+def test_stop_ends_the_live_update_and_keeps_the_model(widget, qtbot):
+    w = widget
+    _, box, live, start_model = _live_on(w, qtbot, steps=10_000)
+    box.accept()
+    job = live.job
+    qtbot.waitUntil(lambda: any(e["event"] == "step" for e in job.events), timeout=120_000)
+    box.accept()
+    live.stop_btn.click()
+    qtbot.waitUntil(lambda: not live.live.running, timeout=60_000)
+    assert not job.running and not live.live.pending and live.live.cycles == 1
+    assert w.session.path == start_model and "stopped" in live.state.text()
