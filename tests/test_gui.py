@@ -85,11 +85,12 @@ def test_segment_writes_named_classes_and_resegment_keeps_an_undo(widget, qtbot)
 
 
 def test_cancel_leaves_the_layers_as_they_were(widget, qtbot):
+    """The engine's default for 2048^2 here is one tile: a cancel stops before it or inside its
+    forward pass (polled between the network's stages)."""
     w = widget
     big = np.tile(w.viewer.layers[IMAGE].data, (4, 4))
     image = w.viewer.add_image(big, name="big")
     assert w.segment_panel.segment([image]) is not None
-    qtbot.waitUntil(lambda: w.segment_panel.bar.value() > 0, timeout=60_000)
     w.segment_panel.cancel_btn.click()
     qtbot.waitUntil(lambda: not w.segment_panel.running, timeout=60_000)
     assert "big labels" not in w.viewer.layers

@@ -4,6 +4,9 @@ Prediction runs in a napari worker thread with a progress bar (ours and napari's
 and a Cancel that stops before the next tile batch. Results land in a Labels layer named after
 the image, with the model's classes; segmenting again replaces its data, keeping the previous
 labels and the raw prediction in the layer's metadata so the Correct panel can undo or revert.
+A lazy image (dask, zarr, a multiscale pyramid's level 0) above ``LAZY_PIXELS`` is never loaded:
+it is read tile by tile into a zarr-backed Labels layer (in a temporary folder named in the
+status line), and its class counts are taken band by band on the worker thread.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from .session import ModelSession
 __all__ = ["SegmentPanel", "ALL_IMAGES", "write_prediction", "painted_pixels"]
 
 ALL_IMAGES = "all open images"
+#: lazy image data above this many pixels is segmented into zarr instead of being loaded
+LAZY_PIXELS = 64 * 2**20
 #: keys of the Labels layer's metadata
 PREDICTION, PREVIOUS, IMAGE = "csunet_prediction", "csunet_previous", "csunet_image"
 
@@ -53,9 +58,9 @@ def painted_pixels(layer: Labels) -> np.ndarray | None:
     return (data != prediction) & (data > 0)
 
 
-def _hide_dominant(colormap: dict, labels: np.ndarray) -> dict:
+def _hide_dominant(colormap: dict, labels: np.ndarray, counts: np.ndarray | None = None) -> dict:
     """The most common class (the background, mostly) drawn transparent so the micrograph shows."""
-    counts = np.bincount(np.asarray(labels).ravel()[::7], minlength=2)
+    counts = np.bincount(np.asarray(labels).ravel()[::7], minlength=2) if counts is None else counts.copy()
     counts[0] = 0
     return colormap | {int(counts.argmax()): "transparent"} if counts.any() else colormap
 
@@ -70,8 +75,12 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
     """
     name = labels_name(image.name)
     kwargs = labels_kwargs(info.class_names, info.class_colors, name)
-    kwargs["colormap"] = _hide_dominant(kwargs["colormap"], pred.labels)
+    lazy = not isinstance(pred.labels, np.ndarray)
+    kwargs["colormap"] = _hide_dominant(kwargs["colormap"], pred.labels, getattr(pred, "counts", None))
     layer = viewer.layers[name] if name in viewer.layers else None
+    if lazy and isinstance(layer, Labels):  # zarr-backed: a new layer, the old one kept under another name
+        layer.name = f"{name} (old)"
+        layer = None
     if isinstance(layer, Labels) and layer.data.shape == pred.labels.shape:
         previous = layer.data
         kept = keep(layer) if keep is not None else None
@@ -92,8 +101,9 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
         layer = viewer.add_labels(pred.labels, name=name, scale=image.scale[-pred.labels.ndim:],
                                   units=image.units[-pred.labels.ndim:],  # napari's scale bar reads µm
                                   translate=image.translate[-pred.labels.ndim:], **kwargs)
-    layer.metadata.update({PREDICTION: pred.labels.copy(), IMAGE: image.name, "csunet_model": model_name,
-                           "class_names": list(info.class_names), "class_colors": list(info.class_colors)})
+    layer.metadata.update({PREDICTION: None if lazy else pred.labels.copy(), IMAGE: image.name,
+                           "csunet_model": model_name, "class_names": list(info.class_names),
+                           "class_colors": list(info.class_colors)})
     if extras:
         _write_extras(viewer, image, pred, info)
     return layer
@@ -254,9 +264,12 @@ class SegmentPanel(QWidget):
         info = self.session.info
         self._written.append(write_prediction(self.viewer, layer, pred, info, self.session.segmenter.name,
                                               keep=self._keep))
-        counts = np.bincount(pred.labels.ravel(), minlength=info.num_classes + 1)[1:]
+        counts = getattr(pred, "counts", None)
+        counts = (np.bincount(pred.labels.ravel(), minlength=info.num_classes + 1) if counts is None else counts)[1:]
         fractions = counts / max(int(counts.sum()), 1)  # of the analysed pixels: a data bar is not material
-        self.status.info(f"{layer.name}: " + ", ".join(f"{n} {f:.1%}" for n, f in zip(info.class_names, fractions, strict=False)))
+        where = "" if isinstance(pred.labels, np.ndarray) else f" (labels in {pred.labels.store})"
+        self.status.info(f"{layer.name}: " + ", ".join(f"{n} {f:.1%}" for n, f in zip(info.class_names, fractions, strict=False))
+                         + where)
 
     def _on_error(self, exc: BaseException) -> None:
         from ..inference import Cancelled
@@ -287,8 +300,38 @@ def _predict_all(seg, jobs, options, progress, cancelled) -> Iterator:
     from .calibration import databar_of
 
     for i, (layer, data) in enumerate(jobs):
+        if is_lazy(data):
+            yield layer, _predict_lazy(seg, data, lambda d, t, i=i: progress(i, len(jobs), d, t), cancelled, layer.name)
+            continue
         data = np.asarray(data)
         pred = predict_outside(lambda im, i=i, layer=layer: seg.predict(
             im, progress=lambda d, t: progress(i, len(jobs), d, t), cancel=cancelled, name=layer.name, **options),
             data, databar_of(layer, data))
         yield layer, pred
+
+
+def is_lazy(data) -> bool:
+    """Image data that should not be loaded: not numpy, 2D (grey or colour), above ``LAZY_PIXELS``."""
+    shape = tuple(data.shape)
+    two_d = len(shape) == 2 or (len(shape) == 3 and shape[-1] <= 4)
+    return not isinstance(data, np.ndarray) and two_d and shape[0] * shape[1] > LAZY_PIXELS
+
+
+class _LazyPrediction:
+    """Labels in a zarr array plus their class counts (nothing else is computed for mosaics)."""
+
+    def __init__(self, labels, counts: np.ndarray) -> None:
+        self.labels, self.counts, self.probs, self.uncertainty = labels, counts, None, None
+
+
+def _predict_lazy(seg, data, progress, cancelled, name: str) -> _LazyPrediction:
+    """Worker thread: segment lazy ``data`` tile by tile into a zarr in a temporary folder."""
+    import tempfile
+    from pathlib import Path
+
+    from ..mosaic import class_counts, create_labels_zarr
+
+    folder = Path(tempfile.mkdtemp(prefix="csunet-labels-"))
+    labels = create_labels_zarr(folder / "labels.zarr", tuple(int(s) for s in data.shape[:2]), seg.info)
+    seg.predict_to(data, labels, progress=progress, cancel=cancelled, name=name)
+    return _LazyPrediction(labels, class_counts(labels, seg.info.num_classes))

@@ -67,7 +67,7 @@ class ModelSession(QObject):
                 f"{self.segmenter.device} · {where}")
 
     def _segmenter_kwargs(self) -> dict[str, Any]:
-        return {"device": self.settings.device, "tile": self.settings.tile}
+        return {"device": self.settings.device}  # tile and batch: chosen per image by the engine
 
     def _run(self, job: Callable[[], tuple[Any, Path | None, bool]],
              on_done: Callable[[], None] | None = None, what: str = "loading the model"):
