@@ -62,7 +62,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--accept", choices=("rectangles", "whole"), default="rectangles")
     parser.add_argument("--screenshot", default=None, help="PNG of the window after the fine-tune")
-    parser.add_argument("--tab", default="Fine-tune")
+    parser.add_argument("--tab", default="Fine-tune", help="dock tab(s) to show, comma-separated (one PNG each)")
+    parser.add_argument("--pseudo-weight", type=float, default=None, help="loss weight of uncorrected pixels")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     args = parser.parse_args()
 
@@ -117,6 +118,8 @@ def main() -> int:
 
     panel = w.finetune_panel
     panel.steps.setValue(args.steps)
+    if args.pseudo_weight is not None:
+        panel.pseudo_weight = args.pseudo_weight
     t_ft = time.perf_counter()
     if not panel.start():
         raise SystemExit(f"correction_loop: {panel.status.text()}")
@@ -128,7 +131,7 @@ def main() -> int:
     outside = ~inside
     result = {
         "image": "EBC2/test 040617#2_S127(2)0015 (napari-csunet sample 'ebc'), 1024x1024",
-        "model": args.model, "steps": args.steps, "accept": args.accept, "boxes": [list(b) for b in boxes],
+        "model": args.model, "steps": args.steps, "accept": args.accept, "pseudo_weight": panel.pseudo_weight, "boxes": [list(b) for b in boxes],
         "box_side": SIDE, "trained_pixels": entry.labelled, "painted_pixels": entry.painted,
         "metric": "pixel accuracy and mIoU (mean of per-class IoU) against NASA's ground truth, raw predictions",
         "before": {"inside": scores(before, truth, inside, names), "outside": scores(before, truth, outside, names),
@@ -145,12 +148,15 @@ def main() -> int:
     }
     if args.screenshot:
         titles = [w.tabs.tabText(i) for i in range(w.tabs.count())]
-        w.tabs.setCurrentIndex(titles.index(args.tab))
         viewer.layers.selection.active = layer
-        t_end = time.perf_counter() + 1.0
-        _wait(app, lambda: time.perf_counter() > t_end, 5, "drawing")
-        with atomic_path(args.screenshot, suffix=".png") as tmp:
-            viewer.screenshot(str(tmp), canvas_only=False)
+        shot = Path(args.screenshot)
+        for i, tab in enumerate(args.tab.split(",")):
+            w.tabs.setCurrentIndex(titles.index(tab))
+            t_end = time.perf_counter() + 1.0
+            _wait(app, lambda t_end=t_end: time.perf_counter() > t_end, 5, "drawing")
+            target = shot if i == 0 else shot.with_name(f"{shot.stem}_{tab.lower().replace('-', '')}{shot.suffix}")
+            with atomic_path(target, suffix=".png") as tmp:
+                viewer.screenshot(str(tmp), canvas_only=False)
     viewer.close()
     print(json.dumps(result, indent=None if args.json else 2))
     return 0

@@ -90,7 +90,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     class_balance: float = 0.5  # share of crops centred on a uniformly chosen class
     val_fraction: float = 0.2  # held out when no validation data is given
-    pseudo_weight: float = 0.0  # loss weight of uncorrected predicted pixels in GUI annotation sets (0: ignored)
+    pseudo_weight: float = 0.3  # loss weight of uncorrected predicted pixels in GUI annotation sets (0: ignored)
     half: bool = False  # store the model file as fp16 (shipped starter models)
     name: str = ""
     description: str = ""

@@ -40,9 +40,9 @@ from .session import ModelSession
 
 __all__ = ["FinetunePanel", "DEFAULTS"]
 
-#: loss weight of the uncorrected predicted pixels next to the corrected ones (docs/training.md:
-#: measured with benchmarks/correction_loop.py)
-PSEUDO_WEIGHT = 0.0
+#: loss weight of the uncorrected predicted pixels next to the corrected ones, as TrainConfig's
+#: default (docs/training.md: 0.3 kept the rest of the image from getting worse; 0 did not)
+PSEUDO_WEIGHT = 0.3
 
 #: good defaults for a few corrected images (a CPU finishes them in minutes, a GPU in seconds)
 DEFAULTS: dict[str, Any] = {"steps": 200, "lr": 3e-4, "crop": 256, "batch_size": 4, "aug_strength": 0.5,
