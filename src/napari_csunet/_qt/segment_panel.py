@@ -299,6 +299,7 @@ def _predict_all(seg, jobs, options, progress, cancelled) -> Iterator:
     from ..databar import predict_outside
     from .calibration import databar_of
 
+    _warm_napari_imports()
     for i, (layer, data) in enumerate(jobs):
         if is_lazy(data):
             yield layer, _predict_lazy(seg, data, lambda d, t, i=i: progress(i, len(jobs), d, t), cancelled, layer.name)
@@ -308,6 +309,13 @@ def _predict_all(seg, jobs, options, progress, cancelled) -> Iterator:
             im, progress=lambda d, t: progress(i, len(jobs), d, t), cancel=cancelled, name=layer.name, **options),
             data, databar_of(layer, data))
         yield layer, pred
+
+
+def _warm_napari_imports() -> None:
+    """napari imports pandas the first time a layer gets a features table (our Labels layers do),
+    on the GUI thread: measured as most of the first Labels layer's stall. Imported here, on the
+    worker thread, it is ready before the layer is made."""
+    import pandas  # noqa: F401
 
 
 def is_lazy(data) -> bool:
