@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from csunet_train import loop
+from csunet_train import loop, losses
 from csunet_train.config import TrainConfig
 from csunet_train.data import labelled_image
 from csunet_train.job import run_and_report, run_job
@@ -116,12 +116,12 @@ def test_finetuning_that_never_beats_the_start_keeps_it_and_stops_early(trained:
 def test_nan_loss_stops_with_an_error_and_keeps_the_best(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     calls = {"n": 0}
 
-    def flaky(logits, labels):
+    def flaky(logits, labels, **kw):
         calls["n"] += 1
-        loss = segmentation_loss(logits, labels)
+        loss = segmentation_loss(logits, labels, **kw)
         return loss * float("nan") if calls["n"] >= 3 else loss
 
-    monkeypatch.setattr(loop, "segmentation_loss", flaky)
+    monkeypatch.setattr(losses, "segmentation_loss", flaky)  # the job binds its loss (pseudo-label weight) from here
     events: list[dict] = []
     out = tmp_path / "nan.safetensors"
     code = run_and_report(_job(data_dir, out, steps=10, eval_every=2, batch_size=1), events.append)
