@@ -37,7 +37,7 @@ import numpy as np
 from .band import Band
 from .budget import Budget, bytes_per_pixel, device_budget, engine_bytes_per_pixel
 from .device import amp_dtype, is_out_of_memory, pick_device
-from .io import ImageError, as_channels_last, to_model_channels
+from .io import ImageError, split_planes, to_model_channels
 from .lazy import checked_pixels, lazy_stats
 from .modelfile import ModelInfo, numbered_class_names
 from .tiling import CONTEXT_PX, TileLayout, check_tile
@@ -69,24 +69,6 @@ class Prediction:
     labels: np.ndarray
     probs: np.ndarray | None = None
     uncertainty: np.ndarray | None = None
-
-
-def split_planes(image: np.ndarray, name: str = "image") -> tuple[list[np.ndarray], bool]:
-    """(the 2D planes (H, W[, C<=3]), whether the input was a stack).
-
-    A 3D array whose last side is 1..4 is one colour image, and one whose last side is at most 16
-    and the shortest is an image with too many channels (refused); other 3D/4D arrays are
-    (Z, H, W[, C]) stacks. Planes are checked (dtype, NaN/inf, channels) and alpha is dropped.
-    """
-    arr = np.asarray(image)
-    if arr.ndim not in (2, 3, 4):
-        raise ImageError(f"{name}: shape {arr.shape} is neither a 2D image (H, W[, C]) nor a stack (Z, H, W[, C])")
-    channels_last = arr.ndim == 3 and (arr.shape[-1] <= 4 or arr.shape[-1] <= min(16, *arr.shape[:2]))
-    stack = arr.ndim == 4 or (arr.ndim == 3 and not channels_last)
-    if stack and arr.shape[0] == 0:
-        raise ImageError(f"{name}: the stack has no slices")
-    planes = [as_channels_last(p, f"{name}[{z}]" if stack else name) for z, p in enumerate(arr if stack else [arr])]
-    return planes, stack
 
 
 class Segmenter:

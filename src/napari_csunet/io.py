@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageError", "read_image", "as_channels_last", "to_model_channels", "standardize", "image_stats",
-           "IMAGE_SUFFIXES"]
+__all__ = ["ImageError", "read_image", "as_channels_last", "split_planes", "to_model_channels", "standardize",
+           "image_stats", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 _SUPPORTED_KINDS = "uifb"  # unsigned, signed, float, bool
@@ -120,3 +120,21 @@ def image_stats(image: np.ndarray) -> tuple[float, float]:
     mean = float(x.mean())
     std = float(x.std())
     return mean, max(std, 1e-6 * max(1.0, abs(mean)), 1e-8)
+
+
+def split_planes(image: np.ndarray, name: str = "image") -> tuple[list[np.ndarray], bool]:
+    """(the 2D planes (H, W[, C<=3]), whether the input was a stack): how the engine reads any image.
+
+    A 3D array whose last side is 1..4 is one colour image, and one whose last side is at most 16
+    and the shortest is an image with too many channels (refused); other 3D/4D arrays are
+    (Z, H, W[, C]) stacks. Planes are checked (dtype, NaN/inf, channels) and alpha is dropped.
+    """
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3, 4):
+        raise ImageError(f"{name}: shape {arr.shape} is neither a 2D image (H, W[, C]) nor a stack (Z, H, W[, C])")
+    channels_last = arr.ndim == 3 and (arr.shape[-1] <= 4 or arr.shape[-1] <= min(16, *arr.shape[:2]))
+    stack = arr.ndim == 4 or (arr.ndim == 3 and not channels_last)
+    if stack and arr.shape[0] == 0:
+        raise ImageError(f"{name}: the stack has no slices")
+    planes = [as_channels_last(p, f"{name}[{z}]" if stack else name) for z, p in enumerate(arr if stack else [arr])]
+    return planes, stack
