@@ -7,7 +7,9 @@
 # 1. benchmarks/inference.py at 4096^2 for csunet-r50-swint (eager, then torch.compile) and
 #    csunet-tiny: bf16 autocast, channels-last, tile and batch chosen by the engine from GPU memory.
 # 2. benchmarks/fewshot.py: micro-tiny fine-tuned on EBC2's 4 training images (the starter-ebc
-#    recipe) until validation stops improving (patience) or FT_BUDGET_S runs out; test metrics.
+#    recipe) until validation stops improving (patience) or FT_BUDGET_S (120) runs out; test metrics.
+# Timeouts: 120 s per inference run, 180 s for the compiled one, fine-tune budget + 90 s; typical
+# total about 7 minutes.
 # Writes $OUT/gpu.json (one JSON object; $OUT defaults to ./gpu-out) and logs/*.err beside it.
 # Each step has its own timeout; a failed step is recorded as {"error": ...} and the rest still run.
 # --dry-run: the same steps with csunet-tiny in place of csunet-r50-swint, 512^2 images, one timing
@@ -22,7 +24,7 @@ export PYTHONPATH=$PWD/src:$PWD/training${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFF
 export CSUNET_MODELS_DIR=$PWD/.gpu/models
 DATA=${DATA:-.gpu/lab}; [ -d "$DATA/EBC2" ] || DATA=../shared/data/nasa
 start=$(date +%s)
-size=4096; repeats=3; ft_budget=${FT_BUDGET_S:-180}; ft=(--eval-every 50); t_inf=150; t_compile=240
+size=4096; repeats=3; ft_budget=${FT_BUDGET_S:-120}; ft=(--eval-every 50); t_inf=120; t_compile=180
 big=csunet-r50-swint
 if [ "$dry" = 1 ]; then
   size=512; repeats=1; ft_budget=60; t_inf=900; t_compile=900; big=csunet-tiny
@@ -62,7 +64,7 @@ r = yaml.safe_load((RECIPE_DIR / "starter-ebc.yaml").read_text())
 r.update(name="ebc2-4shot", patience=4, out=None)
 open(sys.argv[1], "w").write(yaml.safe_dump(r))
 PYEOF
-timeout $(( ft_budget + 120 )) $PY benchmarks/fewshot.py --recipe "$recipe" --data-root "$DATA" --budget-s "$ft_budget" \
+timeout $(( ft_budget + 90 )) $PY benchmarks/fewshot.py --recipe "$recipe" --data-root "$DATA" --budget-s "$ft_budget" \
   "${ft[@]}" --json > "$OUT/logs/finetune.json" 2> "$OUT/logs/finetune.err"
 echo "finetune: rc $? after $(( $(date +%s) - start )) s" >&2
 

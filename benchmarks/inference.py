@@ -7,17 +7,15 @@
 
 Prints one JSON object. Every ratio is measured in the same run on the same device:
 
-- ``mpx_per_s``: tiled prediction of a real Super1 micrograph mirror-tiled to ``--size``^2 with the
-  engine's defaults (tile and batch chosen from the image and the device, overlap 64 px; bf16
-  autocast and channels-last on CUDA; ``--tile/--overlap/--batch`` fix them, ``--compile`` adds
-  torch.compile);
+- ``mpx_per_s``: a real Super1 micrograph mirror-tiled to ``--size``^2, engine defaults (tile and
+  batch from the image and device, overlap 64 px; CUDA: bf16, channels-last); ``--compile``
+  compiles the tiled runs only (compare its ``mpx_per_s`` with an eager run's);
 - ``tiling_overhead``: tiled time / raw time, raw = the bare forward pass over the same pixels cut
   into non-overlapping 512^2 tiles in batches (1.0 = tiling costs nothing);
 - ``vs_nasa_recipe``: our throughput / the throughput of NASA's recipe (512 tiles, half-tile stride);
 - ``peak_rss_mb``: the process's peak resident memory after the large image (ru_maxrss);
 - ``seam_agreement``: share of pixels where a 1024^2 image predicted whole (one tile) and tiled
-  (tile 256) agree, with a trained model (the starter model if there is one, else csunet-tiny
-  trained here for ``--train-steps`` steps on one Super1 image with the training backend);
+  (tile 256) agree, with the starter model (else csunet-tiny trained here ``--train-steps``);
 - ``flop_efficiency``: model FLOP/s achieved while tiling (torch.utils.flop_counter on a 512^2
   tile, scaled by pixels: convolutions and windowed attention cost the same per pixel) over the
   matrix-multiply FLOP/s measured here.
@@ -132,8 +130,10 @@ def model_flops(model: torch.nn.Module, in_chans: int, device: torch.device, til
     return int(counter.get_total_flops())
 
 
-def raw_forward(seg: Segmenter, image: np.ndarray, tile: int = 512, batch: int = 4) -> tuple[Any, int]:
-    """(a function running the bare model over ``image`` cut into non-overlapping tiles in batches, tiles)."""
+def raw_forward(seg: Segmenter, image: np.ndarray, tile: int = 512, batch: int = 4,
+                model: torch.nn.Module | None = None) -> tuple[Any, int]:
+    """(a function running the bare ``model`` (default ``seg.model``) over ``image`` in tiles, tiles)."""
+    model = seg.model if model is None else model
     x = standardize(to_model_channels(image, seg.in_chans), image_stats(to_model_channels(image, seg.in_chans)))
     h, w = x.shape[1:]
     tiles = [x[:, i:i + tile, j:j + tile] for i in range(0, h, tile) for j in range(0, w, tile)]
@@ -146,7 +146,7 @@ def raw_forward(seg: Segmenter, image: np.ndarray, tile: int = 512, batch: int =
                 xb = batch.to(seg.device)
                 if seg.channels_last:
                     xb = xb.contiguous(memory_format=torch.channels_last)
-                seg.model(xb).float().softmax(1)
+                model(xb).float().softmax(1)
 
     return run, len(tiles)
 
@@ -246,10 +246,9 @@ def mosaic_run(args: argparse.Namespace) -> dict[str, Any]:
         disk = sum(f.stat().st_size for f in (Path(tmp) / "labels.zarr").rglob("*") if f.is_file())
     mpx = args.mosaic**2 / 1e6
     return {"mode": "mosaic", "model": info.name if args.model_given else "1x1 conv (engine cost only)",
-            "device": str(device), "image_px": [args.mosaic, args.mosaic], "image_mb_uncompressed": round(mpx * 1e6 / 2**20),
-            "input": "zarr uint8, chunks 1024^2", "output": "zarr uint8 labels, chunks 1024^2",
-            "tile": list(layout.tile), "batch": batch, "tiles": layout.num_tiles,
-            "tiled_work_ratio": layout.num_tiles * layout.tile[0] * layout.tile[1] / mpx / 1e6,
+            "device": str(device), "image_px": [args.mosaic] * 2, "input": "zarr uint8, chunks 1024^2",
+            "output": "zarr uint8 labels, chunks 1024^2", "tile": list(layout.tile), "batch": batch,
+            "tiles": layout.num_tiles, "tiled_work_ratio": layout.num_tiles * layout.tile[0] * layout.tile[1] / mpx / 1e6,
             "seconds": round(t, 1), "mpx_per_s": mpx / t, "peak_rss_mb": round(rss_mb(), 1),
             "rss_before_mb": round(rss_before, 1), "labels_on_disk_mb": round(disk / 2**20, 1),
             "fabricate_input_s": round(write_s, 1), "area_fractions": summary["area_fractions"],
@@ -263,16 +262,17 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     image, _ = mosaic(args.size)
     layout, batch = seg.plan(image.shape)
     compile_s = None
-    if args.compile:  # compiled for the tile shape the defaults chose; compile time reported apart
+    if args.compile:  # compiled for the one tile shape the defaults chose (the references stay eager)
         seg.model = torch.compile(seg.model)
         compile_s, _ = timed(lambda: seg.predict(image[:layout.tile[0], :layout.tile[1]]), device)
-    seg.predict(image[:512, :512])  # warm-up: allocator, cuDNN autotuning, lazy imports
+    else:
+        seg.predict(image[:512, :512])  # warm-up: allocator, cuDNN autotuning, lazy imports
     rss_before = rss_mb()
     first, _ = timed(lambda: seg.predict(image), device)
     peak = rss_mb()
     mpx = image.size / 1e6
-    run_raw, raw_tiles = raw_forward(seg, image, batch=args.raw_batch)
-    nasa = Segmenter(seg.model, info, device=device, tile=512, overlap=0.5, batch_size=args.raw_batch)
+    run_raw, raw_tiles = raw_forward(seg, image, batch=args.raw_batch, model=model)
+    nasa = Segmenter(model, info, device=device, tile=512, overlap=0.5, batch_size=args.raw_batch)
     variants = {"tiled": lambda: seg.predict(image), "raw": run_raw, "nasa": lambda: nasa.predict(image)}
     times: dict[str, list[float]] = {"tiled": [first], "raw": [], "nasa": []}
     for r in range(args.repeats):  # interleaved rounds, fastest of each: fair on a machine shared with others
