@@ -47,6 +47,8 @@ def test_rank_zooms_to_the_most_uncertain_region_and_outlines_it(widget, qtbot):
     assert np.allclose(w.viewer.camera.center[-2:], first.center)
     assert w.viewer.layers.selection.active.name == layer.name  # the brush stays on the labels
     assert "4 of 4 regions left" in box.left.text() and "region 1 of 4" in box.where.text()
+    region_choices = [w.correct_panel.region.itemText(i) for i in range(w.correct_panel.region.count())]
+    assert HIGHLIGHT not in region_choices  # the outline is not a "train on" rectangle layer
     assert CURRENT_COLOR.startswith("#")
 
 
@@ -139,7 +141,7 @@ def _paint_truth(layer, region) -> None:
 @pytest.mark.slow
 def test_live_update_after_a_correction_queues_the_next_and_updates_the_prediction(widget, qtbot):
     w = widget
-    layer, box, live, start_model = _live_on(w, qtbot, steps=8, lr=1e-3)
+    layer, box, live, start_model = _live_on(w, qtbot, steps=4, lr=1e-3)
     first = box.queue.region()
     _paint_truth(layer, first)
     box.next()  # the painted region is saved: a live update starts
@@ -149,7 +151,7 @@ def test_live_update_after_a_correction_queues_the_next_and_updates_the_predicti
     box.next()  # a correction while the first cycle runs: queued, not a second child
     assert live.live.pending and live.job is first_job and live.live.cycles == 1
     assert "one more queued" in live.state.text()
-    qtbot.waitUntil(lambda: live.live.cycles == 2 and not live.live.running, timeout=600_000)
+    qtbot.waitUntil(lambda: live.live.cycles == 2 and not live.live.running, timeout=1_500_000)
     assert w.session.path != start_model and w.session.path.parent == live_dir(), live.state.text()
     assert live.live.last_seconds is not None and "prediction updated at" in live.state.text()
     assert box.queue.remaining == 2 and len(w.correct_panel.store.named(IMAGE).regions) == 2

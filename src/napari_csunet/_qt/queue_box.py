@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QShortcut, QVBoxLayou
 
 from ..annotations import AnnotationError, AnnotationStore
 from ..correction_queue import CorrectionQueue, Region
-from .common import StatusLine, form_group, hbox
+from .common import OUTPUT, StatusLine, form_group, hbox
 from .segment_panel import IMAGE, PREDICTION, SegmentPanel
 
 __all__ = ["QueueBox", "HIGHLIGHT", "ACCEPT_KEY", "NEXT_KEY", "napari_keys"]
@@ -131,6 +131,7 @@ class QueueBox(QWidget):
         self.owner = layer.name
         self._watch(layer)
         self.next()
+        self.status.info(f"{len(self.queue)} regions ranked by uncertainty: check the outlined one")
         return True
 
     def _rank_after(self, written: list) -> None:
@@ -246,10 +247,10 @@ class QueueBox(QWidget):
         if HIGHLIGHT in self.viewer.layers:
             self.viewer.layers.remove(HIGHLIGHT)
         if rects:
-            shapes = self.viewer.add_shapes(rects, shape_type="rectangle", name=HIGHLIGHT, edge_color=colors,
+            self.viewer.add_shapes(rects, shape_type="rectangle", name=HIGHLIGHT, edge_color=colors,
                                             face_color="transparent", edge_width=max(2, self.queue.size // 64),
-                                            scale=layer.scale[-2:], translate=layer.translate[-2:])
-            shapes.metadata["csunet_output"] = True
+                                            scale=layer.scale[-2:], translate=layer.translate[-2:],
+                                            metadata={OUTPUT: True})  # not a "train on" choice
             self.viewer.layers.selection.active = layer  # the brush stays on the labels
         self.left.info(self.queue.summary())
         if region is None:

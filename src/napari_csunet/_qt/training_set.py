@@ -32,7 +32,7 @@ from ..annotations import (
     AnnotationStore,
     correction_mask,
 )
-from .common import LayerCombo, StatusLine, form_group, image_data
+from .common import LayerCombo, StatusLine, form_group, image_data, is_input_image
 from .segment_panel import IMAGE, PREDICTION
 
 __all__ = ["TrainingSetBox", "PAINTED_ONLY", "WHOLE_IMAGE"]
@@ -61,7 +61,7 @@ class TrainingSetBox(QWidget):
         super().__init__(parent)
         self.viewer, self.store, self.status = viewer, store, status
         self._layer, self._class_names, self._class_colors = layer, class_names, class_colors
-        self.region = LayerCombo(viewer, Shapes, extra=(PAINTED_ONLY, WHOLE_IMAGE))
+        self.region = LayerCombo(viewer, Shapes, extra=(PAINTED_ONLY, WHOLE_IMAGE), accept=is_input_image)
         self.region.setToolTip("which pixels train: those you painted, plus every pixel inside the rectangles "
                                "of a Shapes layer (areas you checked), or the whole image")
         self.preview = StatusLine()
