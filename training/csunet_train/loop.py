@@ -116,12 +116,13 @@ def budget_schedule(budget_s: float, clock: Clock, warmup_fraction: float = 0.05
 
 def train_step(model: nn.Module, x: torch.Tensor, y: Any, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler | None, dtype: torch.dtype | None, grad_clip: float,
-               loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] = segmentation_loss) -> torch.Tensor:
-    """One optimisation step of ``loss_fn(model(x), y)``; returns the (detached) loss without synchronising."""
+               loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] | None = None) -> torch.Tensor:
+    """One optimisation step of ``loss_fn(model(x), y)`` (default: the segmentation loss); returns the
+    (detached) loss without synchronising."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         logits = model(x)
-    loss = loss_fn(logits, y)
+    loss = (loss_fn or segmentation_loss)(logits, y)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
