@@ -67,6 +67,8 @@ class LiveBox(QWidget):
         queue.corrected.connect(self.request)
 
     def _on_toggle(self, on: bool) -> None:
+        if on:  # the job check's imports now, not on the GUI thread at the first correction
+            import csunet_train.config  # noqa: F401
         self.live.enabled = on
         if not on:
             self.live.cancel_pending()

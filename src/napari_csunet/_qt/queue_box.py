@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import napari
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QShortcut, QVBoxLayout, QWidget
@@ -244,14 +244,7 @@ class QueueBox(QWidget):
         boxes = [r for r in self.queue.regions if r.done] + ([region] if region is not None else [])
         rects = [np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float) for r0, c0, r1, c1 in (r.box for r in boxes)]
         colors = [DONE_COLOR] * (len(boxes) - (region is not None)) + [CURRENT_COLOR] * (region is not None)
-        if HIGHLIGHT in self.viewer.layers:
-            self.viewer.layers.remove(HIGHLIGHT)
-        if rects:
-            self.viewer.add_shapes(rects, shape_type="rectangle", name=HIGHLIGHT, edge_color=colors,
-                                            face_color="transparent", edge_width=max(2, self.queue.size // 64),
-                                            scale=layer.scale[-2:], translate=layer.translate[-2:],
-                                            metadata={OUTPUT: True})  # not a "train on" choice
-            self.viewer.layers.selection.active = layer  # the brush stays on the labels
+        self._outline(layer, rects, colors)
         self.left.info(self.queue.summary())
         if region is None:
             self.where.setText("every region has been checked: fine-tune, or rank again after a new prediction")
@@ -264,6 +257,22 @@ class QueueBox(QWidget):
             self.viewer.camera.center = tuple(layer.data_to_world(region.center)[-2:])
             side = max(r1 - r0, c1 - c0) * float(max(layer.scale[-2:]))
             self.viewer.camera.zoom = 0.8 * min(self.viewer.canvas.size) / side
+
+    def _outline(self, layer: Labels, rects: list[np.ndarray], colors: list[str]) -> None:
+        """New outlines in the existing Shapes layer (creating a layer costs the GUI ~0.1-1 s)."""
+        shapes = self.viewer.layers[HIGHLIGHT] if HIGHLIGHT in self.viewer.layers else None
+        if isinstance(shapes, Shapes) and rects:
+            shapes.data = rects
+            shapes.edge_color = colors
+            return
+        if shapes is not None:
+            self.viewer.layers.remove(HIGHLIGHT)
+        if rects:
+            self.viewer.add_shapes(rects, shape_type="rectangle", name=HIGHLIGHT, edge_color=colors,
+                                   face_color="transparent", edge_width=max(2, self.queue.size // 64),
+                                   scale=layer.scale[-2:], translate=layer.translate[-2:],
+                                   metadata={OUTPUT: True})  # not a "train on" choice
+            self.viewer.layers.selection.active = layer  # the brush stays on the labels
 
     # -- wiring ----------------------------------------------------------------------------------
 
