@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_csunet.datasets import MaskError, find_samples
+from napari_csunet.datasets import NAMING_HINT, MaskError, find_samples
 from napari_csunet.io import ImageError, as_channels_last, read_image
-from napari_csunet.modelfile import default_class_colors
+from napari_csunet.modelfile import default_class_colors, numbered_class_names
 
 __all__ = [
     "DataError", "LabelledImage", "TrainingData", "labelled_image", "read_pairs", "read_folder",
@@ -198,7 +198,8 @@ def check_classes(train: list[LabelledImage], val: list[LabelledImage], class_na
     for item in train + val:
         top = int(item.labels.max()) if item.labels.size else 0
         if top > k:
-            raise DataError(f"{item.name}: label {top} is above the {k} classes {list(class_names)}")
+            raise DataError(f"{item.name}: label {top} is above the {k} classes {list(class_names)}; {NAMING_HINT}, "
+                            "or give class_names (a model file's classes are fixed: train a preset for more)")
     if not train:
         raise DataError("no training images")
     if sum(item.labelled_pixels for item in train) == 0:
@@ -226,7 +227,8 @@ def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Seq
               train: list[LabelledImage] | None = None, val: list[LabelledImage] | None = None) -> TrainingData:
     """Gather a job's training and validation images (``train``/``val`` add in-memory ones).
 
-    Class names: the job's, else the model file's, else the folder's, else ``class 1..K``.
+    Class names: the job's, else the model file's, else the folder's, else ``class 1..K`` with K the
+    highest label (a warning says how to name them).
     """
     train_items = list(train or []) + read_pairs(cfg.pairs)
     val_items = list(val or []) + read_pairs(cfg.val_pairs or [])
@@ -239,17 +241,18 @@ def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Seq
             val_items += read_folder(cfg.data_dir, cfg.val_split, None, cfg.zero_is_class)[0]
     if not train_items:
         raise DataError("no training data: give 'pairs' and/or 'data_dir'")
-    names = cfg.class_names or (list(model_classes) if model_classes else None) or folder_names
+    names = cfg.class_names or (list(model_classes) if model_classes else None) or folder_names or None
+    warnings: list[str] = []
     if names is None:
         k = max(int(it.labels.max()) for it in train_items + val_items)
-        names = [f"class {i + 1}" for i in range(max(k, 1))]
+        names = numbered_class_names(max(k, 1))
+        warnings.append(f"the labels hold {len(names)} classes, named {names[0]!r}..{names[-1]!r}; {NAMING_HINT}")
     if model_classes is not None and len(names) != len(model_classes):
         raise DataError(f"the model has {len(model_classes)} classes {list(model_classes)} but "
                         f"{len(names)} class names were given")
     colors = cfg.class_colors or (list(model_colors) if model_colors else None)
     if colors is None and folder_names == list(names):
         colors = folder_colors
-    warnings: list[str] = []
     if not val_items:
         train_items, val_items = split_validation(train_items, cfg.val_fraction, cfg.seed)
         if not val_items:
