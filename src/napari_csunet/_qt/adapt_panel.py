@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QFileDialog, QPushButton, QSpinBox, QVBoxLayout, QWid
 
 from ..jobs import TrainingJob, jobs_dir
 from ..model_catalog import user_models_dir
-from .common import StatusLine, form_group, hbox, image_data, is_input_image
+from .common import StatusLine, form_group, hbox, image_data, is_input_image, start_training_child
 
 __all__ = ["AdaptPanel"]
 
@@ -99,12 +99,8 @@ class AdaptPanel(QWidget):
         except ConfigError as exc:
             self.status.error(f"cannot start: {exc}")
             return False
-        self.job = TrainingJob(spec, self._events.event.emit)
-        try:
-            self.job.start()
-        except OSError as exc:
-            self.job = None
-            self.status.error(f"could not start the training process: {exc}")
+        self.job = start_training_child(spec, self._events.event.emit, self.status)
+        if self.job is None:
             return False
         self._set_running(True)
         self.status.info(f"adapting {Path(start).stem} in a separate process …")

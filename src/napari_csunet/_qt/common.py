@@ -9,7 +9,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QWidget
 
-__all__ = ["LayerCombo", "StatusLine", "form_group", "hbox", "labels_name", "image_data", "OUTPUT", "is_input_image"]
+__all__ = ["LayerCombo", "StatusLine", "form_group", "hbox", "labels_name", "image_data", "OUTPUT", "is_input_image",
+           "start_training_child"]
 
 #: metadata key marking the image layers this plugin writes (probabilities, uncertainty)
 OUTPUT = "csunet_output"
@@ -28,6 +29,19 @@ def labels_name(image_name: str) -> str:
 def image_data(layer: napari.layers.Image):
     """Full-resolution pixels of an image layer (the first level of a multiscale pyramid)."""
     return layer.data[0] if layer.multiscale else layer.data
+
+
+def start_training_child(spec: dict, on_event: Callable[[dict], None], status: StatusLine):
+    """Start ``csunet_train.job`` for ``spec`` in a child process; None (reported on ``status``) if it cannot start."""
+    from ..jobs import TrainingJob
+
+    job = TrainingJob(spec, on_event)
+    try:
+        job.start()
+    except OSError as exc:
+        status.error(f"could not start the training process: {exc}")
+        return None
+    return job
 
 
 def form_group(title: str, rows: list[tuple[str, QWidget] | QWidget]) -> QGroupBox:

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 from ..jobs import TrainingJob
 from ..model_catalog import user_models_dir
 from ..settings import save_settings
-from .common import StatusLine, form_group, hbox
+from .common import StatusLine, form_group, hbox, start_training_child
 from .correct_panel import CorrectPanel
 from .finetune_text import before_after, duration, held_out, iou, stem
 from .plot import TrainingPlot
@@ -174,12 +174,8 @@ class FinetunePanel(QWidget):
         self.plot.clear(params["steps"])
         self.result.info("")
         self.last_done, self.last_scores = None, None
-        self.job = TrainingJob(spec, self._relay.event.emit)
-        try:
-            self.job.start()
-        except OSError as exc:
-            self.job = None
-            self.status.error(f"could not start the training process: {exc}")
+        self.job = start_training_child(spec, self._relay.event.emit, self.status)
+        if self.job is None:
             return False
         self.stop_btn.setEnabled(True)
         self._update_enabled()

@@ -20,7 +20,7 @@ from ..annotations import AnnotationStore
 from ..jobs import TrainingJob
 from ..live_update import LiveUpdate, live_job_spec
 from ..model_catalog import user_models_dir
-from .common import StatusLine, hbox
+from .common import StatusLine, hbox, start_training_child
 from .finetune_text import stem
 from .queue_box import QueueBox
 from .segment_panel import SegmentPanel
@@ -108,12 +108,8 @@ class LiveBox(QWidget):
         out = live_dir() / f"{base}-live-{time.strftime('%Y%m%d-%H%M%S')}-{self.live.cycles}.safetensors"
         spec = live_job_spec(path, pairs, list(info.class_names), out, self.session.settings.device,
                              self.store.class_colors or list(info.class_colors), **self.params)
-        self.job, self.last_done = TrainingJob(spec, self._relay.event.emit), None
-        try:
-            self.job.start()
-        except OSError as exc:
-            self.job = None
-            self.state.error(f"could not start the training process: {exc}")
+        self.job, self.last_done = start_training_child(spec, self._relay.event.emit, self.state), None
+        if self.job is None:
             return False
         return True
 
