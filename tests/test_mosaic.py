@@ -104,9 +104,10 @@ def test_lazy_statistics_match_the_whole_image(monkeypatch):
     assert lazy_stats(image, 1, rows=128) == pytest.approx(exact, rel=0.02)
 
 
-def test_class_counts_read_band_by_band():
+def test_class_counts_read_block_by_block():
     labels = np.random.default_rng(4).integers(0, 4, (3000, 50)).astype(np.uint8)
     np.testing.assert_array_equal(class_counts(labels, 3, rows=700), np.bincount(labels.ravel(), minlength=4))
+    np.testing.assert_array_equal(class_counts(labels, 3, rows=700, cols=16), np.bincount(labels.ravel(), minlength=4))
 
 
 @pytest.mark.parametrize(("shape", "message"), [((2, 3, 40, 40), "not one 2D"), ((40, 40, 7), "not one 2D")])
