@@ -107,9 +107,9 @@ def main() -> int:
         viewer.add_shapes([[[r, c], [r, c + SIDE], [r + SIDE, c + SIDE], [r + SIDE, c]] for r, c in boxes],
                           shape_type="rectangle", name="checked", edge_color="yellow", face_color="transparent",
                           edge_width=4)
-        w.correct_panel.region.set_value("checked")
+        w.correct_panel.region.choose("checked")
     else:
-        w.correct_panel.region.set_value(WHOLE_IMAGE)
+        w.correct_panel.region.choose(WHOLE_IMAGE)
     w.correct_panel.set_labels_layer(layer)
     corrected_layer = layer.data.copy()
     entry = w.correct_panel.add_to_training_set()
@@ -117,7 +117,7 @@ def main() -> int:
         raise SystemExit(f"correction_loop: {w.correct_panel.status.text()}")
 
     panel = w.finetune_panel
-    panel.steps.setValue(args.steps)
+    panel.form.steps.value = args.steps
     if args.pseudo_weight is not None:
         panel.pseudo_weight = args.pseudo_weight
     t_ft = time.perf_counter()

@@ -138,9 +138,9 @@ def run(args: argparse.Namespace) -> dict:
     if w.correct_panel.add_to_training_set() is None:
         raise RuntimeError(w.correct_panel.status.text())
     ft = w.finetune_panel
-    ft.steps.setValue(args.steps)
-    ft.crop.setCurrentText("256")
-    ft.batch.setValue(2)
+    ft.form.steps.value = args.steps
+    ft.form.crop.value = 256
+    ft.form.batch_size.value = 2
     meter.start("finetune")
     if not ft.start():
         raise RuntimeError(ft.status.text())

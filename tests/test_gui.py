@@ -16,11 +16,13 @@ pytest.importorskip("qtpy")
 pytestmark = pytest.mark.gui
 
 from napari.layers import Labels  # noqa: E402
+from qtpy.QtWidgets import QShortcut  # noqa: E402
 
 from napari_csunet._qt.main_widget import MIN_WIDTH  # noqa: E402
 from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
 from napari_csunet._qt.training_set import PAINTED_ONLY, WHOLE_IMAGE  # noqa: E402
 from napari_csunet.annotations import ACCEPTED, PAINTED  # noqa: E402
+from napari_csunet.settings import load_settings  # noqa: E402
 
 CLASSES = ["matrix", "secondary", "tertiary"]
 IMAGE = "superalloy spot2_0d_0"
@@ -113,11 +115,27 @@ def test_palette_and_number_keys_pick_the_brush_class(widget, qtbot):
     assert [b.text() for b in panel.class_buttons] == ["0 eraser (unlabelled)", "1 matrix", "2 secondary", "3 tertiary"]
     panel.class_buttons[3].click()
     assert layer.selected_label == 3 and layer.mode == "paint" and panel.class_buttons[3].isChecked()
+    tab_keys = {s.key().toString(): s for s in panel.findChildren(QShortcut)}
+    tab_keys["1"].activated.emit()  # digits on the Correct tab always pick a class
+    assert layer.selected_label == 1 and panel.class_buttons[1].isChecked()
     w.viewer.layers.selection.active = layer
     handler = w.viewer.window._qt_viewer.canvas._key_map_handler
-    handler.press_key("2")
-    handler.release_key("2")
+
+    def press(key: str) -> None:
+        handler.press_key(key)
+        handler.release_key(key)
+
+    layer.mode = "pan_zoom"
+    press("2")  # on the layer, by default: napari's own key (paint mode), the class stays
+    assert layer.selected_label == 1 and layer.mode == "paint"
+    panel.keys.class_keys_on_layer.value = True  # the setting: digits pick classes on the layer too
+    assert load_settings().class_keys_on_layer
+    press("2")
     assert layer.selected_label == 2 and layer.mode == "paint"
+    panel.keys.class_keys_on_layer.value = False  # and back to napari's keys
+    layer.mode = "pan_zoom"
+    press("3")
+    assert layer.selected_label == 2 and layer.mode == "polygon"
 
 
 def test_add_to_training_set_with_rectangles_then_remove(widget, qtbot):
@@ -128,12 +146,12 @@ def test_add_to_training_set_with_rectangles_then_remove(widget, qtbot):
     layer.data[400:410, 400:410] = prediction[400:410, 400:410] % 3 + 1  # 100 more, outside the rectangles
     panel = w.correct_panel
     panel.set_labels_layer(layer)
-    assert panel.region.currentText() == PAINTED_ONLY
+    assert panel.region.current_choice == PAINTED_ONLY
     panel.training.update_preview()
     assert "900 px: 900 painted + 0 accepted" in panel.training.preview.text()
     shapes = w.viewer.add_shapes([[[90, 95], [90, 200], [130, 200], [130, 95]],
                                   [[0, 0], [0, 10], [10, 10], [10, 0]]], shape_type="rectangle", name="roi")
-    assert panel.region.currentText() == "roi"  # the rectangles just drawn are used
+    assert panel.region.current_choice == "roi"  # the rectangles just drawn are used
     panel.training.update_preview()
     assert f"{900 + 40 * 105 - 800 + 100:,} px: 900 painted" in panel.training.preview.text()
     entry = panel.add_to_training_set()
@@ -149,7 +167,7 @@ def test_add_to_training_set_with_rectangles_then_remove(widget, qtbot):
     panel.remove_selected()
     assert panel.table.rowCount() == 0 and len(panel.store) == 0
     shapes.data = []
-    panel.region.set_value(WHOLE_IMAGE)
+    panel.region.choose(WHOLE_IMAGE)
     entry = panel.add_to_training_set()
     assert entry.whole_image and entry.labelled == layer.data.size and "most of these labels" in panel.status.text()
 
@@ -161,7 +179,7 @@ def test_add_to_training_set_refuses_with_a_reason(widget, qtbot, region):
     panel = w.correct_panel
     if region == "empty shapes":
         w.viewer.add_shapes(name="roi")
-        panel.region.set_value("roi")
+        panel.region.choose("roi")
         expected = "has no rectangle"
     else:
         layer.data[:] = 0
@@ -175,7 +193,7 @@ def test_inspect_statistics_csv_display_and_disagreement(widget, qtbot, tmp_path
     w = widget
     layer = segment(w, qtbot)
     panel = w.inspect_panel
-    panel.labels.set_value(layer.name)
+    panel.labels.choose(layer.name)
     assert panel.compute() is not None
     qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
     assert [r["class"] for r in panel.rows] == CLASSES and panel.table.rowCount() == 3
@@ -190,8 +208,8 @@ def test_inspect_statistics_csv_display_and_disagreement(widget, qtbot, tmp_path
     corrected = w.viewer.add_labels(layer.data.copy(), name="corrected")
     corrected.data[:10, :] = 0
     corrected.data[10:20, :] = layer.data[10:20, :] % 3 + 1
-    panel.layer_a.set_value(layer.name)
-    panel.layer_b.set_value("corrected")
+    panel.layer_a.choose(layer.name)
+    panel.layer_b.choose("corrected")
     diff = panel.show_disagreement()
     assert diff.data[:10].max() == 0 and diff.data[10:20].all() and diff.data[20:].max() == 0
     assert "disagree" in panel.status.text()
@@ -215,10 +233,10 @@ def test_a_crashing_training_child_is_reported_and_napari_survives(widget, qtbot
     """Broken data in the annotation set: the real child reports an error, nothing is lost."""
     w = widget
     layer = segment(w, qtbot)
-    w.correct_panel.region.set_value(WHOLE_IMAGE)
+    w.correct_panel.region.choose(WHOLE_IMAGE)
     entry = w.correct_panel.add_to_training_set()
     (w.correct_panel.store.root / entry.labels).write_bytes(b"not a tiff at all")
-    w.finetune_panel.steps.setValue(2)
+    w.finetune_panel.form.steps.value = 2
     assert w.finetune_panel.start()
     qtbot.waitUntil(lambda: not w.finetune_panel.running, timeout=120_000)
     assert w.finetune_panel.status.kind == "error" and "training failed" in w.finetune_panel.status.text()

@@ -19,7 +19,7 @@ def test_adapt_on_the_open_image_makes_a_new_starting_point(widget, qtbot):
     (data, kwargs, _), = samples.superalloy()
     widget.viewer.add_image(data, **kwargs)
     adapt = widget.model_panel.adapt
-    adapt.steps.setValue(2)
+    adapt.form.steps.value = 2
     assert adapt.adapt_on_open_images()
     assert not adapt.open_btn.isEnabled() and adapt.stop_btn.isEnabled()
     qtbot.waitUntil(lambda: not adapt.running, timeout=240_000)

@@ -25,9 +25,9 @@ from napari_csunet.model_catalog import user_models_dir  # noqa: E402
 
 
 def _fast(panel, steps: int) -> None:
-    panel.steps.setValue(steps)
-    panel.crop.setCurrentText("256")
-    panel.batch.setValue(1)
+    panel.form.steps.value = steps
+    panel.form.crop.value = 256
+    panel.form.batch_size.value = 1
 
 
 BOXES = [(40, 40), (300, 60), (170, 330)]  # top-left corners of three 160² boxes the user corrects
@@ -43,7 +43,7 @@ def _correct_three_boxes(w, layer):
     w.viewer.add_shapes([[[r, c], [r, c + 160], [r + 160, c + 160], [r + 160, c]] for r, c in BOXES],
                         shape_type="rectangle", name="checked")
     w.correct_panel.set_labels_layer(layer)
-    assert w.correct_panel.region.currentText() == "checked"
+    assert w.correct_panel.region.current_choice == "checked"
 
 
 def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot):
@@ -60,7 +60,7 @@ def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot)
 
     panel = w.finetune_panel
     _fast(panel, 30)
-    panel.lr.setValue(1e-3)
+    panel.form.lr.value = 1e-3
     assert panel.start(), panel.status.text()
     assert panel.running and not panel.start_btn.isEnabled() and panel.stop_btn.isEnabled()
     qtbot.waitUntil(lambda: panel.last_done is not None and not panel.running, timeout=900_000)  # a busy CPU
@@ -106,11 +106,11 @@ def test_a_finetune_that_cannot_improve_says_so_and_keeps_the_model(widget, qtbo
     w = widget
     layer = segment(w, qtbot)
     shown = layer.data.copy()
-    w.correct_panel.region.set_value(WHOLE_IMAGE)
+    w.correct_panel.region.choose(WHOLE_IMAGE)
     assert w.correct_panel.add_to_training_set() is not None
     panel = w.finetune_panel
     _fast(panel, 2)
-    panel.lr.setValue(1e-6)
+    panel.form.lr.value = 1e-6
     assert panel.start(), panel.status.text()
     qtbot.waitUntil(lambda: panel.last_done is not None and not panel.running, timeout=180_000)
     assert panel.last_done["best_step"] == 0, panel.result.text()

@@ -37,7 +37,7 @@ def test_inspect_in_micrometres_without_the_data_bar(sem_widget, qtbot, tmp_path
     w, path = sem_widget
     image = w.viewer.layers["sem"]
     box = w.inspect_panel.calibration
-    box.image.set_value("sem")
+    box.image.choose("sem")
     assert math.isclose(box.size.value(), 0.005) and "FEI" in box.source.text()
     assert tuple(image.scale) == pytest.approx((0.005, 0.005)) and str(image.units[-1]) == "micrometer"
     assert box.use_bar.isChecked() and box.bar_rows.value() == 60 and box.bar_side.currentText() == "bottom"
@@ -50,7 +50,7 @@ def test_inspect_in_micrometres_without_the_data_bar(sem_widget, qtbot, tmp_path
     assert tuple(labels.scale) == pytest.approx((0.005, 0.005))
 
     panel = w.inspect_panel
-    panel.labels.set_value("sem labels")
+    panel.labels.choose("sem labels")
     assert panel.compute() is not None
     qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
     rows = panel.rows
@@ -73,7 +73,7 @@ def test_inspect_in_micrometres_without_the_data_bar(sem_widget, qtbot, tmp_path
 def test_scale_bar_line_calibration_is_remembered(sem_widget):
     w, path = sem_widget
     box = w.inspect_panel.calibration
-    box.image.set_value("sem")
+    box.image.choose("sem")
     assert box.calibrate_from_line() is None and LINE_LAYER in w.viewer.layers  # first: draw a line
     lines = w.viewer.layers[LINE_LAYER]
     lines.add_lines(np.array([[20.0, 10.0], [20.0, 210.0]]))  # 200 px (the layer's data is in pixels)
@@ -90,7 +90,7 @@ def test_disagreement_pickers_start_on_two_layers(sem_widget):
     w.viewer.add_labels(np.ones((8, 8), np.uint8), name="a")
     w.viewer.add_labels(np.ones((8, 8), np.uint8), name="b")
     panel = w.inspect_panel
-    assert panel.layer_a.currentText() != panel.layer_b.currentText()
+    assert panel.layer_a.current_choice != panel.layer_b.current_choice
     assert panel.min_area.value() == 9
 
 
@@ -100,7 +100,7 @@ def test_reopened_labels_measure_in_their_own_scale(sem_widget, qtbot):
     data[10:20, 10:20] = 2
     w.viewer.add_labels(data, name="reopened", scale=(0.5, 0.5), units=("um", "um"))
     panel = w.inspect_panel
-    panel.labels.set_value("reopened")
+    panel.labels.choose("reopened")
     panel.compute()
     qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
     assert panel.rows[1]["pixel_size_um"] == 0.5 and panel.rows[1]["mean_area_um2"] == pytest.approx(25.0)

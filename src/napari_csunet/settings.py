@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
+from .options import option
 
 __all__ = ["Settings", "settings_path", "load_settings", "save_settings", "DEVICES", "cpu_only_torch_with_gpu"]
 
@@ -36,9 +37,14 @@ class Settings:
     tile: int = 512
     #: the fine-tune panel's last values (steps, lr, crop, ...)
     finetune: dict[str, Any] = field(default_factory=dict)
-    #: the correction queue's Accept/Next keys also on the labels layer (off: only on the plugin's
-    #: Correct tab, so napari's own layer keys are never taken without the user asking)
-    queue_keys_on_layer: bool = False
+    #: keys 1-9 pick a class also on the labels layer, in place of napari's own mode keys 1-7 there
+    #: (off: only on the Correct tab, so napari's keys are never taken without the user asking)
+    class_keys_on_layer: bool = option(False, "keys 1-9 pick the brush class on the labels layer too, in place of "
+                                       "napari's mode keys 1-7 (the Correct tab's keys always work)",
+                                       label="class keys on the labels layer")
+    #: the correction queue's Accept/Next keys also on the labels layer (never over napari's own keys)
+    queue_keys_on_layer: bool = option(False, "A (accept) and N (next region) on the labels layer too, where "
+                                       "napari does not use them", label="queue keys on the labels layer")
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", str(self.device)):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_csunet.models.config import TILE_MULTIPLE, nearest_multiple
+from napari_csunet.options import option
 
 __all__ = ["TrainConfig", "ConfigError", "load_job", "load_recipe", "recipe_names", "RECIPE_DIR", "REPO_ROOT",
            "DATA_ROOT_ENV", "default_data_root", "project_root"]
@@ -70,13 +71,16 @@ class TrainConfig:
     zero_is_class: bool | None = None  # folders: label maps whose 0 is a class (NASA's default)
     class_names: list[str] | None = None
     class_colors: list[str] | None = None
-    steps: int = 1000
-    lr: float = 5e-4
-    crop: int = 256
-    batch_size: int = 4
-    aug_strength: float = 0.5
-    freeze_cnn: bool = False
-    freeze_swin: bool = False
+    steps: int = option(1000, "optimizer steps", min=1, max=100_000)
+    lr: float = option(5e-4, "learning rate (encoders that start pretrained use encoder_lr_mult of it)",
+                       min=1e-6, max=0.1, step=1e-4, decimals=6, label="learning rate")
+    crop: int = option(256, "side of the random training crops (multiples of 256); larger needs more memory",
+                       choices=(256, 512, 768, 1024))
+    batch_size: int = option(4, "crops per step", min=1, max=64, label="batch size")
+    aug_strength: float = option(0.5, "flips, rotations and brightness/contrast changes (0 = none)",
+                                 min=0.0, max=1.0, step=0.1, label="augmentation")
+    freeze_cnn: bool = option(False, "keep the CNN encoder's weights as they are", label="freeze CNN encoder")
+    freeze_swin: bool = option(False, "keep the Swin encoder's weights as they are", label="freeze Swin encoder")
     eval_every: int = 50
     patience: int | None = None  # evaluations without improvement before stopping early
     device: str = "auto"
@@ -90,6 +94,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     class_balance: float = 0.5  # share of crops centred on a uniformly chosen class
     val_fraction: float = 0.2  # held out when no validation data is given
+    val_context_px: int | None = None  # validate on the labelled pixels' box plus this context (None: whole images)
     pseudo_weight: float = 0.3  # loss weight of uncorrected predicted pixels in GUI annotation sets (0: ignored)
     half: bool = False  # store the model file as fp16 (shipped starter models)
     name: str = ""
@@ -119,6 +124,8 @@ class TrainConfig:
              "patience must be null or an integer >= 1")
         need(self.num_workers >= 0, "num_workers must be >= 0")
         need(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
+        need(self.val_context_px is None or (isinstance(self.val_context_px, int) and self.val_context_px >= 0),
+             "val_context_px must be null or an integer >= 0")
         need(0.0 <= float(self.pseudo_weight) <= 1.0, f"pseudo_weight: {self.pseudo_weight} must be in 0..1")
         need(self.time_budget_s is None or float(self.time_budget_s) > 0, "time_budget_s must be null or > 0")
         need(set(self.weights) <= {"cnn", "swin"}, f"weights: unknown keys {sorted(set(self.weights) - {'cnn', 'swin'})}")

@@ -13,6 +13,8 @@ from typing import Any
 
 from napari_csunet.models.config import TILE_MULTIPLE
 
+from napari_csunet.options import option
+
 from .config import config_from_dict, need
 
 __all__ = ["PretrainConfig", "PRETRAIN_MODE", "adaptation_job"]
@@ -32,7 +34,8 @@ class PretrainConfig:
     model: str | None = None  # ``--from``: a model file (segmentation or pretrained) to continue from
     resume: bool = False  # continue the run saved at ``out`` (its steps count toward ``steps``)
     in_chans: int = 1
-    steps: int = 2000
+    steps: int = option(2000, "pretraining steps (a CPU does about one step of 8 crops a second)",
+                        min=1, max=1_000_000)
     lr: float = 1.5e-3
     weight_decay: float = 0.05
     warmup_steps: int | None = None  # default: 5% of the steps, at most 500

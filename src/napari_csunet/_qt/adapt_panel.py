@@ -13,13 +13,17 @@ from typing import Any
 
 import napari
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QFileDialog, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QPushButton, QVBoxLayout, QWidget
 
 from ..jobs import TrainingJob, jobs_dir
 from ..model_catalog import user_models_dir
 from .common import StatusLine, form_group, hbox, image_data, is_input_image, start_training_child
+from .config_form import config_form
 
-__all__ = ["AdaptPanel"]
+__all__ = ["AdaptPanel", "ADAPT_STEPS"]
+
+#: a few minutes on a CPU: enough to see the reconstruction loss fall on the user's images
+ADAPT_STEPS = 300
 
 
 class _Events(QObject):
@@ -38,10 +42,9 @@ class AdaptPanel(QWidget):
         super().__init__(parent)
         self.viewer, self.start_model, self.device = viewer, start_model, device
         self.job: TrainingJob | None = None
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 100_000)
-        self.steps.setValue(300)
-        self.steps.setToolTip("pretraining steps of 8 crops (a CPU does about one a second)")
+        from csunet_train.pretrain_config import PretrainConfig
+
+        self.form = config_form(PretrainConfig, ("steps",), {"steps": ADAPT_STEPS})
         self.open_btn = QPushButton("Adapt on open images")
         self.open_btn.clicked.connect(lambda: self.adapt_on_open_images())
         self.folder_btn = QPushButton("On a folder…")
@@ -53,7 +56,7 @@ class AdaptPanel(QWidget):
         self._events = _Events()
         self._events.event.connect(self._on_event)
         box = form_group("Adapt to my images (self-supervised)", [
-            ("steps", self.steps), hbox(self.open_btn, self.folder_btn, self.stop_btn), self.status])
+            self.form.native, hbox(self.open_btn, self.folder_btn, self.stop_btn), self.status])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(box)
@@ -95,7 +98,7 @@ class AdaptPanel(QWidget):
             return False
         out = user_models_dir() / f"{Path(start).stem.split('-adapted-')[0]}-adapted-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
-            spec = adaptation_job(start, sources, f"{out}.safetensors", self.steps.value(), self.device())
+            spec = adaptation_job(start, sources, f"{out}.safetensors", self.form.steps.value, self.device())
         except ConfigError as exc:
             self.status.error(f"cannot start: {exc}")
             return False

@@ -37,7 +37,7 @@ from ..pixelsize import (
 )
 from .common import (
     OUTPUT,
-    LayerCombo,
+    LayerPicker,
     StatusLine,
     form_group,
     hbox,
@@ -103,7 +103,7 @@ class CalibrationBox(QWidget):
     def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
-        self.image = LayerCombo(viewer, Image, accept=is_input_image)
+        self.image = LayerPicker(viewer, Image, accept=is_input_image)
         self.size = QDoubleSpinBox()
         self.size.setRange(0.0, 1e5)
         self.size.setDecimals(5)
@@ -135,7 +135,7 @@ class CalibrationBox(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self._box)
         self._shown: str | None = None
-        self.image.currentIndexChanged.connect(self._image_changed)
+        self.image.changed.connect(self._image_changed)
         viewer.layers.events.inserted.connect(self._adopt)
         self.size.editingFinished.connect(self._typed_size)
         self.line_btn.clicked.connect(lambda: self.calibrate_from_line())
@@ -157,7 +157,7 @@ class CalibrationBox(QWidget):
             self._apply_scale(layer, pixel_size_of(layer), reset=False)
 
     def layer(self) -> Image | None:
-        value = self.image.value()
+        value = self.image.value
         return value if isinstance(value, Image) else None
 
     def _set_quietly(self, widget: QWidget, value: Any) -> None:

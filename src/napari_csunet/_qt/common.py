@@ -1,4 +1,4 @@
-"""Small shared widgets and helpers for the panels: layer pickers, status lines, notifications."""
+"""Small shared widgets and helpers for the panels: layer pickers (magicgui), status lines, notifications."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from collections.abc import Callable
 import napari
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QWidget
+from magicgui.widgets import ComboBox, Widget
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QWidget
 
-__all__ = ["LayerCombo", "StatusLine", "form_group", "hbox", "labels_name", "image_data", "OUTPUT", "is_input_image",
-           "start_training_child"]
+__all__ = ["LayerPicker", "StatusLine", "form_group", "hbox", "labels_name", "image_data", "OUTPUT", "is_input_image",
+           "start_training_child", "qt"]
 
 #: metadata key marking the image layers this plugin writes (probabilities, uncertainty)
 OUTPUT = "csunet_output"
@@ -44,74 +45,73 @@ def start_training_child(spec: dict, on_event: Callable[[dict], None], status: S
     return job
 
 
-def form_group(title: str, rows: list[tuple[str, QWidget] | QWidget]) -> QGroupBox:
-    """A titled box of ``label: widget`` rows (a bare widget spans the row)."""
+def qt(widget: QWidget | Widget) -> QWidget:
+    """The Qt widget to put in a layout: a magicgui widget's ``native``, a Qt widget itself."""
+    return widget.native if isinstance(widget, Widget) else widget
+
+
+def form_group(title: str, rows: list[tuple[str, QWidget | Widget] | QWidget | Widget]) -> QGroupBox:
+    """A titled box of ``label: widget`` rows (a bare widget spans the row); Qt or magicgui widgets."""
     box = QGroupBox(title)
     form = QFormLayout(box)
     for row in rows:
         if isinstance(row, tuple):
-            form.addRow(*row)
+            form.addRow(row[0], qt(row[1]))
         else:
-            form.addRow(row)
+            form.addRow(qt(row))
     return box
 
 
-def hbox(*widgets: QWidget) -> QWidget:
+def hbox(*widgets: QWidget | Widget) -> QWidget:
     """Widgets side by side, without margins (a row of buttons)."""
     box = QWidget()
     row = QHBoxLayout(box)
     row.setContentsMargins(0, 0, 0, 0)
     for w in widgets:
-        row.addWidget(w)
+        row.addWidget(qt(w))
     return box
 
 
-class LayerCombo(QComboBox):
-    """A combo box of the viewer's layers of one type, kept in sync with the layer list.
+class LayerPicker(ComboBox):
+    """A magicgui drop-down of the viewer's layers of one type that refreshes itself.
 
-    ``extra`` entries (e.g. "all open images") come first and are returned as strings.
+    Its choices are computed (``reset_choices``) whenever layers are added, removed or moved, and
+    it follows the layer the user selects in napari's layer list. ``extra`` entries (e.g. "all
+    open images") come first and are values of their own (strings). ``.value`` is the chosen
+    layer, an ``extra`` string, or None; ``.native`` goes into Qt layouts.
     """
 
     def __init__(self, viewer: napari.Viewer, layer_type: type, extra: tuple[str, ...] = (),
-                 accept: Callable[[object], bool] | None = None, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
-        self.layer_type = layer_type
-        self.extra = extra
+                 accept: Callable[[object], bool] | None = None, tooltip: str | None = None) -> None:
+        self.viewer, self.layer_type, self.extra = viewer, layer_type, extra
         self.accept = accept or (lambda layer: True)
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed,
-                      viewer.layers.events.moved):
-            event.connect(self.refresh)
-        viewer.layers.selection.events.active.connect(self.refresh)
-        self.refresh()
+        super().__init__(choices=self._choices, tooltip=tooltip)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed, viewer.layers.events.moved):
+            event.connect(self.reset_choices)
+        viewer.layers.selection.events.active.connect(self._follow_selection)
+        self._follow_selection()
 
     def layers(self) -> list:
         return [lay for lay in self.viewer.layers if isinstance(lay, self.layer_type) and self.accept(lay)]
 
-    def refresh(self, *_: object) -> None:
-        current = self.currentText()
-        self.blockSignals(True)
-        self.clear()
-        self.addItems([*self.extra, *(lay.name for lay in self.layers())])
+    def _choices(self, _widget: object = None) -> list[tuple[str, object]]:
+        return [*((text, text) for text in self.extra), *((lay.name, lay) for lay in self.layers())]
+
+    def _follow_selection(self, *_: object) -> None:
+        """The layer selected in napari's layer list becomes the choice, when it is one of ours."""
+        self.reset_choices()
         active = self.viewer.layers.selection.active
-        wanted = active.name if isinstance(active, self.layer_type) and self.accept(active) else current
-        index = self.findText(wanted)
-        if index < 0 and self.count() > len(self.extra):
-            index = len(self.extra) if not current else max(self.findText(current), len(self.extra))
-        self.setCurrentIndex(max(index, 0))
-        self.blockSignals(False)
-        self.currentIndexChanged.emit(self.currentIndex())
+        if isinstance(active, self.layer_type) and self.accept(active) and active in self.layers():
+            self.value = active
 
-    def value(self):
-        """The chosen layer, an ``extra`` string, or None."""
-        text = self.currentText()
-        if text in self.extra:
-            return text
-        return next((lay for lay in self.layers() if lay.name == text), None)
+    def names(self) -> list[str]:
+        """What the drop-down lists, in order."""
+        return [name for name, _ in self._choices()]
 
-    def set_value(self, name: str) -> None:
-        self.refresh()
-        self.setCurrentIndex(max(self.findText(name), 0))
+    def choose(self, name: str) -> None:
+        """Select the entry called ``name`` (a layer's name or an ``extra`` string), if it is there."""
+        self.reset_choices()
+        self.value = dict(self._choices()).get(name, self.value)
 
 
 class StatusLine(QLabel):

@@ -1,6 +1,8 @@
 """Correct panel: paint with named classes, revert, and add corrected images to the training set.
 
-The palette and keys 1..9 pick the brush class (0 = unlabelled is the eraser). "Add to training
+The palette and keys 0..9 on this tab pick the brush class (0 = unlabelled is the eraser); on
+the labels layer itself only when the user's settings ask for it (those keys are napari's mode
+keys there). "Add to training
 set" writes the image, its labels and which pixels the user corrected or accepted to the
 annotation folder at once (see :mod:`.training_set`), so nothing is lost if napari dies.
 """
@@ -9,30 +11,36 @@ from __future__ import annotations
 
 import napari
 from napari.layers import Labels
-from qtpy.QtWidgets import QGridLayout, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QKeySequence
+from qtpy.QtWidgets import QGridLayout, QPushButton, QShortcut, QVBoxLayout, QWidget
 
 from .._layerdata import class_names_from_features
-from ..annotations import AnnotationStore
-from .common import LayerCombo, StatusLine, form_group, hbox
+from ..settings import Settings, save_settings
+from .common import LayerPicker, StatusLine, form_group, hbox
+from .config_form import config_form
 from .live_box import LiveBox
-from .queue_box import QueueBox
+from .queue_box import ACCEPT_KEY, NEXT_KEY, QueueBox
 from .segment_panel import PREDICTION, PREVIOUS, SegmentPanel
 from .session import ModelSession
 from .training_set import PAINTED_ONLY, WHOLE_IMAGE, TrainingSetBox
 
-__all__ = ["CorrectPanel", "PAINTED_ONLY", "WHOLE_IMAGE"]
+__all__ = ["CorrectPanel", "PAINTED_ONLY", "WHOLE_IMAGE", "KEY_SETTINGS"]
+
+#: the settings of the Keyboard box (napari's own layer keys are taken only when these say so)
+KEY_SETTINGS = ("class_keys_on_layer", "queue_keys_on_layer")
 
 
 class CorrectPanel(QWidget):
     """Class palette, revert/undo, the annotation set."""
 
-    def __init__(self, viewer: napari.Viewer, session: ModelSession, store: AnnotationStore | None = None,
-                 segment: SegmentPanel | None = None, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.Viewer, session: ModelSession, segment: SegmentPanel | None = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer, self.session = viewer, session
-        self.store = store or AnnotationStore()
-        self.labels = LayerCombo(viewer, Labels)
-        self.labels.currentIndexChanged.connect(self._on_labels_changed)
+        self.store = session.annotations
+        self.labels = LayerPicker(viewer, Labels)
+        self.labels.changed.connect(self._on_labels_changed)
         self.palette_box = QWidget()
         self.palette = QGridLayout(self.palette_box)
         self.palette.setContentsMargins(0, 0, 0, 0)
@@ -50,6 +58,12 @@ class CorrectPanel(QWidget):
         self.refresh_list, self.remove_selected, self.add_to_training_set = t.refresh_list, t.remove_selected, t.add
         self.queue = QueueBox(viewer, self.store, self.layer, self._save_kwargs, self.status, segment,
                               layer_keys=session.settings.queue_keys_on_layer)
+        self.keys = config_form(Settings, KEY_SETTINGS, {k: getattr(session.settings, k) for k in KEY_SETTINGS})
+        self.keys.changed.connect(self._keys_changed)
+        for value in range(10):
+            shortcut = QShortcut(QKeySequence(str(value)), self)
+            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(lambda v=value: self._class_key(v))
         self.queue.corrected.connect(self.refresh_list)
         self.live = LiveBox(session, self.store, segment, self.queue) if segment is not None else None
 
@@ -60,6 +74,7 @@ class CorrectPanel(QWidget):
         if self.live is not None:
             layout.addWidget(self.live)
         layout.addWidget(self.training)
+        layout.addWidget(form_group("Keyboard", [self.keys]))
         layout.addWidget(self.status)
         layout.addStretch(1)
         session.changed.connect(self._on_labels_changed)
@@ -68,11 +83,11 @@ class CorrectPanel(QWidget):
     # -- the labels layer and its classes ------------------------------------------------------
 
     def layer(self) -> Labels | None:
-        value = self.labels.value()
+        value = self.labels.value
         return value if isinstance(value, Labels) else None
 
     def set_labels_layer(self, layer: Labels) -> None:
-        self.labels.set_value(layer.name)
+        self.labels.choose(layer.name)
         self._on_labels_changed()
 
     def class_names(self, layer: Labels | None = None) -> list[str]:
@@ -99,6 +114,7 @@ class CorrectPanel(QWidget):
 
     def _on_labels_changed(self, *_: object) -> None:
         layer = self.layer()
+        self.session.correcting = layer
         names = self.class_names(layer)
         colors = self._class_colors(layer, len(names))
         for button in self.class_buttons:
@@ -123,9 +139,33 @@ class CorrectPanel(QWidget):
         self.training.watch()
 
     def _bind_keys(self, layer: Labels, n: int) -> None:
-        """Keys 1..9 pick a class on this layer (they replace napari's mode keys 1-7 here)."""
-        for value in range(1, min(n, 9) + 1):
-            layer.bind_key(str(value), lambda _layer, v=value: self.set_class(v), overwrite=True)
+        """Keys 1..9 pick a class on this layer, in place of napari's mode keys, if the settings say so."""
+        on = self.session.settings.class_keys_on_layer
+        for value in range(1, 10):
+            if on and value <= n:
+                layer.bind_key(str(value), lambda _layer, v=value: self.set_class(v), overwrite=True)
+            else:
+                _unbind(layer, str(value))  # back to napari's own key
+
+    def _class_key(self, value: int) -> None:
+        """A digit pressed on this tab: pick that class when the model has it."""
+        if value <= len(self.class_names()):
+            self.set_class(value)
+
+    def _keys_changed(self, *_: object) -> None:
+        """The Keyboard settings changed: remember them and apply them to the labels layer now."""
+        for name, value in self.keys.asdict().items():
+            setattr(self.session.settings, name, bool(value))
+        save_settings(self.session.settings)
+        self.queue.layer_keys = self.session.settings.queue_keys_on_layer
+        layer = self.layer()
+        if layer is not None:
+            self._bind_keys(layer, len(self.class_names(layer)))
+            if self.queue.layer_keys:
+                self.queue.bind_layer_keys(layer)
+            else:
+                for key in (ACCEPT_KEY, NEXT_KEY):
+                    _unbind(layer, key)
 
     def set_class(self, value: int) -> None:
         """Paint with class ``value`` (0 erases back to unlabelled)."""
@@ -165,3 +205,9 @@ class CorrectPanel(QWidget):
     def undo_resegment(self) -> None:
         """Back to the labels the last Segment replaced (e.g. corrections made before it)."""
         self._restore(PREVIOUS, "labels from before the last segmentation")
+
+
+def _unbind(layer: Labels, key: str) -> None:
+    """Remove this plugin's binding of ``key`` from ``layer`` (napari's own binding applies again)."""
+    if any(str(bound) == key for bound in layer.keymap):
+        layer.bind_key(key, None)

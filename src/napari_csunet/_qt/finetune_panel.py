@@ -18,21 +18,13 @@ from typing import Any
 import napari
 import numpy as np
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
 from ..jobs import TrainingJob
 from ..model_catalog import user_models_dir
 from ..settings import save_settings
 from .common import StatusLine, form_group, hbox, start_training_child
-from .correct_panel import CorrectPanel
+from .config_form import config_form, form_values
 from .finetune_text import before_after, duration, held_out, iou, stem
 from .plot import TrainingPlot
 from .segment_panel import IMAGE, PREDICTION, SegmentPanel, painted_pixels
@@ -43,6 +35,9 @@ __all__ = ["FinetunePanel", "DEFAULTS"]
 #: loss weight of the uncorrected predicted pixels next to the corrected ones, as TrainConfig's
 #: default (docs/training.md: 0.3 kept the rest of the image from getting worse; 0 did not)
 PSEUDO_WEIGHT = 0.3
+
+#: the TrainConfig fields the form offers (the rest: the job's defaults, or set below)
+FORM_FIELDS = ("steps", "lr", "crop", "batch_size", "aug_strength", "freeze_cnn", "freeze_swin")
 
 #: good defaults for a few corrected images (a CPU finishes them in minutes, a GPU in seconds)
 DEFAULTS: dict[str, Any] = {"steps": 200, "lr": 3e-4, "crop": 256, "batch_size": 4, "aug_strength": 0.5,
@@ -62,27 +57,13 @@ class FinetunePanel(QWidget):
     trained = Signal(str)
 
     def __init__(self, viewer: napari.Viewer, session: ModelSession, segment: SegmentPanel,
-                 correct: CorrectPanel, parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer, self.session, self.segment_panel, self.correct = viewer, session, segment, correct
+        self.viewer, self.session, self.segment_panel = viewer, session, segment
+        from csunet_train.config import TrainConfig
+
         values = DEFAULTS | {k: v for k, v in session.settings.finetune.items() if k in DEFAULTS}
-        self.steps = _spin(QSpinBox(), 1, 100_000, values["steps"], "optimizer steps")
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(6)  # before the value: the default 2 decimals would round 3e-4 to 0
-        self.lr.setSingleStep(1e-4)
-        _spin(self.lr, 1e-6, 1e-1, values["lr"], "learning rate (pretrained encoders use a tenth)")
-        self.crop = QComboBox()
-        self.crop.addItems(["256", "512", "768", "1024"])
-        self.crop.setCurrentText(str(values["crop"]))
-        self.crop.setToolTip("side of the random training crops (multiples of 256); larger needs more memory")
-        self.batch = _spin(QSpinBox(), 1, 64, values["batch_size"], "crops per step")
-        self.aug = _spin(QDoubleSpinBox(), 0.0, 1.0, values["aug_strength"],
-                         "flips, rotations and brightness/contrast changes (0 = none)")
-        self.aug.setSingleStep(0.1)
-        self.freeze_cnn = QCheckBox("freeze CNN encoder")
-        self.freeze_cnn.setChecked(values["freeze_cnn"])
-        self.freeze_swin = QCheckBox("freeze Swin encoder")
-        self.freeze_swin.setChecked(values["freeze_swin"])
+        self.form = config_form(TrainConfig, FORM_FIELDS, values)  # limits and help from TrainConfig
         self.pseudo_weight = float(values["pseudo_weight"])  # no widget: a setting for experts and benchmarks
         self.start_btn = QPushButton("Start fine-tuning")
         self.start_btn.clicked.connect(lambda: self.start())
@@ -93,11 +74,9 @@ class FinetunePanel(QWidget):
         self.status = StatusLine("add corrected images in the Correct tab, then start")
         self.result = StatusLine()
 
-        freeze, buttons = hbox(self.freeze_cnn, self.freeze_swin), hbox(self.start_btn, self.stop_btn)
         layout = QVBoxLayout(self)
-        layout.addWidget(form_group("Fine-tune on the training set", [
-            ("steps", self.steps), ("learning rate", self.lr), ("crop", self.crop), ("batch size", self.batch),
-            ("augmentation", self.aug), freeze, buttons]))
+        layout.addWidget(form_group("Fine-tune on the training set",
+                                    [self.form.native, hbox(self.start_btn, self.stop_btn)]))
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
         layout.addWidget(self.result)
@@ -121,16 +100,13 @@ class FinetunePanel(QWidget):
         self.start_btn.setEnabled(not self.running and self.session.segmenter is not None and not self.session.busy)
 
     def params(self) -> dict[str, Any]:
-        return {"steps": self.steps.value(), "lr": self.lr.value(), "crop": int(self.crop.currentText()),
-                "batch_size": self.batch.value(), "aug_strength": round(self.aug.value(), 3),
-                "freeze_cnn": self.freeze_cnn.isChecked(), "freeze_swin": self.freeze_swin.isChecked(),
-                "pseudo_weight": self.pseudo_weight}
+        return form_values(self.form) | {"pseudo_weight": self.pseudo_weight}
 
     # -- start ---------------------------------------------------------------------------------
 
     def start(self) -> bool:
         """Check everything, save an unsaved model first, then launch the child. True if started."""
-        info, store = self.session.info, self.correct.store
+        info, store = self.session.info, self.session.annotations
         if self.running:
             self.status.error("a fine-tuning job is already running")
             return False
@@ -156,7 +132,7 @@ class FinetunePanel(QWidget):
     def _launch(self, pairs: list[dict[str, str]]) -> bool:
         from csunet_train.config import ConfigError, TrainConfig
 
-        info, store = self.session.info, self.correct.store
+        info, store = self.session.info, self.session.annotations
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = stem(info.name or info.preset or "model").split("-ft-")[0]
         out = user_models_dir() / f"{base}-ft-{stamp}.safetensors"
@@ -203,7 +179,7 @@ class FinetunePanel(QWidget):
 
     def _ev_started(self, ev: dict) -> None:
         self.last_started = ev
-        self.plot.clear(ev.get("steps") or self.steps.value())
+        self.plot.clear(ev.get("steps") or self.form.steps.value)
         self.status.info(f"training on {ev.get('device')}: {ev.get('train_images')} training / "
                          f"{ev.get('val_images')} validation image(s)")
 
@@ -269,7 +245,7 @@ class FinetunePanel(QWidget):
     def _corrections(self, layer) -> np.ndarray | None:
         """What stays on screen: pixels painted in ``layer`` and those the training set holds for its image."""
         painted = painted_pixels(layer)
-        vouched = self.correct.store.vouched(layer.metadata.get(IMAGE))
+        vouched = self.session.annotations.vouched(layer.metadata.get(IMAGE))
         if vouched is not None and vouched.shape == layer.data.shape:
             return vouched if painted is None else painted | vouched
         return painted
@@ -281,8 +257,8 @@ class FinetunePanel(QWidget):
             if names else ""))
         for layer in written:
             image = layer.metadata.get(IMAGE)
-            before = self.correct.store.score(image, old.get(image))
-            after = self.correct.store.score(image, layer.metadata.get(PREDICTION))
+            before = self.session.annotations.score(image, old.get(image))
+            after = self.session.annotations.score(image, layer.metadata.get(PREDICTION))
             if before is not None and after is not None:
                 n = before["pixels"]
                 self.result.info(self.result.text() + f"\non the {n:,} corrected/accepted px of {image} (training "
@@ -291,7 +267,7 @@ class FinetunePanel(QWidget):
 
     def _images_to_resegment(self) -> list:
         """The image of the Correct tab's labels layer, else the Segment tab's choice."""
-        layer = self.correct.layer()
+        layer = self.session.correcting
         name = layer.metadata.get(IMAGE) if layer is not None else None
         if name in self.viewer.layers:
             return [self.viewer.layers[name]]
@@ -301,10 +277,3 @@ class FinetunePanel(QWidget):
         self.job = None
         self.stop_btn.setEnabled(False)
         self._update_enabled()
-
-
-def _spin(box, low, high, value, tip: str):
-    box.setRange(low, high)
-    box.setValue(value)
-    box.setToolTip(tip)
-    return box

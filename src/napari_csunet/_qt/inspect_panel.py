@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 from ..atomic import atomic_write_text
 from ..measurements import DEFAULT_MIN_AREA
 from .calibration import CalibrationBox, databar_of, pixel_size_of
-from .common import LayerCombo, StatusLine, form_group, image_data
+from .common import LayerPicker, StatusLine, form_group, image_data
 from .session import ModelSession
 
 __all__ = ["InspectPanel", "disagreement"]
@@ -104,8 +104,8 @@ class InspectPanel(QWidget):
         super().__init__(parent)
         self.viewer, self.session = viewer, session
         self.calibration = CalibrationBox(viewer)
-        self.labels = LayerCombo(viewer, Labels)
-        self.labels.currentIndexChanged.connect(self._sync_display)
+        self.labels = LayerPicker(viewer, Labels)
+        self.labels.changed.connect(self._sync_display)
         self.min_area = QSpinBox()
         self.min_area.setRange(1, 1_000_000)
         self.min_area.setValue(DEFAULT_MIN_AREA)
@@ -130,10 +130,10 @@ class InspectPanel(QWidget):
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
         self.opacity.valueChanged.connect(self._apply_display)
-        self.layer_a = LayerCombo(viewer, Labels)
-        self.layer_b = LayerCombo(viewer, Labels)
+        self.layer_a = LayerPicker(viewer, Labels)
+        self.layer_b = LayerPicker(viewer, Labels)
         for combo in (self.layer_a, self.layer_b):
-            combo.currentIndexChanged.connect(self._pick_distinct)
+            combo.changed.connect(self._pick_distinct)
         self.diff_btn = QPushButton("Show disagreement")
         self.diff_btn.clicked.connect(lambda: self.show_disagreement())
         self.status = StatusLine()
@@ -155,7 +155,7 @@ class InspectPanel(QWidget):
         self._pick_distinct()
 
     def layer(self) -> Labels | None:
-        value = self.labels.value()
+        value = self.labels.value
         return value if isinstance(value, Labels) else None
 
     def _class_names(self, layer: Labels) -> list[str]:
@@ -167,12 +167,10 @@ class InspectPanel(QWidget):
 
     def _pick_distinct(self, *_: object) -> None:
         """A and B on two different layers (the disagreement of a layer with itself is nothing)."""
-        names = [lay.name for lay in self.layer_b.layers()]
-        if len(names) > 1 and self.layer_a.currentText() == self.layer_b.currentText():
-            other = next(n for n in names if n != self.layer_a.currentText())
-            self.layer_b.blockSignals(True)
-            self.layer_b.setCurrentIndex(self.layer_b.findText(other))
-            self.layer_b.blockSignals(False)
+        layers = self.layer_b.layers()
+        if len(layers) > 1 and self.layer_a.value is self.layer_b.value:
+            with self.layer_b.changed.blocked():
+                self.layer_b.value = next(lay for lay in layers if lay is not self.layer_a.value)
 
     # -- statistics ----------------------------------------------------------------------------
 
@@ -182,8 +180,8 @@ class InspectPanel(QWidget):
 
         name = layer.metadata.get(SEGMENTED_FROM)
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
-            if self.calibration.image.currentText() != name:
-                self.calibration.image.set_value(name)
+            if self.calibration.image.current_choice != name:
+                self.calibration.image.choose(name)
             return self.viewer.layers[name]
         image = self.calibration.layer()
         if image is not None and image_data(image).shape[:2 if image.rgb else None][-2:] == layer.data.shape[-2:]:
@@ -291,7 +289,7 @@ class InspectPanel(QWidget):
     # -- disagreement --------------------------------------------------------------------------
 
     def show_disagreement(self) -> Labels | None:
-        a, b = self.layer_a.value(), self.layer_b.value()
+        a, b = self.layer_a.value, self.layer_b.value
         if not isinstance(a, Labels) or not isinstance(b, Labels) or a.name == b.name:
             self.status.error("choose two different label layers (e.g. the prediction and the corrected labels)")
             return None

@@ -3,13 +3,11 @@ and Inspect tabs, in the order of the user's loop."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import napari
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
-from ..settings import load_settings, save_settings
+from ..settings import load_settings
 from .correct_panel import CorrectPanel
 from .finetune_panel import FinetunePanel
 from .inspect_panel import InspectPanel
@@ -40,11 +38,11 @@ class CSUNetWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.session = ModelSession(_merged_settings(), parent=self)
+        self.session = ModelSession(load_settings(), parent=self)  # one store: ours (the CLI reads it too)
         self.model_panel = ModelPanel(napari_viewer, self.session)
         self.segment_panel = SegmentPanel(napari_viewer, self.session)
         self.correct_panel = CorrectPanel(napari_viewer, self.session, segment=self.segment_panel)
-        self.finetune_panel = FinetunePanel(napari_viewer, self.session, self.segment_panel, self.correct_panel)
+        self.finetune_panel = FinetunePanel(napari_viewer, self.session, self.segment_panel)
         self.inspect_panel = InspectPanel(napari_viewer, self.session)
         self.tabs = QTabWidget()
         for title, panel in (("Model", self.model_panel), ("Segment", self.segment_panel),
@@ -94,28 +92,3 @@ def _warm_up() -> None:
 
     threading.Thread(target=run, name="csunet-warm-up", daemon=True).start()
 
-
-def _merged_settings():
-    """Our settings file, overridden by napari's Preferences (manifest ``configurations``) when set.
-
-    The result is saved, so the command line and the weights module see the same choices.
-    """
-    settings = load_settings()
-    before = asdict(settings)
-    try:
-        from napari.settings import get_plugin_settings
-
-        prefs = get_plugin_settings("napari-csunet").csunet
-    except (ImportError, KeyError, AttributeError):
-        prefs = None
-    if prefs is not None:
-        fields_set = getattr(prefs, "model_fields_set", set())
-        if "default_device" in fields_set:
-            settings.device = prefs.default_device
-        if "weight_cache_dir" in fields_set:
-            settings.weight_cache_dir = prefs.weight_cache_dir
-        if "allow_download" in fields_set:
-            settings.allow_download = prefs.allow_download
-    if asdict(settings) != before:
-        save_settings(settings)
-    return settings

@@ -32,16 +32,23 @@ CURRENT_COLOR, DONE_COLOR = "#ffd400", "#3cb44b"
 
 
 def napari_keys() -> set[str]:
-    """Keys napari itself binds for labels layers (their class keymap and napari's app-model shortcuts)."""
+    """Keys napari itself binds for labels layers: their class keymap, napari's shortcut settings
+    (the layer actions, e.g. 1-7 and P for the modes) and its app-model keybindings."""
+    from napari.settings import get_settings
     from napari.utils.key_bindings import coerce_keybinding
 
     keys = {str(coerce_keybinding(k)) for k in Labels.class_keymap}  # viewer layers are proxies: not type()
-    try:
-        from napari._app_model import get_app_model
+    for action, bindings in get_settings().shortcuts.shortcuts.items():
+        if "labels" in action:
+            keys |= {str(coerce_keybinding(kb)) for kb in bindings}
+    try:  # napari's actions live in app-model's registry under the name "napari" (public API)
+        from app_model import Application
 
-        keys |= {str(kb.keybinding) for kb in get_app_model().keybindings}
+        app = Application.get_app("napari")
     except ImportError:
-        pass
+        app = None
+    if app is not None:
+        keys |= {str(kb.keybinding) for kb in app.keybindings}
     return keys
 
 

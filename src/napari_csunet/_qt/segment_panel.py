@@ -25,7 +25,7 @@ from qtpy.QtWidgets import QCheckBox, QProgressBar, QPushButton, QVBoxLayout, QW
 from .._layerdata import labels_kwargs
 from .common import (
     OUTPUT,
-    LayerCombo,
+    LayerPicker,
     StatusLine,
     form_group,
     image_data,
@@ -145,7 +145,7 @@ class SegmentPanel(QWidget):
     def __init__(self, viewer: napari.Viewer, session: ModelSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer, self.session = viewer, session
-        self.images = LayerCombo(viewer, Image, extra=(ALL_IMAGES,), accept=is_input_image)
+        self.images = LayerPicker(viewer, Image, extra=(ALL_IMAGES,), accept=is_input_image)
         self.want_probs = QCheckBox("probability layers")
         self.want_uncertainty = QCheckBox("uncertainty layer")
         self.tta = QCheckBox("test-time augmentation (flips, 4x slower)")
@@ -199,7 +199,7 @@ class SegmentPanel(QWidget):
         return layer.metadata.get(PREDICTION) if isinstance(layer, Labels) else None
 
     def targets(self, choice=None) -> list[Image]:
-        choice = self.images.value() if choice is None else choice
+        choice = self.images.value if choice is None else choice
         if choice == ALL_IMAGES:
             return [lay for lay in self.viewer.layers if isinstance(lay, Image) and is_input_image(lay)]
         return [choice] if isinstance(choice, Image) else []

@@ -1,4 +1,5 @@
-"""The current model, kept warm on its device and shared by all panels.
+"""What the panels share: the current model (kept warm on its device), the annotation set, and
+the labels layer being corrected. Panels read these here, never through one another.
 
 Loading (torch import, building, weights, moving to the GPU) runs on a worker thread so napari
 never freezes; every panel listens to ``changed`` to enable itself and show the classes.
@@ -14,6 +15,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from qtpy.QtCore import QObject, Signal
 
+from ..annotations import AnnotationStore
 from ..modelfile import ModelInfo
 from ..settings import Settings, load_settings, save_settings
 from .compat import avoid_triton_llvm_clash
@@ -33,7 +35,8 @@ def leave_a_core_for_the_gui() -> None:
 
 
 class ModelSession(QObject):
-    """Holds the :class:`~napari_csunet.inference.Segmenter` and what it was loaded from."""
+    """The :class:`~napari_csunet.inference.Segmenter` and what it was loaded from, the annotation
+    set (``annotations``) and the labels layer the Correct tab works on (``correcting``)."""
 
     #: emitted on the main thread after a model was loaded, replaced or unloaded
     changed = Signal()
@@ -41,9 +44,12 @@ class ModelSession(QObject):
     failed = Signal(str)
     busy_changed = Signal(bool)
 
-    def __init__(self, settings: Settings | None = None, parent: QObject | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, annotations: AnnotationStore | None = None,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.settings = settings or load_settings()
+        self.annotations = annotations or AnnotationStore()
+        self.correcting = None  # the Labels layer chosen in the Correct tab (napari.layers.Labels | None)
         self.segmenter = None
         self.path: Path | None = None  # model file, None for an unsaved preset build
         self.unsaved = False

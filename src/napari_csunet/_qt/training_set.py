@@ -32,7 +32,7 @@ from ..annotations import (
     AnnotationStore,
     correction_mask,
 )
-from .common import LayerCombo, StatusLine, form_group, image_data, is_input_image
+from .common import LayerPicker, StatusLine, form_group, image_data, is_input_image
 from .segment_panel import IMAGE, PREDICTION
 
 __all__ = ["TrainingSetBox", "PAINTED_ONLY", "WHOLE_IMAGE"]
@@ -61,9 +61,9 @@ class TrainingSetBox(QWidget):
         super().__init__(parent)
         self.viewer, self.store, self.status = viewer, store, status
         self._layer, self._class_names, self._class_colors = layer, class_names, class_colors
-        self.region = LayerCombo(viewer, Shapes, extra=(PAINTED_ONLY, WHOLE_IMAGE), accept=is_input_image)
-        self.region.setToolTip("which pixels train: those you painted, plus every pixel inside the rectangles "
-                               "of a Shapes layer (areas you checked), or the whole image")
+        self.region = LayerPicker(viewer, Shapes, extra=(PAINTED_ONLY, WHOLE_IMAGE), accept=is_input_image,
+                                  tooltip="which pixels train: those you painted, plus every pixel inside the "
+                                          "rectangles of a Shapes layer (areas you checked), or the whole image")
         self.preview = StatusLine()
         self.add_btn = QPushButton("Add to training set")
         self.add_btn.clicked.connect(lambda: self.add())
@@ -84,7 +84,7 @@ class TrainingSetBox(QWidget):
         self._timer.timeout.connect(self.update_preview)
         self._watched: list = []
         self._kick = lambda *_: self._timer.start()  # napari events pass an argument QTimer.start must not get
-        self.region.currentIndexChanged.connect(self.watch)
+        self.region.changed.connect(self.watch)
         self.refresh_list()
 
     # -- what will train -----------------------------------------------------------------------
@@ -94,7 +94,7 @@ class TrainingSetBox(QWidget):
         for emitter in self._watched:
             emitter.disconnect(self._kick)
         self._watched = []
-        layer, shapes = self._layer(), self.region.value()
+        layer, shapes = self._layer(), self.region.value
         if layer is not None:
             self._watched += [layer.events.paint, layer.events.data]
         if isinstance(shapes, Shapes):
@@ -120,7 +120,7 @@ class TrainingSetBox(QWidget):
 
     def choice(self, layer: Labels) -> dict:
         """``store.add`` keywords for the region choice (raises when a Shapes layer is empty)."""
-        value = self.region.value()
+        value = self.region.value
         if isinstance(value, Shapes):
             if not len(value.data):
                 raise AnnotationError(f"the Shapes layer {value.name!r} has no rectangle: draw one around an "
