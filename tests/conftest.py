@@ -58,6 +58,14 @@ def sem_image() -> np.ndarray:
     return sem_with_databar()
 
 
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """A csunet-tiny model file (random weights, the superalloy classes) for the command-line tests."""
+    from fabricated import tiny_model_file
+
+    return tiny_model_file(tmp_path_factory.mktemp("model"))
+
+
 # -- GUI fixtures (test_gui*.py): napari's make_napari_viewer, the plugin docked, a tiny model ----
 
 TINY_CLASSES = ["matrix", "secondary", "tertiary"]

@@ -22,12 +22,12 @@ FEI = "[User]\r\nDate=11/27/2026\r\n[Scan]\r\nPixelWidth=5e-09\r\nPixelHeight=5e
 @pytest.fixture
 def sem_widget(docked, qtbot, tmp_path, sem_image):
     """The docked plugin, a random csunet-tiny model loaded, an FEI SEM file with a data bar open."""
-    from test_segment_cli import _model_file
+    from fabricated import tiny_model_file
 
     path = tmp_path / "sem.tif"
     tifffile.imwrite(path, sem_image[300:], extratags=[(34682, "s", 0, FEI, True)])
     w, viewer = docked, docked.viewer
-    w.session.load_file(_model_file(tmp_path))
+    w.session.load_file(tiny_model_file(tmp_path))
     qtbot.waitUntil(lambda: w.session.segmenter is not None and not w.session.busy, timeout=60_000)
     viewer.open(str(path), plugin="napari")
     return w, path

@@ -17,13 +17,6 @@ from napari_csunet.pixelsize import read_pixel_size
 FEI_NM = 4.1  # pixel width the fabricated FEI file states
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    from test_segment_cli import _model_file
-
-    return _model_file(tmp_path_factory.mktemp("model"))
-
-
 @pytest.fixture()
 def sem_folder(tmp_path, sem_image) -> Path:
     """An FEI SEM file with a 60-row data bar, and a bar-free ImageJ-calibrated crop."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from fabricated import tiny_model_file
 
 from napari_csunet.analysis import evaluate_samples
 from napari_csunet.cli import main
@@ -21,21 +22,6 @@ from napari_csunet.datasets import SUPER_CLASSES, find_samples
 from napari_csunet.inference import Prediction
 from napari_csunet.modelfile import ModelInfo, numbered_class_names
 from napari_csunet.segment_cli import expand_inputs, output_stems
-
-
-def _model_file(folder: Path, num_classes: int = 3) -> Path:
-    from napari_csunet.modelfile import save_model_file
-    from napari_csunet.models import build_model, get_preset
-
-    config = get_preset("csunet-tiny").config.with_classes(num_classes)
-    names = list(SUPER_CLASSES.names[:num_classes]) if num_classes <= 3 else [f"c{i}" for i in range(num_classes)]
-    info = ModelInfo(config, names, preset="csunet-tiny", name=f"tiny{num_classes}")
-    return save_model_file(folder / f"tiny{num_classes}.safetensors", build_model(config), info)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return _model_file(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture()
@@ -216,7 +202,7 @@ def test_evaluate_cli_text_with_a_bad_mask(model_file, data_dir, tmp_path, capsy
 
 
 def test_evaluate_refuses_a_model_with_other_classes(data_dir, tmp_path, capsys):
-    two = _model_file(tmp_path, num_classes=2)
+    two = tiny_model_file(tmp_path, num_classes=2)
     rc = main(["evaluate", "--model", str(two), "--data", str(data_dir / "super1_test")])
     err = capsys.readouterr().err
     assert rc == 2

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from napari_csunet.models.config import TILE_MULTIPLE
-
 from napari_csunet.options import option
 
 from .config import config_from_dict, need

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import napari
+from magicgui.widgets import ComboBox, Widget
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
-from magicgui.widgets import ComboBox, Widget
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QWidget
 
 __all__ = ["LayerPicker", "StatusLine", "form_group", "hbox", "labels_name", "image_data", "OUTPUT", "is_input_image",
