@@ -174,3 +174,28 @@ def test_cpu_only_torch_on_a_gpu_machine_is_pointed_out(tmp_path, monkeypatch, h
     assert (message is not None) == warns
     if warns:
         assert "CPU-only" in message and "pytorch.org" in message
+
+
+def test_merge_keeps_earlier_rectangles_and_corrections(tmp_path):
+    """A second save of an image with ``merge`` adds to the first: its accepted rectangles stay, and
+    so do its painted pixels whose label is unchanged, even where a newer prediction now agrees."""
+    store = AnnotationStore(tmp_path)
+    image, _ = _pair()
+    prediction = np.ones(image.shape, np.uint8)
+    labels = prediction.copy()
+    labels[30:34, 30:34] = 3  # 16 painted
+    store.add(image, labels, name="a", class_names=NAMES, prediction=prediction, regions=[[0, 0, 10, 10]])
+    newer = labels.copy()  # the model learnt the correction; the user paints elsewhere
+    newer_labels = labels.copy()
+    newer_labels[50:52, 50:55] = 2  # 10 more painted
+    entry = store.add(image, newer_labels, name="a", class_names=NAMES, prediction=newer, merge=True)
+    assert entry.regions == [[0, 0, 10, 10]] and entry.painted == 26 and entry.labelled == 100 + 26
+    mask = tifffile.imread(tmp_path / entry.mask)
+    assert (mask[:10, :10] == ACCEPTED).all() and (mask[30:34, 30:34] == PAINTED).all()
+    assert (mask[50:52, 50:55] == PAINTED).all() and len(store) == 1
+    relabelled = newer_labels.copy()
+    relabelled[30:34, 30:34] = 0  # the user changed their mind: erased, no longer a correction
+    entry = store.add(image, relabelled, name="a", class_names=NAMES, prediction=newer, merge=True)
+    assert entry.painted == 10 and entry.labelled == 100 + 10
+    entry = store.add(image, newer_labels, name="a", class_names=NAMES, prediction=prediction)  # no merge: replaced
+    assert entry.regions is None and entry.labelled == 26

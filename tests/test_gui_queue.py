@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 
 pytest.importorskip("qtpy")
 pytestmark = pytest.mark.gui
@@ -20,7 +21,14 @@ from napari_csunet._qt import queue_box  # noqa: E402
 from napari_csunet._qt.live_box import live_dir  # noqa: E402
 from napari_csunet._qt.queue_box import CURRENT_COLOR, HIGHLIGHT, napari_keys  # noqa: E402
 from napari_csunet._qt.segment_panel import PREDICTION  # noqa: E402
+from napari_csunet._qt.training_set import PAINTED_ONLY  # noqa: E402
+from napari_csunet.annotations import PAINTED as MASK_PAINTED  # noqa: E402
 from napari_csunet.correction_queue import ACCEPTED, PAINTED  # noqa: E402
+
+
+def _saved(w, qtbot) -> None:
+    """The annotation set is written on a worker thread: wait until it is on disk."""
+    qtbot.waitUntil(lambda: not w.correct_panel.writer.busy, timeout=30_000)
 
 
 def _ranked(w, qtbot, uncertainty: bool = True):
@@ -58,6 +66,7 @@ def test_accept_saves_the_region_as_labelled_and_moves_on(widget, qtbot):
     first = box.queue.region()
     accepted = box.accept()
     assert accepted is first and first.state == ACCEPTED and box.queue.remaining == 3
+    _saved(w, qtbot)
     entry = w.correct_panel.store.named(IMAGE)
     assert entry is not None and entry.regions == [list(first.box)] and entry.labelled == first.pixels
     assert w.correct_panel.table.rowCount() == 1  # the training set's list was refreshed
@@ -77,6 +86,7 @@ def test_painting_in_a_region_marks_it_done_and_saves_it(widget, qtbot):
     layer.data = data
     layer.events.paint(value=None)  # what napari's brush emits; the box re-checks after a short delay
     qtbot.waitUntil(lambda: region.state == PAINTED, timeout=5_000)
+    _saved(w, qtbot)
     entry = w.correct_panel.store.named(IMAGE)
     assert entry.regions == [list(region.box)] and entry.labelled == region.pixels and entry.painted == 64
     assert box.queue.remaining == 3
@@ -144,12 +154,15 @@ def test_live_update_after_a_correction_queues_the_next_and_updates_the_predicti
     layer, box, live, start_model = _live_on(w, qtbot, steps=4, lr=1e-3)
     first = box.queue.region()
     _paint_truth(layer, first)
-    box.next()  # the painted region is saved: a live update starts
-    assert first.state == PAINTED and live.live.running and live.job is not None and live.live.cycles == 1
+    box.next()  # the painted region is saved (on the worker thread), then a live update starts
+    assert first.state == PAINTED
+    qtbot.waitUntil(lambda: live.job is not None, timeout=60_000)  # the child is started off the GUI thread
+    assert live.live.running and live.live.cycles == 1
     first_job = live.job
     _paint_truth(layer, box.queue.region())
     box.next()  # a correction while the first cycle runs: queued, not a second child
-    assert live.live.pending and live.job is first_job and live.live.cycles == 1
+    qtbot.waitUntil(lambda: live.live.pending, timeout=30_000)
+    assert live.job is first_job and live.live.cycles == 1
     assert "one more queued" in live.state.text()
     qtbot.waitUntil(lambda: live.live.cycles == 2 and not live.live.running, timeout=1_500_000)
     assert w.session.path != start_model and w.session.path.parent == live_dir(), live.state.text()
@@ -164,10 +177,51 @@ def test_stop_ends_the_live_update_and_keeps_the_model(widget, qtbot):
     w = widget
     _, box, live, start_model = _live_on(w, qtbot, steps=10_000)
     box.accept()
+    qtbot.waitUntil(lambda: live.job is not None, timeout=60_000)
     job = live.job
     qtbot.waitUntil(lambda: any(e["event"] == "step" for e in job.events), timeout=120_000)
     box.accept()
+    _saved(w, qtbot)
     live.stop_btn.click()
     qtbot.waitUntil(lambda: not live.live.running, timeout=60_000)
     assert not job.running and not live.live.pending and live.live.cycles == 1
     assert w.session.path == start_model and "stopped" in live.state.text()
+
+
+def test_add_painted_pixels_only_keeps_the_regions_the_queue_saved(widget, qtbot):
+    """'Add to training set' after the queue saved regions adds to the entry, never drops them."""
+    w = widget
+    layer, box = _ranked(w, qtbot)
+    first = box.queue.region()
+    box.accept()
+    _saved(w, qtbot)
+    prediction = layer.metadata[PREDICTION]
+    r0, c0, r1, c1 = first.box
+    outside = (slice(0, 8), slice(0, 8)) if r0 or c0 else (slice(500, 508), slice(500, 508))
+    data = layer.data.copy()
+    data[outside] = prediction[outside] % 3 + 1  # 64 pixels painted outside the accepted region
+    layer.data = data
+    panel = w.correct_panel
+    panel.set_labels_layer(layer)
+    assert panel.region.current_choice == PAINTED_ONLY
+    panel.add_btn.click()  # the button saves on the worker thread
+    _saved(w, qtbot)
+    entry = panel.store.named(IMAGE)
+    assert entry.regions == [list(first.box)] and entry.painted == 64, panel.status.text()
+    assert entry.labelled == first.pixels + 64 and "saved" in panel.status.text()
+    mask = tifffile.imread(panel.store.root / entry.mask)
+    assert (mask[r0:r1, c0:c1] > 0).all() and (mask[outside] == MASK_PAINTED).all()
+
+
+def test_a_failed_background_save_is_shown(widget, qtbot, monkeypatch):
+    w = widget
+    layer, box = _ranked(w, qtbot)
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(w.correct_panel.store, "add", full_disk)
+    box.accept()
+    _saved(w, qtbot)
+    assert "not saved: No space left on device" in w.correct_panel.status.text()
+    assert w.correct_panel.status.kind == "error"

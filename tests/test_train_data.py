@@ -14,6 +14,7 @@ from csunet_train.config import ConfigError, TrainConfig, load_job, load_recipe,
 from csunet_train.data import (
     DataError,
     check_classes,
+    holdout_blocks,
     holdout_region,
     labelled_image,
     load_data,
@@ -82,6 +83,22 @@ def test_colour_overlays_and_nasa_label_maps_decode_to_1_to_k(data_dir: Path) ->
     items, names, _ = read_folder(data_dir / "nasa" / "EBC2", "val")
     assert names == []  # label maps without a dataset.json: the labels say how many classes there are
     assert items[0].labels.min() >= 1  # NASA's 0 (background) is class 1: nothing is unlabelled
+
+
+def test_blocks_hold_out_a_lattice_that_samples_every_corrected_area() -> None:
+    labels = np.zeros((1024, 1024), np.uint8)
+    labels[512:768, :256] = 1  # one corrected region, its lower part another phase (as a strip would see)
+    labels[700:768, :256] = 2
+    train, val = holdout_blocks(_item(1024, 1024, labels), 0.2)
+    held = val.labels > 0
+    assert not (train.labels[held]).any() and ((train.labels > 0) | held).sum() == (labels > 0).sum()
+    assert 0.15 < held.sum() / (labels > 0).sum() <= 0.25  # about the fraction: 4 of the 16 blocks of 64²
+    assert set(np.unique(val.labels[held])) == {1, 2}  # both phases are judged, not the end strip's one
+    assert held[512:576].any() and held[704:768].any()  # from the region's top to its bottom
+    assert val.image is train.image and "held-out blocks" in val.name
+    assert holdout_blocks(_item(1024, 1024, np.pad(np.ones((40, 40), np.uint8), ((0, 984), (0, 984)))), 0.2) is None
+    data = split_validation([_item(1024, 1024, labels)], 0.2, 0, holdout="blocks")
+    assert data[1][0].name.endswith("(held-out blocks)")
 
 
 def test_single_image_holds_out_a_strip_whose_labels_leave_training() -> None:

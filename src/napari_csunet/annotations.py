@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ __all__ = ["AnnotationError", "Annotation", "AnnotationStore", "default_annotati
            "correction_mask", "PAINTED", "ACCEPTED"]
 
 INDEX = "index.json"
+#: the index is read, changed and written back: one writer at a time (the GUI saves on a worker thread)
+_INDEX_LOCK = threading.RLock()
 #: mask values: a pixel the user painted, a pixel the user accepted as the model predicted it
 PAINTED, ACCEPTED = 2, 1
 
@@ -148,13 +151,21 @@ class AnnotationStore:
 
     def add(self, image: np.ndarray, labels: np.ndarray, *, name: str, class_names: Sequence[str],
             class_colors: Sequence[str] = (), prediction: np.ndarray | None = None,
-            regions: Sequence[Sequence[int]] = (), whole_image: bool = False) -> Annotation:
+            regions: Sequence[Sequence[int]] = (), whole_image: bool = False, merge: bool = False) -> Annotation:
         """Save ``image``, ``labels`` (0 = unlabelled) and what the user vouched for, now.
 
         Only pixels the user painted (label != ``prediction``), pixels inside ``regions`` and,
         with ``whole_image``, every labelled pixel will train (see :func:`correction_mask`).
-        Re-adding a name replaces it.
+        Re-adding a name replaces it; with ``merge`` it adds to it instead: the earlier entry's
+        rectangles stay accepted, and the pixels it vouched for stay vouched where their label is
+        unchanged (a new prediction may since agree with a painted pixel: it stays a correction).
         """
+        with _INDEX_LOCK:
+            return self._add(image, labels, name, class_names, class_colors, prediction, regions, whole_image, merge)
+
+    def _add(self, image: np.ndarray, labels: np.ndarray, name: str, class_names: Sequence[str],
+             class_colors: Sequence[str], prediction: np.ndarray | None, regions: Sequence[Sequence[int]],
+             whole_image: bool, merge: bool) -> Annotation:
         image = np.asarray(image)
         labels = np.asarray(labels)
         if labels.ndim != 2:
@@ -167,12 +178,18 @@ class AnnotationStore:
         if labels.size and int(labels.max()) > k:
             raise AnnotationError(f"{name}: label {int(labels.max())} but the model has only {k} classes "
                                   f"({', '.join(class_names)}); repaint those pixels or erase them (0)")
+        data = self._read_index()
+        earlier = next((e for e in data["entries"] if e["name"] == name), None) if merge else None
+        kept = None
+        if earlier is not None:
+            regions, kept = self._carried(Annotation(**earlier), labels, regions)
         mask = correction_mask(labels, prediction, regions, whole_image)
+        if kept is not None:
+            np.maximum(mask, kept, out=mask)
         counts = class_counts(np.where(mask > 0, labels, 0), class_names)
         if not any(counts.values()):
             raise AnnotationError(f"{name}: no corrected or accepted pixels: paint corrections, mark checked "
                                   "areas with rectangles (Shapes layer), or accept the whole image")
-        data = self._read_index()
         if data["entries"] and list(data["class_names"]) != list(class_names):
             raise AnnotationError(
                 f"the annotation set in {self.root} has classes {data['class_names']} but these labels "
@@ -191,6 +208,21 @@ class AnnotationStore:
         self._write_index(data)
         return entry
 
+    def _carried(self, entry: Annotation, labels: np.ndarray, regions: Sequence[Sequence[int]]
+                 ) -> tuple[list[list[int]], np.ndarray | None]:
+        """(``regions`` plus the earlier entry's, the earlier mask where the labels are unchanged)."""
+        import tifffile
+
+        boxes = [[int(v) for v in r] for r in entry.regions or []]
+        boxes += [b for b in ([int(v) for v in r] for r in regions) if b not in boxes]
+        if entry.mask is None or list(entry.shape) != list(labels.shape):
+            return boxes, None
+        try:
+            old_labels, old_mask = tifffile.imread(self.root / entry.labels), tifffile.imread(self.root / entry.mask)
+        except (OSError, ValueError):  # files gone or damaged: the rectangles still say what was accepted
+            return boxes, None
+        return boxes, np.where((old_labels == labels) & (labels > 0), old_mask, 0).astype(np.uint8)
+
     def training_labels(self, entry: Annotation) -> np.ndarray:
         """The labels that train: corrected/accepted pixels, 0 elsewhere."""
         import tifffile
@@ -202,6 +234,10 @@ class AnnotationStore:
 
     def remove(self, entry_id: str) -> None:
         """Drop an annotation from the index, then delete its files."""
+        with _INDEX_LOCK:
+            self._remove(entry_id)
+
+    def _remove(self, entry_id: str) -> None:
         data = self._read_index()
         keep = [e for e in data["entries"] if e["id"] != entry_id]
         if len(keep) == len(data["entries"]):

@@ -94,7 +94,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     class_balance: float = 0.5  # share of crops centred on a uniformly chosen class
     val_fraction: float = 0.2  # held out when no validation data is given
-    val_context_px: int | None = None  # validate on the labelled pixels' box plus this context (None: whole images)
+    holdout: str = "strip"  # one image without validation data: hold out its end "strip" or a lattice of "blocks"
+    threads: int | None = None  # CPU threads of the job (None: torch's default, every core)
     pseudo_weight: float = 0.3  # loss weight of uncorrected predicted pixels in GUI annotation sets (0: ignored)
     half: bool = False  # store the model file as fp16 (shipped starter models)
     name: str = ""
@@ -124,8 +125,9 @@ class TrainConfig:
              "patience must be null or an integer >= 1")
         need(self.num_workers >= 0, "num_workers must be >= 0")
         need(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
-        need(self.val_context_px is None or (isinstance(self.val_context_px, int) and self.val_context_px >= 0),
-             "val_context_px must be null or an integer >= 0")
+        need(self.holdout in ("strip", "blocks"), f"holdout: {self.holdout!r} is not 'strip' or 'blocks'")
+        need(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
+             "threads must be null or an integer >= 1")
         need(0.0 <= float(self.pseudo_weight) <= 1.0, f"pseudo_weight: {self.pseudo_weight} must be in 0..1")
         need(self.time_budget_s is None or float(self.time_budget_s) > 0, "time_budget_s must be null or > 0")
         need(set(self.weights) <= {"cnn", "swin"}, f"weights: unknown keys {sorted(set(self.weights) - {'cnn', 'swin'})}")

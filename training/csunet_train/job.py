@@ -153,6 +153,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
     from .sampling import CropDataset, prepare_image
 
     t_start, clock, dist, emit, stop = begin_job(cfg, emit, stop)
+    if cfg.threads:  # e.g. the live update leaves a core to napari: two processes spinning on every core crawl
+        torch.set_num_threads(cfg.threads)
     try:
         torch.manual_seed(cfg.seed)
         start = _load_start(cfg) if cfg.model else None
@@ -191,6 +193,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                   loss_fn=functools.partial(segmentation_loss, pseudo_weight=cfg.pseudo_weight))
         emit({"event": "started", "steps": cfg.steps, "device": _device_name(dist.device),
               "train_images": len(data.train), "val_images": len(data.val), "params": count_parameters(model),
+              "threads": torch.get_num_threads(),
               "classes": data.class_names, "world_size": dist.world_size, "mode": cfg.mode, "out": cfg.out})
         prior_steps = int(start.previous.get("steps", 0) or 0)
         record = {

@@ -22,6 +22,7 @@ from .config_form import config_form
 from .live_box import LiveBox
 from .queue_box import ACCEPT_KEY, NEXT_KEY, QueueBox
 from .segment_panel import PREDICTION, PREVIOUS, SegmentPanel
+from .serial_worker import SerialWorker
 from .session import ModelSession
 from .training_set import PAINTED_ONLY, WHOLE_IMAGE, TrainingSetBox
 
@@ -50,14 +51,15 @@ class CorrectPanel(QWidget):
         self.undo_btn = QPushButton("Undo last re-segment")
         self.undo_btn.clicked.connect(lambda: self.undo_resegment())
         self.status = StatusLine(f"annotations are saved in {self.store.root}")
+        self.writer = SerialWorker("csunet-annotations", self)  # one thread writes the set: in order
         self.training = TrainingSetBox(viewer, self.store, self.layer, self.class_names, self._class_colors,
-                                       self.status)
+                                       self.status, writer=self.writer)
         # the training set's widgets, by the names the loop and the tests use
         t = self.training
         self.region, self.add_btn, self.table, self.remove_btn = t.region, t.add_btn, t.table, t.remove_btn
         self.refresh_list, self.remove_selected, self.add_to_training_set = t.refresh_list, t.remove_selected, t.add
         self.queue = QueueBox(viewer, self.store, self.layer, self._save_kwargs, self.status, segment,
-                              layer_keys=session.settings.queue_keys_on_layer)
+                              layer_keys=session.settings.queue_keys_on_layer, writer=self.writer)
         self.keys = config_form(Settings, KEY_SETTINGS, {k: getattr(session.settings, k) for k in KEY_SETTINGS})
         self.keys.changed.connect(self._keys_changed)
         for value in range(10):

@@ -3,8 +3,9 @@
 Drives :class:`napari_csunet.live_update.LiveUpdate` with the GUI's pieces: the training child
 (:class:`napari_csunet.jobs.TrainingJob`, never napari's interpreter), the model session (loads
 the new model on its worker thread) and the Segment tab (re-segments the queue's image with the
-corrections kept, which re-ranks the queue). Nothing here blocks the GUI thread; a correction
-made during a cycle queues one more cycle; Stop ends the child and forgets the queued cycle.
+corrections kept, which re-ranks the queue). Nothing here blocks the GUI thread (even the child
+is started on a worker thread); a correction made during a cycle queues one more cycle; Stop ends
+the child and forgets the queued cycle.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from ..annotations import AnnotationStore
 from ..jobs import TrainingJob
 from ..live_update import LiveUpdate, live_job_spec
 from ..model_catalog import user_models_dir
-from .common import StatusLine, hbox, start_training_child
+from .common import StatusLine, hbox
 from .finetune_text import stem
 from .queue_box import QueueBox
 from .segment_panel import SegmentPanel
+from .serial_worker import SerialWorker
 from .session import ModelSession
 
 __all__ = ["LiveBox", "live_dir"]
@@ -36,6 +38,10 @@ def live_dir() -> Path:
 
 class _Relay(QObject):
     event = Signal(object)
+
+
+class _Refused(Exception):
+    """The cycle cannot start (its message says why)."""
 
 
 class LiveBox(QWidget):
@@ -61,7 +67,8 @@ class LiveBox(QWidget):
         self.job: TrainingJob | None = None
         self.params: dict[str, Any] = {}  # overrides of LIVE_DEFAULTS (tests, experts)
         self.last_done: dict[str, Any] | None = None
-        self._stopped = False
+        self._stopped = self._starting = self._closing = False
+        self.worker = SerialWorker("csunet-live", self)  # the job spec and the child's start
         self._relay = _Relay()
         self._relay.event.connect(self._on_event)
         queue.corrected.connect(self.request)
@@ -93,6 +100,8 @@ class LiveBox(QWidget):
     # -- one cycle: train -> load -> segment ---------------------------------------------------------
 
     def _start_cycle(self) -> bool:
+        """Checks on the GUI thread; the job spec (reads the annotation index) and the child's start
+        (writes the job file, forks) on the worker thread. True: the cycle is under way."""
         info, path = self.session.info, self.session.path
         if info is None or path is None or self.session.unsaved:
             self.state.error("live update needs a model saved as a file: load one, or fine-tune once")
@@ -100,18 +109,37 @@ class LiveBox(QWidget):
         if self.session.busy or self.segment.running:
             self.state.warning("busy (loading or segmenting): correct again when it is done", notify=False)
             return False
-        pairs = self.store.pairs()
-        if not pairs or self.store.class_names != list(info.class_names):
-            self.state.error("nothing to train on with this model's classes: correct or accept a region first")
-            return False
         base = stem(info.name or "model").split("-live-")[0]
         out = live_dir() / f"{base}-live-{time.strftime('%Y%m%d-%H%M%S')}-{self.live.cycles}.safetensors"
-        spec = live_job_spec(path, pairs, list(info.class_names), out, self.session.settings.device,
-                             self.store.class_colors or list(info.class_colors), **self.params)
-        self.job, self.last_done = start_training_child(spec, self._relay.event.emit, self.state), None
-        if self.job is None:
-            return False
+        names, colors = list(info.class_names), self.store.class_colors or list(info.class_colors)
+        device, params = self.session.settings.device, dict(self.params)
+        self.last_done, self._starting = None, True
+
+        def start() -> TrainingJob:
+            pairs = self.store.pairs()
+            if not pairs or self.store.class_names != names:
+                raise _Refused("nothing to train on with this model's classes: correct or accept a region first")
+            job = TrainingJob(live_job_spec(path, pairs, names, out, device, colors, **params), self._relay.event.emit)
+            job.start()
+            return job
+
+        self.worker.submit(start, self._started, self._not_started)
         return True
+
+    def _started(self, job: TrainingJob) -> None:
+        self.job, self._starting = job, False
+        if self._closing:
+            job.kill()
+        elif self._stopped:  # Stop was pressed while the child started
+            job.stop(grace_s=10.0, kill_after_s=5.0)
+
+    def _not_started(self, exc: Exception) -> None:
+        self._starting, self._stopped = False, False
+        if isinstance(exc, _Refused):
+            self.state.error(str(exc))
+        else:
+            self.state.error(f"could not start the training process: {exc}")
+        self._finish(False)
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
@@ -156,13 +184,15 @@ class LiveBox(QWidget):
     def stop(self) -> None:
         """End the running cycle's training (the current model stays) and forget the queued one."""
         self.live.cancel_pending()
-        if self.job is not None:
+        if self.job is not None or self._starting:
             self._stopped = True
+        if self.job is not None:
             self.job.stop(grace_s=10.0, kill_after_s=5.0)
         self.state.info("stopping the live update …")
 
     def shutdown(self, *_: object) -> None:
-        """napari is closing: end the child now."""
+        """napari is closing: end the child now (or as soon as it has started)."""
         self.live.cancel_pending()
+        self._closing = True
         if self.job is not None:
             self.job.kill()

@@ -3,7 +3,8 @@
 Regions are ranked by the model's uncertainty (the Segment tab's uncertainty layer; asked for
 when missing). Next zooms the canvas to the most uncertain region left and outlines it in a
 Shapes layer; painting in a region or accepting it marks it done, and done regions are saved
-at once to the annotation set as vouched rectangles (full labels), so they train. Keys: on this
+at once to the annotation set as vouched rectangles (full labels), so they train (written on a
+worker thread: the GUI never waits for the disk). Keys: on this
 box (A accept, N next) and, only if the user's settings ask for it, on the labels layer too,
 never over one of napari's own bindings.
 """
@@ -19,10 +20,11 @@ from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QShortcut, QVBoxLayout, QWidget
 
-from ..annotations import AnnotationError, AnnotationStore
+from ..annotations import AnnotationStore
 from ..correction_queue import CorrectionQueue, Region
 from .common import OUTPUT, StatusLine, form_group, hbox
 from .segment_panel import IMAGE, PREDICTION, SegmentPanel
+from .serial_worker import SerialWorker
 
 __all__ = ["QueueBox", "HIGHLIGHT", "ACCEPT_KEY", "NEXT_KEY", "napari_keys"]
 
@@ -60,9 +62,10 @@ class QueueBox(QWidget):
 
     def __init__(self, viewer: napari.Viewer, store: AnnotationStore, layer: Callable[[], Labels | None],
                  save_kwargs: Callable[[Labels], dict], status: StatusLine, segment: SegmentPanel | None = None,
-                 layer_keys: bool = False, parent: QWidget | None = None) -> None:
+                 layer_keys: bool = False, writer: SerialWorker | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer, self.store, self.status, self.segment = viewer, store, status, segment
+        self.writer = writer or SerialWorker("csunet-annotations", self)  # the annotation set's writes
         self._layer, self._save_kwargs, self.layer_keys = layer, save_kwargs, layer_keys
         self.queue: CorrectionQueue | None = None
         self.owner: str | None = None  # the labels layer the queue belongs to
@@ -223,22 +226,24 @@ class QueueBox(QWidget):
         return painted
 
     def save(self) -> bool:
-        """Write the image with every done region as a vouched rectangle to the annotation set."""
+        """Write the image with every done region as a vouched rectangle to the annotation set.
+
+        The pixels are copied here and written on the worker thread (the GUI does not wait for the
+        disk); :attr:`corrected` is emitted once they are on disk, a failure goes to the status line.
+        False when there is nothing to save.
+        """
         layer = self.owner_layer()
         image = self.image_of(layer) if layer is not None else None
         if layer is None or image is None:
             self.status.error("which image does this labels layer belong to? Segment it again")
             return False
-        entry = self.store.named(image.name)
-        boxes = [list(b) for b in {tuple(b) for b in (entry.regions or [] if entry else [])}
-                 | {tuple(r.box) for r in self.queue.regions if r.done}]
-        try:
-            self.store.add(np.asarray(image.data), np.asarray(layer.data), name=image.name,
-                           prediction=layer.metadata.get(PREDICTION), regions=boxes, **self._save_kwargs(layer))
-        except (AnnotationError, OSError) as exc:
-            self.status.error(f"not saved: {exc}")
-            return False
-        self.corrected.emit()
+        name, boxes = image.name, [list(r.box) for r in self.queue.regions if r.done]
+        pixels, labels = np.asarray(image.data), np.array(layer.data)  # a copy: the brush keeps painting
+        prediction, kwargs = layer.metadata.get(PREDICTION), self._save_kwargs(layer)
+        self.writer.submit(lambda: self.store.add(pixels, labels, name=name, prediction=prediction, regions=boxes,
+                                                  merge=True, **kwargs),
+                           lambda _entry: self.corrected.emit(),
+                           lambda exc: self.status.error(f"not saved: {exc}"), key=("queue", name))
         return True
 
     def show_region(self, zoom: bool = True) -> None:

@@ -34,6 +34,7 @@ from ..annotations import (
 )
 from .common import LayerPicker, StatusLine, form_group, image_data, is_input_image
 from .segment_panel import IMAGE, PREDICTION
+from .serial_worker import SerialWorker
 
 __all__ = ["TrainingSetBox", "PAINTED_ONLY", "WHOLE_IMAGE"]
 
@@ -57,16 +58,17 @@ class TrainingSetBox(QWidget):
 
     def __init__(self, viewer: napari.Viewer, store: AnnotationStore, layer: Callable[[], Labels | None],
                  class_names: Callable[[Labels], list[str]], class_colors: Callable[[Labels, int], list[str]],
-                 status: StatusLine, parent: QWidget | None = None) -> None:
+                 status: StatusLine, writer: SerialWorker | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer, self.store, self.status = viewer, store, status
+        self.writer = writer or SerialWorker("csunet-annotations", self)  # the annotation set's writes
         self._layer, self._class_names, self._class_colors = layer, class_names, class_colors
         self.region = LayerPicker(viewer, Shapes, extra=(PAINTED_ONLY, WHOLE_IMAGE), accept=is_input_image,
                                   tooltip="which pixels train: those you painted, plus every pixel inside the "
                                           "rectangles of a Shapes layer (areas you checked), or the whole image")
         self.preview = StatusLine()
         self.add_btn = QPushButton("Add to training set")
-        self.add_btn.clicked.connect(lambda: self.add())
+        self.add_btn.clicked.connect(lambda: self.add(background=True))
         self.table = QTableWidget(0, 2)
         self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
@@ -159,8 +161,14 @@ class TrainingSetBox(QWidget):
                 and image_data(lay).shape[: layer.data.ndim] == layer.data.shape]
         return same[0] if len(same) == 1 else None
 
-    def add(self) -> Annotation | None:
-        """Save the image, its labels and the corrected/accepted mask to the annotation folder now."""
+    def add(self, background: bool = False) -> Annotation | None:
+        """Save the image, its labels and the corrected/accepted mask to the annotation folder now.
+
+        Added to what an earlier save of the image vouched for (e.g. the queue's accepted regions),
+        never replacing it. ``background`` (the button): written on the worker thread, so the GUI
+        does not wait for the disk; the list and the status line follow when it is on disk (None
+        is returned). Otherwise the saved entry is returned (scripts, tests).
+        """
         layer = self._layer()
         if layer is None:
             self.status.error("no labels layer: segment an image first, then correct it")
@@ -171,11 +179,29 @@ class TrainingSetBox(QWidget):
             return None
         try:
             names = self._class_names(layer)
-            entry = self.store.add(pixels, labels, name=image.name, class_names=names, prediction=prediction,
-                                   class_colors=self._class_colors(layer, len(names)), **self.choice(layer))
-        except (AnnotationError, OSError) as exc:
+            kwargs = dict(name=image.name, class_names=names, prediction=prediction, merge=True,
+                          class_colors=self._class_colors(layer, len(names)), **self.choice(layer))
+        except AnnotationError as exc:
             self.status.error(f"not added: {exc}")
             return None
+        if background:
+            labels = labels.copy()  # the brush keeps painting into the layer meanwhile
+            self.writer.submit(lambda: self.store.add(pixels, labels, **kwargs), lambda e: self._added(e, prediction),
+                               self._not_added)
+            self.status.info(f"saving {image.name} …")
+            return None
+        try:
+            entry = self.store.add(pixels, labels, **kwargs)
+        except (AnnotationError, OSError) as exc:
+            self._not_added(exc)
+            return None
+        self._added(entry, prediction)
+        return entry
+
+    def _not_added(self, exc: Exception) -> None:
+        self.status.error(f"not added: {exc}")
+
+    def _added(self, entry: Annotation, prediction: np.ndarray | None) -> None:
         self.refresh_list()
         text = (f"saved {entry.name}: {entry.labelled:,} px will train ({entry.painted:,} painted); "
                 f"{len(self.store)} image(s) in the set")
@@ -184,7 +210,6 @@ class TrainingSetBox(QWidget):
                                 "from them. Prefer 'painted pixels only' or rectangles around checked areas")
         else:
             self.status.info(text)
-        return entry
 
     def refresh_list(self) -> None:
         try:
