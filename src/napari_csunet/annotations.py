@@ -90,11 +90,13 @@ def correction_mask(labels: np.ndarray, prediction: np.ndarray | None = None,
     labelled = labels > 0
     if prediction is None or np.shape(prediction) != labels.shape:
         return (labelled * PAINTED).astype(np.uint8)
-    accepted = np.full(labels.shape, whole_image, dtype=bool)
+    # uint8 throughout: the Correct tab's preview runs this on the GUI thread after each segmentation
+    accepted = np.full(labels.shape, ACCEPTED if whole_image else 0, dtype=np.uint8)
     for region in regions:
-        accepted |= _rectangle(labels.shape, region)
-    mask = np.where(labels != np.asarray(prediction), PAINTED, np.where(accepted, ACCEPTED, 0))
-    return (mask * labelled).astype(np.uint8)
+        accepted[_rectangle(labels.shape, region)] = ACCEPTED
+    mask = np.where(labels != np.asarray(prediction), np.uint8(PAINTED), accepted)
+    mask *= labelled
+    return mask
 
 
 def _slug(name: str) -> str:
