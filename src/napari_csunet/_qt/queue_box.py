@@ -274,8 +274,10 @@ class QueueBox(QWidget):
         """New outlines in the existing Shapes layer (creating a layer costs the GUI ~0.1-1 s)."""
         shapes = self.viewer.layers[HIGHLIGHT] if HIGHLIGHT in self.viewer.layers else None
         if isinstance(shapes, Shapes) and rects:
-            shapes.data = rects
-            shapes.edge_color = colors
+            with shapes.events.blocker_all():  # one refresh for both (each setter refreshes the layer)
+                shapes.data = rects
+                shapes.edge_color = colors
+            shapes.refresh()
             return
         if shapes is not None:
             self.viewer.layers.remove(HIGHLIGHT)
