@@ -121,6 +121,8 @@ class LiveBox(QWidget):
                 raise _Refused("nothing to train on with this model's classes: correct or accept a region first")
             job = TrainingJob(live_job_spec(path, pairs, names, out, device, colors, **params), self._relay.event.emit)
             job.start()
+            if self._closing:  # napari closed meanwhile: this widget may be gone before _started runs
+                job.kill()
             return job
 
         self.worker.submit(start, self._started, self._not_started)
