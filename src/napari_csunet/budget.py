@@ -3,8 +3,9 @@
 Why: a tile costs a fixed overhead and every seam costs overlap, so the fewest, largest tiles that
 fit in memory run closest to the bare forward pass. Memory is measured, not guessed, where it can
 be: on CUDA a probe forward's peak allocation per pixel; on the CPU (no allocator statistics) the
-sum of the network's layer outputs per pixel times a factor calibrated here (csunet-small fp32:
-592 bytes/px measured peak growth vs 4094 bytes/px of layer outputs; csunet-tiny 433 vs 2598).
+sum of the network's layer outputs per pixel times a factor calibrated here: with glibc's heap
+reuse (:mod:`.heap`) csunet-small fp32 grew the peak RSS by 730 bytes/px vs 4094 bytes/px of layer
+outputs, csunet-tiny 679 vs 2598 (without it: 592 and 433; a 2048² tile, 2026-11-27).
 torch is imported inside the functions only.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .heap import heap_reuse_available
 from .tiling import choose_tile
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,8 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Budget", "device_budget", "bytes_per_pixel", "engine_bytes_per_pixel", "available_ram"]
 
-#: measured peak growth / summed layer outputs on this project's CPU (0.145 and 0.167), rounded up
-_CPU_LIVE_SHARE = 0.2
+#: measured peak growth / summed layer outputs on this project's CPU, rounded up: with heap reuse
+#: 0.178 and 0.261 (csunet-small, csunet-tiny), without it 0.145 and 0.167
+_CPU_LIVE_SHARE = {True: 0.3, False: 0.2}
 _CPU_MAX_BYTES = 6 * 2**30  # activations: more buys no speed on a CPU
 #: largest tile (pixels): a CPU runs a 2048^2 tile in tens of seconds already (progress, cancel)
 _MAX_AREA = {"cpu": 2048**2, "mps": 4096**2, "cuda": 8192**2}
@@ -87,7 +90,7 @@ def bytes_per_pixel(model: torch.nn.Module, in_chans: int, side: int, device: to
     finally:
         for h in hooks:
             h.remove()
-    return _CPU_LIVE_SHARE * total / side**2
+    return _CPU_LIVE_SHARE[heap_reuse_available()] * total / side**2
 
 
 def device_budget(device: torch.device) -> int:

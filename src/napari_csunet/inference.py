@@ -37,6 +37,7 @@ import numpy as np
 from .band import Band
 from .budget import Budget, bytes_per_pixel, device_budget, engine_bytes_per_pixel
 from .device import amp_dtype, is_out_of_memory, pick_device
+from .heap import heap_reuse
 from .io import ImageError, split_planes, to_model_channels
 from .lazy import checked_pixels, lazy_stats
 from .modelfile import ModelInfo, numbered_class_names
@@ -244,7 +245,8 @@ class Segmenter:
         band = Band(layout, self.info.num_classes, self.device, out)
         tiles = [(i, j, y, x) for i, y in enumerate(layout.ys) for j, x in enumerate(layout.xs)]
         batches = [tiles[b:b + batch_size] for b in range(0, len(tiles), batch_size)]
-        with torch.inference_mode(), self._stage_cancel(cancel, name), ThreadPoolExecutor(1) as pool:
+        with torch.inference_mode(), heap_reuse(self.device.type == "cpu"), self._stage_cancel(cancel, name), \
+                ThreadPoolExecutor(1) as pool:
             for batch, x in zip(batches, self._prefetch(pool, read, batches, (th, tw), stats), strict=True):
                 if cancel is not None and cancel():
                     raise Cancelled(f"{name}: segmentation cancelled")

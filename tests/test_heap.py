@@ -1,0 +1,91 @@
+"""Heap reuse during CPU predictions: glibc's allocator switched and restored, results unchanged."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_csunet import heap
+
+
+class FakeLibc:
+    """Records mallopt/malloc_trim calls instead of changing the real allocator."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("trim", pad))
+        return 1
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FakeLibc:
+    libc = FakeLibc()
+    monkeypatch.setattr(heap, "_LIBC", libc)
+    monkeypatch.delenv("CSUNET_HEAP_REUSE", raising=False)
+    return libc
+
+
+def test_switches_once_for_nested_uses_and_restores_at_the_end(fake):
+    with heap.heap_reuse():
+        with heap.heap_reuse():
+            assert fake.calls == [("mallopt", -4, 0), ("mallopt", -1, 2**30)]
+        assert len(fake.calls) == 2  # the inner block leaving does not restore
+    assert fake.calls[2:] == [("mallopt", -4, 65536), ("mallopt", -1, 128 * 1024), ("trim", 0)]
+    assert heap._active == 0
+
+
+def test_restores_when_the_prediction_fails(fake):
+    with pytest.raises(RuntimeError), heap.heap_reuse():
+        raise RuntimeError("out of memory")
+    assert fake.calls[-1] == ("trim", 0) and heap._active == 0
+
+
+@pytest.mark.parametrize(("enabled", "env"), [(False, None), (True, "0")])
+def test_off_when_not_asked_or_turned_off_by_the_environment(fake, monkeypatch, enabled, env):
+    if env is not None:
+        monkeypatch.setenv("CSUNET_HEAP_REUSE", env)
+    with heap.heap_reuse(enabled):
+        pass
+    assert fake.calls == []
+
+
+def test_concurrent_predictions_share_one_switch(fake):
+    inside = threading.Barrier(2)
+
+    def run() -> None:
+        with heap.heap_reuse():
+            inside.wait(timeout=10)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [c[0] for c in fake.calls].count("trim") == 1 and fake.calls[0] == ("mallopt", -4, 0)
+
+
+@pytest.mark.skipif(not heap.heap_reuse_available(), reason="glibc only")
+def test_predictions_are_identical_with_and_without_heap_reuse(monkeypatch):
+    import torch
+
+    from napari_csunet.inference import Segmenter
+    from napari_csunet.modelfile import ModelInfo
+    from napari_csunet.models import build_model, get_preset
+
+    torch.manual_seed(0)
+    config = get_preset("csunet-tiny").config
+    seg = Segmenter(build_model(config), ModelInfo(config, ["a", "b", "c"]), device="cpu", tile=256, batch_size=2)
+    image = np.random.default_rng(0).integers(0, 255, (300, 420), dtype=np.uint8)
+    with_reuse = seg.predict(image, want_probs=True)
+    monkeypatch.setenv("CSUNET_HEAP_REUSE", "0")
+    without = seg.predict(image, want_probs=True)
+    np.testing.assert_array_equal(with_reuse.labels, without.labels)
+    np.testing.assert_array_equal(with_reuse.probs, without.probs)
