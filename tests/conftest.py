@@ -74,6 +74,9 @@ TINY_CLASSES = ["matrix", "secondary", "tertiary"]
 @pytest.fixture(scope="session")
 def tiny_model_bytes(tmp_path_factory) -> bytes:
     """A csunet-tiny model file (random weights) for the superalloy classes, built once per session."""
+    from napari_csunet._qt.compat import avoid_triton_llvm_clash
+
+    avoid_triton_llvm_clash()  # a viewer may exist already (Mesa's LLVM): torch must not pull triton in
     import torch
 
     from napari_csunet.modelfile import ModelInfo, save_model_file

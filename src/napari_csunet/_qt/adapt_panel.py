@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QFileDialog, QPushButton, QVBoxLayout, QWidget
 from ..jobs import TrainingJob, jobs_dir
 from ..model_catalog import user_models_dir
 from .common import StatusLine, form_group, hbox, image_data, is_input_image, start_training_child
-from .config_form import config_form
+from .config_form import config_form, form_rows
 
 __all__ = ["AdaptPanel", "ADAPT_STEPS"]
 
@@ -56,7 +56,7 @@ class AdaptPanel(QWidget):
         self._events = _Events()
         self._events.event.connect(self._on_event)
         box = form_group("Adapt to my images (self-supervised)", [
-            self.form.native, hbox(self.open_btn, self.folder_btn, self.stop_btn), self.status])
+            *form_rows(self.form), hbox(self.open_btn, self.folder_btn, self.stop_btn), self.status])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(box)

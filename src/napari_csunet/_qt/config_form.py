@@ -2,7 +2,8 @@
 
 A field declared with :func:`napari_csunet.options.option` carries its help text and the form's
 limits; :func:`config_form` turns the named fields into a magicgui ``Container`` whose values
-are read back with :func:`form_values`, ready for the job (``TrainConfig.from_dict`` checks them).
+are read back with :func:`form_values`, ready for the job (``TrainConfig.from_dict`` checks them),
+and whose widgets :func:`form_rows` lays out in a panel's form.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from magicgui.widgets import ComboBox, Container, create_widget
+from magicgui.widgets.bases import ButtonWidget
 
-__all__ = ["config_form", "form_values"]
+__all__ = ["config_form", "form_rows", "form_values"]
 
 
 def _widget_for(name: str, annotation: type, value: Any, meta: Mapping[str, Any]):
@@ -47,9 +49,13 @@ def config_form(config_type: type, names: Sequence[str], values: Mapping[str, An
         field = by_name[name]
         default = field.default if field.default is not MISSING else None
         widgets.append(_widget_for(name, hints[name], values.get(name, default), field.metadata))
-    form = Container(widgets=widgets, labels=True)
-    form.margins = (0, 0, 0, 0)
-    return form
+    return Container(widgets=widgets, labels=False)
+
+
+def form_rows(form: Container) -> list:
+    """``form_group`` rows for the form's widgets: ``(label, widget)``, check boxes alone (they carry
+    their own text). Qt's form layout lines the labels up in napari's own font."""
+    return [w.native if isinstance(w, ButtonWidget) else (w.label, w.native) for w in form]
 
 
 def form_values(form: Container) -> dict[str, Any]:

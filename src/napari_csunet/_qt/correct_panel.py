@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QGridLayout, QPushButton, QShortcut, QVBoxLayout, QWi
 from .._layerdata import class_names_from_features
 from ..settings import Settings, save_settings
 from .common import LayerPicker, StatusLine, form_group, hbox
-from .config_form import config_form
+from .config_form import config_form, form_rows
 from .live_box import LiveBox
 from .queue_box import ACCEPT_KEY, NEXT_KEY, QueueBox
 from .segment_panel import PREDICTION, PREVIOUS, SegmentPanel
@@ -76,7 +76,7 @@ class CorrectPanel(QWidget):
         if self.live is not None:
             layout.addWidget(self.live)
         layout.addWidget(self.training)
-        layout.addWidget(form_group("Keyboard", [self.keys]))
+        layout.addWidget(form_group("Keyboard", form_rows(self.keys)))
         layout.addWidget(self.status)
         layout.addStretch(1)
         session.changed.connect(self._on_labels_changed)

@@ -24,7 +24,7 @@ from ..jobs import TrainingJob
 from ..model_catalog import user_models_dir
 from ..settings import save_settings
 from .common import StatusLine, form_group, hbox, start_training_child
-from .config_form import config_form, form_values
+from .config_form import config_form, form_rows, form_values
 from .finetune_text import before_after, duration, held_out, iou, stem
 from .plot import TrainingPlot
 from .segment_panel import IMAGE, PREDICTION, SegmentPanel, painted_pixels
@@ -76,7 +76,7 @@ class FinetunePanel(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(form_group("Fine-tune on the training set",
-                                    [self.form.native, hbox(self.start_btn, self.stop_btn)]))
+                                    [*form_rows(self.form), hbox(self.start_btn, self.stop_btn)]))
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
         layout.addWidget(self.result)
