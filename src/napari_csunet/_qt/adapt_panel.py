@@ -12,24 +12,26 @@ from pathlib import Path
 from typing import Any
 
 import napari
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QPushButton, QVBoxLayout, QWidget
 
 from ..jobs import TrainingJob, jobs_dir
 from ..model_catalog import user_models_dir
-from .common import StatusLine, form_group, hbox, image_data, is_input_image, start_training_child
+from .common import (
+    EventRelay,
+    StatusLine,
+    form_group,
+    hbox,
+    image_data,
+    is_input_image,
+    start_training_child,
+)
 from .config_form import config_form, form_rows
 
 __all__ = ["AdaptPanel", "ADAPT_STEPS"]
 
 #: a few minutes on a CPU: enough to see the reconstruction loss fall on the user's images
 ADAPT_STEPS = 300
-
-
-class _Events(QObject):
-    """Hands the child's events from its reader thread to the GUI thread."""
-
-    event = Signal(object)
 
 
 class AdaptPanel(QWidget):
@@ -53,8 +55,7 @@ class AdaptPanel(QWidget):
         self.stop_btn.setEnabled(False)
         self.stop_btn.clicked.connect(self.stop)
         self.status = StatusLine("optional: teach the pretrained model your material's look, no labels needed")
-        self._events = _Events()
-        self._events.event.connect(self._on_event)
+        self._events = EventRelay(self._on_event, self)
         box = form_group("Adapt to my images (self-supervised)", [
             *form_rows(self.form), hbox(self.open_btn, self.folder_btn, self.stop_btn), self.status])
         layout = QVBoxLayout(self)

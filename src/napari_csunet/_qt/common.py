@@ -7,11 +7,11 @@ from collections.abc import Callable
 import napari
 from magicgui.widgets import ComboBox, Widget
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QWidget
 
 __all__ = ["LayerPicker", "StatusLine", "form_group", "hbox", "labels_name", "image_data", "OUTPUT", "is_input_image",
-           "start_training_child", "qt"]
+           "start_training_child", "qt", "EventRelay"]
 
 #: metadata key marking the image layers this plugin writes (probabilities, uncertainty)
 OUTPUT = "csunet_output"
@@ -30,6 +30,17 @@ def labels_name(image_name: str) -> str:
 def image_data(layer: napari.layers.Image):
     """Full-resolution pixels of an image layer (the first level of a multiscale pyramid)."""
     return layer.data[0] if layer.multiscale else layer.data
+
+
+class EventRelay(QObject):
+    """Hands a training child's events from its reader thread to ``handler`` on the GUI thread
+    (a queued signal): pass ``relay.event.emit`` as the job's callback."""
+
+    event = Signal(object)
+
+    def __init__(self, handler: Callable[[dict], None], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.event.connect(handler)
 
 
 def start_training_child(spec: dict, on_event: Callable[[dict], None], status: StatusLine):

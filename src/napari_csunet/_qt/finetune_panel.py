@@ -17,13 +17,13 @@ from typing import Any
 
 import napari
 import numpy as np
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
 from ..jobs import TrainingJob
 from ..model_catalog import user_models_dir
 from ..settings import save_settings
-from .common import StatusLine, form_group, hbox, start_training_child
+from .common import EventRelay, StatusLine, form_group, hbox, start_training_child
 from .config_form import config_form, form_rows, form_values
 from .finetune_text import before_after, duration, held_out, iou, stem
 from .plot import TrainingPlot
@@ -42,12 +42,6 @@ FORM_FIELDS = ("steps", "lr", "crop", "batch_size", "aug_strength", "freeze_cnn"
 #: good defaults for a few corrected images (a CPU finishes them in minutes, a GPU in seconds)
 DEFAULTS: dict[str, Any] = {"steps": 200, "lr": 3e-4, "crop": 256, "batch_size": 4, "aug_strength": 0.5,
                             "freeze_cnn": False, "freeze_swin": False, "pseudo_weight": PSEUDO_WEIGHT}
-
-
-class _Relay(QObject):
-    """Hands events from the job's reader thread to the GUI thread."""
-
-    event = Signal(object)
 
 
 class FinetunePanel(QWidget):
@@ -86,8 +80,7 @@ class FinetunePanel(QWidget):
         self.last_done: dict[str, Any] | None = None
         self.last_started: dict[str, Any] | None = None
         self.last_scores: dict[str, Any] | None = None
-        self._relay = _Relay()
-        self._relay.event.connect(self._on_event)
+        self._relay = EventRelay(self._on_event, self)
         session.busy_changed.connect(self._update_enabled)
         session.changed.connect(self._update_enabled)
         self._update_enabled()

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QCheckBox, QPushButton, QVBoxLayout, QWidget
 
 from ..annotations import AnnotationStore
 from ..jobs import TrainingJob
 from ..live_update import LiveUpdate, live_job_spec
 from ..model_catalog import user_models_dir
-from .common import StatusLine, hbox
+from .common import EventRelay, StatusLine, hbox
 from .finetune_text import stem
 from .queue_box import QueueBox
 from .segment_panel import SegmentPanel
@@ -34,10 +33,6 @@ __all__ = ["LiveBox", "live_dir"]
 def live_dir() -> Path:
     """Live-update models: a subfolder, so they do not crowd the Model tab's list."""
     return user_models_dir() / "live"
-
-
-class _Relay(QObject):
-    event = Signal(object)
 
 
 class _Refused(Exception):
@@ -69,8 +64,7 @@ class LiveBox(QWidget):
         self.last_done: dict[str, Any] | None = None
         self._stopped = self._starting = self._closing = False
         self.worker = SerialWorker("csunet-live", self)  # the job spec and the child's start
-        self._relay = _Relay()
-        self._relay.event.connect(self._on_event)
+        self._relay = EventRelay(self._on_event, self)
         queue.corrected.connect(self.request)
 
     def _on_toggle(self, on: bool) -> None:
