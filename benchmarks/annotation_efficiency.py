@@ -58,11 +58,11 @@ def first_reaching(curve: list[dict], target: float) -> int | None:
 class Simulation:
     """One dataset: pool images with ground truth, test crops, and the fine-tune/evaluate steps."""
 
-    def __init__(self, args: argparse.Namespace, root: Path, scratch: Path) -> None:
-        self.args, self.scratch = args, scratch
+    def __init__(self, args: argparse.Namespace, root: Path, scratch: Path, seed: int) -> None:
+        self.args, self.scratch, self.seed = args, scratch, seed
         self.pool = load_split(root, "train", 0, regions=(args.pool_regions, args.region))
         self.test = load_split(root, "test", args.test_images, args.test_crop)
-        self.val = load_split(root, "val", 1, args.val_crop)
+        self.val = load_split(root, "val", 1, args.val_crop) if args.judge == "val" else []
         k = max(int(t.max()) for _, t in self.pool + self.test)
         self.names = [f"class {i + 1}" for i in range(k)]
         self.runs = 0
@@ -90,10 +90,12 @@ class Simulation:
         self.runs += 1
         out = str(self.scratch / f"m{self.runs}.safetensors")
         a = self.args
+        last = a.judge == "last"
         cfg = TrainConfig(out=out, mode="finetune", model=model, steps=steps, eval_every=steps, crop=a.crop,
-                          batch_size=a.batch, lr=a.lr, device="cpu", seed=a.seed, class_names=self.names,
-                          freeze_cnn=a.freeze, freeze_swin=a.freeze, pseudo_weight=0.0, warmup_steps=0)
-        val = [labelled_image(im, t, f"val{i}") for i, (im, t) in enumerate(self.val)]
+                          batch_size=a.batch, lr=a.lr, device="cpu", seed=self.seed, class_names=self.names,
+                          freeze_cnn=a.freeze, freeze_swin=a.freeze, pseudo_weight=0.0, warmup_steps=0,
+                          val_fraction=0.0 if last else 0.2)
+        val = [] if last else [labelled_image(im, t, f"val{i}") for i, (im, t) in enumerate(self.val)]
         run_job(cfg, silent, train=self.labelled(chosen), val=val)
         return out
 
@@ -133,7 +135,7 @@ class Simulation:
         return {"labelled_px": int(px), "regions": len(chosen), "miou": self.evaluate(model)}
 
     def curve(self, strategy: str, start: str, seed_set: list, first: dict) -> list[dict]:
-        rng = np.random.default_rng(self.args.seed + 1)
+        rng = np.random.default_rng(self.seed + 1)
         chosen, model, curve = list(seed_set), start, [first]
         for _ in range(self.args.rounds):
             t0 = time.perf_counter()
@@ -149,26 +151,41 @@ class Simulation:
         return curve
 
 
-def run_dataset(args: argparse.Namespace, name: str) -> dict:
+def mean_curve(curves: list[list[dict]]) -> list[dict]:
+    """Point-wise mean over seeds (every seed labels the same number of pixels per round)."""
+    return [{"labelled_px": points[0]["labelled_px"], "regions": points[0]["regions"],
+             "miou": float(np.mean([p["miou"] for p in points])), "miou_per_seed": [p["miou"] for p in points]}
+            for points in zip(*curves)]
+
+
+def run_seed(args: argparse.Namespace, name: str, seed: int) -> tuple[list[dict], list[dict], list[float], dict]:
     from napari_csunet.model_catalog import resolve_model
 
-    t0 = time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(prefix=f"csunet-effort-{name}-"))
-    sim = Simulation(args, Path(args.data_root) / name, scratch)
-    seed_set = sim.pick_random(np.random.default_rng(args.seed), [], args.seed_regions)
+    scratch = Path(tempfile.mkdtemp(prefix=f"csunet-effort-{name}-{seed}-"))
+    sim = Simulation(args, Path(args.data_root) / name, scratch, seed)
+    seed_set = sim.pick_random(np.random.default_rng(seed), [], args.seed_regions)
     start = sim.finetune(str(resolve_model(args.model)[1]), seed_set, args.seed_steps)
     first = sim.point(seed_set, start)
-    print(f"{name} seed: {first}", file=sys.stderr)
+    print(f"{name} seed {seed}: {first}", file=sys.stderr)
     queue = sim.curve("queue", start, seed_set, first)
     queue_seconds = list(sim.seconds)
     rand = sim.curve("random", start, seed_set, first)
+    meta = {"classes": sim.names, "pool_images": len(sim.pool), "test_images": len(sim.test)}
+    return queue, rand, queue_seconds, meta
+
+
+def run_dataset(args: argparse.Namespace, name: str) -> dict:
+    t0 = time.perf_counter()
+    runs = [run_seed(args, name, seed) for seed in args.seeds]
+    queue, rand = mean_curve([r[0] for r in runs]), mean_curve([r[1] for r in runs])
+    seconds = [s for r in runs for s in r[2]]
     target = 0.95 * rand[-1]["miou"] if rand[-1]["miou"] is not None else None
     px_q, px_r = (first_reaching(c, target) if target is not None else None for c in (queue, rand))
-    return {"dataset": name, "classes": sim.names, "pool_images": len(sim.pool), "test_images": len(sim.test),
+    return {"dataset": name, **runs[0][3], "seeds": list(args.seeds),
             "curve_queue": queue, "curve_random": rand, "target_miou": target,
             "px_to_target_queue": px_q, "px_to_target_random": px_r,
             "ratio": round(px_q / px_r, 3) if px_q and px_r else None,
-            "seconds_per_live_update": round(float(np.mean(queue_seconds)), 1) if queue_seconds else None,
+            "seconds_per_live_update": round(float(np.mean(seconds)), 1) if seconds else None,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -192,9 +209,14 @@ def main() -> int:
     parser.add_argument("--test-images", type=int, default=1)
     parser.add_argument("--test-crop", type=int, default=512, help="centre crop of each test image (0: whole)")
     parser.add_argument("--val-crop", type=int, default=256, help="centre crop of one val image (best checkpoint)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (seed regions, random picks, "
+                        "training); the curves are their point-wise mean")
+    parser.add_argument("--judge", choices=("last", "val"), default="last",
+                        help="after each round keep the last model (default), or the better of start/end on "
+                             "one val image (a curve can freeze when an update is rejected)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    args.seeds = [int(x) for x in args.seeds.split(",")]
     os.environ.setdefault("CSUNET_MODELS_DIR", tempfile.mkdtemp(prefix="csunet-effort-models-"))
     t0 = time.perf_counter()
     results = [run_dataset(args, name) for name in args.datasets.split(",")]

@@ -8,7 +8,9 @@
 Prints one JSON object. Every ratio is measured in the same run on the same device:
 
 - ``mpx_per_s``: a real Super1 micrograph mirror-tiled to ``--size``^2, engine defaults (tile and
-  batch from the image and device, overlap 64 px; CUDA: bf16, channels-last); ``--compile``
+  batch from the image and device, overlap 64 px; CUDA and CPUs with bf16 instructions: bf16
+  autocast; CUDA: channels-last), the fastest of ``--repeats`` (``first_seconds``: the first run,
+  which faults its memory in; later runs reuse the heap :mod:`napari_csunet.heap` keeps); ``--compile``
   compiles the tiled runs only (compare its ``mpx_per_s`` with an eager run's);
 - ``tiling_overhead``: tiled time / raw time, raw = the bare forward pass over the same pixels cut
   into non-overlapping 512^2 tiles in batches (1.0 = tiling costs nothing);
@@ -18,7 +20,8 @@ Prints one JSON object. Every ratio is measured in the same run on the same devi
   (tile 256) agree, with the starter model (else csunet-tiny trained here ``--train-steps``);
 - ``flop_efficiency``: model FLOP/s achieved while tiling (torch.utils.flop_counter on a 512^2
   tile, scaled by pixels: convolutions and windowed attention cost the same per pixel) over the
-  matrix-multiply FLOP/s measured here.
+  matrix-multiply FLOP/s measured here in the engine's precision (``flop_efficiency_vs_fp32``:
+  over the float32 rate, which is what a bf16 engine is compared with when it is faster).
 
 ``--mosaic SIZE`` fabricates a SIZE^2 uint8 zarr (the micrograph mirror-tiled, chunk by chunk) and
 segments it with ``Segmenter.predict_to`` into a chunked zarr of labels, reporting ``peak_rss_mb``
@@ -42,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_csunet import heap
 from napari_csunet.datasets import SUPER_CLASSES, find_samples
 from napari_csunet.inference import Segmenter, pick_device
 from napari_csunet.io import image_stats, standardize, to_model_channels
@@ -284,6 +288,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     flops_px = flops_512 / 512**2
     mm_dtype = seg.amp_dtype or torch.float32
     mm = matmul_flops(device, mm_dtype)
+    mm32 = matmul_flops(device, torch.float32) if mm_dtype != torch.float32 else None
     tiles, (th, tw) = layout.num_tiles, layout.tile
     achieved = flops_px * th * tw * tiles / t_tiled
     result = {
@@ -293,7 +298,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "model": info.name or args.model, "params": count_parameters(model),
         "image_px": [args.size, args.size], "tile": [th, tw], "overlap_px": seg.overlap_px if seg.overlap is None
         else round(seg.overlap * th), "batch": batch, "tiles": tiles, "seconds": round(t_tiled, 2),
-        "repeats": args.repeats, "mpx_per_s": mpx / t_tiled,
+        "repeats": args.repeats, "mpx_per_s": mpx / t_tiled, "first_seconds": round(first, 2),
+        "first_mpx_per_s": mpx / first, "heap_linger_s": heap.LINGER_S if heap.heap_reuse_available() else None,
         "raw_mpx_per_s": mpx / t_raw, "raw_tiles_512": raw_tiles, "raw_batch": args.raw_batch,
         "tiling_overhead": t_tiled / t_raw, "tiled_work_ratio": tiles * th * tw / image.size,
         "nasa_recipe_mpx_per_s": mpx / t_nasa, "nasa_recipe_tiles": nasa.num_tiles(image.shape),
@@ -302,6 +308,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "image_mb": round(image.nbytes / 2**20, 1),
         "gflop_per_mpx": flops_px * 1e6 / 1e9, "achieved_gflop_per_s": achieved / 1e9,
         "matmul_gflop_per_s": mm / 1e9, "flop_efficiency": achieved / mm,
+        "flop_efficiency_vs_fp32": achieved / mm32 if mm32 else achieved / mm,
         "raw_flop_efficiency": flops_512 * raw_tiles / t_raw / mm,
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
@@ -315,6 +322,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "vs_nasa_recipe": "our throughput / NASA's recipe (512 tiles, stride 256) on the same image and model",
         "flop_efficiency": "model FLOPs (torch.utils.flop_counter, 2 per multiply-add) per second while tiling / "
                            f"measured {result['precision']} matmul FLOP/s",
+        "flop_efficiency_vs_fp32": "the same model FLOP/s over the measured float32 matmul FLOP/s",
+        "first_seconds": "the first prediction of the large image (its memory faulted in); seconds: the fastest "
+                         "of the repeats, which reuse the heap kept after the previous prediction (napari_csunet.heap)",
         "seam_agreement": f"share of pixels where tile 256 (overlap {CONTEXT_PX} px, blended) equals one 1024^2 tile",
     }
     return result

@@ -86,3 +86,20 @@ def test_one_settings_store_and_shared_state_in_the_session(docked):
     from importlib.resources import files
 
     assert "configurations" not in (files("napari_csunet") / "napari.yaml").read_text()  # no second store
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_mixed_precision_setting_reaches_the_segmenter_and_is_remembered(widget, qtbot, monkeypatch, native_bf16):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    session, box = widget.session, widget.model_panel.precision.mixed_precision
+    assert box.value and session.settings.mixed_precision
+    box.value = False
+    qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
+    assert session.segmenter.amp_dtype is None and not load_settings().mixed_precision
+    box.value = True
+    qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
+    assert session.segmenter.amp_dtype == (torch.bfloat16 if native_bf16 else None)
+    assert load_settings().mixed_precision and session._segmenter_kwargs()["amp"]

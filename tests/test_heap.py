@@ -27,25 +27,61 @@ class FakeLibc:
 
 @pytest.fixture
 def fake(monkeypatch) -> FakeLibc:
+    heap.release_heap()  # a prediction of an earlier test may have left the real heap kept
     libc = FakeLibc()
     monkeypatch.setattr(heap, "_LIBC", libc)
     monkeypatch.delenv("CSUNET_HEAP_REUSE", raising=False)
     return libc
 
 
+SWITCH = [("mallopt", -4, 0), ("mallopt", -1, -1)]
+RESTORE = [("mallopt", -4, 65536), ("mallopt", -1, 128 * 1024), ("trim", 0)]
+
+
+@pytest.fixture(autouse=True)
+def nothing_kept_between_tests():
+    yield
+    heap.release_heap()
+
+
 def test_switches_once_for_nested_uses_and_restores_at_the_end(fake):
-    with heap.heap_reuse():
-        with heap.heap_reuse():
-            assert fake.calls == [("mallopt", -4, 0), ("mallopt", -1, 2**30)]
+    with heap.heap_reuse(linger_s=0):
+        with heap.heap_reuse(linger_s=0):
+            assert fake.calls == SWITCH
         assert len(fake.calls) == 2  # the inner block leaving does not restore
-    assert fake.calls[2:] == [("mallopt", -4, 65536), ("mallopt", -1, 128 * 1024), ("trim", 0)]
+    assert fake.calls[2:] == RESTORE
     assert heap._active == 0
 
 
 def test_restores_when_the_prediction_fails(fake):
-    with pytest.raises(RuntimeError), heap.heap_reuse():
+    with pytest.raises(RuntimeError), heap.heap_reuse(linger_s=0):
         raise RuntimeError("out of memory")
     assert fake.calls[-1] == ("trim", 0) and heap._active == 0
+
+
+def test_the_heap_is_kept_for_the_next_prediction_then_given_back(fake):
+    with heap.heap_reuse(linger_s=60):
+        pass
+    assert fake.calls == SWITCH  # kept: nothing restored, nothing trimmed
+    with heap.heap_reuse(linger_s=0.05):  # the next image reuses it without switching again
+        pass
+    assert fake.calls == SWITCH
+    deadline = threading.Event()
+    for _ in range(100):
+        if fake.calls[2:] == RESTORE:
+            break
+        deadline.wait(0.05)
+    assert fake.calls[2:] == RESTORE  # given back by the timer, once
+    heap.release_heap()
+    assert fake.calls[2:] == RESTORE
+
+
+def test_release_heap_gives_it_back_now_but_never_during_a_prediction(fake):
+    with heap.heap_reuse(linger_s=60):
+        heap.release_heap()
+        assert fake.calls == SWITCH
+    heap.release_heap()
+    assert fake.calls[2:] == RESTORE and heap._timer is None
 
 
 @pytest.mark.parametrize(("enabled", "env"), [(False, None), (True, "0")])
@@ -61,7 +97,7 @@ def test_concurrent_predictions_share_one_switch(fake):
     inside = threading.Barrier(2)
 
     def run() -> None:
-        with heap.heap_reuse():
+        with heap.heap_reuse(linger_s=0):
             inside.wait(timeout=10)
 
     threads = [threading.Thread(target=run) for _ in range(2)]

@@ -62,7 +62,7 @@ def pixel_segmenter(in_chans: int = 1, k: int = 3, normalization: dict | None = 
                     **kw) -> Segmenter:
     info = ModelInfo(ModelConfig("unet", num_classes=k, in_chans=in_chans, cnn=None, swin=None),
                      [f"c{i}" for i in range(k)], normalization=normalization or {"mode": "image"})
-    return Segmenter(net(in_chans, k), info, **{"device": "cpu", **kw})
+    return Segmenter(net(in_chans, k), info, **{"device": "cpu", "amp": False, **kw})
 
 
 def untiled_probs(seg: Segmenter, image: np.ndarray) -> np.ndarray:

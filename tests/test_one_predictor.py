@@ -39,7 +39,20 @@ def test_validation_numbers_are_what_csunet_evaluate_gives_the_saved_model(tmp_p
 
 def test_training_and_inference_pick_the_same_device() -> None:
     assert distmod.setup("auto").device == pick_device("auto")
-    assert amp_dtype(torch.device("cpu")) is None and amp_dtype(torch.device("cpu"), enabled=False) is None
+    assert amp_dtype(torch.device("cpu"), enabled=False) is None
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "enabled", "expected"), [
+    (True, False, True, torch.bfloat16),   # e.g. this project's EPYC: bf16 matmuls at 2.5x float32
+    (False, True, True, torch.bfloat16),   # Sapphire Rapids and later
+    (False, False, True, None),            # bf16 would be emulated: float32
+    (True, True, False, None),             # --no-amp / amp=False: float32
+])
+def test_cpu_mixed_precision_only_where_the_cpu_has_bf16(monkeypatch, avx512_bf16, amx, enabled, expected) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert amp_dtype(torch.device("cpu"), enabled=enabled) == expected
+    assert amp_dtype(torch.device("mps"), enabled=enabled) is None
 
 
 @pytest.mark.parametrize(("exc", "oom"), [

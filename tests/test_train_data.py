@@ -129,6 +129,13 @@ def test_validation_split_by_image_is_seeded() -> None:
     assert [x.name for x in a[1]] == [x.name for x in b[1]] and len(a[1]) == 2 and len(a[0]) == 4
 
 
+@pytest.mark.parametrize("count", [1, 4])
+def test_val_fraction_zero_holds_out_nothing(count: int) -> None:
+    items = [_item(name=f"i{i}") for i in range(count)]
+    train, val = split_validation(items, 0.0, seed=0)
+    assert val == [] and [x.name for x in train] == [x.name for x in items]
+
+
 def test_crops_are_centred_near_labelled_pixels_and_tiny_images_are_padded() -> None:
     labels = np.zeros((1024, 1024), np.uint8)
     labels[900:940, 20:60] = 1  # a small labelled patch far from the centre

@@ -1,13 +1,18 @@
-"""Keep freed memory in the process heap while a CPU prediction runs (glibc only).
+"""Keep freed memory in the process heap while CPU predictions run (glibc only).
 
 Why: glibc serves every allocation above 32 MB with a fresh ``mmap`` and hands it back to the
 kernel on ``free``, so each layer output of a large tile faults in new pages that the kernel must
 zero first. Profiled on a 2048² tile (csunet-small, this project's 2-core CPU): 3-5 million page
 faults per prediction and 30-40 % of the CPU time in the kernel. While :func:`heap_reuse` is
-active, large blocks come from the heap (``M_MMAP_MAX`` 0) and stay there when freed (a high
-``M_TRIM_THRESHOLD``), so the next layer reuses them; ``malloc_trim`` gives the memory back
-afterwards. The price is a higher peak (freed blocks fragment), which :mod:`.budget` accounts for.
-Elsewhere (macOS, Windows, musl) nothing changes. ``CSUNET_HEAP_REUSE=0`` turns it off.
+active, large blocks come from the heap (``M_MMAP_MAX`` 0) and stay there when freed (trimming
+off), so the next layer reuses them.
+
+The heap is kept for :data:`LINGER_S` seconds after the last prediction ends, then
+``malloc_trim`` gives it back: a folder of images, a stack, or the next image segmented in the
+GUI reuses the pages the first one faulted in (a 2048² tile faults ~800,000 pages, ~10 % of its
+forward pass) instead of faulting them again. The price is a higher resident size for those
+seconds, which :mod:`.budget` accounts for. Elsewhere (macOS, Windows, musl) nothing changes.
+``CSUNET_HEAP_REUSE=0`` turns it off; ``CSUNET_HEAP_LINGER=0`` trims as soon as a prediction ends.
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ import os
 import threading
 from collections.abc import Iterator
 
-__all__ = ["heap_reuse", "heap_reuse_available"]
+__all__ = ["heap_reuse", "heap_reuse_available", "release_heap", "LINGER_S"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
+_NEVER_TRIM = -1  # mallopt(M_TRIM_THRESHOLD, -1) turns automatic trimming off (mallopt(3))
 _DEFAULT_MMAP_MAX, _DEFAULT_TRIM = 65536, 128 * 1024  # glibc's defaults, restored afterwards
+#: seconds the heap is kept after the last prediction (default 20; ``CSUNET_HEAP_LINGER``)
+LINGER_S = float(os.environ.get("CSUNET_HEAP_LINGER", "20"))
 _lock = threading.Lock()
-_active = 0  # nested or concurrent predictions: the first one in sets, the last one out restores
+_active = 0  # nested or concurrent predictions: the first one in switches, the last one out schedules the release
+_switched = False  # the allocator is in reuse mode (during predictions and while lingering)
+_timer: threading.Timer | None = None
 
 
 def _glibc():
@@ -43,24 +53,58 @@ def heap_reuse_available() -> bool:
     return _LIBC is not None and os.environ.get("CSUNET_HEAP_REUSE", "1") != "0"
 
 
+def _release_locked() -> None:
+    global _switched, _timer
+    if _timer is not None:
+        _timer.cancel()
+        _timer = None
+    if _switched and _active == 0:
+        _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
+        _LIBC.malloc_trim(0)
+        _switched = False
+
+
+def release_heap() -> None:
+    """Give the kept heap back now (no-op while a prediction runs or when nothing is kept)."""
+    with _lock:
+        _release_locked()
+
+
+def _release_later(timer_box: list) -> None:
+    with _lock:
+        if _timer is timer_box[0]:  # not cancelled or replaced meanwhile
+            _release_locked()
+
+
 @contextlib.contextmanager
-def heap_reuse(enabled: bool = True) -> Iterator[None]:
-    """Within the block, freed large blocks stay in the heap for reuse (see the module docstring)."""
-    global _active
+def heap_reuse(enabled: bool = True, linger_s: float | None = None) -> Iterator[None]:
+    """Within the block (and ``linger_s`` seconds after), freed large blocks stay in the heap."""
+    global _active, _switched, _timer
     if not (enabled and heap_reuse_available()):
         yield
         return
     with _lock:
-        if _active == 0:
+        if _timer is not None:
+            _timer.cancel()
+            _timer = None
+        if not _switched:
             _LIBC.mallopt(_M_MMAP_MAX, 0)
-            _LIBC.mallopt(_M_TRIM_THRESHOLD, 2**30)
+            _LIBC.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM)
+            _switched = True
         _active += 1
     try:
         yield
     finally:
         with _lock:
             _active -= 1
+            linger = LINGER_S if linger_s is None else linger_s
             if _active == 0:
-                _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-                _LIBC.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
-                _LIBC.malloc_trim(0)
+                if linger <= 0:
+                    _release_locked()
+                else:
+                    box: list = []
+                    _timer = threading.Timer(linger, _release_later, args=(box,))
+                    box.append(_timer)
+                    _timer.daemon = True
+                    _timer.start()

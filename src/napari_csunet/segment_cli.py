@@ -39,7 +39,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, help="tile overlap as a fraction of the tile (default: 64 px)")
     p.add_argument("--batch", type=int, help="tiles per forward pass (default: sized to the device's memory)")
     p.add_argument("--tta", action="store_true", help="average over flips (4x slower, smoother)")
-    p.add_argument("--no-amp", action="store_true", help="full precision on GPUs (default: bf16/fp16 autocast)")
+    p.add_argument("--no-amp", action="store_true",
+                   help="float32 (default: bf16/fp16 autocast on GPUs, bf16 on CPUs with bf16 instructions)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -56,7 +56,8 @@ def _add_shared(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=int, metavar="STEPS")
     g.add_argument("--patience", type=int, metavar="EVALS", help="stop after this many evaluations without gain")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    g.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on GPUs")
+    g.add_argument("--no-amp", dest="amp", action="store_false", default=None,
+                   help="float32 (default: mixed precision on GPUs and on CPUs with bf16 instructions)")
     g.add_argument("--seed", type=int)
     g.add_argument("--num-workers", type=int)
     g = p.add_argument_group("output")

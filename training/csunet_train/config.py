@@ -93,7 +93,7 @@ class TrainConfig:
     encoder_lr_mult: float = 0.1  # for encoders that start from pretrained weights or a model file
     grad_clip: float = 1.0
     class_balance: float = 0.5  # share of crops centred on a uniformly chosen class
-    val_fraction: float = 0.2  # held out when no validation data is given
+    val_fraction: float = 0.2  # held out when no validation data is given (0: none, the last model is kept)
     holdout: str = "strip"  # one image without validation data: hold out its end "strip" or a lattice of "blocks"
     threads: int | None = None  # CPU threads of the job (None: torch's default, every core)
     pseudo_weight: float = 0.3  # loss weight of uncorrected predicted pixels in GUI annotation sets (0: ignored)
@@ -124,7 +124,7 @@ class TrainConfig:
         need(self.patience is None or (isinstance(self.patience, int) and self.patience >= 1),
              "patience must be null or an integer >= 1")
         need(self.num_workers >= 0, "num_workers must be >= 0")
-        need(0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)")
+        need(0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1) (0: no validation, keep the last model)")
         need(self.holdout in ("strip", "blocks"), f"holdout: {self.holdout!r} is not 'strip' or 'blocks'")
         need(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
              "threads must be null or an integer >= 1")

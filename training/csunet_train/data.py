@@ -207,7 +207,9 @@ HOLDOUTS = {"strip": holdout_region, "blocks": holdout_blocks}
 def split_validation(items: list[LabelledImage], fraction: float, seed: int, holdout: str = "strip"
                      ) -> tuple[list[LabelledImage], list[LabelledImage]]:
     """Hold out whole images (a seeded choice), or a part of the image when there is only one
-    (``holdout``: see :data:`HOLDOUTS`)."""
+    (``holdout``: see :data:`HOLDOUTS`). ``fraction`` 0 holds out nothing."""
+    if fraction <= 0:
+        return items, []
     if len(items) == 1:
         parts = HOLDOUTS[holdout](items[0], fraction)
         return ([parts[0]], [parts[1]]) if parts else (items, [])
@@ -281,7 +283,7 @@ def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Seq
     if not val_items:
         train_items, val_items = split_validation(train_items, cfg.val_fraction, cfg.seed,
                                                   cfg.holdout)
-        if not val_items:
+        if not val_items and cfg.val_fraction > 0:  # 0 asked for no validation: nothing to warn about
             labelled = sum(it.labelled_pixels for it in train_items)
             warnings.append(f"only {labelled:,} labelled (corrected or accepted) pixels: too few to hold "
                             f"{MIN_VAL_PIXELS:,} out for validation, so no validation: training runs all "

@@ -133,7 +133,7 @@ class FinetunePanel(QWidget):
         spec = {"mode": "finetune", "model": str(self.session.path), "pairs": pairs, "val_pairs": None,
                 "class_names": list(info.class_names), "class_colors": store.class_colors or list(info.class_colors),
                 "eval_every": max(1, min(50, params["steps"] // 10)), "device": self.session.settings.device,
-                "out": str(out), "name": f"{base}-ft-{stamp}",
+                "amp": self.session.settings.mixed_precision, "out": str(out), "name": f"{base}-ft-{stamp}",
                 "description": f"fine-tuned from {Path(self.session.path).name} on {len(pairs)} image(s)"} | params
         try:
             TrainConfig.from_dict(spec)

@@ -106,7 +106,7 @@ class LiveBox(QWidget):
         base = stem(info.name or "model").split("-live-")[0]
         out = live_dir() / f"{base}-live-{time.strftime('%Y%m%d-%H%M%S')}-{self.live.cycles}.safetensors"
         names, colors = list(info.class_names), self.store.class_colors or list(info.class_colors)
-        device, params = self.session.settings.device, dict(self.params)
+        device, params = self.session.settings.device, dict(self.params, amp=self.session.settings.mixed_precision)
         self.last_done, self._starting = None, True
 
         def start() -> TrainingJob:

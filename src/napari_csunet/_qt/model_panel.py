@@ -26,10 +26,11 @@ from qtpy.QtWidgets import (
 
 from ..model_catalog import list_model_files, pretrained_models
 from ..models.registry import PRESETS
-from ..settings import DEVICES, cpu_only_torch_with_gpu, save_settings
+from ..settings import DEVICES, Settings, cpu_only_torch_with_gpu, save_settings
 from .adapt_panel import AdaptPanel
 from .common import StatusLine, form_group, hbox
 from .compat import avoid_triton_llvm_clash
+from .config_form import config_form, form_rows
 from .session import ModelSession
 from .weights_info import source_status
 
@@ -81,6 +82,8 @@ class ModelPanel(QWidget):
         self.device.addItems(DEVICES)
         self.device.setCurrentText(settings.device)
         self.device.currentTextChanged.connect(self.session.set_device)
+        self.precision = config_form(Settings, ["mixed_precision"], {"mixed_precision": settings.mixed_precision})
+        self.precision.mixed_precision.changed.connect(self.session.set_mixed_precision)
         self.device_warning = StatusLine()
         warning = cpu_only_torch_with_gpu()
         if warning:
@@ -104,7 +107,8 @@ class ModelPanel(QWidget):
             ("classes", self.classes), self.allow_download, self.weights_status, self.build_btn]))
         layout.addWidget(self.adapt)
         layout.addWidget(form_group("Device and storage", [
-            ("device", self.device), self.device_warning, ("weight cache", hbox(self.cache_dir, browse))]))
+            ("device", self.device), *form_rows(self.precision), self.device_warning,
+            ("weight cache", hbox(self.cache_dir, browse))]))
         layout.addWidget(form_group("Current model", [self.current, self.save_btn]))
         layout.addWidget(self.status)
         layout.addStretch(1)

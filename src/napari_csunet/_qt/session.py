@@ -73,7 +73,8 @@ class ModelSession(QObject):
                 f"{self.segmenter.device} · {where}")
 
     def _segmenter_kwargs(self) -> dict[str, Any]:
-        return {"device": self.settings.device}  # tile and batch: chosen per image by the engine
+        # tile and batch: chosen per image by the engine
+        return {"device": self.settings.device, "amp": self.settings.mixed_precision}
 
     def _run(self, job: Callable[[], tuple[Any, Path | None, bool]],
              on_done: Callable[[], None] | None = None, what: str = "loading the model"):
@@ -168,6 +169,21 @@ class ModelSession(QObject):
         except ValueError as exc:
             self.failed.emit(f"{exc}; the model stays on {self.segmenter.device}")
             return
+        self._rebuild(f"moving the model to {device}")
+
+    def set_mixed_precision(self, enabled: bool) -> None:
+        """Remember the precision; a loaded model is wrapped again when it changes what runs."""
+        self.settings.mixed_precision = bool(enabled)
+        save_settings(self.settings)
+        if self.segmenter is None:
+            return
+        from ..device import amp_dtype
+
+        if amp_dtype(self.segmenter.device, enabled) != self.segmenter.amp_dtype:
+            self._rebuild("switching to " + ("mixed precision" if enabled else "float32"))
+
+    def _rebuild(self, what: str) -> None:
+        """The loaded model in a new Segmenter with the current settings (on a worker thread)."""
         seg, path, unsaved, kwargs = self.segmenter, self.path, self.unsaved, self._segmenter_kwargs()
 
         def job():
@@ -175,7 +191,7 @@ class ModelSession(QObject):
 
             return Segmenter(seg.model.cpu(), seg.info, **kwargs), path, unsaved
 
-        self._run(job, what=f"moving the model to {device}")
+        self._run(job, what=what)
 
     def save(self, path: str | Path, on_done: Callable[[], None] | None = None):
         """Write the current model to a model file on a worker thread."""
