@@ -36,14 +36,24 @@ def center_crop(a: np.ndarray, side: int | None) -> np.ndarray:
     return a[r:r + side, c:c + side]
 
 
+def split_samples(root: Path, split: str) -> list:
+    """A split of NASA's layout, or of an ``images/`` + ``masks/`` set named in its ``splits.json``
+    (``../shared/data/labelled``; no ``val`` there: an empty list)."""
+    from napari_csunet.datasets import find_samples
+
+    if (root / split).is_dir() or not (root / "splits.json").exists():
+        return find_samples(root, split)
+    names = [Path(n).stem for n in json.loads((root / "splits.json").read_text()).get(split, [])]
+    return find_samples(root, split, names=names) if names else []
+
+
 def load_split(root: Path, split: str, count: int, crop: int | None = None,
                regions: tuple[int, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` (image, labels) pairs, or with ``regions`` (n, side) as many as hold n regions."""
     from napari_csunet.correction_queue import tile_boxes
-    from napari_csunet.datasets import find_samples
 
     out: list[tuple[np.ndarray, np.ndarray]] = []
-    for sample in find_samples(root, split):
+    for sample in split_samples(root, split):
         if len(out) >= count if regions is None else sum(len(tile_boxes(i.shape, regions[1])) for i, _ in out) >= regions[0]:
             break
         image, labels = sample.load()
@@ -162,7 +172,7 @@ def run_seed(args: argparse.Namespace, name: str, seed: int) -> tuple[list[dict]
     from napari_csunet.model_catalog import resolve_model
 
     scratch = Path(tempfile.mkdtemp(prefix=f"csunet-effort-{name}-{seed}-"))
-    sim = Simulation(args, Path(args.data_root) / name, scratch, seed)
+    sim = Simulation(args, Path(args.data_root) / name, scratch, seed)  # an absolute name wins
     seed_set = sim.pick_random(np.random.default_rng(seed), [], args.seed_regions)
     start = sim.finetune(str(resolve_model(args.model)[1]), seed_set, args.seed_steps)
     first = sim.point(seed_set, start)
@@ -191,8 +201,9 @@ def run_dataset(args: argparse.Namespace, name: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="EBC2,Super1")
-    parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "nasa"))
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    parser.add_argument("--datasets", default="EBC2,Super1", help="names under --data-root, or paths")
+    parser.add_argument("--data-root", default=str(shared / "nasa"))
     parser.add_argument("--model", default="micro-tiny", help="start: a model that has not seen these datasets")
     parser.add_argument("--region", type=int, default=256, help="side of a correction region (px)")
     parser.add_argument("--seed-regions", type=int, default=2, help="random regions labelled before round 1")
