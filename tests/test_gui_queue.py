@@ -60,6 +60,25 @@ def test_rank_zooms_to_the_most_uncertain_region_and_outlines_it(widget, qtbot):
     assert CURRENT_COLOR.startswith("#")
 
 
+def test_unchanged_outlines_are_not_redrawn(widget, qtbot, monkeypatch):
+    """A re-segmentation that leaves the queue's outlines as they were does not redraw them (a second
+    canvas update in the frame of the new labels); a changed or deleted outline is drawn again."""
+    w = widget
+    _, box = _ranked(w, qtbot)
+    shapes = w.viewer.layers[HIGHLIGHT]
+    refreshes = []
+    monkeypatch.setattr(shapes, "refresh", lambda *a, **k: refreshes.append(1))
+    box.show_region(zoom=False)
+    assert refreshes == []
+    box.queue.next()
+    box.show_region(zoom=False)
+    assert refreshes  # another region: drawn
+    shapes.data = []  # the user deleted the outlines
+    before = len(refreshes)
+    box.show_region(zoom=False)
+    assert len(refreshes) > before and len(shapes.data) == 1
+
+
 def test_accept_saves_the_region_as_labelled_and_moves_on(widget, qtbot):
     w = widget
     layer, box = _ranked(w, qtbot)
