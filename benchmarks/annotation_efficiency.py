@@ -118,20 +118,32 @@ class Simulation:
         return metrics_from_confusion(cm, self.names)["miou"]
 
     def pick_queue(self, model: str, chosen: list, k: int) -> list:
-        from napari_csunet.correction_queue import rank_regions
+        """The k best regions of the pool by the queue's score: uncertainty, plus (unless
+        ``--novelty 0``) novelty against every region labelled so far, updated after each pick."""
+        from napari_csunet.correction_queue import NOVELTY_WEIGHT, novelty, rank_regions, region_features
         from napari_csunet.inference import Segmenter
 
         seg = Segmenter.from_file(model, device="cpu", tile=512, batch_size=1)
-        ranked = []
+        weight = NOVELTY_WEIGHT if self.args.novelty is None else self.args.novelty
+        labelled = np.concatenate([region_features(self.pool[i][0], [box]) for i, box in chosen]) if chosen \
+            else np.zeros((0, 16), np.float32)
+        candidates = []  # (uncertainty score, image index, box, histogram)
         for i, (image, _) in enumerate(self.pool):
             t0 = time.perf_counter()
             unc = seg.predict(image, want_uncertainty=True).uncertainty
             if i == 0:
                 self.seconds[-1] += time.perf_counter() - t0
             taken = {box for j, box in chosen if j == i}
-            ranked += [(r.score, i, r.box) for r in rank_regions(unc, self.args.region) if r.box not in taken]
-        ranked.sort(key=lambda t: -t[0])
-        return [(i, box) for _, i, box in ranked[:k]]
+            free = [r for r in rank_regions(unc, self.args.region) if r.box not in taken]
+            feats = region_features(image, [r.box for r in free])
+            candidates += [(r.score, i, r.box, f) for r, f in zip(free, feats, strict=True)]
+        picks: list = []
+        for _ in range(min(k, len(candidates))):
+            scores = [u + weight * float(novelty(f[None], labelled)[0]) for u, _, _, f in candidates]
+            best = candidates.pop(int(np.argmax(scores)))
+            picks.append((best[1], best[2]))
+            labelled = np.concatenate([labelled, best[3][None]])
+        return picks
 
     def pick_random(self, rng: np.random.Generator, chosen: list, k: int) -> list:
         from napari_csunet.correction_queue import tile_boxes
@@ -222,6 +234,9 @@ def main() -> int:
     parser.add_argument("--val-crop", type=int, default=256, help="centre crop of one val image (best checkpoint)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (seed regions, random picks, "
                         "training); the curves are their point-wise mean")
+    parser.add_argument("--novelty", type=float, default=None,
+                        help="weight of the queue's novelty term (default: the product's, NOVELTY_WEIGHT; 0: "
+                             "uncertainty only)")
     parser.add_argument("--judge", choices=("last", "val"), default="last",
                         help="after each round keep the last model (default), or the better of start/end on "
                              "one val image (a curve can freeze when an update is rejected)")

@@ -12,7 +12,9 @@ from napari_csunet.correction_queue import (
     PAINTED,
     TODO,
     CorrectionQueue,
+    novelty,
     rank_regions,
+    region_features,
     tile_boxes,
 )
 from napari_csunet.live_update import LIVE_DEFAULTS, LiveUpdate, live_job_spec
@@ -56,6 +58,47 @@ def test_disagreement_and_done_pixels_change_the_order():
     assert rank_regions(u, 256, done=done)[0].box == (0, 256, 256, 512)
     with pytest.raises(ValueError, match="disagreement"):
         rank_regions(u, 256, disagreement=tta[:10])
+
+
+def _two_materials() -> np.ndarray:
+    """A 512² image: dark background everywhere but a bright phase in the bottom-right region."""
+    image = np.random.default_rng(0).normal(60, 5, (512, 512))
+    image[256:, 256:] = np.random.default_rng(1).normal(200, 5, (256, 256))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_a_collapsed_model_is_led_to_the_material_it_has_not_been_shown(channels):
+    image = _two_materials() if channels is None else np.repeat(_two_materials()[..., None], channels, -1)
+    flat = np.full((512, 512), 0.013, np.float32)  # sure of "background" everywhere, as on EBC2
+    flat[:256, :256] = 0.02  # noise decides the order without the image
+    done = np.zeros((512, 512), bool)
+    done[:256, 256:] = True  # one background region labelled
+    assert rank_regions(flat, 256, done=done)[0].box == (0, 0, 256, 256)  # uncertainty alone: more background
+    ranked = rank_regions(flat, 256, done=done, image=image)
+    assert ranked[0].box == (256, 256, 512, 512) and ranked[0].score == pytest.approx(0.013 + 0.5, abs=0.01)
+    assert rank_regions(flat, 256, done=done, image=image, novelty_weight=0)[0].box == (0, 0, 256, 256)
+
+
+def test_novelty_is_half_the_l1_distance_to_the_nearest_labelled_histogram():
+    image = _two_materials()
+    feats = region_features(image, [(0, 0, 256, 256), (256, 256, 512, 512)])
+    assert feats.shape == (2, 16) and np.allclose(feats.sum(1), 1)
+    assert novelty(feats, feats[:1]).tolist() == pytest.approx([0.0, 1.0])
+    assert novelty(feats, np.zeros((0, 16))).tolist() == [0.0, 0.0]  # nothing labelled: no novelty
+    # a new image's regions are compared with regions labelled in other images too
+    ranked = rank_regions(np.full((512, 512), 0.1, np.float32), 256, image=image, reference=feats[1:])
+    assert ranked[-1].box == (256, 256, 512, 512)
+    with pytest.raises(ValueError, match="image"):
+        rank_regions(np.zeros((512, 512)), 256, image=image[:100])
+
+
+def test_rerank_with_the_image_scores_novelty_against_the_done_regions():
+    image = _two_materials()
+    queue = CorrectionQueue.from_uncertainty(np.full((512, 512), 0.013, np.float32), 256, image=image)
+    queue.mark(ACCEPTED, next(i for i, r in enumerate(queue.regions) if r.box == (0, 0, 256, 256)))
+    queue.rerank(np.full((512, 512), 0.013, np.float32), image=image)
+    assert queue.next().box == (256, 256, 512, 512)
 
 
 def test_queue_walks_worst_first_and_counts_what_is_left():

@@ -114,6 +114,14 @@ class QueueBox(QWidget):
         name = layer.metadata.get(IMAGE)
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
+    def pixels_of(self, layer: Labels) -> np.ndarray | None:
+        """The image behind ``layer`` as an (H, W[, C]) array for the queue's novelty term, or None
+        (no image, another shape, or a lazy mosaic that should not be read whole)."""
+        image = self.image_of(layer)
+        if image is None or not isinstance(image.data, np.ndarray):
+            return None
+        return image.data if image.data.shape[:2] == layer.data.shape else None
+
     def uncertainty_of(self, layer: Labels) -> np.ndarray | None:
         """The Segment tab's uncertainty layer for ``layer``'s image, if it fits."""
         name = f"{layer.metadata.get(IMAGE)} uncertainty"
@@ -137,7 +145,8 @@ class QueueBox(QWidget):
             self.status.info("segmenting again for the uncertainty (your corrections stay) …")
             return self.segment.segment([image], keep=self.corrections, on_done=self._rank_after) is not None
         done = self.corrections(layer)
-        self.queue = CorrectionQueue.from_uncertainty(uncertainty, int(self.size.currentText()), done=done)
+        self.queue = CorrectionQueue.from_uncertainty(uncertainty, int(self.size.currentText()), done=done,
+                                                      image=self.pixels_of(layer))
         self.owner = layer.name
         self._watch(layer)
         self.next()
@@ -158,7 +167,7 @@ class QueueBox(QWidget):
         uncertainty = self.uncertainty_of(layer) if layer is not None else None
         if self.queue is None or uncertainty is None:
             return
-        self.queue.rerank(uncertainty)
+        self.queue.rerank(uncertainty, image=self.pixels_of(layer))
         if self.queue.region() is None:
             self.queue.next()
         self.show_region(zoom=False)
