@@ -183,7 +183,7 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
 def run_seed(args: argparse.Namespace, name: str, seed: int) -> tuple[list[dict], list[dict], list[float], dict]:
     from napari_csunet.model_catalog import resolve_model
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"csunet-effort-{name}-{seed}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"csunet-effort-{Path(name).name}-{seed}-"))
     sim = Simulation(args, Path(args.data_root) / name, scratch, seed)  # an absolute name wins
     seed_set = sim.pick_random(np.random.default_rng(seed), [], args.seed_regions)
     start = sim.finetune(str(resolve_model(args.model)[1]), seed_set, args.seed_steps)
@@ -198,7 +198,11 @@ def run_seed(args: argparse.Namespace, name: str, seed: int) -> tuple[list[dict]
 
 def run_dataset(args: argparse.Namespace, name: str) -> dict:
     t0 = time.perf_counter()
-    runs = [run_seed(args, name, seed) for seed in args.seeds]
+    runs = []
+    for seed in args.seeds:
+        runs.append(run_seed(args, name, seed))
+        print(json.dumps({"dataset": name, "seed": seed, "curve_queue": runs[-1][0], "curve_random": runs[-1][1]}),
+              file=sys.stderr)  # kept in the log should a later dataset fail
     queue, rand = mean_curve([r[0] for r in runs]), mean_curve([r[1] for r in runs])
     seconds = [s for r in runs for s in r[2]]
     target = 0.95 * rand[-1]["miou"] if rand[-1]["miou"] is not None else None
@@ -234,6 +238,7 @@ def main() -> int:
     parser.add_argument("--val-crop", type=int, default=256, help="centre crop of one val image (best checkpoint)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (seed regions, random picks, "
                         "training); the curves are their point-wise mean")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--novelty", type=float, default=None,
                         help="weight of the queue's novelty term (default: the product's, NOVELTY_WEIGHT; 0: "
                              "uncertainty only)")
@@ -243,6 +248,10 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     args.seeds = [int(x) for x in args.seeds.split(",")]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     os.environ.setdefault("CSUNET_MODELS_DIR", tempfile.mkdtemp(prefix="csunet-effort-models-"))
     t0 = time.perf_counter()
     results = [run_dataset(args, name) for name in args.datasets.split(",")]
