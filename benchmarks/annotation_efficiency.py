@@ -73,6 +73,8 @@ class Simulation:
         self.pool = load_split(root, "train", 0, regions=(args.pool_regions, args.region))
         self.test = load_split(root, "test", args.test_images, args.test_crop)
         self.val = load_split(root, "val", 1, args.val_crop) if args.judge == "val" else []
+        if args.judge == "val" and not self.val:
+            raise SystemExit(f"{root}: no val split for --judge val; use --judge last")
         k = max(int(t.max()) for _, t in self.pool + self.test)
         self.names = [f"class {i + 1}" for i in range(k)]
         self.runs = 0

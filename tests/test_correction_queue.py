@@ -93,12 +93,31 @@ def test_novelty_is_half_the_l1_distance_to_the_nearest_labelled_histogram():
         rank_regions(np.zeros((512, 512)), 256, image=image[:100])
 
 
-def test_rerank_with_the_image_scores_novelty_against_the_done_regions():
+def test_accepting_a_region_rescores_the_rest_so_next_leads_to_new_material():
     image = _two_materials()
-    queue = CorrectionQueue.from_uncertainty(np.full((512, 512), 0.013, np.float32), 256, image=image)
-    queue.mark(ACCEPTED, next(i for i, r in enumerate(queue.regions) if r.box == (0, 0, 256, 256)))
-    queue.rerank(np.full((512, 512), 0.013, np.float32), image=image)
-    assert queue.next().box == (256, 256, 512, 512)
+    flat = np.full((512, 512), 0.013, np.float32)
+    flat[:256, :256] = 0.02
+    queue = CorrectionQueue.from_uncertainty(flat, 256, image=image)
+    assert queue.next().box == (0, 0, 256, 256)  # nothing done yet: uncertainty decides
+    queue.accept()
+    assert queue.next().box == (256, 256, 512, 512)  # no re-segmentation needed
+    queue.rerank(flat)  # a new prediction keeps the novelty (the image does not change)
+    assert queue.regions[0].box == (256, 256, 512, 512) and queue.region().box == (256, 256, 512, 512)
+    plain = CorrectionQueue.from_uncertainty(flat, 256)
+    plain.next()
+    plain.accept()
+    assert plain.next().box != (256, 256, 512, 512)  # without the image: uncertainty order
+    plain.rerank(flat, image=image)  # the image given later
+    assert plain.regions[0].box == (256, 256, 512, 512)
+    with pytest.raises(ValueError, match="image"):
+        CorrectionQueue.from_uncertainty(flat, 256, image=image[:100])
+
+
+def test_nan_pixels_do_not_erase_the_histograms():
+    image = _two_materials().astype(np.float32)
+    image[0, 0] = np.nan
+    feats = region_features(image, [(0, 0, 256, 256), (256, 256, 512, 512)])
+    assert novelty(feats[1:], feats[:1])[0] > 0.9
 
 
 def test_queue_walks_worst_first_and_counts_what_is_left():

@@ -125,3 +125,9 @@ def test_predictions_are_identical_with_and_without_heap_reuse(monkeypatch):
     without = seg.predict(image, want_probs=True)
     np.testing.assert_array_equal(with_reuse.labels, without.labels)
     np.testing.assert_array_equal(with_reuse.probs, without.probs)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("5", 5.0), ("0", 0.0), ("soon", 20.0)])
+def test_linger_setting_from_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv("CSUNET_HEAP_LINGER", value)
+    assert heap._linger_from_env() == expected

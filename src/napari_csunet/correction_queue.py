@@ -38,8 +38,9 @@ class Region:
     """One square of the image: ``box`` is [row0, col0, row1, col1] (end exclusive)."""
 
     box: tuple[int, int, int, int]
-    score: float
+    score: float  # what the queue sorts by: uncertainty, plus novelty when the image is known
     state: str = TODO
+    uncertainty: float | None = None  # the uncertainty part of the score (None: the score is all uncertainty)
 
     @property
     def done(self) -> bool:
@@ -73,7 +74,7 @@ def region_features(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]
         grey = grey.mean(axis=-1)
     if grey.ndim != 2:
         raise ValueError(f"image must be (H, W) or (H, W, C), got shape {np.shape(image)}")
-    z = (grey - grey.mean()) / max(float(grey.std()), 1e-6)
+    z = (grey - np.nanmean(grey)) / max(float(np.nanstd(grey)), 1e-6)  # NaN pixels fall in bin 0
     bins = np.clip(((z + 3.0) / 6.0 * _BINS).astype(np.int64), 0, _BINS - 1)
     out = np.zeros((len(boxes), _BINS), np.float32)
     for i, (r0, c0, r1, c1) in enumerate(boxes):
@@ -130,32 +131,74 @@ def rank_regions(uncertainty: np.ndarray, size: int = 256, disagreement: np.ndar
                    if done is not None and np.mean(done[r0:r1, c0:c1]) >= 0.5]
         ref = np.concatenate([np.zeros((0, _BINS), np.float32) if reference is None else
                               np.asarray(reference, np.float32).reshape(-1, _BINS), features[covered]])
-        scores = scores + novelty_weight * novelty(features, ref)
+        base, scores = scores, scores + novelty_weight * novelty(features, ref)
+        regions = [Region(box, float(s), uncertainty=float(u)) for box, s, u in zip(boxes, scores, base, strict=True)]
+        regions.sort(key=lambda r: -r.score)
+        return regions
     regions = [Region(box, float(score)) for box, score in zip(boxes, scores, strict=True)]
     regions.sort(key=lambda r: -r.score)
     return regions
 
 
 class CorrectionQueue:
-    """Ranked regions of one image, which are done, and which one the user is looking at."""
+    """Ranked regions of one image, which are done, and which one the user is looking at.
 
-    def __init__(self, regions: Iterable[Region], shape: Sequence[int], size: int) -> None:
+    With ``features`` (the regions' intensity histograms, :func:`region_features`) every region's
+    score is its uncertainty plus :data:`NOVELTY_WEIGHT` times its novelty against the done regions
+    (and ``reference``, regions labelled elsewhere), rescored each time a region becomes done, so
+    the next region is the most useful one *given what has been labelled so far*.
+    """
+
+    def __init__(self, regions: Iterable[Region], shape: Sequence[int], size: int,
+                 features: dict[tuple[int, int, int, int], np.ndarray] | None = None,
+                 reference: np.ndarray | None = None) -> None:
         self.regions = sorted(regions, key=lambda r: -r.score)
         self.shape = (int(shape[0]), int(shape[1]))
         self.size = int(size)
         self.current: int | None = None
+        self.features = features
+        self.reference = np.zeros((0, _BINS), np.float32) if reference is None else \
+            np.asarray(reference, np.float32).reshape(-1, _BINS)
+        self._restart = False  # scores changed since the user last moved: Next starts from the top
+        self._rescore()
 
     @classmethod
     def from_uncertainty(cls, uncertainty: np.ndarray, size: int = 256, disagreement: np.ndarray | None = None,
-                         done: np.ndarray | None = None, image: np.ndarray | None = None) -> CorrectionQueue:
-        """A queue ranked by :func:`rank_regions`; regions mostly covered by ``done`` start as painted."""
-        queue = cls(rank_regions(uncertainty, size, disagreement, done, image=image), np.shape(uncertainty), size)
+                         done: np.ndarray | None = None, image: np.ndarray | None = None,
+                         reference: np.ndarray | None = None) -> CorrectionQueue:
+        """A queue ranked by :func:`rank_regions` (plus novelty when ``image`` is given); regions
+        mostly covered by ``done`` start as painted."""
+        regions = rank_regions(uncertainty, size, disagreement, done)
+        features = None
+        if image is not None:
+            if np.shape(image)[:2] != np.shape(uncertainty):
+                raise ValueError(f"image is {np.shape(image)} but uncertainty is {np.shape(uncertainty)}")
+            boxes = [r.box for r in regions]
+            features = dict(zip(boxes, region_features(image, boxes), strict=True))
         if done is not None:
-            for region in queue.regions:
+            for region in regions:
                 r0, c0, r1, c1 = region.box
                 if np.mean(done[r0:r1, c0:c1]) >= 0.5:
                     region.state = PAINTED
-        return queue
+        return cls(regions, np.shape(uncertainty), size, features, reference)
+
+    def _rescore(self) -> None:
+        """Scores from each region's uncertainty and its novelty against what is done; re-sorted,
+        the current region kept."""
+        if self.features is None:
+            return
+        done = [self.features[r.box] for r in self.regions if r.done]
+        ref = np.concatenate([self.reference, np.asarray(done, np.float32).reshape(-1, _BINS)])
+        boxes = [r.box for r in self.regions]
+        new = novelty(np.asarray([self.features[b] for b in boxes]), ref)
+        keep = self.region()
+        for region, nov in zip(self.regions, new, strict=True):
+            if region.uncertainty is None:
+                region.uncertainty = region.score
+            region.score = region.uncertainty + NOVELTY_WEIGHT * float(nov)
+        self.regions.sort(key=lambda r: -r.score)
+        self.current = self.regions.index(keep) if keep is not None else None
+        self._restart = True
 
     def __len__(self) -> int:
         return len(self.regions)
@@ -178,8 +221,9 @@ class CorrectionQueue:
         if not todo:
             self.current = None
             return None
-        later = [i for i in todo if self.current is None or i > self.current]
+        later = [i for i in todo if self.current is None or self._restart or i > self.current]
         self.current = (later or todo)[0]
+        self._restart = False
         return self.regions[self.current]
 
     def mark(self, state: str, index: int | None = None) -> Region:
@@ -189,8 +233,10 @@ class CorrectionQueue:
         index = self.current if index is None else index
         if index is None:
             raise ValueError("no current region: call next() first")
-        self.regions[index].state = state
-        return self.regions[index]
+        region = self.regions[index]
+        region.state = state
+        self._rescore()
+        return region
 
     def accept(self, index: int | None = None) -> Region:
         """The user checked the region and its prediction is right: it trains as labelled."""
@@ -207,6 +253,8 @@ class CorrectionQueue:
             if region.state == TODO and np.count_nonzero(changed[r0:r1, c0:c1]) >= min_pixels:
                 region.state = PAINTED
                 out.append(region)
+        if out:
+            self._rescore()
         return out
 
     def accepted_boxes(self) -> list[list[int]]:
@@ -215,23 +263,23 @@ class CorrectionQueue:
 
     def rerank(self, uncertainty: np.ndarray, disagreement: np.ndarray | None = None,
                image: np.ndarray | None = None) -> None:
-        """New scores from a new prediction (novelty against the done regions when ``image`` is
-        given); done regions keep their state, the current one is kept if it is still to do, else
-        the queue starts again from the top."""
-        done = np.zeros(self.shape, bool)
-        for region in self.regions:
-            if region.done:
-                r0, c0, r1, c1 = region.box
-                done[r0:r1, c0:c1] = True
-        fresh = {r.box: r.score for r in rank_regions(uncertainty, self.size, disagreement,
-                                                      done if image is not None else None, image=image)}
+        """New uncertainties from a new prediction (novelty as before; ``image`` adds it to a queue
+        made without one); done regions keep their state, the current one is kept if it is still
+        to do, else the queue starts again from the top."""
+        fresh = {r.box: r.score for r in rank_regions(uncertainty, self.size, disagreement)}
         if set(fresh) != {r.box for r in self.regions}:
             raise ValueError(f"the new uncertainty ({np.shape(uncertainty)}) does not fit this queue's regions")
+        if image is not None and self.features is None and np.shape(image)[:2] == self.shape:
+            boxes = [r.box for r in self.regions]
+            self.features = dict(zip(boxes, region_features(image, boxes), strict=True))
         keep = self.region()
         for region in self.regions:
             region.score = fresh[region.box]
+            region.uncertainty = None if self.features is None else fresh[region.box]
         self.regions.sort(key=lambda r: -r.score)
         self.current = self.regions.index(keep) if keep is not None and not keep.done else None
+        self._rescore()
+        self._restart = False
 
     def summary(self) -> str:
         """For the status line: how much is left."""

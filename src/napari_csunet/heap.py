@@ -28,8 +28,16 @@ __all__ = ["heap_reuse", "heap_reuse_available", "release_heap", "LINGER_S"]
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 _NEVER_TRIM = -1  # mallopt(M_TRIM_THRESHOLD, -1) turns automatic trimming off (mallopt(3))
 _DEFAULT_MMAP_MAX, _DEFAULT_TRIM = 65536, 128 * 1024  # glibc's defaults, restored afterwards
+def _linger_from_env(default: float = 20.0) -> float:
+    """``CSUNET_HEAP_LINGER`` in seconds; a value that is not a number is ignored, not fatal."""
+    try:
+        return float(os.environ.get("CSUNET_HEAP_LINGER", default))
+    except ValueError:
+        return default
+
+
 #: seconds the heap is kept after the last prediction (default 20; ``CSUNET_HEAP_LINGER``)
-LINGER_S = float(os.environ.get("CSUNET_HEAP_LINGER", "20"))
+LINGER_S = _linger_from_env()
 _lock = threading.Lock()
 _active = 0  # nested or concurrent predictions: the first one in switches, the last one out schedules the release
 _switched = False  # the allocator is in reuse mode (during predictions and while lingering)
