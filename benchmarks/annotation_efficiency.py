@@ -122,14 +122,14 @@ class Simulation:
     def pick_queue(self, model: str, chosen: list, k: int) -> list:
         """The k best regions of the pool by the queue's score: uncertainty, plus (unless
         ``--novelty 0``) novelty against every region labelled so far, updated after each pick."""
-        from napari_csunet.correction_queue import NOVELTY_WEIGHT, novelty, rank_regions, region_features
+        from napari_csunet.correction_queue import NOVELTY_WEIGHT, rank_regions, region_features, score_with_novelty
         from napari_csunet.inference import Segmenter
 
         seg = Segmenter.from_file(model, device="cpu", tile=512, batch_size=1)
         weight = NOVELTY_WEIGHT if self.args.novelty is None else self.args.novelty
         labelled = np.concatenate([region_features(self.pool[i][0], [box]) for i, box in chosen]) if chosen \
             else np.zeros((0, 16), np.float32)
-        candidates = []  # (uncertainty score, image index, box, histogram)
+        candidates = []  # (region, image index, histogram)
         for i, (image, _) in enumerate(self.pool):
             t0 = time.perf_counter()
             unc = seg.predict(image, want_uncertainty=True).uncertainty
@@ -138,13 +138,13 @@ class Simulation:
             taken = {box for j, box in chosen if j == i}
             free = [r for r in rank_regions(unc, self.args.region) if r.box not in taken]
             feats = region_features(image, [r.box for r in free])
-            candidates += [(r.score, i, r.box, f) for r, f in zip(free, feats, strict=True)]
+            candidates += [(r, i, f) for r, f in zip(free, feats, strict=True)]
         picks: list = []
         for _ in range(min(k, len(candidates))):
-            scores = [u + weight * float(novelty(f[None], labelled)[0]) for u, _, _, f in candidates]
-            best = candidates.pop(int(np.argmax(scores)))
-            picks.append((best[1], best[2]))
-            labelled = np.concatenate([labelled, best[3][None]])
+            score_with_novelty([c[0] for c in candidates], [c[2] for c in candidates], labelled, weight)
+            region, i, feature = candidates.pop(int(np.argmax([c[0].score for c in candidates])))
+            picks.append((i, region.box))
+            labelled = np.concatenate([labelled, feature[None]])
         return picks
 
     def pick_random(self, rng: np.random.Generator, chosen: list, k: int) -> list:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Region", "CorrectionQueue", "tile_boxes", "rank_regions", "region_features", "novelty",
-           "NOVELTY_WEIGHT", "TODO", "PAINTED", "ACCEPTED"]
+           "score_with_novelty", "NOVELTY_WEIGHT", "TODO", "PAINTED", "ACCEPTED"]
 
 #: region states: not checked yet, the user painted in it, the user accepted it as predicted
 TODO, PAINTED, ACCEPTED = "todo", "painted", "accepted"
@@ -31,6 +31,11 @@ STATES = (TODO, PAINTED, ACCEPTED)
 #: weight of a region's novelty (0..1) next to its uncertainty score (0..1 - 1/K)
 NOVELTY_WEIGHT = 0.5
 _BINS = 16
+
+
+def _histograms(rows: np.ndarray | None) -> np.ndarray:
+    """``rows`` as an (n, 16) float32 array of histograms (none: an empty one)."""
+    return np.asarray([] if rows is None else rows, np.float32).reshape(-1, _BINS)
 
 
 @dataclass
@@ -92,10 +97,21 @@ def region_features(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]
 def novelty(features: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per row of ``features``: half the L1 distance to the nearest row of ``reference`` (0: the same
     histogram as a labelled region, 1: no intensity in common); 0 when nothing is labelled yet."""
-    features, reference = np.asarray(features, np.float32), np.asarray(reference, np.float32).reshape(-1, _BINS)
+    features, reference = np.asarray(features, np.float32), _histograms(reference)
     if not len(reference):
         return np.zeros(len(features), np.float32)
     return 0.5 * np.abs(features[:, None, :] - reference[None, :, :]).sum(-1).min(1)
+
+
+def score_with_novelty(regions: Sequence[Region], features: Sequence[np.ndarray], reference: np.ndarray,
+                       weight: float = NOVELTY_WEIGHT) -> None:
+    """Set each region's score to its uncertainty plus ``weight`` times the :func:`novelty` of its
+    histogram (``features``, in the same order) against ``reference``; the first call moves the
+    score into :attr:`Region.uncertainty`."""
+    for region, nov in zip(regions, novelty(np.asarray(features, np.float32), reference), strict=True):
+        if region.uncertainty is None:
+            region.uncertainty = region.score
+        region.score = region.uncertainty + weight * float(nov)
 
 
 def rank_regions(uncertainty: np.ndarray, size: int = 256, disagreement: np.ndarray | None = None,
@@ -135,13 +151,10 @@ def rank_regions(uncertainty: np.ndarray, size: int = 256, disagreement: np.ndar
         features = region_features(image, boxes)
         covered = [i for i, (r0, c0, r1, c1) in enumerate(boxes)
                    if done is not None and np.mean(done[r0:r1, c0:c1]) >= 0.5]
-        ref = np.concatenate([np.zeros((0, _BINS), np.float32) if reference is None else
-                              np.asarray(reference, np.float32).reshape(-1, _BINS), features[covered]])
-        base, scores = scores, scores + novelty_weight * novelty(features, ref)
-        regions = [Region(box, float(s), uncertainty=float(u)) for box, s, u in zip(boxes, scores, base, strict=True)]
-        regions.sort(key=lambda r: -r.score)
-        return regions
+        ref = np.concatenate([_histograms(reference), features[covered]])
     regions = [Region(box, float(score)) for box, score in zip(boxes, scores, strict=True)]
+    if image is not None and novelty_weight > 0:
+        score_with_novelty(regions, features, ref, novelty_weight)
     regions.sort(key=lambda r: -r.score)
     return regions
 
@@ -163,8 +176,7 @@ class CorrectionQueue:
         self.size = int(size)
         self.current: int | None = None
         self.features = features
-        self.reference = np.zeros((0, _BINS), np.float32) if reference is None else \
-            np.asarray(reference, np.float32).reshape(-1, _BINS)
+        self.reference = _histograms(reference)
         self._restart = False  # scores changed since the user last moved: Next starts from the top
         self._rescore()
 
@@ -193,15 +205,10 @@ class CorrectionQueue:
         the current region kept."""
         if self.features is None:
             return
-        done = [self.features[r.box] for r in self.regions if r.done]
-        ref = np.concatenate([self.reference, np.asarray(done, np.float32).reshape(-1, _BINS)])
-        boxes = [r.box for r in self.regions]
-        new = novelty(np.asarray([self.features[b] for b in boxes]), ref)
+        done = _histograms([self.features[r.box] for r in self.regions if r.done])
+        score_with_novelty(self.regions, [self.features[r.box] for r in self.regions],
+                           np.concatenate([self.reference, done]))
         keep = self.region()
-        for region, nov in zip(self.regions, new, strict=True):
-            if region.uncertainty is None:
-                region.uncertainty = region.score
-            region.score = region.uncertainty + NOVELTY_WEIGHT * float(nov)
         self.regions.sort(key=lambda r: -r.score)
         self.current = self.regions.index(keep) if keep is not None else None
         self._restart = True
@@ -280,11 +287,13 @@ class CorrectionQueue:
             self.features = dict(zip(boxes, region_features(image, boxes), strict=True))
         keep = self.region()
         for region in self.regions:
-            region.score = fresh[region.box]
-            region.uncertainty = None if self.features is None else fresh[region.box]
-        self.regions.sort(key=lambda r: -r.score)
+            region.score, region.uncertainty = fresh[region.box], None
         self.current = self.regions.index(keep) if keep is not None and not keep.done else None
-        self._rescore()
+        if self.features is None:
+            self.regions.sort(key=lambda r: -r.score)
+            self.current = self.regions.index(keep) if self.current is not None else None
+        else:
+            self._rescore()  # adds the novelty, sorts, keeps the current region
         self._restart = False
 
     def summary(self) -> str:

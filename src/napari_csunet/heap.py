@@ -28,6 +28,8 @@ __all__ = ["heap_reuse", "heap_reuse_available", "release_heap", "LINGER_S"]
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 _NEVER_TRIM = -1  # mallopt(M_TRIM_THRESHOLD, -1) turns automatic trimming off (mallopt(3))
 _DEFAULT_MMAP_MAX, _DEFAULT_TRIM = 65536, 128 * 1024  # glibc's defaults, restored afterwards
+
+
 def _linger_from_env(default: float = 20.0) -> float:
     """``CSUNET_HEAP_LINGER`` in seconds; a value that is not a number is ignored, not fatal."""
     try:
@@ -79,9 +81,10 @@ def release_heap() -> None:
         _release_locked()
 
 
-def _release_later(timer_box: list) -> None:
+def _release_later() -> None:
+    """The linger timer's callback (runs in the timer's own thread)."""
     with _lock:
-        if _timer is timer_box[0]:  # not cancelled or replaced meanwhile
+        if _timer is threading.current_thread():  # not cancelled or replaced meanwhile
             _release_locked()
 
 
@@ -111,8 +114,6 @@ def heap_reuse(enabled: bool = True, linger_s: float | None = None) -> Iterator[
                 if linger <= 0:
                     _release_locked()
                 else:
-                    box: list = []
-                    _timer = threading.Timer(linger, _release_later, args=(box,))
-                    box.append(_timer)
+                    _timer = threading.Timer(linger, _release_later)
                     _timer.daemon = True
                     _timer.start()
