@@ -185,7 +185,8 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
 def run_seed(args: argparse.Namespace, name: str, seed: int) -> tuple[list[dict], list[dict], list[float], dict]:
     from napari_csunet.model_catalog import resolve_model
 
-    scratch = Path(tempfile.mkdtemp(prefix=f"csunet-effort-{Path(name).name}-{seed}-"))
+    scratch_dir = tempfile.TemporaryDirectory(prefix=f"csunet-effort-{Path(name).name}-{seed}-")  # ~330 MB of models
+    scratch = Path(scratch_dir.name)
     sim = Simulation(args, Path(args.data_root) / name, scratch, seed)  # an absolute name wins
     seed_set = sim.pick_random(np.random.default_rng(seed), [], args.seed_regions)
     start = sim.finetune(str(resolve_model(args.model)[1]), seed_set, args.seed_steps)
@@ -254,7 +255,8 @@ def main() -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    os.environ.setdefault("CSUNET_MODELS_DIR", tempfile.mkdtemp(prefix="csunet-effort-models-"))
+    models_dir = tempfile.TemporaryDirectory(prefix="csunet-effort-models-")  # removed when the run ends
+    os.environ.setdefault("CSUNET_MODELS_DIR", models_dir.name)
     t0 = time.perf_counter()
     results = [run_dataset(args, name) for name in args.datasets.split(",")]
     out = {"settings": vars(args), "datasets": results, "seconds": round(time.perf_counter() - t0, 1)}

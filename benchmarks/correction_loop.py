@@ -67,7 +67,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     args = parser.parse_args()
 
-    scratch = Path(tempfile.mkdtemp(prefix="csunet-correction-loop-"))
+    scratch_dir = tempfile.TemporaryDirectory(prefix="csunet-correction-loop-")  # removed when the run ends
+    scratch = Path(scratch_dir.name)
     os.environ["CSUNET_ANNOTATIONS_DIR"] = str(scratch / "annotations")  # the user's folders stay untouched
     os.environ["CSUNET_MODELS_DIR"] = str(scratch / "models")
     os.environ["CSUNET_CONFIG_DIR"] = str(scratch / "config")

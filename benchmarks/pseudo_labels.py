@@ -37,7 +37,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    scratch = Path(tempfile.mkdtemp(prefix="csunet-pseudo-"))
+    scratch_dir = tempfile.TemporaryDirectory(prefix="csunet-pseudo-")  # removed when the run ends
+    scratch = Path(scratch_dir.name)
     os.environ.setdefault("CSUNET_MODELS_DIR", str(scratch / "models"))
     from csunet_train.config import TrainConfig
     from csunet_train.events import silent

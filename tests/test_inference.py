@@ -346,3 +346,27 @@ def test_huge_images_take_statistics_from_a_pixel_grid(monkeypatch):
     monkeypatch.setattr(lazy, "STATS_PIXELS", 20_000)
     grid = seg._stats(image)
     assert grid != exact and grid == pytest.approx(exact, rel=0.02)
+
+
+@pytest.mark.parametrize(("device", "nhwc"), [("cpu", True), ("cuda", True), ("mps", False)])
+def test_channels_last_where_it_is_faster(device: str, nhwc: bool) -> None:
+    from napari_csunet.device import prefers_channels_last
+
+    assert prefers_channels_last(torch.device(device)) is nhwc
+
+
+def test_channels_last_changes_the_layout_not_the_labels() -> None:
+    import copy
+
+    from napari_csunet.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("csunet-tiny", num_classes=3)
+    info = ModelInfo(model.config, ["a", "b", "c"])
+    nchw = Segmenter(copy.deepcopy(model), info, device="cpu", amp=False, channels_last=False)
+    default = Segmenter(model, info, device="cpu", amp=False)  # None: NHWC on a CPU
+    conv = next(m for m in default.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1))
+    assert default.channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)
+    image = np.random.default_rng(3).integers(0, 255, (300, 420)).astype(np.uint8)
+    a, b = default.predict(image, want_probs=True), nchw.predict(image, want_probs=True)
+    np.testing.assert_allclose(a.probs.astype(np.float32), b.probs.astype(np.float32), atol=2e-3)

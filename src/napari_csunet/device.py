@@ -79,6 +79,14 @@ def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
     return None
 
 
+def prefers_channels_last(device: torch.device) -> bool:
+    """NHWC tensors where the convolution libraries run them faster: cuDNN under AMP, and oneDNN on
+    CPUs, whose convolutions and pooling otherwise reorder NCHW at every layer (measured on this
+    project's EPYC, bf16: a csunet-small 2048² prediction 2.8 vs 3.2 s, a csunet-tiny training
+    step 0.31 vs 0.36 s). Not on MPS, where it was never measured."""
+    return device.type in ("cuda", "cpu")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for an allocator failure on any device (CUDA, MPS or a CPU's ``can't allocate memory``)."""
     import torch

@@ -36,7 +36,7 @@ import numpy as np
 
 from .band import Band
 from .budget import Budget, bytes_per_pixel, device_budget, engine_bytes_per_pixel
-from .device import amp_dtype, is_out_of_memory, pick_device
+from .device import amp_dtype, is_out_of_memory, pick_device, prefers_channels_last
 from .heap import heap_reuse
 from .io import ImageError, split_planes, to_model_channels
 from .lazy import checked_pixels, lazy_stats
@@ -80,8 +80,8 @@ class Segmenter:
                  amp: bool = True, tta: bool = False, channels_last: bool | None = None,
                  overlap_px: int = CONTEXT_PX) -> None:
         """``tile``/``batch_size`` None: chosen per image from the device's memory; ``overlap`` (a
-        fraction of the tile) None: ``overlap_px`` pixels. ``channels_last`` None: NHWC on CUDA
-        (faster under AMP); training validation passes False to leave the model it trains alone."""
+        fraction of the tile) None: ``overlap_px`` pixels. ``channels_last`` None: NHWC where
+        :func:`~napari_csunet.device.prefers_channels_last` says it is faster (CUDA, CPUs)."""
         import torch
 
         self.multiple = int(getattr(model, "size_multiple", 1))
@@ -105,7 +105,7 @@ class Segmenter:
         self.batch_size = None if batch_size is None else int(batch_size)
         self.tta = bool(tta)
         self.amp_dtype = amp_dtype(self.device, amp)
-        self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
+        self.channels_last = prefers_channels_last(self.device) if channels_last is None else bool(channels_last)
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

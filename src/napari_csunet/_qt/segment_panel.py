@@ -342,12 +342,15 @@ class _LazyPrediction:
 
 def _predict_lazy(seg, data, progress, cancelled, name: str) -> _LazyPrediction:
     """Worker thread: segment lazy ``data`` tile by tile into a zarr in a temporary folder."""
+    import atexit
+    import shutil
     import tempfile
     from pathlib import Path
 
     from ..mosaic import class_counts, create_labels_zarr
 
     folder = Path(tempfile.mkdtemp(prefix="csunet-labels-"))
+    atexit.register(shutil.rmtree, folder, True)  # the layer's own store: napari's Save writes a copy
     labels = create_labels_zarr(folder / "labels.zarr", tuple(int(s) for s in data.shape[:2]), seg.info)
     seg.predict_to(data, labels, progress=progress, cancel=cancelled, name=name)
     return _LazyPrediction(labels, class_counts(labels, seg.info.num_classes))
