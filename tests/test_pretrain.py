@@ -155,6 +155,29 @@ def test_finetuning_from_a_pretrained_model_gets_a_new_class_head(mixed_folder: 
     assert info.provenance["previous"]["task"] == "pretraining"
 
 
+@pytest.mark.parametrize(("start_classes", "reinitialised"), [(["grain", "boundary"], True), (["p", "q", "r"], False)])
+def test_finetuning_a_model_of_other_classes(mixed_folder: Path, tmp_path: Path, start_classes: list[str],
+                                             reinitialised: bool) -> None:
+    from csunet_train.config import TrainConfig
+    from csunet_train.job import run_job
+    from napari_csunet.modelfile import ModelInfo, load_model_file, save_model_file
+    from napari_csunet.models import build_model
+
+    net = build_model("csunet-tiny", num_classes=len(start_classes))
+    start = save_model_file(tmp_path / "start.safetensors", net, ModelInfo(net.config, start_classes))
+    image = np.asarray(Image.open(mixed_folder / "colour.png").convert("L"))
+    item = labelled_image(image, np.ones(image.shape, np.uint8) + (image > 128) + (image > 200), "colour")
+    events: list[dict] = []
+    cfg = TrainConfig(out=str(tmp_path / "ft.safetensors"), mode="finetune", model=str(start), steps=1,
+                      batch_size=1, class_names=["a", "b", "c"], eval_every=1, device="cpu")
+    run_job(cfg, events.append, train=[item], val=[item])
+    messages = " ".join(e.get("message", "") for e in events if e["event"] == "warning")
+    model, info = load_model_file(cfg.out)
+    assert info.class_names == ["a", "b", "c"] and model.config.num_classes == 3
+    assert ("re-initialised" in messages) is reinitialised and ("are trained as" in messages) is not reinitialised
+    assert (info.provenance["head_reinitialised"] is not None) is reinitialised
+
+
 def test_shipped_micro_tiny_is_a_small_pretrained_model() -> None:
     from napari_csunet.model_catalog import list_model_files
 

@@ -240,3 +240,24 @@ def test_an_annotation_set_saved_by_the_gui_is_a_training_folder(tmp_path: Path)
     items, names, colors = read_folder(tmp_path / "annotations", "train")
     assert names == ["a", "b"] and colors == ["#000000", "#ffffff"]
     assert len(items) == 1 and items[0].labelled_pixels == 10 * 80
+
+
+@pytest.mark.parametrize(
+    ("job_names", "model_names", "expected", "model_colours_kept"),
+    [
+        (None, None, ["matrix", "secondary", "tertiary"], False),
+        (None, ["a", "b", "c"], ["matrix", "secondary", "tertiary"], False),  # the folder names its classes
+        (None, ["grain", "boundary"], ["matrix", "secondary", "tertiary"], False),  # other count: a new head
+        (["x", "y", "z", "w"], ["a", "b", "c"], ["x", "y", "z", "w"], False),  # the job's names win
+        (None, ["matrix", "secondary", "tertiary"], ["matrix", "secondary", "tertiary"], True),
+    ],
+)
+def test_the_data_names_its_classes_not_the_model(data_dir: Path, tmp_path: Path, job_names, model_names,
+                                                  expected, model_colours_kept) -> None:
+    cfg = TrainConfig(out=str(tmp_path / "m.safetensors"), mode="finetune", model="m.safetensors",
+                      data_dir=str(data_dir / "super1_test"), names=["spot2_0d_0", "spot2_0d_4"],
+                      class_names=job_names)
+    colours = ["#010203"] * len(model_names) if model_names else None
+    data = load_data(cfg, model_names, colours)
+    assert data.class_names == expected
+    assert (data.class_colors == colours) is model_colours_kept

@@ -268,16 +268,16 @@ def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Seq
             val_items += read_folder(cfg.data_dir, cfg.val_split, None, cfg.zero_is_class)[0]
     if not train_items:
         raise DataError("no training data: give 'pairs' and/or 'data_dir'")
-    names = cfg.class_names or (list(model_classes) if model_classes else None) or folder_names or None
+    # the data names its classes (the job, then the folder's dataset.json); a model's classes name
+    # only data that does not; other classes than the model's get a new output layer (job._fit_head)
+    names = cfg.class_names or folder_names or (list(model_classes) if model_classes else None)
     warnings: list[str] = []
     if names is None:
         k = max(int(it.labels.max()) for it in train_items + val_items)
         names = numbered_class_names(max(k, 1))
         warnings.append(f"the labels hold {len(names)} classes, named {names[0]!r}..{names[-1]!r}; {NAMING_HINT}")
-    if model_classes is not None and len(names) != len(model_classes):
-        raise DataError(f"the model has {len(model_classes)} classes {list(model_classes)} but "
-                        f"{len(names)} class names were given")
-    colors = cfg.class_colors or (list(model_colors) if model_colors else None)
+    same_classes = model_classes is not None and list(names) == list(model_classes)
+    colors = cfg.class_colors or (list(model_colors) if model_colors and same_classes else None)
     if colors is None and folder_names == list(names):
         colors = folder_colors
     if not val_items:

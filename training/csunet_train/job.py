@@ -69,6 +69,9 @@ def _fit_head(start: Start, class_names: list[str], emit: Emit) -> dict[str, Any
 
     had = start.model.config.num_classes
     if not start.pretraining_only and had == len(class_names):
+        if start.class_names and list(start.class_names) != list(class_names):
+            emit({"event": "warning", "message": f"the model's classes {start.class_names} are trained as "
+                  f"{class_names} (as many classes: output channel i keeps its weights for label i)"})
         return None
     start.model = with_new_head(start.model, len(class_names), always=start.pretraining_only)
     start.config = start.model.config
