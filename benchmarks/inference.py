@@ -240,7 +240,8 @@ def mosaic_run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         model, info = PixelNet(), ModelInfo(get_preset("csunet-tiny").config, list(SUPER_CLASSES.names), name="1x1-conv")
     seg = Segmenter(model, info, device=device, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
-                    amp=not args.no_amp)
+                    amp=not args.no_amp,
+                    channels_last=False if args.nchw else None)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         t0 = time.perf_counter()
         mosaic_zarr(Path(tmp) / "mosaic.zarr", args.mosaic)
@@ -264,7 +265,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     model, info = model_and_info(args.model)
     seg = Segmenter(model, info, device=device, tile=args.tile, overlap=args.overlap, batch_size=args.batch,
-                    amp=not args.no_amp)
+                    amp=not args.no_amp,
+                    channels_last=False if args.nchw else None)
     image, _ = mosaic(args.size)
     layout, batch = seg.plan(image.shape)
     compile_s = None
@@ -278,7 +280,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     peak = rss_mb()
     mpx = image.size / 1e6
     run_raw, raw_tiles = raw_forward(seg, image, batch=args.raw_batch, model=model)
-    nasa = Segmenter(model, info, device=device, tile=512, overlap=0.5, batch_size=args.raw_batch, amp=not args.no_amp)
+    nasa = Segmenter(model, info, device=device, tile=512, overlap=0.5, batch_size=args.raw_batch, amp=not args.no_amp,
+                    channels_last=False if args.nchw else None)
     variants = {"tiled": lambda: seg.predict(image), "raw": run_raw, "nasa": lambda: nasa.predict(image)}
     times: dict[str, list[float]] = {"tiled": [first], "raw": [], "nasa": []}
     for r in range(args.repeats):  # interleaved rounds, fastest of each: fair on a machine shared with others
@@ -341,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, help="tiles per batch (default: sized to memory)")
     p.add_argument("--raw-batch", type=int, default=4, help="batch of the bare-forward and NASA references")
     p.add_argument("--no-amp", action="store_true", help="float32 (default: the engine's mixed precision)")
+    p.add_argument("--nchw", action="store_true", help="NCHW tensors (default: the engine's choice, NHWC on CPU/CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first (time reported apart)")
     p.add_argument("--device", default="auto")
     p.add_argument("--repeats", type=int, default=2, help="rounds of timing each variant; the fastest counts")
