@@ -64,3 +64,47 @@ def test_config_round_trips_through_dict() -> None:
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown model config keys"):
         ModelConfig.from_dict(cfg.to_dict() | {"bogus": 1})
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_shift_masks_are_cached_for_inference_and_change_nothing(mode: str) -> None:
+    from napari_csunet.models import shift_masks
+    from timm.models.swin_transformer import SwinTransformerBlock
+
+    torch.manual_seed(0)
+    model = build_model("csunet-tiny", num_classes=3).eval()
+    x = torch.randn(1, 1, 512, 256)
+    context = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    shift_masks.clear_shift_masks()
+    with context():
+        cached, again = model(x), model(x)
+        for block in model.modules():  # timm's own masks, built on every call
+            if isinstance(block, SwinTransformerBlock) and "get_attn_mask" in vars(block):
+                del block.get_attn_mask
+        reference = model(x)
+    assert 0 < len(shift_masks._masks) <= shift_masks.MAX_MASKS
+    assert torch.equal(cached, reference) and torch.equal(again, reference)
+
+
+def test_training_builds_its_own_masks_after_inference() -> None:
+    from napari_csunet.models import shift_masks
+
+    model = build_model("csunet-tiny", num_classes=3)
+    x = torch.randn(2, 1, 256, 256)
+    shift_masks.clear_shift_masks()
+    with torch.inference_mode():  # validation during training fills the cache with inference tensors
+        model.eval()(x)
+    filled = len(shift_masks._masks)
+    model.train()(x).sum().backward()  # would fail on an inference-tensor mask saved for backward
+    assert filled > 0 and len(shift_masks._masks) == filled
+
+
+def test_the_mask_cache_is_bounded() -> None:
+    from napari_csunet.models import shift_masks
+
+    model = build_model("csunet-tiny", num_classes=3).eval()
+    shift_masks.clear_shift_masks()
+    with torch.no_grad():
+        for side in (256, 512, 768, 1024):
+            model(torch.zeros(1, 1, side, 256))
+    assert len(shift_masks._masks) == shift_masks.MAX_MASKS

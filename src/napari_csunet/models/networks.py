@@ -7,6 +7,7 @@ from torch import nn
 
 from .config import TILE_MULTIPLE, ModelConfig, nearest_multiple
 from .encoders import CNNEncoder, SwinEncoder
+from .shift_masks import cache_shift_masks
 from .swin_decoder import SwinUNetDecoder
 from .unet import ConvUNetDecoder
 
@@ -100,4 +101,6 @@ def build_network(config: ModelConfig) -> SegmentationNet:
         cls = ARCHITECTURES[config.arch]
     except KeyError:
         raise ValueError(f"unknown architecture {config.arch!r}; known: {sorted(ARCHITECTURES)}") from None
-    return cls(config)
+    network = cls(config)
+    cache_shift_masks(network)
+    return network
