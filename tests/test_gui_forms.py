@@ -103,3 +103,18 @@ def test_mixed_precision_setting_reaches_the_segmenter_and_is_remembered(widget,
     qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
     assert session.segmenter.amp_dtype == (torch.bfloat16 if native_bf16 else None)
     assert load_settings().mixed_precision and session._segmenter_kwargs()["amp"]
+
+
+def test_a_precision_change_while_busy_is_applied_when_the_model_is_free(widget, qtbot, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    session, box = widget.session, widget.model_panel.precision.mixed_precision
+    before = session.segmenter
+    before.amp_dtype = torch.bfloat16  # what a CPU with bf16 runs, whatever this one has
+    session.set_busy(True)  # e.g. segmenting
+    box.value = False
+    assert session.segmenter is before and not load_settings().mixed_precision
+    session.set_busy(False)
+    qtbot.waitUntil(lambda: session.segmenter is not before and not session.busy, timeout=60_000)
+    assert session.segmenter.amp_dtype is None

@@ -72,6 +72,16 @@ def test_events_arrive_in_order_with_a_final_exit(tmp_path, fake_module):
         job.start()
 
 
+def test_the_kept_heap_is_given_back_before_the_child_starts(tmp_path, fake_module, monkeypatch):
+    from napari_csunet import jobs
+
+    released = []
+    monkeypatch.setattr(jobs, "release_heap", lambda: released.append(True))
+    job, _, finished = _job(tmp_path, fake_module)
+    job.start()
+    assert released == [True] and finished.wait(30)
+
+
 def test_a_crashing_child_becomes_an_error_event_with_its_stderr(tmp_path, fake_module):
     job, events, finished = _job(tmp_path, fake_module, crash=True)
     job.start()

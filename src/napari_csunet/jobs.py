@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
+from .heap import release_heap
 
 __all__ = ["TrainingJob", "JobError", "jobs_dir", "TERMINAL_EVENTS"]
 
@@ -93,6 +94,7 @@ class TrainingJob:
         self.workdir.mkdir(parents=True, exist_ok=True)
         Path(self.spec["stop_file"]).unlink(missing_ok=True)
         atomic_write_text(self.job_file, json.dumps(self.spec, indent=2))
+        release_heap()  # the child needs the RAM the last prediction's kept heap holds (up to GBs)
         stderr = open(self.stderr_file, "wb")  # noqa: SIM115 - owned by the child until it exits
         try:
             self.proc = subprocess.Popen(

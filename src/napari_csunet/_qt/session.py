@@ -13,7 +13,7 @@ from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils import progress
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..annotations import AnnotationStore
 from ..modelfile import ModelInfo
@@ -55,6 +55,7 @@ class ModelSession(QObject):
         self.unsaved = False
         self.busy = False
         self._worker = None
+        self._settings_pending = False  # device/precision changed while busy
 
     @property
     def info(self) -> ModelInfo | None:
@@ -104,6 +105,9 @@ class ModelSession(QObject):
     def set_busy(self, busy: bool) -> None:
         self.busy = busy
         self.busy_changed.emit(busy)
+        if not busy and self._settings_pending:  # after the finished job has handed over its model
+            self._settings_pending = False
+            QTimer.singleShot(0, self._apply_settings)
 
     def _loaded(self, segmenter: Any, path: Path | None, unsaved: bool, on_done=None) -> None:
         self.segmenter, self.path, self.unsaved = segmenter, path, unsaved
@@ -159,28 +163,33 @@ class ModelSession(QObject):
         """Remember the device; a loaded model moves there (reloaded on a worker thread)."""
         self.settings.device = device
         save_settings(self.settings)
-        if self.segmenter is None:
-            return
-        from ..inference import pick_device  # torch is loaded already: a model is
-
-        try:
-            if pick_device(device) == self.segmenter.device:
-                return
-        except ValueError as exc:
-            self.failed.emit(f"{exc}; the model stays on {self.segmenter.device}")
-            return
-        self._rebuild(f"moving the model to {device}")
+        self._apply_settings()
 
     def set_mixed_precision(self, enabled: bool) -> None:
         """Remember the precision; a loaded model is wrapped again when it changes what runs."""
         self.settings.mixed_precision = bool(enabled)
         save_settings(self.settings)
+        self._apply_settings()
+
+    def _apply_settings(self) -> None:
+        """Rebuild the Segmenter when the device or precision setting changes what runs; while the
+        model is busy, once it is done (so the settings shown are the settings used)."""
         if self.segmenter is None:
             return
+        if self.busy:
+            self._settings_pending = True
+            return
         from ..device import amp_dtype
+        from ..inference import pick_device  # torch is loaded already: a model is
 
-        if amp_dtype(self.segmenter.device, enabled) != self.segmenter.amp_dtype:
-            self._rebuild("switching to " + ("mixed precision" if enabled else "float32"))
+        try:
+            device = pick_device(self.settings.device)
+        except ValueError as exc:
+            self.failed.emit(f"{exc}; the model stays on {self.segmenter.device}")
+            return
+        precision = amp_dtype(device, self.settings.mixed_precision)
+        if device != self.segmenter.device or precision != self.segmenter.amp_dtype:
+            self._rebuild(f"moving the model to {device}, {'mixed precision' if precision else 'float32'}")
 
     def _rebuild(self, what: str) -> None:
         """The loaded model in a new Segmenter with the current settings (on a worker thread)."""
