@@ -131,3 +131,23 @@ def test_predictions_are_identical_with_and_without_heap_reuse(monkeypatch):
 def test_linger_setting_from_the_environment(monkeypatch, value, expected):
     monkeypatch.setenv("CSUNET_HEAP_LINGER", value)
     assert heap._linger_from_env() == expected
+
+
+@pytest.mark.skipif(not heap.heap_reuse_available(), reason="glibc only")
+def test_kept_heap_counts_as_available_memory_for_the_budget(monkeypatch):
+    import torch
+
+    from napari_csunet import budget
+
+    monkeypatch.setattr(heap, "LINGER_S", 60.0)
+    size = 256 * 2**20
+    with heap.heap_reuse():
+        block = np.ones(size, np.uint8)  # resident, from the heap while it is kept
+        del block
+    kept = heap.kept_heap_bytes()
+    monkeypatch.setattr(budget, "available_ram", lambda: (64 * 2**30, 2**30))
+    with_kept = budget.device_budget(torch.device("cpu"))
+    heap.release_heap()
+    assert kept >= size and heap.kept_heap_bytes() < size
+    assert with_kept >= int(0.6 * (2**30 + size))  # 1 GiB available + the kept 256 MiB
+    assert budget.device_budget(torch.device("cpu")) < with_kept

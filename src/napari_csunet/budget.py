@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .heap import heap_reuse_available
+from .heap import heap_reuse_available, kept_heap_bytes
 from .tiling import choose_tile
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,6 +101,7 @@ def device_budget(device: torch.device) -> int:
         free, _total = torch.cuda.mem_get_info(device)
         return int(0.6 * free)
     total, available = available_ram()
+    available = min(total, available + kept_heap_bytes())  # freed and kept for the next prediction
     return int(min(0.3 * total, 0.6 * available, _CPU_MAX_BYTES))
 
 

@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-__all__ = ["heap_reuse", "heap_reuse_available", "release_heap", "LINGER_S"]
+__all__ = ["heap_reuse", "heap_reuse_available", "release_heap", "kept_heap_bytes", "LINGER_S"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 _NEVER_TRIM = -1  # mallopt(M_TRIM_THRESHOLD, -1) turns automatic trimming off (mallopt(3))
@@ -56,6 +56,25 @@ def _glibc():
 
 
 _LIBC = _glibc()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def kept_heap_bytes() -> int:
+    """Free bytes the heap holds for reuse (glibc's ``mallinfo2().fordblks``; 0 elsewhere).
+
+    The kernel counts them as used, so a memory budget taken while the heap is kept (the 20 s
+    after a prediction) must add them back to the available RAM.
+    """
+    mallinfo2 = getattr(_LIBC, "mallinfo2", None)  # glibc >= 2.33
+    if mallinfo2 is None:
+        return 0
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().fordblks)
 
 
 def heap_reuse_available() -> bool:
