@@ -20,8 +20,10 @@ def test_adapt_on_the_open_image_makes_a_new_starting_point(widget, qtbot):
     widget.viewer.add_image(data, **kwargs)
     adapt = widget.model_panel.adapt
     adapt.form.steps.value = 2
+    widget.session.settings.mixed_precision = False  # the Model tab's box, without rebuilding the model
     assert adapt.adapt_on_open_images()
     assert not adapt.open_btn.isEnabled() and adapt.stop_btn.isEnabled()
+    assert adapt.job.spec["amp"] is False
     qtbot.waitUntil(lambda: not adapt.running, timeout=240_000)
     assert "ready" in adapt.status.text(), adapt.status.text()
     adapted = [e for e in pretrained_models() if "-adapted-" in e["name"]]

@@ -201,3 +201,19 @@ def test_pretrain_config_errors_name_the_key() -> None:
         PretrainConfig(out="x")
     with pytest.raises(DataError):
         find_images([Path("/nonexistent/folder")])
+
+
+def test_pretrain_calls_an_eval_best_only_when_the_reconstruction_improves(mixed_folder: Path, tmp_path: Path,
+                                                                            capsys, monkeypatch) -> None:
+    from csunet_train import pretrain
+
+    errors = iter([0.5, 0.4, 0.45, 0.3])  # step 0, then after steps 1, 2, 3
+    monkeypatch.setattr(pretrain.ReconstructionProbe, "__call__",
+                        lambda self, model, dtype: {"recon_l1": next(errors), "mean_l1": 1.0, "recon_gain": 0.0})
+    out = tmp_path / "pre.safetensors"
+    args = ["pretrain", str(mixed_folder), "--out", str(out), "--steps", "3", "--batch-size", "2", "--eval-every", "1",
+            "--val-images", "1", "--device", "cpu", "--json-events"]
+    assert csunet(args) == 0
+    evals = [e for e in map(json.loads, capsys.readouterr().out.splitlines()) if e["event"] == "eval"]
+    assert [e["best"] for e in evals] == [False, True, False, True]
+    assert all(e["saved"] for e in evals[1:])  # the file is the latest checkpoint either way

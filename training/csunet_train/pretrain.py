@@ -210,6 +210,7 @@ def run_pretrain(cfg: PretrainConfig, emit: Emit, stop: StopControl | None = Non
             emit({"event": "checkpoint", "step": step, "path": str(cfg.out), "metrics": metrics})
 
         initial = probe(model, dtype)
+        best_l1 = initial["recon_l1"] if initial is not None else float("inf")
         emit({"event": "eval", "step": prior, "metrics": initial, "best": False})
         step, reason, stopped, train_time = prior, "steps", False, 0.0
         metrics, last_log, t_last = initial, 0.0, time.perf_counter()
@@ -238,7 +239,10 @@ def run_pretrain(cfg: PretrainConfig, emit: Emit, stop: StopControl | None = Non
             finished = stopped or expired or step >= cfg.steps
             if step % cfg.eval_every == 0 or finished:
                 metrics = probe(model, dtype)
-                emit({"event": "eval", "step": step, "metrics": metrics, "best": True})
+                improved = metrics is not None and metrics["recon_l1"] < best_l1
+                best_l1 = metrics["recon_l1"] if improved else best_l1
+                # the file is the latest checkpoint (what --resume continues), best or not
+                emit({"event": "eval", "step": step, "metrics": metrics, "best": improved, "saved": True})
                 save(step, metrics)
             if finished:
                 reason = "stop" if stopped else "time_budget" if expired else "steps"

@@ -39,10 +39,13 @@ class AdaptPanel(QWidget):
 
     adapted = Signal(str)
 
-    def __init__(self, viewer: napari.Viewer, start_model, device, parent: QWidget | None = None) -> None:
-        """``start_model()`` -> path of the pretrained model to continue; ``device()`` -> device name."""
+    def __init__(self, viewer: napari.Viewer, start_model, device, mixed_precision=lambda: True,
+                 parent: QWidget | None = None) -> None:
+        """``start_model()`` -> path of the pretrained model to continue; ``device()`` -> device name;
+        ``mixed_precision()`` -> the Model tab's setting."""
         super().__init__(parent)
         self.viewer, self.start_model, self.device = viewer, start_model, device
+        self.mixed_precision = mixed_precision
         self.job: TrainingJob | None = None
         from csunet_train.pretrain_config import PretrainConfig
 
@@ -99,7 +102,8 @@ class AdaptPanel(QWidget):
             return False
         out = user_models_dir() / f"{Path(start).stem.split('-adapted-')[0]}-adapted-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
-            spec = adaptation_job(start, sources, f"{out}.safetensors", self.form.steps.value, self.device())
+            spec = adaptation_job(start, sources, f"{out}.safetensors", self.form.steps.value, self.device(),
+                                  self.mixed_precision())
         except ConfigError as exc:
             self.status.error(f"cannot start: {exc}")
             return False

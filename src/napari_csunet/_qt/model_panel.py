@@ -75,7 +75,8 @@ class ModelPanel(QWidget):
         for combo in (self.preset, self.cnn_source, self.swin_source):
             combo.currentIndexChanged.connect(self._on_preset_or_source)
         self.allow_download.toggled.connect(self._remember_download)
-        self.adapt = AdaptPanel(viewer, self._pretrained_start, lambda: session.settings.device)
+        self.adapt = AdaptPanel(viewer, self._pretrained_start, lambda: session.settings.device,
+                                lambda: session.settings.mixed_precision)
         self.adapt.adapted.connect(self._on_adapted)
 
         self.device = QComboBox()
