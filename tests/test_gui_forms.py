@@ -105,16 +105,20 @@ def test_mixed_precision_setting_reaches_the_segmenter_and_is_remembered(widget,
     assert load_settings().mixed_precision and session._segmenter_kwargs()["amp"]
 
 
-def test_a_precision_change_while_busy_is_applied_when_the_model_is_free(widget, qtbot, monkeypatch):
+@pytest.mark.parametrize("first_load", [False, True])
+def test_a_precision_change_while_busy_is_applied_when_the_model_is_free(widget, qtbot, monkeypatch, first_load):
     import torch
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     session, box = widget.session, widget.model_panel.precision.mixed_precision
     before = session.segmenter
     before.amp_dtype = torch.bfloat16  # what a CPU with bf16 runs, whatever this one has
-    session.set_busy(True)  # e.g. segmenting
+    if first_load:
+        session.segmenter = None
+    session.set_busy(True)  # segmenting, or loading the first model with the settings of its start
     box.value = False
-    assert session.segmenter is before and not load_settings().mixed_precision
+    session.segmenter = before  # the job's result
+    assert not load_settings().mixed_precision
     session.set_busy(False)
     qtbot.waitUntil(lambda: session.segmenter is not before and not session.busy, timeout=60_000)
     assert session.segmenter.amp_dtype is None

@@ -133,7 +133,7 @@ def test_linger_setting_from_the_environment(monkeypatch, value, expected):
     assert heap._linger_from_env() == expected
 
 
-@pytest.mark.skipif(not heap.heap_reuse_available(), reason="glibc only")
+@pytest.mark.skipif(getattr(heap._LIBC, "mallinfo2", None) is None, reason="glibc >= 2.33 only")
 def test_kept_heap_counts_as_available_memory_for_the_budget(monkeypatch):
     import torch
 
@@ -148,6 +148,6 @@ def test_kept_heap_counts_as_available_memory_for_the_budget(monkeypatch):
     monkeypatch.setattr(budget, "available_ram", lambda: (64 * 2**30, 2**30))
     with_kept = budget.device_budget(torch.device("cpu"))
     heap.release_heap()
-    assert kept >= size and heap.kept_heap_bytes() < size
+    assert kept >= size and heap.kept_heap_bytes() == 0  # given back: no longer ours to count
     assert with_kept >= int(0.6 * (2**30 + size))  # 1 GiB available + the kept 256 MiB
     assert budget.device_budget(torch.device("cpu")) < with_kept

@@ -79,8 +79,8 @@ def test_shift_masks_are_cached_for_inference_and_change_nothing(mode: str) -> N
     with context():
         cached, again = model(x), model(x)
         for block in model.modules():  # timm's own masks, built on every call
-            if isinstance(block, SwinTransformerBlock) and "get_attn_mask" in vars(block):
-                del block.get_attn_mask
+            if isinstance(block, shift_masks.CachedMaskBlock):
+                block.__class__ = SwinTransformerBlock
         reference = model(x)
     assert 0 < len(shift_masks._masks) <= shift_masks.MAX_MASKS
     assert torch.equal(cached, reference) and torch.equal(again, reference)
@@ -95,7 +95,7 @@ def test_training_builds_its_own_masks_after_inference() -> None:
     with torch.inference_mode():  # validation during training fills the cache with inference tensors
         model.eval()(x)
     filled = len(shift_masks._masks)
-    model.train()(x).sum().backward()  # would fail on an inference-tensor mask saved for backward
+    model.train()(x).sum().backward()  # gradients on: timm's own masks, nothing cached
     assert filled > 0 and len(shift_masks._masks) == filled
 
 
@@ -108,3 +108,18 @@ def test_the_mask_cache_is_bounded() -> None:
         for side in (256, 512, 768, 1024):
             model(torch.zeros(1, 1, side, 256))
     assert len(shift_masks._masks) == shift_masks.MAX_MASKS
+
+
+def test_networks_with_cached_masks_pickle_and_big_masks_are_not_kept(monkeypatch) -> None:
+    import pickle
+
+    from napari_csunet.models import shift_masks
+
+    model = build_model("csunet-tiny", num_classes=3).eval()
+    copy = pickle.loads(pickle.dumps(model))  # our own object, in memory (spawned workers do this)
+    assert isinstance(copy.swin.model.layers[0].blocks[1], shift_masks.CachedMaskBlock)
+    monkeypatch.setattr(shift_masks, "MAX_BYTES", 1)
+    shift_masks.clear_shift_masks()
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 256, 256))
+    assert not shift_masks._masks

@@ -261,3 +261,12 @@ def test_the_data_names_its_classes_not_the_model(data_dir: Path, tmp_path: Path
     data = load_data(cfg, model_names, colours)
     assert data.class_names == expected
     assert (data.class_colors == colours) is model_colours_kept
+
+
+def test_unnamed_labels_above_the_model_classes_get_numbered_names(tmp_path: Path) -> None:
+    cfg = TrainConfig(out=str(tmp_path / "m.safetensors"), mode="finetune", model="m.safetensors")
+    labels = np.ones((300, 300), np.uint8)
+    labels[:100] = 4
+    data = load_data(cfg, ["a", "b"], train=[_item(labels=labels)], val=[_item(labels=labels)])
+    assert data.class_names == ["class 1", "class 2", "class 3", "class 4"]  # a new head for 4 (job._fit_head)
+    assert any("4 classes" in w for w in data.warnings)

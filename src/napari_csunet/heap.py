@@ -71,10 +71,11 @@ def kept_heap_bytes() -> int:
     after a prediction) must add them back to the available RAM.
     """
     mallinfo2 = getattr(_LIBC, "mallinfo2", None)  # glibc >= 2.33
-    if mallinfo2 is None:
-        return 0
-    mallinfo2.restype = _MallInfo2
-    return int(mallinfo2().fordblks)
+    with _lock:  # after a trim the free chunks stay listed, but their pages went back to the kernel
+        if mallinfo2 is None or not _switched:
+            return 0
+        mallinfo2.restype = _MallInfo2
+        return int(mallinfo2().fordblks)
 
 
 def heap_reuse_available() -> bool:

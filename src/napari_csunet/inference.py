@@ -316,6 +316,9 @@ class Segmenter:
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
+            from .models.shift_masks import clear_shift_masks
+
+            clear_shift_masks()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             smaller = max(self.multiple, max(size) // 2 // self.multiple * self.multiple)

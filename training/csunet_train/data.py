@@ -254,8 +254,8 @@ def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Seq
               train: list[LabelledImage] | None = None, val: list[LabelledImage] | None = None) -> TrainingData:
     """Gather a job's training and validation images (``train``/``val`` add in-memory ones).
 
-    Class names: the job's, else the model file's, else the folder's, else ``class 1..K`` with K the
-    highest label (a warning says how to name them).
+    Class names: the job's, else the folder's, else the model file's (unless the labels go above
+    its classes), else ``class 1..K`` with K the highest label (a warning says how to name them).
     """
     train_items = list(train or []) + read_pairs(cfg.pairs)
     val_items = list(val or []) + read_pairs(cfg.val_pairs or [])
@@ -272,9 +272,9 @@ def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Seq
     # only data that does not; other classes than the model's get a new output layer (job._fit_head)
     names = cfg.class_names or folder_names or (list(model_classes) if model_classes else None)
     warnings: list[str] = []
-    if names is None:
-        k = max(int(it.labels.max()) for it in train_items + val_items)
-        names = numbered_class_names(max(k, 1))
+    top = max(int(it.labels.max()) if it.labels.size else 0 for it in train_items + val_items)
+    if names is None or (names == list(model_classes or []) and top > len(names)):
+        names = numbered_class_names(max(top, 1))
         warnings.append(f"the labels hold {len(names)} classes, named {names[0]!r}..{names[-1]!r}; {NAMING_HINT}")
     same_classes = model_classes is not None and list(names) == list(model_classes)
     colors = cfg.class_colors or (list(model_colors) if model_colors and same_classes else None)

@@ -47,7 +47,7 @@ class Start:
 
 
 def _load_start(cfg: TrainConfig) -> Start:
-    """The model file to continue from, if any (its classes fix the data's)."""
+    """The model file to continue from, if any (its classes name data that names none)."""
     from napari_csunet.model_catalog import resolve_model
     from napari_csunet.modelfile import ModelFileError, load_model_file
 

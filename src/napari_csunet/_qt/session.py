@@ -174,10 +174,10 @@ class ModelSession(QObject):
     def _apply_settings(self) -> None:
         """Rebuild the Segmenter when the device or precision setting changes what runs; while the
         model is busy, once it is done (so the settings shown are the settings used)."""
-        if self.segmenter is None:
-            return
-        if self.busy:
+        if self.busy:  # loading (with the old settings) or segmenting
             self._settings_pending = True
+            return
+        if self.segmenter is None:
             return
         from ..device import amp_dtype
         from ..inference import pick_device  # torch is loaded already: a model is
