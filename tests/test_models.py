@@ -66,16 +66,25 @@ def test_config_round_trips_through_dict() -> None:
         ModelConfig.from_dict(cfg.to_dict() | {"bogus": 1})
 
 
+@pytest.mark.parametrize("window", [8, 4])  # 4: the cache already holds window-8 masks of the same sizes
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
-def test_shift_masks_are_cached_for_inference_and_change_nothing(mode: str) -> None:
-    from napari_csunet.models import shift_masks
+def test_shift_masks_are_cached_for_inference_and_change_nothing(mode: str, window: int) -> None:
+    import dataclasses
+
+    from napari_csunet.models import get_preset, shift_masks
     from timm.models.swin_transformer import SwinTransformerBlock
 
     torch.manual_seed(0)
-    model = build_model("csunet-tiny", num_classes=3).eval()
+    config = get_preset("csunet-tiny").config
+    config = dataclasses.replace(config, swin=dataclasses.replace(config.swin, window_size=window))
+    if window != 8:
+        with torch.no_grad():
+            build_model("csunet-tiny", num_classes=3).eval()(torch.randn(1, 1, 512, 256))
+    model = build_model(config, num_classes=3).eval()
     x = torch.randn(1, 1, 512, 256)
     context = torch.no_grad if mode == "no_grad" else torch.inference_mode
-    shift_masks.clear_shift_masks()
+    if window == 8:
+        shift_masks.clear_shift_masks()
     with context():
         cached, again = model(x), model(x)
         for block in model.modules():  # timm's own masks, built on every call
