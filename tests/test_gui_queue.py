@@ -97,6 +97,7 @@ def test_accept_saves_the_region_as_labelled_and_moves_on(widget, qtbot):
     # the rest were rescored against what is done now: Next leads to the most useful region left
     assert box.queue.region() is not first and box.queue.region() is next(r for r in box.queue.regions if not r.done)
     assert len(w.viewer.layers[HIGHLIGHT].data) == 2  # the done region stays outlined (green), the next one
+    assert list(w.viewer.layers[HIGHLIGHT].edge_width) == [4, 4]  # both as wide (256 // 64), not napari's 1 px
     assert "1 accepted" in box.left.text()
 
 

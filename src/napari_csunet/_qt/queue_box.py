@@ -284,6 +284,7 @@ class QueueBox(QWidget):
         unchanged outlines are left alone (a re-segmentation would otherwise redraw them in the same
         frame as the new labels: 54-67 ms of GUI stall instead of ~40 under Xvfb)."""
         shapes = self.viewer.layers[HIGHLIGHT] if HIGHLIGHT in self.viewer.layers else None
+        width = max(2, self.queue.size // 64)
         if (isinstance(shapes, Shapes) and rects and len(shapes.data) == len(rects)
                 and shapes.metadata.get("csunet_colors") == colors  # the data too: the user may have moved one
                 and all(np.array_equal(np.asarray(a), b) for a, b in zip(shapes.data, rects, strict=True))):
@@ -293,13 +294,14 @@ class QueueBox(QWidget):
             with shapes.events.blocker_all():  # one refresh for both (each setter refreshes the layer)
                 shapes.data = rects
                 shapes.edge_color = colors
+                shapes.edge_width = width  # shapes added through ``data`` would get napari's 1 px
             shapes.refresh()
             return
         if shapes is not None:
             self.viewer.layers.remove(HIGHLIGHT)
         if rects:
             self.viewer.add_shapes(rects, shape_type="rectangle", name=HIGHLIGHT, edge_color=colors,
-                                   face_color="transparent", edge_width=max(2, self.queue.size // 64),
+                                   face_color="transparent", edge_width=width,
                                    scale=layer.scale[-2:], translate=layer.translate[-2:],
                                    metadata={OUTPUT: True, "csunet_colors": colors})  # not a "train on" choice
             self.viewer.layers.selection.active = layer  # the brush stays on the labels
