@@ -122,7 +122,12 @@ class Simulation:
     def pick_queue(self, model: str, chosen: list, k: int) -> list:
         """The k best regions of the pool by the queue's score: uncertainty, plus (unless
         ``--novelty 0``) novelty against every region labelled so far, updated after each pick."""
-        from napari_csunet.correction_queue import NOVELTY_WEIGHT, rank_regions, region_features, score_with_novelty
+        from napari_csunet.correction_queue import (
+            NOVELTY_WEIGHT,
+            rank_regions,
+            region_features,
+            score_with_novelty,
+        )
         from napari_csunet.inference import Segmenter
 
         seg = Segmenter.from_file(model, device="cpu", tile=512, batch_size=1)
@@ -179,7 +184,7 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
     """Point-wise mean over seeds (every seed labels the same number of pixels per round)."""
     return [{"labelled_px": points[0]["labelled_px"], "regions": points[0]["regions"],
              "miou": float(np.mean([p["miou"] for p in points])), "miou_per_seed": [p["miou"] for p in points]}
-            for points in zip(*curves)]
+            for points in zip(*curves, strict=True)]
 
 
 def run_seed(args: argparse.Namespace, name: str, seed: int) -> tuple[list[dict], list[dict], list[float], dict]:

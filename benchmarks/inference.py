@@ -9,7 +9,7 @@ Prints one JSON object. Every ratio is measured in the same run on the same devi
 
 - ``mpx_per_s``: a real Super1 micrograph mirror-tiled to ``--size``^2, engine defaults (tile and
   batch from the image and device, overlap 64 px; CUDA and CPUs with bf16 instructions: bf16
-  autocast; CUDA: channels-last), the fastest of ``--repeats`` (``first_seconds``: the first run,
+  autocast; CUDA and CPUs: channels-last, `--nchw` for NCHW), the fastest of ``--repeats`` (``first_seconds``: the first run,
   which faults its memory in; later runs reuse the heap :mod:`napari_csunet.heap` keeps); ``--compile``
   compiles the tiled runs only (compare its ``mpx_per_s`` with an eager run's);
 - ``tiling_overhead``: tiled time / raw time, raw = the bare forward pass over the same pixels cut

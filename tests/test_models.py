@@ -71,8 +71,9 @@ def test_config_round_trips_through_dict() -> None:
 def test_shift_masks_are_cached_for_inference_and_change_nothing(mode: str, window: int) -> None:
     import dataclasses
 
-    from napari_csunet.models import get_preset, shift_masks
     from timm.models.swin_transformer import SwinTransformerBlock
+
+    from napari_csunet.models import get_preset, shift_masks
 
     torch.manual_seed(0)
     config = get_preset("csunet-tiny").config

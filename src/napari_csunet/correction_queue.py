@@ -94,6 +94,20 @@ def region_features(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]
     return out
 
 
+def _features_by_box(image: np.ndarray, boxes: Sequence[tuple[int, int, int, int]],
+                     shape: Sequence[int]) -> dict[tuple[int, int, int, int], np.ndarray]:
+    """:func:`region_features` of ``boxes`` by box, for an image of the uncertainty's ``shape``."""
+    if tuple(np.shape(image)[:2]) != tuple(shape):
+        raise ValueError(f"image is {np.shape(image)} but uncertainty is {tuple(shape)}")
+    return dict(zip(boxes, region_features(image, boxes), strict=True))
+
+
+def _mostly_done(done: np.ndarray | None, box: tuple[int, int, int, int]) -> bool:
+    """Half or more of the region is corrected or accepted: it counts as labelled."""
+    r0, c0, r1, c1 = box
+    return done is not None and bool(np.mean(done[r0:r1, c0:c1]) >= 0.5)
+
+
 def novelty(features: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per row of ``features``: half the L1 distance to the nearest row of ``reference`` (0: the same
     histogram as a labelled region, 1: no intensity in common); 0 when nothing is labelled yet."""
@@ -145,16 +159,12 @@ def rank_regions(uncertainty: np.ndarray, size: int = 256, disagreement: np.ndar
         values = u[box[0]:box[2], box[1]:box[3]].ravel()
         n = max(1, int(round(top * values.size)))
         scores[i] = np.partition(values, values.size - n)[-n:].mean()
-    if image is not None and novelty_weight > 0:
-        if np.shape(image)[:2] != u.shape:
-            raise ValueError(f"image is {np.shape(image)} but uncertainty is {u.shape}")
-        features = region_features(image, boxes)
-        covered = [i for i, (r0, c0, r1, c1) in enumerate(boxes)
-                   if done is not None and np.mean(done[r0:r1, c0:c1]) >= 0.5]
-        ref = np.concatenate([_histograms(reference), features[covered]])
     regions = [Region(box, float(score)) for box, score in zip(boxes, scores, strict=True)]
     if image is not None and novelty_weight > 0:
-        score_with_novelty(regions, features, ref, novelty_weight)
+        features = _features_by_box(image, boxes, u.shape)
+        covered = _histograms([features[box] for box in boxes if _mostly_done(done, box)])
+        score_with_novelty(regions, list(features.values()), np.concatenate([_histograms(reference), covered]),
+                           novelty_weight)
     regions.sort(key=lambda r: -r.score)
     return regions
 
@@ -187,17 +197,11 @@ class CorrectionQueue:
         """A queue ranked by :func:`rank_regions` (plus novelty when ``image`` is given); regions
         mostly covered by ``done`` start as painted."""
         regions = rank_regions(uncertainty, size, disagreement, done)
-        features = None
-        if image is not None:
-            if np.shape(image)[:2] != np.shape(uncertainty):
-                raise ValueError(f"image is {np.shape(image)} but uncertainty is {np.shape(uncertainty)}")
-            boxes = [r.box for r in regions]
-            features = dict(zip(boxes, region_features(image, boxes), strict=True))
-        if done is not None:
-            for region in regions:
-                r0, c0, r1, c1 = region.box
-                if np.mean(done[r0:r1, c0:c1]) >= 0.5:
-                    region.state = PAINTED
+        boxes = [r.box for r in regions]
+        features = None if image is None else _features_by_box(image, boxes, np.shape(uncertainty))
+        for region in regions:
+            if _mostly_done(done, region.box):
+                region.state = PAINTED
         return cls(regions, np.shape(uncertainty), size, features, reference)
 
     def _rescore(self) -> None:
@@ -208,10 +212,14 @@ class CorrectionQueue:
         done = _histograms([self.features[r.box] for r in self.regions if r.done])
         score_with_novelty(self.regions, [self.features[r.box] for r in self.regions],
                            np.concatenate([self.reference, done]))
+        self._sort()
+        self._restart = True
+
+    def _sort(self) -> None:
+        """Worst first by score, still pointing at the current region."""
         keep = self.region()
         self.regions.sort(key=lambda r: -r.score)
         self.current = self.regions.index(keep) if keep is not None else None
-        self._restart = True
 
     def __len__(self) -> int:
         return len(self.regions)
@@ -283,17 +291,15 @@ class CorrectionQueue:
         if set(fresh) != {r.box for r in self.regions}:
             raise ValueError(f"the new uncertainty ({np.shape(uncertainty)}) does not fit this queue's regions")
         if image is not None and self.features is None and np.shape(image)[:2] == self.shape:
-            boxes = [r.box for r in self.regions]
-            self.features = dict(zip(boxes, region_features(image, boxes), strict=True))
-        keep = self.region()
+            self.features = _features_by_box(image, [r.box for r in self.regions], self.shape)
         for region in self.regions:
             region.score, region.uncertainty = fresh[region.box], None
-        self.current = self.regions.index(keep) if keep is not None and not keep.done else None
+        if self.region() is not None and self.region().done:
+            self.current = None  # the queue starts again from the top
         if self.features is None:
-            self.regions.sort(key=lambda r: -r.score)
-            self.current = self.regions.index(keep) if self.current is not None else None
+            self._sort()
         else:
-            self._rescore()  # adds the novelty, sorts, keeps the current region
+            self._rescore()  # adds the novelty, then sorts
         self._restart = False
 
     def summary(self) -> str:

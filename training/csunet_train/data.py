@@ -271,9 +271,10 @@ def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Seq
     # the data names its classes (the job, then the folder's dataset.json); a model's classes name
     # only data that does not; other classes than the model's get a new output layer (job._fit_head)
     names = cfg.class_names or folder_names or (list(model_classes) if model_classes else None)
+    named_by_data = bool(cfg.class_names or folder_names)
+    top = 0 if named_by_data else max(int(it.labels.max()) if it.labels.size else 0 for it in train_items + val_items)
     warnings: list[str] = []
-    top = max(int(it.labels.max()) if it.labels.size else 0 for it in train_items + val_items)
-    if names is None or (names == list(model_classes or []) and top > len(names)):
+    if names is None or (not named_by_data and top > len(names)):  # labels the model's classes cannot hold
         names = numbered_class_names(max(top, 1))
         warnings.append(f"the labels hold {len(names)} classes, named {names[0]!r}..{names[-1]!r}; {NAMING_HINT}")
     same_classes = model_classes is not None and list(names) == list(model_classes)

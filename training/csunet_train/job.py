@@ -139,8 +139,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
     """Run one job and return its ``done`` event; ``train``/``val`` add in-memory labelled images."""
     import torch
 
+    from napari_csunet.device import in_device_layout
     from napari_csunet.modelfile import ModelInfo, save_model_file
-    from napari_csunet.device import prefers_channels_last
     from napari_csunet.models import count_parameters
 
     from . import dist as distmod
@@ -168,9 +168,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             emit({"event": "warning", "message": message})
         head = _fit_head(start, data.class_names, emit) if start else None
         start = start or _build_start(cfg, data)
-        model = start.model.to(dist.device)
-        if prefers_channels_last(dist.device):  # the loop feeds NHWC batches to match
-            model = model.to(memory_format=torch.channels_last)
+        model = in_device_layout(start.model.to(dist.device), dist.device)  # fit() feeds batches alike
         in_chans = start.config.in_chans
         frozen = freeze_encoders(model, {"cnn": cfg.freeze_cnn, "swin": cfg.freeze_swin})
         for name in ("cnn", "swin"):

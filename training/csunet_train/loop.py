@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_csunet.device import amp_dtype, prefers_channels_last
+from napari_csunet.device import amp_dtype, in_device_layout, prefers_channels_last
 from napari_csunet.metrics import confusion_matrix, metrics_from_confusion
 
 from .data import LabelledImage
@@ -223,7 +223,6 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
     """
     state = FitState()
     device, dist = run.dist.device, run.dist
-    channels_last = prefers_channels_last(device)  # as the model (job.run_job)
     state.initial_metrics = evaluate(run.model, run.val, run.class_names, run.in_chans, device, run.dtype, dist)
     emit({"event": "eval", "step": 0, "metrics": state.initial_metrics, "best": False})
     best_score = _score(state.initial_metrics) if run.keep_initial else -math.inf
@@ -256,9 +255,7 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
     if run.clock.t0 is None:
         run.clock.start()
     for x, y in run.loader if run.steps else ():
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x, y = in_device_layout(x.to(device, non_blocking=True), device), y.to(device, non_blocking=True)
         loss_t = train_step(run.train_model, x, y, run.optimizer, run.scaler, run.dtype, run.grad_clip,
                             loss_fn=run.loss_fn)
         run.scheduler.step()

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from napari_csunet.device import prefers_channels_last
+from napari_csunet.device import in_device_layout
 from napari_csunet.modelfile import PRETRAINING_TASK, ModelInfo
 
 from .config import ConfigError
@@ -153,10 +153,7 @@ def run_pretrain(cfg: PretrainConfig, emit: Emit, stop: StopControl | None = Non
         model, previous, prior = _start_model(cfg)
         in_chans = model.config.in_chans
         device = dist.device
-        model = model.to(device)
-        channels_last = prefers_channels_last(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = in_device_layout(model.to(device), device)
         train_items, val_items = _split(items, cfg.val_images, cfg.seed)
         probe = ReconstructionProbe(val_items, cfg, in_chans, device)
         remaining = max(0, cfg.steps - prior)
@@ -216,9 +213,7 @@ def run_pretrain(cfg: PretrainConfig, emit: Emit, stop: StopControl | None = Non
         metrics, last_log, t_last = initial, 0.0, time.perf_counter()
         model.train()
         for x, y in loader if remaining else ():
-            x = x.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = in_device_layout(x.to(device, non_blocking=True), device)
             x_in, target = mask_batch(x, y.to(device, non_blocking=True) > 0, cfg.mask_patch, cfg.mask_ratio)
             loss_t = train_step(train_model, x_in, target, optimizer, scaler, dtype, cfg.grad_clip, loss_fn=mim_loss)
             scheduler.step()

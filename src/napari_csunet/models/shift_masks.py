@@ -24,7 +24,6 @@ MAX_MASKS = 8  # one tile size needs one mask per stage resolution (4); two size
 MAX_BYTES = 256 * 2**20  # csunet-small at 2048² (float32 masks): 89 MB a tile size
 _masks: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
 _lock = threading.Lock()
-_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or torch._dynamo.is_compiling
 
 
 class CachedMaskBlock(SwinTransformerBlock):
@@ -33,7 +32,7 @@ class CachedMaskBlock(SwinTransformerBlock):
     def get_attn_mask(self, x: torch.Tensor | None = None, device: torch.device | None = None,
                       dtype: torch.dtype | None = None) -> torch.Tensor | None:
         build = super().get_attn_mask
-        if x is None or torch.is_grad_enabled() or _is_compiling():
+        if x is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return build(x, device, dtype)
         key = (x.shape[1], x.shape[2], tuple(self.window_size), tuple(self.shift_size), x.dtype, x.device,
                torch.is_inference_mode_enabled())
