@@ -27,7 +27,7 @@ import numpy as np
 from .atomic import atomic_path, atomic_write_text
 
 __all__ = ["AnnotationError", "Annotation", "AnnotationStore", "default_annotations_dir", "class_counts",
-           "correction_mask", "PAINTED", "ACCEPTED"]
+           "correction_mask", "reviewed_area", "PAINTED", "ACCEPTED"]
 
 INDEX = "index.json"
 #: the index is read, changed and written back: one writer at a time (the GUI saves on a worker thread)
@@ -91,9 +91,7 @@ def correction_mask(labels: np.ndarray, prediction: np.ndarray | None = None,
     if prediction is None or np.shape(prediction) != labels.shape:
         return (labelled * PAINTED).astype(np.uint8)
     # uint8 throughout: the Correct tab's preview runs this on the GUI thread after each segmentation
-    accepted = np.full(labels.shape, ACCEPTED if whole_image else 0, dtype=np.uint8)
-    for region in regions:
-        accepted[_rectangle(labels.shape, region)] = ACCEPTED
+    accepted = reviewed_area(labels.shape, regions, whole_image).astype(np.uint8) * np.uint8(ACCEPTED)
     mask = np.where(labels != np.asarray(prediction), np.uint8(PAINTED), accepted)
     mask *= labelled
     return mask
@@ -274,19 +272,24 @@ class AnnotationStore:
         return segmentation_metrics(np.asarray(prediction), truth, self.class_names)
 
     def pairs(self, ids: Sequence[str] | None = None) -> list[dict[str, str]]:
-        """``[{"image", "labels"[, "mask"]}]`` absolute paths, the training job's format."""
+        """``[{"image", "labels"[, "mask", "regions", "whole_image"]}]`` (absolute paths): the training
+        job's format; the checked areas say which labels may judge a fine-tune."""
         return [{"image": str(self.root / e.image), "labels": str(self.root / e.labels)}
-                | ({"mask": str(self.root / e.mask)} if e.mask else {})
+                | ({"mask": str(self.root / e.mask), "regions": e.regions or [], "whole_image": e.whole_image}
+                   if e.mask else {})
                 for e in self.entries() if ids is None or e.id in ids]
 
 
-def _rectangle(shape: tuple[int, ...], region: Sequence[int]) -> np.ndarray:
-    """A boolean image, True inside ``region`` ([row0, col0, row1, col1], clipped to ``shape``)."""
-    r0, c0, r1, c1 = (int(round(v)) for v in region)
-    r0, r1 = sorted((max(r0, 0), min(r1, shape[0])))
-    c0, c1 = sorted((max(c0, 0), min(c1, shape[1])))
-    out = np.zeros(shape, dtype=bool)
-    out[r0:r1, c0:c1] = True
+def reviewed_area(shape: tuple[int, ...], regions: Sequence[Sequence[int]] | None = (),
+                  whole_image: bool = False) -> np.ndarray:
+    """Bool (H, W): inside any of ``regions`` ([row0, col0, row1, col1], clipped), or everywhere
+    with ``whole_image``: the areas a user checked as a whole (which may judge a fine-tune)."""
+    out = np.full(tuple(shape[:2]), bool(whole_image))
+    for region in regions or ():
+        r0, c0, r1, c1 = (int(round(v)) for v in region)
+        r0, r1 = sorted((max(r0, 0), min(r1, shape[0])))
+        c0, c1 = sorted((max(c0, 0), min(c1, shape[1])))
+        out[r0:r1, c0:c1] = True
     return out
 
 

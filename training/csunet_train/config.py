@@ -97,6 +97,12 @@ class TrainConfig:
     holdout: str = "strip"  # one image without validation data: hold out its end "strip" or a lattice of "blocks"
     threads: int | None = None  # CPU threads of the job (None: torch's default, every core)
     pseudo_weight: float = 0.3  # loss weight of uncorrected predicted pixels in GUI annotation sets (0: ignored)
+    # fine-tuning a model file: every unlabelled pixel keeps the starting model's soft prediction
+    # (Learning without Forgetting); replaces pseudo_weight where it applies (0: off)
+    distill_weight: float = 1.0
+    distill_temperature: float = 2.0
+    anchor_weight: float = 0.0  # L2-SP: pull the weights toward the starting model's (0: off)
+    context_crops: float = 0.3  # with distillation: share of crops centred anywhere, away from the corrections
     half: bool = False  # store the model file as fp16 (shipped starter models)
     name: str = ""
     description: str = ""
@@ -129,6 +135,11 @@ class TrainConfig:
         need(self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
              "threads must be null or an integer >= 1")
         need(0.0 <= float(self.pseudo_weight) <= 1.0, f"pseudo_weight: {self.pseudo_weight} must be in 0..1")
+        need(0.0 <= float(self.distill_weight) <= 100.0, f"distill_weight: {self.distill_weight} must be in 0..100")
+        need(0.5 <= float(self.distill_temperature) <= 10.0,
+             f"distill_temperature: {self.distill_temperature} must be in 0.5..10")
+        need(float(self.anchor_weight) >= 0.0, f"anchor_weight: {self.anchor_weight} must be >= 0")
+        need(0.0 <= float(self.context_crops) <= 1.0, f"context_crops: {self.context_crops} must be in 0..1")
         need(self.time_budget_s is None or float(self.time_budget_s) > 0, "time_budget_s must be null or > 0")
         need(set(self.weights) <= {"cnn", "swin"}, f"weights: unknown keys {sorted(set(self.weights) - {'cnn', 'swin'})}")
         for key in ("pairs", "val_pairs"):

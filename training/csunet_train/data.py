@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_csunet.annotations import reviewed_area
 from napari_csunet.datasets import NAMING_HINT, MaskError, find_samples
 from napari_csunet.io import ImageError, as_channels_last, read_image
 from napari_csunet.modelfile import default_class_colors, numbered_class_names
@@ -37,6 +38,8 @@ class LabelledImage:
     labels: np.ndarray
     name: str
     pseudo: np.ndarray | None = None  # the model's uncorrected prediction where ``labels`` is 0 (GUI sets)
+    reviewed: np.ndarray | None = None  # bool: labels inside areas the user checked as a whole (may judge)
+    soft: np.ndarray | None = None  # (K, H, W) float16: the starting model's probabilities (distillation)
 
     @property
     def labelled_pixels(self) -> int:
@@ -81,10 +84,12 @@ def labelled_image(image: np.ndarray, labels: np.ndarray, name: str = "image") -
 
 
 def read_pairs(entries: Iterable[dict[str, str]]) -> list[LabelledImage]:
-    """``[{"image": path, "labels": path[, "mask": path]}]`` -> labelled images.
+    """``[{"image": path, "labels": path[, "mask": path, "regions": [[r0, c0, r1, c1]], "whole_image": bool]}]``
+    -> labelled images.
 
     Label files are label maps 1..K. A ``mask`` (the GUI's corrected/accepted pixels, > 0) keeps
-    only those labels; the rest, the model's own uncorrected prediction, becomes ``pseudo``.
+    only those labels; the rest, the model's own uncorrected prediction, becomes ``pseudo``. Its
+    ``regions``/``whole_image`` (areas the user checked) say which labels are ``reviewed``.
     """
     out = []
     for entry in entries:
@@ -103,6 +108,8 @@ def read_pairs(entries: Iterable[dict[str, str]]) -> list[LabelledImage]:
                 raise DataError(f"{entry['mask']}: mask is {mask.shape} but the labels are {labels.shape[:2]}")
             item = labelled_image(image, np.where(mask > 0, labels, 0).astype(labels.dtype), image_path.stem)
             item.pseudo = np.where(mask > 0, 0, labels).astype(np.uint8)
+            item.reviewed = reviewed_area(labels.shape[:2], entry.get("regions"), bool(entry.get("whole_image")))
+            item.reviewed &= mask > 0
             out.append(item)
             continue
         out.append(labelled_image(image, labels, image_path.stem))
@@ -281,7 +288,8 @@ def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Seq
     colors = cfg.class_colors or (list(model_colors) if model_colors and same_classes else None)
     if colors is None and folder_names == list(names):
         colors = folder_colors
-    if not val_items:
+    fair = any(it.reviewed is not None for it in train_items)  # corrections: job.py holds reviewed blocks out
+    if not val_items and not fair:
         train_items, val_items = split_validation(train_items, cfg.val_fraction, cfg.seed,
                                                   cfg.holdout)
         if not val_items and cfg.val_fraction > 0:  # 0 asked for no validation: nothing to warn about

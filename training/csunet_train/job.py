@@ -22,6 +22,9 @@ from typing import Any
 from .config import ConfigError, TrainConfig, load_job
 from .data import DataError, LabelledImage, TrainingData, fingerprint, load_data
 from .events import Emit, StopControl, silent, stdout_events
+from .fair import fair_split, label_digest, missing_classes_text
+from .fair import summary as fair_summary
+from .judge import FairValidation, decide
 from .pretrain_config import PretrainConfig
 
 __all__ = ["run_job", "run_and_report", "main", "EXIT_CODES"]
@@ -99,6 +102,58 @@ def _build_start(cfg: TrainConfig, data: TrainingData) -> Start:
                  {}, None, None, "", info.description)
 
 
+def _fair_validation(start: Start, data: TrainingData, in_chans: int, emit: Emit) -> FairValidation | None:
+    """Hold reviewed blocks of corrected images out of training (see :mod:`csunet_train.fair`);
+    None (and a warning) when there is nothing fair to judge a new model by."""
+    if data.val or not any(it.reviewed is not None for it in data.train):
+        return None
+    split = fair_split(data.train, data.class_names, start.previous.get("trained_on") or [])
+    if split.missing and split.reviewed_pixels:
+        emit({"event": "warning", "message": missing_classes_text(split.missing)})
+    if not split.fair:
+        n = sum(split.per_class.get("new", {}).values())
+        emit({"event": "warning", "message": (
+            "nothing fair to validate on: " + (f"only {n:,} reviewed pixels could be held out" if n else
+                                               "no corrected area is marked as reviewed (painted pixels only)")
+            + "; training runs all its steps and the new model is offered, not made current")})
+        return None
+    data.train = split.train
+    return FairValidation(split, list(data.class_names), in_chans)
+
+
+def _add_soft_targets(model, data: TrainingData, in_chans: int, device, dtype) -> bool:
+    """The starting model's probabilities on the training images (distillation targets), predicted
+    once as the GUI would (whole image, same tiles); not when every image is (almost) fully labelled."""
+    from .loop import validation_segmenter
+
+    if all(item.labelled_pixels >= 0.99 * item.labels.size for item in data.train):
+        return False
+    segmenter = validation_segmenter(model, data.class_names, in_chans, device, dtype)
+    for item in data.train:
+        item.soft = segmenter.predict(item.image, want_probs=True, name=item.name).probs
+    return True
+
+
+def _anchor(model, weight: float):
+    """L2-SP (Li et al. 2018): ``weight`` x the squared distance of the weights to the starting ones."""
+    import torch
+
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    params = dict(model.named_parameters())
+
+    def penalty() -> torch.Tensor:
+        return weight * sum(((params[n] - p0) ** 2).sum() for n, p0 in start.items())
+
+    return penalty
+
+
+def _anchored(loss_fn, penalty):
+    def loss(logits, target):
+        return loss_fn(logits, target) + penalty()
+
+    return loss
+
+
 def _collect_warnings(fn, *args, **kwargs) -> tuple[Any, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -153,7 +208,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         freeze_encoders,
         warmup_cosine,
     )
-    from .losses import segmentation_loss
+    from .losses import correction_loss, segmentation_loss
     from .sampling import CropDataset, prepare_image
 
     t_start, clock, dist, emit, stop = begin_job(cfg, emit, stop)
@@ -170,6 +225,12 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         start = start or _build_start(cfg, data)
         model = in_device_layout(start.model.to(dist.device), dist.device)  # fit() feeds batches alike
         in_chans = start.config.in_chans
+        dtype = amp_dtype(dist.device, cfg.amp)
+        trained_on = [label_digest(it.labels) for it in data.train if it.reviewed is not None]
+        validation = _fair_validation(start, data, in_chans, emit)
+        distill = cfg.distill_weight > 0 and cfg.model is not None and head is None
+        distill = distill and _add_soft_targets(model, data, in_chans, dist.device, dtype)
+        anchor = _anchor(model, cfg.anchor_weight) if cfg.anchor_weight > 0 and cfg.model is not None else None
         frozen = freeze_encoders(model, {"cnn": cfg.freeze_cnn, "swin": cfg.freeze_swin})
         for name in ("cnn", "swin"):
             if getattr(cfg, f"freeze_{name}") and name not in frozen:
@@ -178,23 +239,29 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         schedule = (budget_schedule(cfg.time_budget_s, clock) if cfg.time_budget_s
                     else warmup_cosine(cfg.warmup, cfg.steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        dtype = amp_dtype(dist.device, cfg.amp)
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         train_model = model
         if dist.distributed:
             train_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-        prepared = [prepare_image(it, in_chans, cfg.crop, cfg.seed + i, pseudo=cfg.pseudo_weight > 0)
+        prepared = [prepare_image(it, in_chans, cfg.crop, cfg.seed + i, pseudo=cfg.pseudo_weight > 0 and not distill)
                     for i, it in enumerate(data.train)]
         dataset = CropDataset(prepared, cfg.crop, cfg.steps * cfg.batch_size, cfg.aug_strength, cfg.class_balance,
-                              cfg.seed, dist.rank)
+                              cfg.seed, dist.rank, context=cfg.context_crops if distill else 0.0)
+        if distill:
+            loss_fn = functools.partial(correction_loss, distill_weight=cfg.distill_weight,
+                                        temperature=cfg.distill_temperature)
+        else:
+            loss_fn = functools.partial(segmentation_loss, pseudo_weight=cfg.pseudo_weight)
+        if anchor is not None:
+            loss_fn = _anchored(loss_fn, anchor)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                                              num_workers=cfg.num_workers, pin_memory=dist.device.type == "cuda",
                                              persistent_workers=False, worker_init_fn=_ignore_sigint)
         run = Run(model, train_model, optimizer, scheduler, scaler, loader, data.val, data.class_names, in_chans,
                   frozen, dist, dtype, cfg.steps, cfg.batch_size, cfg.eval_every, cfg.patience, cfg.grad_clip,
                   keep_initial=cfg.model is not None, time_budget_s=cfg.time_budget_s, clock=clock,
-                  loss_fn=functools.partial(segmentation_loss, pseudo_weight=cfg.pseudo_weight))
+                  loss_fn=loss_fn, validator=validation)
         emit({"event": "started", "steps": cfg.steps, "device": _device_name(dist.device),
               "train_images": len(data.train), "val_images": len(data.val), "params": count_parameters(model),
               "threads": torch.get_num_threads(),
@@ -210,7 +277,11 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             "previous": {k: start.previous.get(k) for k in ("task", "steps", "metrics", "time", "data_fingerprint")}
             if start.previous else None,
             "head_reinitialised": head,
+            "trained_on": trained_on,  # label digests: the next round's "earlier" images
+            "validation": fair_summary(validation.split) if validation is not None else None,
+            "distillation": {"weight": cfg.distill_weight, "temperature": cfg.distill_temperature} if distill else None,
         }
+        best_blocks: dict[str, Any] = {}
 
         def save(step: int, metrics: dict[str, Any] | None, state) -> None:
             if not dist.is_main:
@@ -223,6 +294,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                              start.sources, provenance, cfg.name or start.name or Path(cfg.out).stem,
                              cfg.description or start.description)
             save_model_file(cfg.out, model, info, half=cfg.half)
+            if validation is not None:
+                best_blocks["cms"] = validation.latest
             emit({"event": "checkpoint", "step": step, "path": str(cfg.out), "metrics": metrics})
 
         state = fit(run, emit, save, lambda: stop.requested)
@@ -230,6 +303,10 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                 "reason": state.reason, "initial_metrics": state.initial_metrics, "best_metrics": state.best_metrics,
                 "best_step": state.best_step, "elapsed_s": time.perf_counter() - t_start,
                 "train_time_s": state.train_time_s}
+        if cfg.mode == "finetune" or cfg.model is not None:
+            painted_only = not any(it.reviewed is not None and it.reviewed.any() for it in data.train)
+            done["decision"] = decide(validation, best_blocks.get("cms"), state.steps, state.best_step,
+                                      data.class_names, painted_only=painted_only)
         emit(done)
         return done
     finally:

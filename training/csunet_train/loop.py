@@ -212,6 +212,20 @@ class Run:
     clock: Clock = field(default_factory=Clock)
     log_interval_s: float = 0.5
     loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] = segmentation_loss  # e.g. with pseudo-label weight
+    #: scores a model instead of whole-image validation on ``val`` (e.g. the fair held-out blocks)
+    validator: Callable[..., dict[str, Any] | None] | None = None
+
+    def evaluate(self) -> dict[str, Any] | None:
+        if self.validator is not None:
+            return self.validator(self.model, self.dist.device, self.dtype, self.dist)
+        return evaluate(self.model, self.val, self.class_names, self.in_chans, self.dist.device, self.dtype, self.dist)
+
+
+def _to_device(y: Any, device: torch.device) -> Any:
+    """Labels, or a tuple of target tensors (labels, soft targets), on ``device``."""
+    if isinstance(y, tuple | list):
+        return tuple(t.to(device, non_blocking=True) for t in y)
+    return y.to(device, non_blocking=True)
 
 
 def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitState], None],
@@ -223,7 +237,7 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
     """
     state = FitState()
     device, dist = run.dist.device, run.dist
-    state.initial_metrics = evaluate(run.model, run.val, run.class_names, run.in_chans, device, run.dtype, dist)
+    state.initial_metrics = run.evaluate()
     emit({"event": "eval", "step": 0, "metrics": state.initial_metrics, "best": False})
     best_score = _score(state.initial_metrics) if run.keep_initial else -math.inf
     initial_state = copy.deepcopy({k: v.cpu() for k, v in run.model.state_dict().items()}) if run.keep_initial else None
@@ -236,7 +250,7 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
 
     def validate(step: int) -> None:
         nonlocal best_score, since_best
-        metrics = evaluate(run.model, run.val, run.class_names, run.in_chans, device, run.dtype, dist)
+        metrics = run.evaluate()
         improved = metrics is None or _score(metrics) > best_score
         if improved:
             best_score, since_best = _score(metrics), 0
@@ -255,7 +269,7 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
     if run.clock.t0 is None:
         run.clock.start()
     for x, y in run.loader if run.steps else ():
-        x, y = in_device_layout(x.to(device, non_blocking=True), device), y.to(device, non_blocking=True)
+        x, y = in_device_layout(x.to(device, non_blocking=True), device), _to_device(y, device)
         loss_t = train_step(run.train_model, x, y, run.optimizer, run.scaler, run.dtype, run.grad_clip,
                             loss_fn=run.loss_fn)
         run.scheduler.step()

@@ -1,5 +1,7 @@
 """Cross-entropy + soft Dice over labelled pixels only (label 0 = unlabelled is ignored;
-negative labels are low-weight pseudo-labels, see :func:`segmentation_loss`).
+negative labels are low-weight pseudo-labels, see :func:`segmentation_loss`), and for fine-tuning
+on corrections (:func:`correction_loss`) class-balanced cross-entropy plus distillation to the
+starting model's soft predictions on every unlabelled pixel.
 
 Dice counters the class imbalance of micrographs (tertiary gamma-prime or cracks cover ~1% of the
 pixels); cross-entropy keeps the gradients well behaved early on.
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["segmentation_loss", "dice_loss"]
+__all__ = ["segmentation_loss", "dice_loss", "balanced_cross_entropy", "distillation_loss", "correction_loss"]
 
 
 def dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -51,3 +53,53 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, dice_weight: f
     per_pixel = F.cross_entropy(logits.float(), (labels.abs() - 1).clamp(min=0), reduction="none")
     ce = (per_pixel * weight).sum() / weight.sum()
     return ce + dice_weight * dice_loss(logits, labels.clamp(min=0))
+
+
+def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged per class, then over the classes present among the labelled pixels.
+
+    A correction that is 98 % background counts as much for the other classes as for background,
+    so it cannot teach "everything dark is background" by sheer number.
+    """
+    k = logits.shape[1]
+    valid = labels > 0
+    per_pixel = F.cross_entropy(logits.float(), (labels - 1).clamp(min=0), reduction="none")[valid]
+    cls = (labels[valid] - 1).long()
+    sums = torch.zeros(k, device=logits.device).index_add_(0, cls, per_pixel)
+    counts = torch.bincount(cls, minlength=k).float()
+    present = counts > 0
+    return (sums[present] / counts[present]).mean()
+
+
+def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, where: torch.Tensor,
+                      temperature: float = 2.0) -> torch.Tensor:
+    """KL(teacher || student) at ``temperature`` (x T², Hinton et al.) over the pixels ``where``.
+
+    ``teacher`` holds the starting model's probabilities (B, K, H, W); softening them by T is
+    ``p^(1/T)`` renormalised. Learning without Forgetting (Li & Hoiem 2016): what the model got
+    right away from the corrections stays right.
+    """
+    if not bool(where.any()):
+        return logits.sum() * 0.0
+    t = teacher.float().clamp(min=1e-6) ** (1.0 / temperature)
+    t = t / t.sum(dim=1, keepdim=True)
+    log_q = F.log_softmax(logits.float() / temperature, dim=1)
+    kl = (t * (t.log() - log_q)).sum(dim=1)
+    return kl[where].mean() * temperature**2
+
+
+def correction_loss(logits: torch.Tensor, target: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+                    distill_weight: float = 1.0, temperature: float = 2.0, dice_weight: float = 1.0) -> torch.Tensor:
+    """Fine-tuning on corrections: class-balanced cross-entropy + Dice on the corrected/accepted
+    labels, plus ``distill_weight`` x distillation to the starting model on every other pixel.
+
+    ``target`` is the labels (B, H, W) or (labels, teacher probabilities (B, K, H, W)).
+    """
+    labels, teacher = target if isinstance(target, tuple | list) else (target, None)
+    labels = labels.clamp(min=0)
+    loss = logits.sum() * 0.0
+    if bool((labels > 0).any()):
+        loss = balanced_cross_entropy(logits, labels) + dice_weight * dice_loss(logits, labels)
+    if teacher is not None and distill_weight > 0:
+        loss = loss + distill_weight * distillation_loss(logits, teacher, labels == 0, temperature)
+    return loss

@@ -56,6 +56,10 @@ class PreparedImage:
         self.weight = float(self.labelled.size)  # images are drawn by their corrected pixels
         if pseudo and item.pseudo is not None:
             self._add_pseudo(item.pseudo, pad_h, pad_w, rng)
+        self.soft: torch.Tensor | None = None  # (K, H, W) float16: the starting model's probabilities
+        if item.soft is not None:
+            soft = np.pad(item.soft, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
+            self.soft = torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float16))
 
     def _add_pseudo(self, pseudo: np.ndarray, pad_h: int, pad_w: int, rng: np.random.Generator) -> None:
         """Uncorrected predictions as negative labels (see ``segmentation_loss``); crops that are not
@@ -94,7 +98,9 @@ class CropDataset(Dataset):
     """``length`` random crops of ``crop`` x ``crop`` pixels: (x float32 (C, crop, crop), labels int64)."""
 
     def __init__(self, images: list[PreparedImage], crop: int, length: int, aug_strength: float = 0.5,
-                 class_balance: float = 0.5, seed: int = 0, rank: int = 0) -> None:
+                 class_balance: float = 0.5, seed: int = 0, rank: int = 0, context: float = 0.0) -> None:
+        """``context``: share of crops centred anywhere in an image with soft targets (distillation),
+        so the model also sees, and keeps, the image away from the corrections."""
         if not images:
             raise ValueError("no training images")
         self.images = images
@@ -104,6 +110,10 @@ class CropDataset(Dataset):
         self.class_balance = class_balance
         self.seed = seed
         self.rank = rank
+        self.context = float(context)
+        self.soft = any(im.soft is not None for im in images)
+        if self.soft and not all(im.soft is not None for im in images):
+            raise ValueError("soft targets for some training images but not all")
         weights = np.array([im.weight for im in images])
         self.image_p = weights / weights.sum()  # images with more labels are drawn more often
 
@@ -117,11 +127,15 @@ class CropDataset(Dataset):
         if self.s > 0 and rng.random() < 0.5:
             side = int(round(self.crop * _log_uniform(rng, 0.5 * self.s)))
         side = max(8, min(side, h, w))
-        if rng.random() < self.class_balance:
+        if im.soft is not None and rng.random() < self.context:
+            centre = int(rng.integers(h * w))
+            idx = None
+        elif rng.random() < self.class_balance:
             idx = im.classes[int(rng.choice(list(im.classes)))]
         else:
             idx = im.labelled
-        centre = int(idx[rng.integers(idx.size)])
+        if idx is not None:
+            centre = int(idx[rng.integers(idx.size)])
         cy, cx = divmod(centre, w)
         cy += int(rng.integers(-side // 4, side // 4 + 1))
         cx += int(rng.integers(-side // 4, side // 4 + 1))
@@ -129,20 +143,28 @@ class CropDataset(Dataset):
         left = min(max(cx - side // 2, 0), w - side)
         return top, left, side
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        """(x, labels), or (x, (labels, soft targets)) when the images carry the starting model's
+        probabilities; the soft targets see the clean image (augmentation only moves them)."""
         rng = np.random.default_rng([self.seed, self.rank, int(i)])
         im = self.images[int(rng.choice(len(self.images), p=self.image_p))]
         top, left, side = self._window(rng, im)
         x = im.x[:, top:top + side, left:left + side]
         y = im.labels[top:top + side, left:left + side]
+        soft = im.soft[:, top:top + side, left:left + side].float() if im.soft is not None else None
         if side != self.crop:
             x = F.interpolate(x[None], size=(self.crop, self.crop), mode="bilinear", align_corners=False,
                               antialias=side > self.crop)[0]
             y = F.interpolate(y[None, None].float(), size=(self.crop, self.crop), mode="nearest")[0, 0].long()
+            if soft is not None:
+                soft = F.interpolate(soft[None], size=(self.crop, self.crop), mode="bilinear", align_corners=False,
+                                     antialias=side > self.crop)[0]
         x = self._intensity(rng, im, x)
         if self.s > 0:
-            x, y = self._geometry(rng, x, y)
-        return x.contiguous(), y.contiguous()
+            x, y, soft = self._geometry(rng, x, y, soft)
+        if soft is None:
+            return x.contiguous(), y.contiguous()
+        return x.contiguous(), (y.contiguous(), soft.to(torch.float16).contiguous())
 
     def _intensity(self, rng: np.random.Generator, im: PreparedImage, x: torch.Tensor) -> torch.Tensor:
         """Standardise by the image's statistics (after a gamma change, if drawn), then perturb."""
@@ -165,11 +187,15 @@ class CropDataset(Dataset):
         return x
 
     @staticmethod
-    def _geometry(rng: np.random.Generator, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flips and 90-degree rotations: exact on both the image and its labels."""
-        if rng.random() < 0.5:
-            x, y = x.flip(-1), y.flip(-1)
-        k = int(rng.integers(4))
-        if k:
-            x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
-        return x, y
+    def _geometry(rng: np.random.Generator, x: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Flips and 90-degree rotations: exact on the image, its labels and soft targets."""
+        flip, k = rng.random() < 0.5, int(rng.integers(4))
+        out = []
+        for t in (x, y, soft):
+            if t is not None and flip:
+                t = t.flip(-1)
+            if t is not None and k:
+                t = torch.rot90(t, k, (-2, -1))
+            out.append(t)
+        return out[0], out[1], out[2]

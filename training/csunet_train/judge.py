@@ -1,0 +1,227 @@
+"""Judging a fine-tune like a careful colleague: scores on the fair held-out pixels, their noise,
+and the decision whether the new model may replace the current one.
+
+Validation predicts only windows around the held-out blocks (with the whole image's intensity
+statistics, as the GUI's predictor uses), so an evaluation costs a fraction of a whole-image
+prediction and can run often on a CPU. Every score keeps its per-block confusion matrices: the
+noise of a before/after change is a paired block bootstrap (pixels of one block are not
+independent; blocks nearly are), and the decision compares the change with that noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_csunet.metrics import metrics_from_confusion
+
+from .data import MIN_VAL_PIXELS, LabelledImage
+from .fair import BLOCK, FairSplit, missing_classes_text
+
+__all__ = ["FairValidation", "block_miou", "paired_change", "decide", "GROUPS"]
+
+GROUPS = ("new", "earlier")
+#: context around the held-out blocks that a window predicts (the network's receptive field matters)
+MARGIN = 64
+#: a model is not "worse on earlier rounds' images" for a change smaller than this, whatever the noise
+EARLIER_TOLERANCE = 0.005
+BOOTSTRAP = 400
+
+
+def block_miou(cms: np.ndarray) -> np.ndarray:
+    """mIoU of (..., K, K) confusion matrices, over classes present in target or prediction
+    (as :func:`~napari_csunet.metrics.metrics_from_confusion`); nan without pixels."""
+    cms = np.asarray(cms, np.float64)
+    tp = np.diagonal(cms, axis1=-2, axis2=-1)
+    union = cms.sum(-1) + cms.sum(-2) - tp
+    present = union > 0
+    iou = np.where(present, tp / np.where(present, union, 1), 0.0)
+    n = present.sum(-1)
+    return np.where(n > 0, iou.sum(-1) / np.maximum(n, 1), np.nan)
+
+
+def paired_change(before: np.ndarray, after: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """(mIoU after - mIoU before, its standard error) from per-block confusion matrices (B, K, K),
+    the blocks resampled together for both models."""
+    change = float(block_miou(after.sum(0)) - block_miou(before.sum(0)))
+    b = before.shape[0]
+    if b < 2:
+        return change, float("inf")
+    weights = np.random.default_rng(seed).multinomial(b, np.full(b, 1.0 / b), size=n_boot).astype(np.float64)
+    diffs = block_miou(np.einsum("nb,bij->nij", weights, after)) - block_miou(np.einsum("nb,bij->nij", weights, before))
+    return change, float(np.nanstd(diffs))
+
+
+@dataclass
+class _Window:
+    image: np.ndarray  # the crop (with margin) of the image
+    labels: np.ndarray  # held-out labels in the crop (0 elsewhere)
+    blocks: np.ndarray  # block index of each held-out pixel in the crop (-1 elsewhere)
+    stats: tuple[float, float]
+    group: int
+
+
+@dataclass
+class FairValidation:
+    """The held-out reviewed blocks of a :class:`~csunet_train.fair.FairSplit`, ready to score a model."""
+
+    split: FairSplit
+    class_names: list[str]
+    in_chans: int
+    windows: list[_Window] = field(default_factory=list)
+    n_blocks: int = 0
+    block_group: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    first: np.ndarray | None = None  # per-block confusion matrices of the starting model
+    latest: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        from napari_csunet.lazy import lazy_stats
+
+        groups: list[int] = []
+        for item, group in zip(self.split.val, self.split.groups, strict=True):
+            stats = lazy_stats(item.image, self.in_chans)
+            held = item.labels > 0
+            h, w = held.shape
+            ids = np.full(held.shape, -1, np.int64)
+            rows, cols = np.nonzero(held)
+            key = (rows // BLOCK) * (-(-w // BLOCK)) + cols // BLOCK
+            uniq, inv = np.unique(key, return_inverse=True)
+            ids[rows, cols] = inv + self.n_blocks
+            self.n_blocks += len(uniq)
+            groups += [GROUPS.index(group)] * len(uniq)
+            for r0, c0, r1, c1 in _windows(held):
+                r0, c0 = max(0, r0 - MARGIN), max(0, c0 - MARGIN)
+                r1, c1 = min(h, r1 + MARGIN), min(w, c1 + MARGIN)
+                self.windows.append(_Window(item.image[r0:r1, c0:c1], item.labels[r0:r1, c0:c1],
+                                            ids[r0:r1, c0:c1], stats, GROUPS.index(group)))
+        self.block_group = np.asarray(groups, np.int64)
+
+    @property
+    def pixels(self) -> dict[str, int]:
+        return {g: sum(c.values()) for g, c in self.split.per_class.items()}
+
+    def block_confusion(self, model, device, dtype, dist=None) -> np.ndarray:
+        """(blocks, K, K) confusion matrices of ``model`` on the held-out blocks (summed over ranks)."""
+        import torch
+
+        from .dist import all_reduce_sum
+        from .loop import validation_segmenter
+
+        k = len(self.class_names)
+        cms = np.zeros((self.n_blocks, k, k), np.int64)
+        was_training = model.training
+        segmenter = validation_segmenter(model, self.class_names, self.in_chans, device, dtype)
+        rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
+        for win in self.windows[rank::world]:
+            pred = np.empty(win.labels.shape, np.uint8)
+            segmenter.predict_to(win.image, pred, stats=win.stats)
+            keep = win.blocks >= 0
+            flat = (win.blocks[keep] * k + (win.labels[keep].astype(np.int64) - 1)) * k + (pred[keep].astype(np.int64) - 1)
+            cms += np.bincount(flat, minlength=self.n_blocks * k * k).reshape(self.n_blocks, k, k)
+        model.train(was_training)
+        if dist is not None and dist.distributed:
+            cms = all_reduce_sum(torch.from_numpy(cms).to(dist.device)).cpu().numpy()
+        return cms
+
+    def metrics(self, cms: np.ndarray) -> dict[str, Any] | None:
+        """The eval event's metrics: this round's held-out blocks, and each group's under ``groups``."""
+        out: dict[str, Any] = {}
+        for g, name in enumerate(GROUPS):
+            part = cms[self.block_group == g]
+            if part.size:
+                out[name] = metrics_from_confusion(part.sum(0), self.class_names)
+        if "new" not in out:
+            return None if not out else {"miou": None, "pixels": 0, "groups": out}
+        return out["new"] | {"groups": out, "held_out": "reviewed"}
+
+    def __call__(self, model, device, dtype, dist=None) -> dict[str, Any] | None:
+        """Score ``model`` (the loop's validator); the first call scores the starting model."""
+        cms = self.block_confusion(model, device, dtype, dist)
+        if self.first is None:
+            self.first = cms
+        self.latest = cms
+        return self.metrics(cms)
+
+    def change(self, before: np.ndarray, after: np.ndarray, group: str) -> dict[str, Any] | None:
+        """Before/after metrics on one group, the mIoU change and its noise (None without such blocks)."""
+        sel = self.block_group == GROUPS.index(group)
+        if not sel.any():
+            return None
+        delta, noise = paired_change(before[sel], after[sel])
+        return {"pixels": int(before[sel].sum()), "per_class_pixels": self.split.per_class.get(group, {}),
+                "before": metrics_from_confusion(before[sel].sum(0), self.class_names),
+                "after": metrics_from_confusion(after[sel].sum(0), self.class_names),
+                "change": delta, "noise": noise}
+
+
+def _windows(held: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes (pixels) of groups of held-out blocks, neighbours (a block apart) merged."""
+    from scipy import ndimage
+
+    h, w = held.shape
+    hb, wb = -(-h // BLOCK), -(-w // BLOCK)
+    grid = np.zeros((hb * BLOCK, wb * BLOCK), bool)
+    grid[:h, :w] = held
+    coarse = grid.reshape(hb, BLOCK, wb, BLOCK).any(axis=(1, 3))
+    parts, _ = ndimage.label(ndimage.binary_dilation(coarse, np.ones((3, 3), bool)))
+    boxes = []
+    for sl in ndimage.find_objects(parts):
+        if sl is None or not coarse[sl].any():
+            continue
+        rows, cols = np.nonzero(coarse[sl])
+        r0, r1 = (sl[0].start + rows.min()) * BLOCK, (sl[0].start + rows.max() + 1) * BLOCK
+        c0, c1 = (sl[1].start + cols.min()) * BLOCK, (sl[1].start + cols.max() + 1) * BLOCK
+        boxes.append((int(r0), int(c0), int(min(r1, h)), int(min(c1, w))))
+    return boxes
+
+
+def decide(validation: FairValidation | None, best: np.ndarray | None, trained_steps: int, best_step: int | None,
+           class_names: Sequence[str], painted_only: bool = False) -> dict[str, Any]:
+    """Whether the fine-tuned model may replace the current one, and why, in a scientist's words.
+
+    Kept only when it is better on this round's held-out reviewed pixels and not worse (beyond
+    the noise, and at least ``EARLIER_TOLERANCE``) on earlier rounds' images. Without fair pixels
+    the new model is offered, never made current silently.
+    """
+    missing = list(validation.split.missing) if validation is not None else []
+    note = missing_classes_text(missing)
+    base = {"keep": False, "fair": False, "new": None, "earlier": None, "missing_classes": missing,
+            "trained_steps": trained_steps, "best_step": best_step}
+    if validation is None or validation.first is None or not validation.split.fair:
+        n = sum(validation.split.per_class.get("new", {}).values()) if validation is not None else 0
+        why = ("the corrections are painted pixels only: they were chosen because the model was wrong there, so "
+               "they cannot show whether it got better" if painted_only or n == 0 else
+               f"only {n:,} reviewed pixels were held out (at least {MIN_VAL_PIXELS:,} are needed to tell better "
+               "from worse)")
+        return base | {"verdict": "unjudged", "reason": f"Nothing fair to check the new model on: {why}. It is "
+                       "offered, not made current: look at it, then keep it or revert. To have it checked, mark the "
+                       "areas you corrected as reviewed (a rectangle around each)." + (f" Also {note}." if note else "")}
+    after = validation.first if best is None or best_step == 0 else best
+    new = validation.change(validation.first, after, "new")
+    earlier = validation.change(validation.first, after, "earlier")
+    out = base | {"fair": True, "new": new, "earlier": earlier}
+    n = new["pixels"]
+    before_s, after_s = new["before"]["miou"], new["after"]["miou"]
+    scores = f"mIoU {before_s:.3f} → {after_s:.3f} on {n:,} held-out reviewed pixels (noise ± {new['noise']:.3f})"
+    if best_step == 0 or new["change"] <= 0:
+        verdict = {"verdict": "not_better", "reason": f"Kept the current model: the fine-tuned one was not better on "
+                   f"the checked areas it did not train on ({scores})."}
+    elif earlier is not None and earlier["change"] < -max(2 * earlier["noise"], EARLIER_TOLERANCE):
+        verdict = {"verdict": "worse_earlier", "reason": (
+            f"Kept the current model: the fine-tuned one is better on this round's checked areas ({scores}) but "
+            f"worse on the images corrected in earlier rounds (mIoU {earlier['before']['miou']:.3f} → "
+            f"{earlier['after']['miou']:.3f} on {earlier['pixels']:,} px, more than the noise ± "
+            f"{earlier['noise']:.3f}): it forgot what it had learned there.")}
+    else:
+        within = new["change"] < new["noise"]
+        verdict = {"keep": True, "verdict": "better", "reason": (
+            f"The new model is current: it is better on the checked areas it did not train on ({scores})"
+            + ("; the gain is within the noise of so few pixels" if within else "")
+            + (f" and not worse on earlier rounds' images (mIoU {earlier['before']['miou']:.3f} → "
+               f"{earlier['after']['miou']:.3f})" if earlier is not None else "") + ".")}
+    if note:
+        verdict["reason"] += f" Note: {note}."
+    return out | verdict
