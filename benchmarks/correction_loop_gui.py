@@ -1,6 +1,7 @@
-"""The correction loop with the real widget: does a short fine-tune on three corrected boxes help?
+"""The correction loop in the real widget: does a short fine-tune on three corrected boxes help?
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/correction_loop.py --json
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/correction_loop_gui.py --json
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/correction_loop_gui.py --json --screenshot out/finetune.png
 
 A user's session, scripted: napari with the plugin docked, the EBC sample (NASA EBC2 *test* image
 040617#2_S127(2)0015, which ``starter-ebc`` never saw), ``starter-ebc`` loaded, Segment; then the
@@ -11,6 +12,7 @@ mIoU against the ground truth, inside and outside the boxes, are printed before 
 JSON object (the raw predictions; the labels layer also keeps the corrections). ``--accept whole``
 adds the image as "whole image" instead (every uncorrected predicted pixel a label), for comparison.
 ``--screenshot FILE`` saves the window after the fine-tune (``--tab`` picks the dock tab).
+The same loop headless, on many images, datasets and seeds: ``benchmarks/correction_loop.py``.
 """
 
 from __future__ import annotations
