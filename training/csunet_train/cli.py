@@ -147,6 +147,8 @@ class Progress:
             note = " (stopped)" if event["stopped"] else ""
             print(f"saved {event['path']}{note}: {_metrics_text(event['best_metrics'] or {})} "
                   f"from step {event['best_step']}")
+            if event.get("decision"):  # a fine-tune: is the new model better than the one it started from?
+                print(event["decision"]["reason"])
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -79,7 +79,8 @@ def missing_classes_text(missing: Sequence[str]) -> str:
 
 
 def _top_up(labels: np.ndarray, reviewed: np.ndarray, held: np.ndarray, c: int, block: int) -> np.ndarray:
-    """Add to ``held`` the reviewed block holding most pixels of class ``c`` (keeps >= half of them training)."""
+    """Add to ``held`` the reviewed block holding most pixels of class ``c``; when that block holds
+    most of the class, only its part below the class's median row, so some of the class still trains."""
     where = reviewed & (labels == c) & ~held
     total = int(np.count_nonzero(where))
     if total == 0:
@@ -90,13 +91,13 @@ def _top_up(labels: np.ndarray, reviewed: np.ndarray, held: np.ndarray, c: int, 
     padded[:h, :w] = where
     per_block = padded.reshape(hb, block, wb, block).sum(axis=(1, 3))
     r, col = np.unravel_index(int(per_block.argmax()), per_block.shape)
-    if per_block[r, col] * 2 > total:  # most of the class is in one block: it must train
-        # hold out only the block's own reviewed half, by rows
-        sl_r = slice(r * block, r * block + block // 2)
-    else:
-        sl_r = slice(r * block, (r + 1) * block)
+    rows = slice(r * block, (r + 1) * block)
+    cols = slice(col * block, (col + 1) * block)
+    if per_block[r, col] * 2 > total:  # most of the class is in this block: it must also train
+        class_rows = np.nonzero(where[rows, cols])[0] + r * block
+        rows = slice(int(np.median(class_rows)) + 1, (r + 1) * block)
     held = held.copy()
-    held[sl_r, col * block:(col + 1) * block] |= reviewed[sl_r, col * block:(col + 1) * block]
+    held[rows, cols] |= reviewed[rows, cols]
     return held
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from napari_csunet.metrics import metrics_from_confusion
 
-from .data import MIN_VAL_PIXELS, LabelledImage
+from .data import MIN_VAL_PIXELS
 from .fair import BLOCK, FairSplit, missing_classes_text
 
 __all__ = ["FairValidation", "block_miou", "paired_change", "decide", "GROUPS"]

@@ -1,0 +1,243 @@
+"""A fine-tune on corrections is judged on fair pixels, decided like a careful colleague, and keeps
+what the starting model got right (distillation, anchoring)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from csunet_train.data import MIN_VAL_PIXELS, LabelledImage
+from csunet_train.fair import BLOCK, fair_split, label_digest, missing_classes_text, reviewed_counts
+from csunet_train.judge import FairValidation, block_miou, decide, paired_change
+from csunet_train.losses import balanced_cross_entropy, correction_loss, distillation_loss
+from napari_csunet.annotations import AnnotationStore, reviewed_area
+from napari_csunet.metrics import metrics_from_confusion
+
+NAMES = ["background", "oxide", "crack"]
+
+
+def _item(boxes: list[tuple[int, int, int]], reviewed: bool = True, size: int = 384, seed: int = 0,
+          crack_at: tuple[int, int] | None = None) -> LabelledImage:
+    """An image whose ``(row, col, side)`` boxes are corrected (left half oxide, right background);
+    ``reviewed``: the boxes are marked as checked areas. ``crack_at`` paints a 6² crack there."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (size, size), dtype=np.uint8)
+    labels = np.zeros((size, size), np.uint8)
+    for r, c, side in boxes:
+        labels[r:r + side, c:c + side] = 1
+        labels[r:r + side, c:c + side // 2] = 2
+    if crack_at is not None:
+        labels[crack_at[0]:crack_at[0] + 6, crack_at[1]:crack_at[1] + 6] = 3
+    area = reviewed_area(labels.shape, [[r, c, r + s, c + s] for r, c, s in boxes]) if reviewed else None
+    return LabelledImage(image, labels, f"img{seed}", reviewed=None if area is None else area & (labels > 0))
+
+
+def test_painted_only_corrections_judge_nothing() -> None:
+    split = fair_split([_item([(10, 10, 150)], reviewed=False)], NAMES)
+    assert not split.val and not split.fair and split.reviewed_pixels == 0
+    assert split.train[0].labelled_pixels == 150 * 150  # all of it still trains
+
+
+def test_reviewed_blocks_are_held_out_of_training_and_stable_across_rounds() -> None:
+    item = _item([(10, 10, 150), (200, 200, 150)])
+    split = fair_split([item], NAMES)
+    (train,), (val,) = split.train, split.val
+    assert split.fair and split.groups == ["new"]
+    held, trained = val.labels > 0, train.labels > 0
+    assert not (held & trained).any() and (held | trained).sum() == item.labelled_pixels
+    assert 0.15 < held.sum() / item.labelled_pixels < 0.35  # about one block in four
+    assert set(np.unique(val.labels)) == {0, 1, 2}
+    again = fair_split([_item([(10, 10, 150), (200, 200, 150), (0, 200, 100)])], NAMES)
+    # a block held out in one round stays held out when more is corrected later
+    assert (again.val[0].labels[held] > 0).all()
+
+
+def test_every_corrected_class_with_reviewed_pixels_is_held_out() -> None:
+    # a 6² crack that no lattice block of the held-out pattern covers
+    item = _item([(0, 0, 160)], crack_at=(40, 40))
+    assert not (item.labels == 3)[(np.indices(item.labels.shape)[0] // BLOCK + 2 * (np.indices(item.labels.shape)[1] // BLOCK)) % 4 == 0].any()
+    split = fair_split([item], NAMES)
+    assert split.per_class["new"]["crack"] > 0 and not split.missing
+    assert (split.train[0].labels == 3).any()  # some of it still trains
+
+
+def test_a_class_corrected_only_by_painting_cannot_be_checked_and_says_so() -> None:
+    item = _item([(0, 0, 160)])
+    item.labels[300:310, 300:310] = 3  # painted outside any checked area
+    split = fair_split([item], NAMES)
+    assert split.missing == ["crack"]
+    assert missing_classes_text(split.missing) .startswith("no reviewed crack pixels: the crack class cannot be checked")
+    assert reviewed_counts([item], NAMES)["crack"] == 0
+
+
+def test_earlier_rounds_images_form_their_own_group() -> None:
+    old, new = _item([(10, 10, 150)], seed=1), _item([(100, 100, 150)], seed=2)
+    split = fair_split([old, new], NAMES, earlier=[label_digest(old.labels)])
+    assert sorted(split.groups) == ["earlier", "new"]
+    assert split.per_class["earlier"]["oxide"] > 0 and split.per_class["new"]["oxide"] > 0
+
+
+def test_annotation_store_pairs_say_which_labels_were_reviewed(tmp_path: Path) -> None:
+    from csunet_train.data import read_pairs
+
+    image = np.zeros((256, 256), np.uint8)
+    prediction = np.ones((256, 256), np.uint8)
+    labels = prediction.copy()
+    labels[10:20, 10:20] = 2  # painted outside the rectangle
+    labels[100:150, 100:120] = 3  # painted inside it
+    store = AnnotationStore(tmp_path)
+    store.add(image, labels, name="a", class_names=NAMES, prediction=prediction, regions=[[100, 100, 200, 200]])
+    (item,) = read_pairs(store.pairs())
+    assert item.reviewed is not None
+    assert item.reviewed.sum() == 100 * 100 and not item.reviewed[10:20, 10:20].any()
+    assert (item.labels[item.reviewed] > 0).all()
+
+
+# -- scores, noise, decision ---------------------------------------------------------------------
+
+def test_block_miou_is_the_metrics_miou() -> None:
+    rng = np.random.default_rng(0)
+    cms = rng.integers(0, 50, (5, 3, 3))
+    cms[:, 2, :] = 0  # a class absent from the target
+    assert block_miou(cms.sum(0)) == pytest.approx(metrics_from_confusion(cms.sum(0))["miou"])
+
+
+def test_paired_change_has_no_noise_for_identical_models_and_some_otherwise() -> None:
+    rng = np.random.default_rng(1)
+    before = rng.integers(0, 100, (40, 3, 3))
+    assert paired_change(before, before) == (0.0, 0.0)
+    after = before.copy()
+    after[::2, 0, 0] += 200  # better on half of the blocks only
+    change, noise = paired_change(before, after)
+    assert change > 0 and noise > 0
+
+
+def _validation(items: list[LabelledImage], earlier: list[str] = ()) -> FairValidation:
+    return FairValidation(fair_split(items, NAMES, earlier), NAMES, 1)
+
+
+def _scores(v: FairValidation, accuracy: dict[str, float]) -> np.ndarray:
+    """Per-block confusion matrices whose blocks of each group are right with ``accuracy[group]``."""
+    cms = np.zeros((v.n_blocks, 3, 3), np.int64)
+    for b in range(v.n_blocks):
+        acc = accuracy["new" if v.block_group[b] == 0 else "earlier"]
+        right = int(round(100 * acc))
+        cms[b, 0, 0], cms[b, 0, 1] = right, 100 - right
+        cms[b, 1, 1], cms[b, 1, 0] = right, 100 - right
+    return cms
+
+
+@pytest.mark.parametrize(("after", "keep", "verdict"), [
+    ({"new": 0.9, "earlier": 0.8}, True, "better"),
+    ({"new": 0.9, "earlier": 0.6}, False, "worse_earlier"),  # forgot the earlier round's images
+    ({"new": 0.7, "earlier": 0.8}, False, "not_better"),
+    ({"new": 0.6, "earlier": 0.8}, False, "not_better"),
+])
+def test_the_decision_keeps_the_current_model_unless_the_new_one_is_better_and_not_worse_before(
+        after: dict[str, float], keep: bool, verdict: str) -> None:
+    old, new = _item([(10, 10, 150)], seed=1), _item([(100, 100, 150)], seed=2)
+    v = _validation([old, new], [label_digest(old.labels)])
+    v.first = _scores(v, {"new": 0.7, "earlier": 0.8})
+    decision = decide(v, _scores(v, after), 60, 60, NAMES)
+    assert decision["keep"] is keep and decision["verdict"] == verdict
+    assert decision["new"]["pixels"] == 200 * int((v.block_group == 0).sum()) and decision["earlier"] is not None
+    assert "held-out reviewed pixels" in decision["reason"]
+
+
+def test_nothing_fair_offers_the_model_without_making_it_current() -> None:
+    decision = decide(None, None, 60, 60, NAMES, painted_only=True)
+    assert not decision["keep"] and decision["verdict"] == "unjudged" and not decision["fair"]
+    assert "painted pixels only" in decision["reason"] and "offered, not made current" in decision["reason"]
+
+
+def test_a_run_that_never_beat_the_start_is_not_kept() -> None:
+    v = _validation([_item([(10, 10, 150)])])
+    v.first = _scores(v, {"new": 0.7})
+    decision = decide(v, None, 60, 0, NAMES)
+    assert not decision["keep"] and decision["new"]["change"] == 0
+
+
+# -- loss terms ----------------------------------------------------------------------------------
+
+def test_distillation_is_zero_when_the_student_agrees_and_only_reaches_the_given_pixels() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 3, 8, 8).softmax(1)
+    agreeing = teacher.log().clone().requires_grad_(True)
+    where = torch.zeros(2, 8, 8, dtype=torch.bool)
+    where[:, :, :4] = True
+    assert distillation_loss(agreeing, teacher, where).item() == pytest.approx(0.0, abs=1e-5)
+    student = torch.randn(2, 3, 8, 8, requires_grad=True)
+    loss = distillation_loss(student, teacher, where)
+    loss.backward()
+    assert loss.item() > 0
+    assert student.grad[..., 4:].abs().max() == 0 and student.grad[..., :4].abs().max() > 0
+
+
+def test_balanced_cross_entropy_weighs_every_class_alike() -> None:
+    logits = torch.zeros(1, 3, 10, 10)
+    logits[0, 0] = 2.0  # predicts background everywhere
+    labels = torch.ones(1, 10, 10, dtype=torch.long)
+    labels[0, 0, :2] = 2  # 98 background pixels, 2 oxide
+    per_class = torch.nn.functional.cross_entropy(logits, labels - 1, reduction="none")[0]
+    expected = (per_class[labels[0] == 1].mean() + per_class[labels[0] == 2].mean()) / 2
+    assert balanced_cross_entropy(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert balanced_cross_entropy(logits, labels) > torch.nn.functional.cross_entropy(logits, labels - 1)
+
+
+def test_correction_loss_distils_unlabelled_pixels_only_when_given_a_teacher() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(1, 3, 8, 8)
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)
+    labels[0, :2] = 2
+    teacher = torch.randn(1, 3, 8, 8).softmax(1)
+    hard_only = correction_loss(logits, labels)
+    assert correction_loss(logits, (labels, teacher)) > hard_only
+    assert correction_loss(logits, (labels, teacher), distill_weight=0) == pytest.approx(hard_only.item())
+
+
+def test_anchor_penalises_distance_to_the_starting_weights() -> None:
+    from csunet_train.job import _anchor
+
+    model = torch.nn.Linear(4, 2)
+    penalty = _anchor(model, 0.5)
+    assert penalty().item() == 0.0
+    with torch.no_grad():
+        model.weight += 1.0
+    assert penalty().item() == pytest.approx(0.5 * 8)
+
+
+# -- the job ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reviewed", [True, False])
+def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model_file: Path, reviewed: bool) -> None:
+    from csunet_train.config import TrainConfig
+    from csunet_train.events import silent
+    from csunet_train.job import run_job
+    from napari_csunet.modelfile import load_model_file
+
+    names = ["matrix", "secondary", "tertiary"]  # the fabricated model's classes
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (320, 320), dtype=np.uint8)
+    prediction = np.ones((320, 320), np.uint8)
+    labels = prediction.copy()
+    labels[20:180, 20:100] = 2
+    store = AnnotationStore(tmp_path / "annotations")
+    store.add(image, labels, name="a", class_names=names, prediction=prediction,
+              regions=[[20, 20, 180, 180]] if reviewed else [])
+    out = tmp_path / "ft.safetensors"
+    cfg = TrainConfig(out=str(out), mode="finetune", model=str(model_file), pairs=store.pairs(), steps=2,
+                      eval_every=1, batch_size=1, crop=256, class_names=names)
+    done = run_job(cfg, silent)
+    decision = done["decision"]
+    assert decision["fair"] is reviewed and decision["verdict"] in (("better", "not_better") if reviewed else ("unjudged",))
+    assert decision["keep"] is (decision["verdict"] == "better")
+    provenance = load_model_file(out, "cpu")[1].provenance
+    assert provenance["trained_on"] and provenance["distillation"]["weight"] == 1.0
+    if reviewed:
+        assert done["initial_metrics"]["held_out"] == "reviewed" and decision["new"]["pixels"] >= MIN_VAL_PIXELS
+        assert provenance["validation"]["fair"]
+    else:
+        assert done["initial_metrics"] is None and provenance["validation"] is None
