@@ -216,11 +216,12 @@ def test_inspect_statistics_csv_display_and_disagreement(widget, qtbot, tmp_path
 
 
 def test_finetune_refuses_without_annotations_or_with_other_classes(widget, qtbot):
-    from napari_csunet._qt.finetune_panel import DEFAULTS
+    from napari_csunet.finetune import FINETUNE_DEFAULTS, FORM_FIELDS
 
     w = widget
     panel = w.finetune_panel
-    assert panel.params() == DEFAULTS  # the spin boxes hold the defaults exactly (lr 3e-4, not rounded)
+    # the spin boxes hold the defaults exactly (lr 3e-4, not rounded)
+    assert panel.params() == {k: FINETUNE_DEFAULTS[k] for k in FORM_FIELDS}
     assert panel.start() is False and "training set is empty" in panel.status.text()
     layer = segment(w, qtbot)
     w.correct_panel.store.add(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8), name="other",

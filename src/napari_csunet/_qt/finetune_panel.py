@@ -2,16 +2,17 @@
 
 The training backend runs as ``python -m csunet_train.job`` (never in napari's interpreter, never
 on the GUI thread); its JSON-lines events drive a live loss / validation-IoU plot and a status
-line. Validation is on held-out corrected/accepted pixels only. Stop saves the best model. When
-the child is done and beat the current model, the new model becomes the current one, the image is
-segmented again with the user's painted corrections kept on top, and the scores on the corrected
-pixels before/after are shown; when it did not, the panel says so and keeps the current model.
-A crash or an out-of-memory in the child shows its message; napari and the annotations are untouched.
+line. Only held-out *reviewed* pixels judge (painted ones were chosen because the model was wrong
+there, so a score on them cannot fail), and the child's ``decision`` says what happens next:
+better there -> the new model becomes current and the image is segmented again with the user's
+corrections kept; not better -> the current model stays, and why is shown; nothing fair to judge
+by -> the new model is offered ("Use the new model"), never made current silently. "Revert model"
+goes back, in one click, to the model from before the fine-tune. A crash or an out-of-memory in
+the child shows its message; napari and the annotations are untouched.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +21,22 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
+from ..finetune import FINETUNE_DEFAULTS, FORM_FIELDS, finetune_job_spec, finetuned_name, model_stem
 from ..jobs import TrainingJob
 from ..model_catalog import user_models_dir
 from ..settings import save_settings
 from .common import EventRelay, StatusLine, form_group, hbox, start_training_child
 from .config_form import config_form, form_rows, form_values
-from .finetune_text import before_after, duration, held_out, iou, stem
+from .finetune_text import decision_text, duration, held_out_score
 from .plot import TrainingPlot
-from .segment_panel import IMAGE, PREDICTION, SegmentPanel, painted_pixels
+from .segment_panel import IMAGE, SegmentPanel, painted_pixels
 from .session import ModelSession
 
-__all__ = ["FinetunePanel", "DEFAULTS"]
-
-#: loss weight of the uncorrected predicted pixels next to the corrected ones, as TrainConfig's
-#: default (docs/training.md: 0.3 kept the rest of the image from getting worse; 0 did not)
-PSEUDO_WEIGHT = 0.3
-
-#: the TrainConfig fields the form offers (the rest: the job's defaults, or set below)
-FORM_FIELDS = ("steps", "lr", "crop", "batch_size", "aug_strength", "freeze_cnn", "freeze_swin")
-
-#: good defaults for a few corrected images (a CPU finishes them in minutes, a GPU in seconds)
-DEFAULTS: dict[str, Any] = {"steps": 200, "lr": 3e-4, "crop": 256, "batch_size": 4, "aug_strength": 0.5,
-                            "freeze_cnn": False, "freeze_swin": False, "pseudo_weight": PSEUDO_WEIGHT}
+__all__ = ["FinetunePanel"]
 
 
 class FinetunePanel(QWidget):
-    """Hyper-parameters, Start/Stop, live plot, status, before/after."""
+    """Hyper-parameters, Start/Stop, live plot, status, the verdict; Use the new model / Revert model."""
 
     #: emitted with the new model file once it is loaded
     trained = Signal(str)
@@ -56,14 +47,23 @@ class FinetunePanel(QWidget):
         self.viewer, self.session, self.segment_panel = viewer, session, segment
         from csunet_train.config import TrainConfig
 
-        values = DEFAULTS | {k: v for k, v in session.settings.finetune.items() if k in DEFAULTS}
+        saved = session.settings.finetune  # older settings may hold keys no longer offered (pseudo_weight)
+        values = FINETUNE_DEFAULTS | {k: v for k, v in saved.items() if k in FORM_FIELDS}
         self.form = config_form(TrainConfig, FORM_FIELDS, values)  # limits and help from TrainConfig
-        self.pseudo_weight = float(values["pseudo_weight"])  # no widget: a setting for experts and benchmarks
+        #: job keys beyond the form (TrainConfig fields, e.g. distill_weight): experts, benchmarks
+        self.overrides: dict[str, Any] = {}
         self.start_btn = QPushButton("Start fine-tuning")
         self.start_btn.clicked.connect(lambda: self.start())
         self.stop_btn = QPushButton("Stop (keep best)")
         self.stop_btn.clicked.connect(lambda: self.stop())
         self.stop_btn.setEnabled(False)
+        self.use_btn = QPushButton("Use the new model")
+        self.use_btn.setToolTip("make the fine-tuned model current and segment the image again with it")
+        self.use_btn.clicked.connect(lambda: self.use_new_model())
+        self.revert_btn = QPushButton("Revert model")
+        self.revert_btn.setToolTip("back to the model from before the last fine-tune (the fine-tuned one stays "
+                                   "saved in the Model tab)")
+        self.revert_btn.clicked.connect(lambda: self.revert_model())
         self.plot = TrainingPlot()
         self.status = StatusLine("add corrected images in the Correct tab, then start")
         self.result = StatusLine()
@@ -74,12 +74,17 @@ class FinetunePanel(QWidget):
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
         layout.addWidget(self.result)
+        layout.addWidget(hbox(self.use_btn, self.revert_btn))
         layout.addStretch(1)
 
         self.job: TrainingJob | None = None
         self.last_done: dict[str, Any] | None = None
         self.last_started: dict[str, Any] | None = None
-        self.last_scores: dict[str, Any] | None = None
+        self.resegmented: list[str] | None = None  # layers segmented again after the last model change
+        self.before_model: Path | None = None  # current before the last fine-tune: what Revert loads
+        self.new_model: Path | None = None  # the last fine-tune's file
+        self.offered = False  # the new model waits for the user's word (nothing fair judged it)
+        self._start_model: Path | None = None
         self._relay = EventRelay(self._on_event, self)
         session.busy_changed.connect(self._update_enabled)
         session.changed.connect(self._update_enabled)
@@ -90,10 +95,16 @@ class FinetunePanel(QWidget):
         return self.job is not None
 
     def _update_enabled(self, *_: object) -> None:
-        self.start_btn.setEnabled(not self.running and self.session.segmenter is not None and not self.session.busy)
+        idle = not self.running and not self.session.busy
+        self.start_btn.setEnabled(idle and self.session.segmenter is not None)
+        self.use_btn.setEnabled(idle and self.offered and self.new_model is not None and self.new_model.exists())
+        current = self.session.path
+        self.revert_btn.setEnabled(idle and self.before_model is not None and (
+            self.offered or (current is not None and current != self.before_model and self.before_model.exists())))
 
     def params(self) -> dict[str, Any]:
-        return form_values(self.form) | {"pseudo_weight": self.pseudo_weight}
+        """The form's values (what is saved in the settings)."""
+        return form_values(self.form)
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -117,35 +128,32 @@ class FinetunePanel(QWidget):
         self.session.settings.finetune = self.params()
         save_settings(self.session.settings)
         if self.session.path is None or self.session.unsaved:
-            base = user_models_dir() / f"{stem(info.name or info.preset or 'model')}-base.safetensors"
+            base = user_models_dir() / f"{model_stem(info.name or info.preset or 'model')}-base.safetensors"
             self.status.info(f"saving the current model to {base} first …")
             return self.session.save(base, on_done=lambda: self._launch(pairs)) is not None
         return self._launch(pairs)
 
-    def _launch(self, pairs: list[dict[str, str]]) -> bool:
-        from csunet_train.config import ConfigError, TrainConfig
+    def _launch(self, pairs: list[dict[str, Any]]) -> bool:
+        from csunet_train.config import ConfigError
 
-        info, store = self.session.info, self.session.annotations
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        base = stem(info.name or info.preset or "model").split("-ft-")[0]
-        out = user_models_dir() / f"{base}-ft-{stamp}.safetensors"
-        params = self.params()
-        spec = {"mode": "finetune", "model": str(self.session.path), "pairs": pairs, "val_pairs": None,
-                "class_names": list(info.class_names), "class_colors": store.class_colors or list(info.class_colors),
-                "eval_every": max(1, min(50, params["steps"] // 10)), "device": self.session.settings.device,
-                "amp": self.session.settings.mixed_precision, "out": str(out), "name": f"{base}-ft-{stamp}",
-                "description": f"fine-tuned from {Path(self.session.path).name} on {len(pairs)} image(s)"} | params
+        info, store, settings = self.session.info, self.session.annotations, self.session.settings
+        name = finetuned_name(info.name or info.preset or "model")
+        params = self.params() | self.overrides
         try:
-            TrainConfig.from_dict(spec)
+            spec = finetune_job_spec(self.session.path, pairs, list(info.class_names),
+                                     user_models_dir() / f"{name}.safetensors",
+                                     class_colors=store.class_colors or list(info.class_colors),
+                                     device=settings.device, amp=settings.mixed_precision, name=name, **params)
         except ConfigError as exc:
             self.status.error(f"cannot start: {exc}")
             return False
-        self.plot.clear(params["steps"])
+        self.plot.clear(spec["steps"])
         self.result.info("")
-        self.last_done, self.last_scores = None, None
+        self.last_done, self.resegmented = None, None
         self.job = start_training_child(spec, self._relay.event.emit, self.status)
         if self.job is None:
             return False
+        self._start_model, self.offered = self.session.path, False
         self.stop_btn.setEnabled(True)
         self._update_enabled()
         self.status.info(f"starting the training process ({len(pairs)} image(s)) …")
@@ -173,8 +181,7 @@ class FinetunePanel(QWidget):
     def _ev_started(self, ev: dict) -> None:
         self.last_started = ev
         self.plot.clear(ev.get("steps") or self.form.steps.value)
-        self.status.info(f"training on {ev.get('device')}: {ev.get('train_images')} training / "
-                         f"{ev.get('val_images')} validation image(s)")
+        self.status.info(f"training on {ev.get('device')}: {ev.get('train_images')} training image(s)")
 
     def _ev_step(self, ev: dict) -> None:
         self.plot.add_loss(ev["step"], ev.get("loss"))
@@ -183,15 +190,17 @@ class FinetunePanel(QWidget):
                          + (f" · {speed:.1f} img/s" if speed else "") + f" · ETA {duration(ev.get('eta_s'))}")
 
     def _ev_eval(self, ev: dict) -> None:
-        metrics = ev.get("metrics") or {}
-        self.plot.add_val(ev["step"], metrics.get("miou"), bool(ev.get("best")))
+        score = held_out_score(ev.get("metrics"))
+        if not score:  # only reviewed pixels judge: nothing else is plotted as "validation"
+            return
+        self.plot.add_val(ev["step"], ev["metrics"]["miou"], bool(ev.get("best")))
         if ev["step"] == 0:
-            self.result.info(f"before: {held_out(metrics)} {iou(metrics)}" if metrics else
-                             "no validation: too few corrected pixels to hold some out")
+            self.result.info(f"before: {score}")
 
     def _ev_checkpoint(self, ev: dict) -> None:
-        if ev.get("metrics"):
-            self.result.info(f"best so far at step {ev['step']}: {held_out(ev['metrics'])} {iou(ev['metrics'])}")
+        score = held_out_score(ev.get("metrics"))
+        if score:
+            self.result.info(f"best so far at step {ev['step']}: {score}")
 
     def _ev_warning(self, ev: dict) -> None:
         self.status.warning(f"training: {ev.get('message')}")
@@ -200,40 +209,75 @@ class FinetunePanel(QWidget):
         self.status.error(f"training failed ({ev.get('kind', 'error')}): {ev.get('message')}")
 
     def _ev_done(self, ev: dict) -> None:
+        """Follow the child's decision: make the new model current, offer it, or keep the current one."""
         self.last_done = ev
-        before, best, steps = ev.get("initial_metrics"), ev.get("best_metrics"), ev.get("steps")
-        how = f"{'stopped' if ev.get('stopped') else 'finished'} after {steps} steps"
-        path = ev.get("path")
-        if before and ev.get("best_step") == 0:  # validated, and nothing beat the current model
-            if path and Path(path).exists() and self.session.path and Path(path) != Path(self.session.path):
-                Path(path).unlink()  # the starting weights again: do not list an identical "new" model
-            self.result.warning(f"no improvement on the held-out corrected pixels ({held_out(before)} "
-                                f"{before_after(before, best)}, {how}): kept the current model "
-                                f"{self.session.path.name if self.session.path else ''}. Correct more pixels "
-                                "or train more steps", notify=True)
-            self.status.info("the current model is unchanged")
-            return
-        if before:
-            self.result.info(f"{held_out(before)} {before_after(before, best)} "
-                             f"(best at step {ev.get('best_step')}, {how})")
-        else:
-            self.result.info(f"no held-out validation (too few corrected pixels): trained all steps and kept "
-                             f"the last model ({how})")
-        if not path or not Path(path).exists():
+        decision = ev.get("decision") or {"keep": False, "verdict": "unjudged"}
+        how = f"{'stopped' if ev.get('stopped') else 'finished'} after {ev.get('steps')} steps"
+        text = decision_text(decision, how)
+        path = Path(ev["path"]) if ev.get("path") else None
+        if path is None or not path.exists():
+            self.result.info(text)
             self.status.error("training ended without saving a model (no step finished)")
             return
-        self.status.info(f"loading the fine-tuned model {Path(path).name} …")
-        if self.session.load_file(path, on_done=lambda: self._after_load(path)) is None:
-            self.status.warning(f"the fine-tuned model is saved as {path}; load it from the Model tab")
+        self.before_model, self.new_model = self._start_model, path
+        if decision.get("keep"):
+            self.result.info(text)
+            self._switch_to(path, "the fine-tuned model")
+        elif decision.get("verdict") == "unjudged":
+            self.offered = True
+            self.result.warning(text, notify=True)
+            self.status.info(f"the fine-tuned model is saved as {path.name}: 'Use the new model' to segment with "
+                             "it, 'Revert model' to keep the current one")
+        else:
+            current = self.session.path
+            if decision.get("best_step") == 0 and current is not None and path != current:
+                path.unlink()  # the starting weights again: do not list an identical "new" model
+                self.new_model = None
+            self.result.warning(text, notify=True)
+            self.status.info(f"the current model {current.name if current else ''} is unchanged")
+        self._update_enabled()
+
+    def use_new_model(self) -> None:
+        """The user's word for an offered model: make it current and segment again with it."""
+        if self.new_model is None or not self.new_model.exists():
+            self.status.error("no fine-tuned model to use: fine-tune first")
+            return
+        self.offered = False
+        self._switch_to(self.new_model, "the fine-tuned model")
+
+    def revert_model(self) -> None:
+        """Back to the model from before the last fine-tune (declines an offered one)."""
+        if self.before_model is None:
+            self.status.error("nothing to revert: no fine-tune changed or offered a model")
+            return
+        if self.offered or self.session.path == self.before_model:
+            self.offered = False
+            self.status.info(f"kept {self.before_model.name}" + (
+                f"; the fine-tuned model stays saved as {self.new_model.name} (Model tab)" if self.new_model else ""))
+            self._update_enabled()
+            return
+        if not self.before_model.exists():
+            self.status.error(f"{self.before_model} is gone: load a model in the Model tab")
+            return
+        self.offered = self.new_model is not None and self.new_model.exists()  # one click back to it
+        self._switch_to(self.before_model, "the model from before the fine-tune")
+
+    def _switch_to(self, path: Path, what: str) -> None:
+        """Load ``path`` and segment the image again with it, the corrections kept on top."""
+        self.status.info(f"loading {what} {path.name} …")
+        if self.session.load_file(path, on_done=lambda: self._after_load(str(path))) is None:
+            self.status.warning(f"{what} is saved as {path}; load it from the Model tab")
 
     def _after_load(self, path: str) -> None:
         self.trained.emit(path)
+        self._update_enabled()
         layers = self._images_to_resegment()
-        self.status.info(f"new model {Path(path).name} is current" + ("; segmenting again …" if layers else ""))
-        old = {layer.name: self.segment_panel.prediction_of(layer) for layer in layers}
+        self.status.info(f"model {Path(path).name} is current" + ("; segmenting again …" if layers else ""))
         if layers and self.segment_panel.segment(
-                layers, on_done=lambda written: self._resegmented(path, written, old), keep=self._corrections) is None:
-            self.status.warning(f"new model {Path(path).name} is current; segment again in the Segment tab")
+                layers, on_done=lambda written: self._resegmented(path, written), keep=self._corrections) is None:
+            self.status.warning(f"model {Path(path).name} is current; segment again in the Segment tab")
+        elif not layers:
+            self.resegmented = []
 
     def _corrections(self, layer) -> np.ndarray | None:
         """What stays on screen: pixels painted in ``layer`` and those the training set holds for its image."""
@@ -243,20 +287,13 @@ class FinetunePanel(QWidget):
             return vouched if painted is None else painted | vouched
         return painted
 
-    def _resegmented(self, path: str, written: list, old: dict) -> None:
-        names = ", ".join(layer.name for layer in written)
-        self.status.info(f"new model {Path(path).name} is current" + (
-            f"; segmented again: {names} (your painted corrections are kept; Revert shows the new prediction)"
-            if names else ""))
-        for layer in written:
-            image = layer.metadata.get(IMAGE)
-            before = self.session.annotations.score(image, old.get(image))
-            after = self.session.annotations.score(image, layer.metadata.get(PREDICTION))
-            if before is not None and after is not None:
-                n = before["pixels"]
-                self.result.info(self.result.text() + f"\non the {n:,} corrected/accepted px of {image} (training "
-                                 f"and held-out): {before_after(before, after)}")
-                self.last_scores = {"image": image, "pixels": n, "before": before, "after": after}
+    def _resegmented(self, path: str, written: list) -> None:
+        names = [layer.name for layer in written]
+        self.resegmented = names
+        self.status.info(f"model {Path(path).name} is current" + (
+            f"; segmented again: {', '.join(names)} (your painted corrections are kept; Revert to prediction in "
+            "the Correct tab shows the new prediction)" if names else ""))
+        self._update_enabled()
 
     def _images_to_resegment(self) -> list:
         """The image of the Correct tab's labels layer, else the Segment tab's choice."""

@@ -1,10 +1,18 @@
-"""What the Fine-tune tab says: durations, IoU and before/after scores in the same units."""
+"""What the Fine-tune and Model tabs say: durations, and scores only where they could have failed.
+
+A score on pixels the user painted cannot fail (the model was wrong there by construction), so
+these texts show before/after numbers only of *held-out reviewed* pixels (or, for models trained
+on a labelled data set, of its separate validation images), always with the pixel count.
+"""
 
 from __future__ import annotations
 
-import re
+from typing import Any
 
-__all__ = ["duration", "iou", "before_after", "held_out", "stem"]
+__all__ = ["duration", "held_out_score", "per_class_change", "decision_text", "model_score", "NOT_CHECKED"]
+
+#: the Model tab's word for a model no fair pixel ever judged
+NOT_CHECKED = "not checked"
 
 
 def duration(seconds: float | None) -> str:
@@ -15,27 +23,59 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def iou(metrics: dict | None) -> str:
-    """'mIoU x, accuracy y' of an eval event's metrics, 'n/a' without validation."""
-    if not metrics or metrics.get("miou") is None:
-        return "n/a"
-    acc = metrics.get("pixel_accuracy")
-    return f"mIoU {metrics['miou']:.3f}" + (f", accuracy {acc:.1%}" if acc is not None else "")
+def _iou(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
-def before_after(before: dict | None, after: dict | None) -> str:
-    """'mIoU a → b, accuracy c → d': both scores in the same units."""
-    if not before or not after or before.get("miou") is None or after.get("miou") is None:
-        return f"{iou(before)} → {iou(after)}"
-    return (f"mIoU {before['miou']:.3f} → {after['miou']:.3f}, accuracy {before['pixel_accuracy']:.1%} → "
-            f"{after['pixel_accuracy']:.1%}")
+def held_out_score(metrics: dict[str, Any] | None) -> str:
+    """'mIoU 0.712 on 5,120 held-out reviewed px' of an eval event; '' when the metrics are not of
+    reviewed pixels (painted ones cannot judge)."""
+    if not metrics or metrics.get("held_out") != "reviewed" or metrics.get("miou") is None:
+        return ""
+    return f"mIoU {metrics['miou']:.3f} on {metrics.get('pixels', 0):,} held-out reviewed px"
 
 
-def held_out(metrics: dict) -> str:
-    """Names what the validation scores are measured on, with the pixel count."""
-    return f"held-out corrected pixels ({metrics.get('pixels', 0):,} px):"
+def per_class_change(group: dict[str, Any] | None) -> str:
+    """'background 0.70→0.92 (14,149 px) · crack –→0.31 (212 px)' of a decision's ``new``/``earlier``."""
+    if not group:
+        return ""
+    before = group["before"].get("iou_per_class") or {}
+    after = group["after"].get("iou_per_class") or {}
+    pixels = group.get("per_class_pixels") or {}
+    parts = [f"{name} {_iou(before.get(name))}→{_iou(after.get(name))} ({pixels.get(name, 0):,} px)"
+             for name in after if pixels.get(name, 0) or before.get(name) is not None or after.get(name) is not None]
+    return " · ".join(parts)
 
 
-def stem(name: str) -> str:
-    """A model name safe in a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+def decision_text(decision: dict[str, Any], how: str) -> str:
+    """The training child's verdict (its reason, already in a scientist's words), then the
+    per-class before/after on the held-out reviewed pixels of this round and earlier rounds."""
+    lines = [decision.get("reason") or "the training job did not judge the new model", f"({how})"]
+    for key, what in (("new", "held-out reviewed pixels of this round"), ("earlier", "earlier rounds' images")):
+        text = per_class_change(decision.get(key))
+        if text:
+            lines.append(f"IoU per class on the {what}: {text}")
+    return "\n".join(lines)
+
+
+def model_score(provenance: dict[str, Any]) -> str:
+    """A model's score for the Model tab, only where it could have failed; :data:`NOT_CHECKED` for a
+    fine-tune that nothing fair judged; '' for models without a segmentation score (pretrained).
+
+    Fair: held-out reviewed pixels (``metrics["held_out"] == "reviewed"``), or validation images
+    separate from the training images (a labelled data set's val split: the starter models).
+    Not: a fine-tune on corrections without fair validation, or one validated on a part of its own
+    training images (the strips/blocks of painted pixels that older versions held out).
+    """
+    metrics = provenance.get("metrics") or {}
+    miou, pixels = metrics.get("miou"), metrics.get("pixels", 0)
+    if metrics.get("held_out") == "reviewed" and isinstance(miou, float):
+        return f"held-out reviewed mIoU {miou:.3f} ({pixels:,} px)"
+    val = [str(name) for name in provenance.get("val_images") or []]
+    train = set(provenance.get("train_images") or [])
+    separate = val and "validation" not in provenance and not any("(held-out" in n or n in train for n in val)
+    if separate and isinstance(miou, float):
+        return f"val mIoU {miou:.3f}" + (f" ({pixels:,} px)" if pixels else "")
+    if "validation" in provenance or provenance.get("mode") == "finetune" or isinstance(miou, float):
+        return NOT_CHECKED
+    return ""

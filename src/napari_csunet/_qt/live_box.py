@@ -17,11 +17,11 @@ from typing import Any
 from qtpy.QtWidgets import QCheckBox, QPushButton, QVBoxLayout, QWidget
 
 from ..annotations import AnnotationStore
+from ..finetune import model_stem
 from ..jobs import TrainingJob
 from ..live_update import LiveUpdate, live_job_spec
 from ..model_catalog import user_models_dir
 from .common import EventRelay, StatusLine, hbox
-from .finetune_text import stem
 from .queue_box import QueueBox
 from .segment_panel import SegmentPanel
 from .serial_worker import SerialWorker
@@ -103,7 +103,7 @@ class LiveBox(QWidget):
         if self.session.busy or self.segment.running:
             self.state.warning("busy (loading or segmenting): correct again when it is done", notify=False)
             return False
-        base = stem(info.name or "model").split("-live-")[0]
+        base = model_stem(info.name or "model").split("-live-")[0]
         out = live_dir() / f"{base}-live-{time.strftime('%Y%m%d-%H%M%S')}-{self.live.cycles}.safetensors"
         names, colors = list(info.class_names), self.store.class_colors or list(info.class_colors)
         device, params = self.session.settings.device, dict(self.params, amp=self.session.settings.mixed_precision)

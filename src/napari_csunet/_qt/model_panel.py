@@ -31,6 +31,7 @@ from .adapt_panel import AdaptPanel
 from .common import StatusLine, form_group, hbox
 from .compat import avoid_triton_llvm_clash
 from .config_form import config_form, form_rows
+from .finetune_text import model_score
 from .session import ModelSession
 from .weights_info import source_status
 
@@ -129,8 +130,8 @@ class ModelPanel(QWidget):
         self._fill_start_choices()
         self.files.clear()
         for entry in list_model_files():
-            metrics = entry.get("metrics") or {}
-            score = f" · val mIoU {metrics['miou']:.3f}" if isinstance(metrics.get("miou"), float) else ""
+            score = model_score(_provenance(entry["path"])) if entry["kind"] != "pretrained" else ""
+            score = f" · {score}" if score else ""
             what = "start of a new model, below" if entry["kind"] == "pretrained" else ", ".join(entry["classes"])
             item = QListWidgetItem(f"{entry['name']} ({entry['kind']}) · {what}{score}")
             item.setToolTip(f"{entry['path']}\n{entry.get('description') or ''}")
@@ -312,3 +313,13 @@ class ModelPanel(QWidget):
         for w in (self.load_btn, self.open_btn, self.build_btn, self.device):
             w.setEnabled(not busy)
         self.save_btn.setEnabled(not busy and self.session.segmenter is not None)
+
+
+def _provenance(path: str) -> dict:
+    """A model file's training record (header only); {} when it cannot be read."""
+    from ..modelfile import read_model_info
+
+    try:
+        return read_model_info(path).provenance or {}
+    except (OSError, ValueError):  # ModelFileError is a ValueError
+        return {}
