@@ -58,6 +58,7 @@ class CorrectPanel(QWidget):
         t = self.training
         self.region, self.add_btn, self.table, self.remove_btn = t.region, t.add_btn, t.table, t.remove_btn
         self.refresh_list, self.remove_selected, self.add_to_training_set = t.refresh_list, t.remove_selected, t.add
+        self.mark_btn, self.mark_painted_reviewed = t.mark_btn, t.mark_painted_reviewed
         self.queue = QueueBox(viewer, self.store, self.layer, self._save_kwargs, self.status, segment,
                               layer_keys=session.settings.queue_keys_on_layer, writer=self.writer)
         self.keys = config_form(Settings, KEY_SETTINGS, {k: getattr(session.settings, k) for k in KEY_SETTINGS})

@@ -4,6 +4,11 @@ Only pixels the user vouched for train: painted ones (label != the model's predi
 inside the rectangles of a Shapes layer (checked areas, accepted as predicted), or every labelled
 pixel with "whole image". The count of those pixels is shown before adding, so an image whose
 labels are 97% the model's own output is not mistaken for a corrected one.
+
+Only *reviewed* pixels (inside checked rectangles, or the whole image) can judge a fine-tune:
+painted ones were chosen because the model was wrong there. So the box also says how many
+reviewed pixels per class validation will have and which corrected class none can check, and
+"Mark painted areas as reviewed" turns the painted clusters into rectangles in one click.
 """
 
 from __future__ import annotations
@@ -31,15 +36,41 @@ from ..annotations import (
     AnnotationError,
     AnnotationStore,
     correction_mask,
+    reviewed_area,
 )
 from .common import LayerPicker, StatusLine, form_group, image_data, is_input_image
 from .segment_panel import IMAGE, PREDICTION
 from .serial_worker import SerialWorker
 
-__all__ = ["TrainingSetBox", "PAINTED_ONLY", "WHOLE_IMAGE"]
+__all__ = ["TrainingSetBox", "PAINTED_ONLY", "WHOLE_IMAGE", "REVIEWED_AREAS", "painted_rectangles"]
 
 PAINTED_ONLY = "painted pixels only"
 WHOLE_IMAGE = "whole image (every label is right)"
+#: the Shapes layer "Mark painted areas as reviewed" creates (or extends)
+REVIEWED_AREAS = "reviewed areas"
+#: painted pixels closer than this (px) share one rectangle; each rectangle is MARGIN px larger
+MERGE, MARGIN = 16, 8
+
+
+def painted_rectangles(painted: np.ndarray, merge: int = MERGE, margin: int = MARGIN) -> list[list[int]]:
+    """[row0, col0, row1, col1] around each cluster of ``painted`` pixels (bool (H, W)): clusters
+    closer than ``merge`` px join, each box grows by ``margin`` px, clipped to the image."""
+    from scipy import ndimage
+
+    painted = np.asarray(painted, bool)
+    if not painted.any():
+        return []
+    near = ndimage.maximum_filter(painted.view(np.uint8), size=2 * merge + 1) > 0
+    parts, _ = ndimage.label(near)
+    h, w = painted.shape
+    boxes = []
+    for i, sl in enumerate(ndimage.find_objects(parts), start=1):
+        rows, cols = np.nonzero(painted[sl] & (parts[sl] == i))
+        r0, c0 = sl[0].start + rows.min(), sl[1].start + cols.min()
+        r1, c1 = sl[0].start + rows.max() + 1, sl[1].start + cols.max() + 1
+        boxes.append([max(0, int(r0) - margin), max(0, int(c0) - margin), min(h, int(r1) + margin),
+                      min(w, int(c1) + margin)])
+    return boxes
 
 
 def shape_regions(shapes: Shapes, layer: Labels) -> list[list[int]]:
@@ -67,6 +98,14 @@ class TrainingSetBox(QWidget):
                                   tooltip="which pixels train: those you painted, plus every pixel inside the "
                                           "rectangles of a Shapes layer (areas you checked), or the whole image")
         self.preview = StatusLine()
+        self.judge = StatusLine()  # what validation will have: reviewed pixels per class, what is missing
+        self.mark_btn = QPushButton("Mark painted areas as reviewed")
+        self.mark_btn.setToolTip(f"a rectangle around each group of painted pixels, in the Shapes layer "
+                                 f"{REVIEWED_AREAS!r} (or the one chosen under 'train on'): you vouch that every "
+                                 "label inside is right, so these areas can also check whether a fine-tune got "
+                                 "better. Move or delete rectangles that hold wrong labels")
+        self.mark_btn.clicked.connect(lambda: self.mark_painted_reviewed())
+        self.mark_btn.setEnabled(False)
         self.add_btn = QPushButton("Add to training set")
         self.add_btn.clicked.connect(lambda: self.add(background=True))
         self.table = QTableWidget(0, 2)
@@ -75,7 +114,8 @@ class TrainingSetBox(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.remove_btn = QPushButton("Remove selected")
         self.remove_btn.clicked.connect(lambda: self.remove_selected())
-        box: QGroupBox = form_group("Training set", [("train on", self.region), self.preview, self.add_btn,
+        box: QGroupBox = form_group("Training set", [("train on", self.region), self.preview, self.mark_btn, self.judge,
+                                                     self.add_btn,
                                                      self.table, self.remove_btn])
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
@@ -85,6 +125,7 @@ class TrainingSetBox(QWidget):
         self._timer.setInterval(250)
         self._timer.timeout.connect(self.update_preview)
         self._watched: list = []
+        self._entry_counts: dict[str, tuple[dict[str, int], dict[str, int]]] = {}  # id -> (reviewed, training) px
         self._kick = lambda *_: self._timer.start()  # napari events pass an argument QTimer.start must not get
         self.region.changed.connect(self.watch)
         self.refresh_list()
@@ -132,16 +173,22 @@ class TrainingSetBox(QWidget):
 
     def update_preview(self) -> None:
         layer = self._layer()
+        self.mark_btn.setEnabled(False)
         if layer is None:
             self.preview.info("")
+            self.judge.info("")
             return
         try:
             _, _, labels, prediction = self.plane(layer)
-            mask = correction_mask(labels, prediction, **self.choice(layer))
+            choice = self.choice(layer)
+            mask = correction_mask(labels, prediction, **choice)
         except AnnotationError as exc:
             self.preview.warning(str(exc), notify=False)
+            self.judge.info("")
             return
         painted, accepted = int(np.count_nonzero(mask == PAINTED)), int(np.count_nonzero(mask == ACCEPTED))
+        self.mark_btn.setEnabled(prediction is not None and painted > 0 and not choice.get("whole_image"))
+        self._show_validation(layer, labels, mask, choice)
         text = f"will train on {painted + accepted:,} px: {painted:,} painted + {accepted:,} accepted"
         share = (painted + accepted) / max(labels.size, 1)
         if prediction is None:
@@ -151,7 +198,118 @@ class TrainingSetBox(QWidget):
             return
         self.preview.info(text + f" ({share:.1%} of the image)")
 
+    # -- what will judge -----------------------------------------------------------------------
+
+    def _counts(self, labels: np.ndarray, reviewed: np.ndarray | None, names: list[str]
+                ) -> tuple[dict[str, int], dict[str, int]]:
+        """(reviewed labelled px, training px) per class of one image."""
+        from csunet_train.data import LabelledImage
+        from csunet_train.fair import reviewed_counts
+
+        item = LabelledImage(labels, labels, "", reviewed=reviewed)  # the counts read labels and reviewed only
+        train = np.bincount(labels.ravel(), minlength=len(names) + 1)[1:len(names) + 1]
+        return reviewed_counts([item], names), {n: int(c) for n, c in zip(names, train, strict=True)}
+
+    def _saved_counts(self, skip: str | None, names: list[str]) -> list[tuple[dict[str, int], dict[str, int]]]:
+        """Per saved entry but the image ``skip`` (its new version is on screen): counts, cached by id."""
+        out = []
+        for entry in self.store.entries():
+            if entry.name == skip:
+                continue
+            if entry.id not in self._entry_counts:
+                labels = self.store.training_labels(entry)
+                reviewed = (reviewed_area(labels.shape, entry.regions, entry.whole_image) & (labels > 0)
+                            if entry.mask else None)  # sets saved before masks existed: no checked areas
+                self._entry_counts[entry.id] = self._counts(labels, reviewed, names)
+            out.append(self._entry_counts[entry.id])
+        return out
+
+    def _show_validation(self, layer: Labels, labels: np.ndarray, mask: np.ndarray, choice: dict) -> None:
+        """How many reviewed pixels per class could judge a fine-tune (the set with this image added),
+        and which corrected class none can check."""
+        from csunet_train.data import MIN_VAL_PIXELS
+        from csunet_train.fair import HOLDOUT_EVERY, missing_classes_text
+
+        names = self._class_names(layer)
+        if not names or (self.store.class_names and self.store.class_names != names):
+            self.judge.info("")
+            return
+        train = np.where(mask > 0, labels, 0).astype(np.uint8)
+        reviewed = reviewed_area(labels.shape, choice.get("regions"), bool(choice.get("whole_image"))) & (train > 0)
+        try:
+            counts = [self._counts(train, reviewed, names),
+                      *self._saved_counts(self._image_name(layer), names)]
+        except (AnnotationError, OSError, ValueError) as exc:
+            self.judge.warning(f"cannot count the reviewed pixels of the training set: {exc}", notify=False)
+            return
+        total = {n: sum(r[n] for r, _ in counts) for n in names}
+        trained = {n: sum(t[n] for _, t in counts) for n in names}
+        if not any(total.values()):
+            self.judge.warning("no reviewed pixels: nothing can check whether a fine-tune got better, so its model "
+                               "will be offered, not made current. Mark the areas you corrected as reviewed",
+                               notify=False)
+            return
+        per_class = " · ".join(f"{n} {total[n]:,}" for n in names)
+        text = (f"validation: reviewed px per class {per_class} (about 1 in {HOLDOUT_EVERY} is held out to judge "
+                "a fine-tune)")
+        if sum(total.values()) < HOLDOUT_EVERY * MIN_VAL_PIXELS:
+            text += (f"; too few to judge (about {MIN_VAL_PIXELS:,} held out are needed): the new model will be "
+                     "offered, not made current")
+        missing = missing_classes_text([n for n in names if trained[n] and not total[n]])
+        if missing or "too few" in text:
+            self.judge.warning(text + (f"; {missing}" if missing else ""), notify=False)
+        else:
+            self.judge.info(text)
+
+    def _image_name(self, layer: Labels) -> str | None:
+        image = self._image_for(layer)
+        return image.name if image is not None else None
+
+    # -- mark painted areas as reviewed ----------------------------------------------------------
+
+    def mark_painted_reviewed(self) -> Shapes | None:
+        """A rectangle around each cluster of painted pixels, added to the Shapes layer chosen under
+        "train on" (else :data:`REVIEWED_AREAS`, created when missing), which becomes the choice."""
+        layer = self._corrected_layer()
+        if layer is None:
+            return None
+        _, _, labels, prediction = self.plane(layer)
+        if prediction is None:
+            self.status.error("no prediction to tell painted pixels from: segment the image first")
+            return None
+        boxes = painted_rectangles((labels != prediction) & (labels > 0))
+        if not boxes:
+            self.status.error("nothing painted yet: paint the right classes where the prediction is wrong first")
+            return None
+        existing = self.viewer.layers[REVIEWED_AREAS] if REVIEWED_AREAS in self.viewer.layers else None
+        chosen = self.region.value
+        target = chosen if isinstance(chosen, Shapes) else existing if isinstance(existing, Shapes) else None
+        known = shape_regions(target, layer) if target is not None else []  # marked before: not twice
+        boxes = [b for b in boxes if not any(k[0] <= b[0] and k[1] <= b[1] and k[2] >= b[2] and k[3] >= b[3]
+                                             for k in known)]
+        if target is None:
+            target = self.viewer.add_shapes(name=REVIEWED_AREAS, ndim=layer.ndim, scale=layer.scale,
+                                            translate=layer.translate, edge_color="yellow",
+                                            face_color="transparent", edge_width=3)
+        if boxes:
+            lead = list(layer.world_to_data(self.viewer.dims.point)[:-2]) if layer.ndim > 2 else []
+            corners = [[[r0, c0], [r0, c1], [r1, c1], [r1, c0]] for r0, c0, r1, c1 in boxes]
+            target.add([[target.world_to_data(layer.data_to_world([*lead, *v])) for v in rect] for rect in corners],
+                       shape_type="rectangle", edge_color="yellow", face_color="transparent")
+        self.region.choose(target.name)
+        self.watch()
+        self.status.info(f"{len(boxes)} rectangle(s) around the painted areas added to {target.name!r}: every "
+                         "label inside them now counts as reviewed (move or delete those that hold wrong labels)")
+        return target
+
     # -- add / list / remove -------------------------------------------------------------------
+
+    def _corrected_layer(self) -> Labels | None:
+        """The labels layer being corrected; None (and the status line says why) without one."""
+        layer = self._layer()
+        if layer is None:
+            self.status.error("no labels layer: segment an image first, then correct it")
+        return layer
 
     def _image_for(self, layer: Labels) -> Image | None:
         name = layer.metadata.get(IMAGE)
@@ -169,9 +327,8 @@ class TrainingSetBox(QWidget):
         does not wait for the disk; the list and the status line follow when it is on disk (None
         is returned). Otherwise the saved entry is returned (scripts, tests).
         """
-        layer = self._layer()
+        layer = self._corrected_layer()
         if layer is None:
-            self.status.error("no labels layer: segment an image first, then correct it")
             return None
         image, pixels, labels, prediction = self.plane(layer)
         if image is None:
@@ -236,6 +393,7 @@ class TrainingSetBox(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)  # long names elide, no scrollbar
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.remove_btn.setEnabled(bool(entries))
+        self._timer.start()  # the set changed: what validation will have, too
 
     def remove_selected(self) -> None:
         rows = sorted({i.row() for i in self.table.selectedIndexes()})
