@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from csunet_train.data import MIN_VAL_PIXELS, LabelledImage
-from csunet_train.fair import BLOCK, fair_split, label_digest, missing_classes_text, reviewed_counts
+from csunet_train.fair import BLOCK, fair_split, annotation_digest, missing_classes_text, reviewed_counts
 from csunet_train.judge import FairValidation, block_miou, decide, paired_change
 from csunet_train.losses import balanced_cross_entropy, correction_loss, distillation_loss
 from napari_csunet.annotations import AnnotationStore, reviewed_area
@@ -75,7 +75,7 @@ def test_a_class_corrected_only_by_painting_cannot_be_checked_and_says_so() -> N
 
 def test_earlier_rounds_images_form_their_own_group() -> None:
     old, new = _item([(10, 10, 150)], seed=1), _item([(100, 100, 150)], seed=2)
-    split = fair_split([old, new], NAMES, earlier=[label_digest(old.labels)])
+    split = fair_split([old, new], NAMES, earlier=[annotation_digest(old)])
     assert sorted(split.groups) == ["earlier", "new"]
     assert split.per_class["earlier"]["oxide"] > 0 and split.per_class["new"]["oxide"] > 0
 
@@ -139,7 +139,7 @@ def _scores(v: FairValidation, accuracy: dict[str, float]) -> np.ndarray:
 def test_the_decision_keeps_the_current_model_unless_the_new_one_is_better_and_not_worse_before(
         after: dict[str, float], keep: bool, verdict: str) -> None:
     old, new = _item([(10, 10, 150)], seed=1), _item([(100, 100, 150)], seed=2)
-    v = _validation([old, new], [label_digest(old.labels)])
+    v = _validation([old, new], [annotation_digest(old)])
     v.first = _scores(v, {"new": 0.7, "earlier": 0.8})
     decision = decide(v, _scores(v, after), 60, 60, NAMES)
     assert decision["keep"] is keep and decision["verdict"] == verdict
@@ -236,8 +236,15 @@ def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model
     assert decision["keep"] is (decision["verdict"] == "better")
     provenance = load_model_file(out, "cpu")[1].provenance
     assert provenance["trained_on"] and provenance["distillation"]["weight"] == 1.0
-    if reviewed:
-        assert done["initial_metrics"]["held_out"] == "reviewed" and decision["new"]["pixels"] >= MIN_VAL_PIXELS
-        assert provenance["validation"]["fair"]
-    else:
+    if not reviewed:
         assert done["initial_metrics"] is None and provenance["validation"] is None
+        return
+    assert done["initial_metrics"]["held_out"] == "reviewed" and decision["new"]["pixels"] >= MIN_VAL_PIXELS
+    assert provenance["validation"]["fair"] and decision["earlier"] is None
+    # round 2 from the fine-tuned model: the first image is an earlier round's, checked for forgetting
+    store.add(image[::-1].copy(), labels, name="b", class_names=names, prediction=prediction, regions=[[20, 20, 180, 180]])
+    cfg2 = TrainConfig(out=str(tmp_path / "ft2.safetensors"), mode="finetune", model=str(out), pairs=store.pairs(),
+                       steps=1, eval_every=1, batch_size=1, crop=256, class_names=names)
+    second = run_job(cfg2, silent)["decision"]
+    assert second["earlier"] is not None and second["earlier"]["pixels"] == decision["new"]["pixels"]
+    assert second["new"]["pixels"] > 0

@@ -20,7 +20,7 @@ import numpy as np
 
 from .data import MIN_VAL_PIXELS, LabelledImage
 
-__all__ = ["BLOCK", "HOLDOUT_EVERY", "FairSplit", "fair_split", "held_out_blocks", "label_digest",
+__all__ = ["BLOCK", "HOLDOUT_EVERY", "FairSplit", "fair_split", "held_out_blocks", "annotation_digest",
            "reviewed_counts", "missing_classes_text"]
 
 #: side of the held-out squares: small enough that every reviewed area is sampled, large enough
@@ -30,10 +30,15 @@ BLOCK = 32
 HOLDOUT_EVERY = 4
 
 
-def label_digest(labels: np.ndarray) -> str:
-    """sha256 of a label map: the same corrections give the same digest (earlier rounds' images)."""
-    labels = np.ascontiguousarray(labels)
-    return hashlib.sha256(str(labels.shape).encode() + labels.tobytes()).hexdigest()[:16]
+def annotation_digest(item: LabelledImage) -> str:
+    """sha256 of an image and its labels: the same corrections of the same image give the same
+    digest (how a later round recognises the images an earlier round trained on)."""
+    h = hashlib.sha256()
+    for a in (item.image, item.labels):
+        a = np.ascontiguousarray(a)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def held_out_blocks(shape: Sequence[int], block: int = BLOCK, every: int = HOLDOUT_EVERY) -> np.ndarray:
@@ -105,7 +110,7 @@ def fair_split(items: Sequence[LabelledImage], class_names: Sequence[str], earli
                block: int = BLOCK, every: int = HOLDOUT_EVERY) -> FairSplit:
     """Hold out lattice blocks of the reviewed pixels of ``items`` (those with a ``reviewed`` mask).
 
-    ``earlier``: label digests (:func:`label_digest`) of the images the starting model was trained
+    ``earlier``: digests (:func:`annotation_digest`) of the images the starting model was trained
     on; their held-out blocks check that a new model is not worse there. Items without a reviewed
     mask (label files made elsewhere) train whole and judge nothing here.
     """
@@ -143,7 +148,7 @@ def fair_split(items: Sequence[LabelledImage], class_names: Sequence[str], earli
         if held is None or not held.any():
             train.append(it)
             continue
-        group = "earlier" if label_digest(it.labels) in earlier_set else "new"
+        group = "earlier" if annotation_digest(it) in earlier_set else "new"
         val_labels = np.where(held, it.labels, 0).astype(it.labels.dtype)
         val.append(replace(it, labels=val_labels, name=f"{it.name} (held-out reviewed blocks)", pseudo=None,
                            reviewed=held))

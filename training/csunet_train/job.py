@@ -22,7 +22,7 @@ from typing import Any
 from .config import ConfigError, TrainConfig, load_job
 from .data import DataError, LabelledImage, TrainingData, fingerprint, load_data
 from .events import Emit, StopControl, silent, stdout_events
-from .fair import fair_split, label_digest, missing_classes_text
+from .fair import fair_split, annotation_digest, missing_classes_text
 from .fair import summary as fair_summary
 from .judge import FairValidation, decide
 from .pretrain_config import PretrainConfig
@@ -226,7 +226,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         model = in_device_layout(start.model.to(dist.device), dist.device)  # fit() feeds batches alike
         in_chans = start.config.in_chans
         dtype = amp_dtype(dist.device, cfg.amp)
-        trained_on = [label_digest(it.labels) for it in data.train if it.reviewed is not None]
+        trained_on = [annotation_digest(it) for it in data.train if it.reviewed is not None]
         validation = _fair_validation(start, data, in_chans, emit)
         distill = cfg.distill_weight > 0 and cfg.model is not None and head is None
         distill = distill and _add_soft_targets(model, data, in_chans, dist.device, dtype)
