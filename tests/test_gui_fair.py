@@ -97,7 +97,7 @@ def test_an_offered_model_is_used_and_reverted_in_one_click_each(widget, qtbot):
     panel.revert_btn.click()
     _settled(w, qtbot)
     assert w.session.path == old and new.exists()  # back; the fine-tuned model stays listed
-    assert panel.use_btn.isEnabled()  # one click back to it
+    assert panel.use_btn.isEnabled() and not panel.revert_btn.isEnabled()  # one click back to it
     np.testing.assert_array_equal(layer.data[:40, :40], painted[:40, :40])
 
 

@@ -83,7 +83,8 @@ class FinetunePanel(QWidget):
         self.resegmented: list[str] | None = None  # layers segmented again after the last model change
         self.before_model: Path | None = None  # current before the last fine-tune: what Revert loads
         self.new_model: Path | None = None  # the last fine-tune's file
-        self.offered = False  # the new model waits for the user's word (nothing fair judged it)
+        self.offered = False  # "Use the new model" can make the last fine-tune's model current
+        self.undecided = False  # an offer nothing fair judged waits for the user's word (Revert declines it)
         self._start_model: Path | None = None
         self._relay = EventRelay(self._on_event, self)
         session.busy_changed.connect(self._update_enabled)
@@ -100,7 +101,7 @@ class FinetunePanel(QWidget):
         self.use_btn.setEnabled(idle and self.offered and self.new_model is not None and self.new_model.exists())
         current = self.session.path
         self.revert_btn.setEnabled(idle and self.before_model is not None and (
-            self.offered or (current is not None and current != self.before_model and self.before_model.exists())))
+            self.undecided or (current is not None and current != self.before_model and self.before_model.exists())))
 
     def params(self) -> dict[str, Any]:
         """The form's values (what is saved in the settings)."""
@@ -153,7 +154,7 @@ class FinetunePanel(QWidget):
         self.job = start_training_child(spec, self._relay.event.emit, self.status)
         if self.job is None:
             return False
-        self._start_model, self.offered = self.session.path, False
+        self._start_model, self.offered, self.undecided = self.session.path, False, False
         self.stop_btn.setEnabled(True)
         self._update_enabled()
         self.status.info(f"starting the training process ({len(pairs)} image(s)) …")
@@ -224,7 +225,7 @@ class FinetunePanel(QWidget):
             self.result.info(text)
             self._switch_to(path, "the fine-tuned model")
         elif decision.get("verdict") == "unjudged":
-            self.offered = True
+            self.offered = self.undecided = True
             self.result.warning(text, notify=True)
             self.status.info(f"the fine-tuned model is saved as {path.name}: 'Use the new model' to segment with "
                              "it, 'Revert model' to keep the current one")
@@ -242,7 +243,7 @@ class FinetunePanel(QWidget):
         if self.new_model is None or not self.new_model.exists():
             self.status.error("no fine-tuned model to use: fine-tune first")
             return
-        self.offered = False
+        self.offered = self.undecided = False
         self._switch_to(self.new_model, "the fine-tuned model")
 
     def revert_model(self) -> None:
@@ -250,8 +251,8 @@ class FinetunePanel(QWidget):
         if self.before_model is None:
             self.status.error("nothing to revert: no fine-tune changed or offered a model")
             return
-        if self.offered or self.session.path == self.before_model:
-            self.offered = False
+        if self.undecided or self.session.path == self.before_model:
+            self.offered = self.undecided = False
             self.status.info(f"kept {self.before_model.name}" + (
                 f"; the fine-tuned model stays saved as {self.new_model.name} (Model tab)" if self.new_model else ""))
             self._update_enabled()
