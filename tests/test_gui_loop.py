@@ -1,9 +1,10 @@
 """The user's whole loop in a real viewer, with the real training child (tiny preset, a few steps).
 
-sample image -> segment -> correct three boxes (NASA's labels) and mark them -> add to training
-set -> fine-tune in the child process, validated on held-out corrected pixels -> the new model is
-current -> the image is segmented again with the corrections kept; a fine-tune that cannot improve
-says so and keeps the model; Stop keeps the best.
+sample image -> segment -> correct three boxes (NASA's labels) and mark them as checked -> add to
+training set -> fine-tune in the child process, judged on held-out reviewed blocks -> better there:
+the new model is current and the image is segmented again with the corrections kept -> Revert
+model goes back in one click; a fine-tune that cannot improve says so and keeps the model; painted
+pixels only cannot judge: Stop, and the model is offered, not made current.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from test_gui import CLASSES, segment  # noqa: E402 (fixtures: conftest.py)
 
 from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
 from napari_csunet._qt.training_set import WHOLE_IMAGE  # noqa: E402
+from napari_csunet.finetune import FINETUNE_DEFAULTS  # noqa: E402
 from napari_csunet.jobs import jobs_dir  # noqa: E402
 from napari_csunet.model_catalog import user_models_dir  # noqa: E402
 
@@ -63,23 +65,24 @@ def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot)
     panel.form.lr.value = 1e-3
     assert panel.start(), panel.status.text()
     assert panel.running and not panel.start_btn.isEnabled() and panel.stop_btn.isEnabled()
+    assert not panel.revert_btn.isEnabled() and not panel.use_btn.isEnabled()
     qtbot.waitUntil(lambda: panel.last_done is not None and not panel.running, timeout=900_000)  # a busy CPU
-    qtbot.waitUntil(lambda: not w.session.busy and not w.segment_panel.running and panel.last_scores is not None,
+    qtbot.waitUntil(lambda: not w.session.busy and not w.segment_panel.running and panel.resegmented is not None,
                     timeout=120_000)
 
-    done = panel.last_done
-    before, after = done["initial_metrics"], done["best_metrics"]
-    held_out = before["pixels"]
-    assert 0.15 * entry.labelled < held_out < 0.3 * entry.labelled  # validation: corrected pixels only
-    assert done["best_step"] > 0 and after["miou"] > before["miou"], panel.result.text()
-    new_model = user_models_dir() / done["path"].split("/")[-1]
+    decision = panel.last_done["decision"]
+    assert decision["fair"] and decision["keep"] and decision["verdict"] == "better", panel.result.text()
+    held_out = decision["new"]["pixels"]
+    assert 0.15 * entry.labelled < held_out < 0.35 * entry.labelled  # reviewed blocks held out of the boxes
+    new_model = user_models_dir() / panel.last_done["path"].split("/")[-1]
     assert new_model.exists() and new_model.name.startswith("tiny-test-ft-")
     assert w.session.path == new_model and w.session.info.class_names == CLASSES
     assert w.model_panel.files.item(0).toolTip().startswith(str(new_model))  # the newest model on top
-    assert f"held-out corrected pixels ({held_out:,} px)" in panel.result.text()
-    scores = panel.last_scores  # all corrected/accepted pixels, before vs after, in the same units
-    assert scores["pixels"] == entry.labelled and scores["after"]["miou"] > scores["before"]["miou"]
-    assert f"on the {entry.labelled:,} corrected/accepted px" in panel.result.text()
+    assert "held-out reviewed mIoU" in w.model_panel.files.item(0).text()
+    text = panel.result.text()
+    assert decision["reason"] in text and f"{held_out:,} held-out reviewed pixels" in text
+    assert "IoU per class on the held-out reviewed pixels of this round: matrix " in text and " px)" in text
+    assert "corrected pixels" not in text and "corrected/accepted px" not in text  # training pixels never judge
 
     new_prediction = layer.metadata[PREDICTION]
     assert not np.array_equal(new_prediction, first_prediction)  # the model changed
@@ -90,14 +93,23 @@ def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot)
     np.testing.assert_array_equal(layer.data[kept], corrected[kept])  # the corrected boxes stay on screen
     np.testing.assert_array_equal(layer.data[~kept], new_prediction[~kept])  # the new prediction elsewhere
     np.testing.assert_array_equal(layer.metadata[PREVIOUS], corrected)
-    w.correct_panel.revert()
-    np.testing.assert_array_equal(layer.data, new_prediction)
     assert panel.start_btn.isEnabled() and not panel.stop_btn.isEnabled()
     (job_file,) = jobs_dir().glob("*/job.json")
     assert jobs_dir().parent == user_models_dir()  # job files stay under CSUNET_MODELS_DIR
     spec = json.loads(job_file.read_text())
     assert spec["mode"] == "finetune" and spec["model"].endswith("tiny-test.safetensors") and spec["steps"] == 30
     assert spec["pairs"] == w.correct_panel.store.pairs() and spec["class_names"] == CLASSES
+    assert spec["distill_weight"] == FINETUNE_DEFAULTS["distill_weight"] and "pseudo_weight" not in spec
+
+    assert panel.revert_btn.isEnabled() and not panel.use_btn.isEnabled()
+    panel.resegmented = None
+    panel.revert_btn.click()  # one click back to the model from before, the corrections still on screen
+    qtbot.waitUntil(lambda: not w.session.busy and not w.segment_panel.running and panel.resegmented is not None,
+                    timeout=120_000)
+    assert w.session.path.name == "tiny-test.safetensors" and new_model.exists()
+    np.testing.assert_array_equal(layer.metadata[PREDICTION], first_prediction)
+    np.testing.assert_array_equal(layer.data[kept], corrected[kept])
+    assert panel.use_btn.isEnabled() and not panel.revert_btn.isEnabled()
 
 
 def test_a_finetune_that_cannot_improve_says_so_and_keeps_the_model(widget, qtbot):
@@ -113,15 +125,18 @@ def test_a_finetune_that_cannot_improve_says_so_and_keeps_the_model(widget, qtbo
     panel.form.lr.value = 1e-6
     assert panel.start(), panel.status.text()
     qtbot.waitUntil(lambda: panel.last_done is not None and not panel.running, timeout=180_000)
-    assert panel.last_done["best_step"] == 0, panel.result.text()
-    assert panel.result.kind == "warning" and "no improvement" in panel.result.text()
-    assert "kept the current model tiny-test.safetensors" in panel.result.text()
+    decision = panel.last_done["decision"]
+    assert decision["verdict"] == "not_better" and decision["best_step"] == 0, panel.result.text()
+    assert panel.result.kind == "warning" and "Kept the current model" in panel.result.text()
+    assert "tiny-test.safetensors is unchanged" in panel.status.text()
     assert w.session.path.name == "tiny-test.safetensors"
+    assert not panel.use_btn.isEnabled() and not panel.revert_btn.isEnabled()
     assert not list(user_models_dir().glob("tiny-test-ft-*"))  # no identical "new" model registered
     np.testing.assert_array_equal(layer.data, shown)
 
 
-def test_stop_keeps_the_best_model(widget, qtbot):
+def test_stop_on_painted_pixels_only_offers_the_model_without_making_it_current(widget, qtbot):
+    """Painted pixels cannot judge: every step may run, and the model waits for the user's word."""
     w = widget
     layer = segment(w, qtbot)
     layer.data[:64, :64] = 3
@@ -134,5 +149,13 @@ def test_stop_keeps_the_best_model(widget, qtbot):
     qtbot.waitUntil(lambda: not panel.running, timeout=120_000)
     assert panel.last_done is not None and panel.last_done["stopped"] is True, panel.status.text()
     assert panel.last_done["steps"] < 10_000
-    qtbot.waitUntil(lambda: not w.session.busy and not w.segment_panel.running, timeout=120_000)
-    assert w.session.path.name.startswith("tiny-test-ft-") and "stopped" in panel.result.text()
+    decision = panel.last_done["decision"]
+    assert decision["verdict"] == "unjudged" and not decision["keep"] and not decision["fair"]
+    assert w.session.path.name == "tiny-test.safetensors" and not w.session.busy  # offered, not made current
+    assert "stopped" in panel.result.text() and "Nothing fair" in panel.result.text()
+    assert panel.use_btn.isEnabled() and panel.revert_btn.isEnabled()
+    assert panel.resegmented is None and not w.segment_panel.running  # nothing segmented with it yet
+    panel.use_btn.click()
+    qtbot.waitUntil(lambda: not w.session.busy and not w.segment_panel.running and panel.resegmented is not None,
+                    timeout=120_000)
+    assert w.session.path.name.startswith("tiny-test-ft-") and panel.revert_btn.isEnabled()
