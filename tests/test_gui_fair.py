@@ -69,6 +69,8 @@ def test_finetune_tab_follows_the_decision(widget, qtbot, verdict, keep, best_st
         _settled(w, qtbot)
     assert w.session.path == (new if current == "new" else old)
     assert new.exists() == file_kept
+    files = w.model_panel.files
+    assert any(files.item(i).toolTip().startswith(str(new)) for i in range(files.count())) == file_kept
     assert panel.use_btn.isEnabled() == offered
     assert panel.revert_btn.isEnabled() == (keep or offered)
     text = panel.result.text()

@@ -40,6 +40,8 @@ class FinetunePanel(QWidget):
 
     #: emitted with the new model file once it is loaded
     trained = Signal(str)
+    #: emitted when a fine-tune saved a model file that is not loaded (offered or kept aside)
+    saved = Signal(str)
 
     def __init__(self, viewer: napari.Viewer, session: ModelSession, segment: SegmentPanel,
                  parent: QWidget | None = None) -> None:
@@ -236,6 +238,8 @@ class FinetunePanel(QWidget):
                 self.new_model = None
             self.result.warning(text, notify=True)
             self.status.info(f"the current model {current.name if current else ''} is unchanged")
+        if self.new_model is not None and not decision.get("keep"):
+            self.saved.emit(str(self.new_model))  # listed in the Model tab, not current
         self._update_enabled()
 
     def use_new_model(self) -> None:

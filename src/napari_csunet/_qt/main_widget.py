@@ -57,6 +57,7 @@ class CSUNetWidget(QWidget):
         self.session.changed.connect(self._after_model_loaded)
         self.segment_panel.segmented.connect(lambda layers: self.correct_panel.set_labels_layer(layers[-1]))
         self.finetune_panel.trained.connect(lambda _path: self.model_panel.refresh_files())
+        self.finetune_panel.saved.connect(lambda _path: self.model_panel.refresh_files())
         self.destroyed.connect(self.finetune_panel.shutdown)
         self.destroyed.connect(self.model_panel.adapt.shutdown)
         self.destroyed.connect(self.correct_panel.live.shutdown)
