@@ -6,11 +6,12 @@
 A user's session, scripted: napari with the plugin docked, the EBC sample (NASA EBC2 *test* image
 040617#2_S127(2)0015, which ``starter-ebc`` never saw), ``starter-ebc`` loaded, Segment; then the
 three 160² boxes where the starter is most wrong are "corrected" by copying NASA's ground truth
-into them, marked with a Shapes layer (three rectangles), added to the training set, and the model
-is fine-tuned in the training child (``--steps``, the panel's other defaults). Pixel accuracy and
-mIoU against the ground truth, inside and outside the boxes, are printed before and after as one
-JSON object (the raw predictions; the labels layer also keeps the corrections). ``--accept whole``
-adds the image as "whole image" instead (every uncorrected predicted pixel a label), for comparison.
+into them, marked reviewed with the Correct tab's *Mark painted areas as reviewed* (``--accept``:
+or painted pixels only, the boxes as Shapes rectangles, the whole image), added to the training
+set, and the model is fine-tuned in the training child (the panel's defaults; ``--steps``,
+``--set KEY=VALUE``). Pixel accuracy and mIoU against the ground truth, inside and outside the
+boxes, of the prediction before and after (the candidate's raw prediction when the panel offered
+it without making it current), the panel's decision and its text are printed as one JSON object.
 ``--screenshot FILE`` saves the window after the fine-tune (``--tab`` picks the dock tab).
 The same loop headless, on many images, datasets and seeds: ``benchmarks/correction_loop.py``.
 """
@@ -26,7 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from correction_loop import worst_boxes  # benchmarks/ is on the path of a script run from it
+from correction_loop import (  # benchmarks/ is on the path of a script run from it
+    parse_sets,
+    worst_boxes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 160
@@ -45,11 +49,14 @@ def scores(pred: np.ndarray, truth: np.ndarray, where: np.ndarray, names: list[s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="starter-ebc")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--accept", choices=("rectangles", "whole"), default="rectangles")
+    parser.add_argument("--steps", type=int, default=None, help="fine-tune steps (default: the Fine-tune tab's)")
+    parser.add_argument("--accept", choices=("painted", "marked", "rectangles", "whole"), default="marked",
+                        help="what trains and judges: painted pixels only; 'Mark painted areas as reviewed' (one "
+                             "click); the boxes drawn as Shapes rectangles; the whole image")
     parser.add_argument("--screenshot", default=None, help="PNG of the window after the fine-tune")
     parser.add_argument("--tab", default="Fine-tune", help="dock tab(s) to show, comma-separated (one PNG each)")
-    parser.add_argument("--pseudo-weight", type=float, default=None, help="loss weight of uncorrected pixels")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a job setting, e.g. distill_weight=0 (repeatable)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     args = parser.parse_args()
 
@@ -65,7 +72,7 @@ def main() -> int:
 
     from napari_csunet import samples
     from napari_csunet._qt.segment_panel import PREDICTION
-    from napari_csunet._qt.training_set import WHOLE_IMAGE
+    from napari_csunet._qt.training_set import PAINTED_ONLY, WHOLE_IMAGE
     from napari_csunet.atomic import atomic_path
     from napari_csunet.model_catalog import resolve_model
 
@@ -90,23 +97,27 @@ def main() -> int:
         layer.data[r:r + SIDE, c:c + SIDE] = truth[r:r + SIDE, c:c + SIDE]
         inside[r:r + SIDE, c:c + SIDE] = True
     layer.refresh()
+    w.correct_panel.set_labels_layer(layer)
     if args.accept == "rectangles":
         viewer.add_shapes([[[r, c], [r, c + SIDE], [r + SIDE, c + SIDE], [r + SIDE, c]] for r, c in boxes],
                           shape_type="rectangle", name="checked", edge_color="yellow", face_color="transparent",
                           edge_width=4)
         w.correct_panel.region.choose("checked")
-    else:
+    elif args.accept == "whole":
         w.correct_panel.region.choose(WHOLE_IMAGE)
-    w.correct_panel.set_labels_layer(layer)
+    else:
+        w.correct_panel.region.choose(PAINTED_ONLY)
+        if args.accept == "marked":  # the Correct tab's one click: rectangles around the painted areas
+            w.correct_panel.mark_painted_reviewed()
     corrected_layer = layer.data.copy()
     entry = w.correct_panel.add_to_training_set()
     if entry is None:
         raise SystemExit(f"correction_loop: {w.correct_panel.status.text()}")
 
     panel = w.finetune_panel
-    panel.form.steps.value = args.steps
-    if args.pseudo_weight is not None:
-        panel.pseudo_weight = args.pseudo_weight
+    if args.steps is not None:
+        panel.form.steps.value = args.steps
+    panel.overrides = parse_sets(args.sets)
     t_ft = time.perf_counter()
     if not panel.start():
         raise SystemExit(f"correction_loop: {panel.status.text()}")
@@ -114,22 +125,28 @@ def main() -> int:
     _wait(app, lambda: not w.session.busy and not w.segment_panel.running, 600, "re-segmenting")
     finetune_s = time.perf_counter() - t_ft
     done = panel.last_done
-    after = layer.metadata[PREDICTION]
+    after = layer.metadata[PREDICTION]  # what the user sees: the new model's only when it became current
+    candidate = None
+    if done.get("path") and Path(done["path"]).exists():  # the fine-tuned model, current or offered
+        from napari_csunet.inference import Segmenter
+
+        candidate = Segmenter.from_file(done["path"]).predict(np.asarray(image.data)).labels
     outside = ~inside
     result = {
         "image": "EBC2/test 040617#2_S127(2)0015 (napari-csunet sample 'ebc'), 1024x1024",
-        "model": args.model, "steps": args.steps, "accept": args.accept, "pseudo_weight": panel.pseudo_weight, "boxes": [list(b) for b in boxes],
+        "model": args.model, "steps": panel.form.steps.value, "accept": args.accept, "overrides": panel.overrides, "boxes": [list(b) for b in boxes],
         "box_side": SIDE, "trained_pixels": entry.labelled, "painted_pixels": entry.painted,
         "metric": "pixel accuracy and mIoU (mean of per-class IoU) against NASA's ground truth, raw predictions",
         "before": {"inside": scores(before, truth, inside, names), "outside": scores(before, truth, outside, names),
                    "whole": scores(before, truth, np.ones_like(inside), names)},
         "after": {"inside": scores(after, truth, inside, names), "outside": scores(after, truth, outside, names),
                   "whole": scores(after, truth, np.ones_like(inside), names)},
+        "candidate": None if candidate is None else {
+            "inside": scores(candidate, truth, inside, names), "outside": scores(candidate, truth, outside, names)},
         "model_changed": not np.array_equal(after, before),
         "corrections_kept_on_screen": bool(np.array_equal(layer.data[inside], corrected_layer[inside])),
-        "validation": {"held_out_pixels": (done.get("initial_metrics") or {}).get("pixels"),
-                       "before": done.get("initial_metrics"), "best": done.get("best_metrics"),
-                       "best_step": done.get("best_step")},
+        "decision": done.get("decision"), "best_step": done.get("best_step"),
+        "current_model": str(w.session.path), "new_model_current": str(w.session.path) == str(done.get("path")),
         "panel_result": panel.result.text(), "finetune_and_resegment_s": round(finetune_s, 1),
         "total_s": round(time.perf_counter() - t0, 1),
     }

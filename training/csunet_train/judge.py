@@ -44,13 +44,24 @@ def block_miou(cms: np.ndarray) -> np.ndarray:
 
 
 def paired_change(before: np.ndarray, after: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
-    """(mIoU after - mIoU before, its standard error) from per-block confusion matrices (B, K, K),
-    the blocks resampled together for both models."""
+    """(mIoU after - mIoU before, its standard error) from per-block confusion matrices (B, K, K).
+
+    The blocks are resampled together for both models, stratified by the rarest class each block
+    holds, so every resample keeps every class (a rare phase in a few blocks would otherwise drop
+    in and out of the mean and swamp the estimate).
+    """
     change = float(block_miou(after.sum(0)) - block_miou(before.sum(0)))
     b = before.shape[0]
     if b < 2:
         return change, float("inf")
-    weights = np.random.default_rng(seed).multinomial(b, np.full(b, 1.0 / b), size=n_boot).astype(np.float64)
+    truth = before.sum(-1)  # (B, K): target pixels per class in each block
+    rank = np.argsort(np.argsort(truth.sum(0)))  # 0 = the rarest class overall
+    strata = np.where(truth > 0, rank, rank.size).min(axis=1)
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((n_boot, b))
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        weights[:, idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=n_boot)
     diffs = block_miou(np.einsum("nb,bij->nij", weights, after)) - block_miou(np.einsum("nb,bij->nij", weights, before))
     return change, float(np.nanstd(diffs))
 
