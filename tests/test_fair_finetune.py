@@ -196,6 +196,8 @@ def test_correction_loss_distils_unlabelled_pixels_only_when_given_a_teacher() -
     hard_only = correction_loss(logits, labels)
     assert correction_loss(logits, (labels, teacher)) > hard_only
     assert correction_loss(logits, (labels, teacher), distill_weight=0) == pytest.approx(hard_only.item())
+    labels[0, 2] = 1  # two classes, unevenly: the balanced cross-entropy differs from the plain one
+    assert correction_loss(logits, labels, balanced=True) != pytest.approx(correction_loss(logits, labels).item())
 
 
 def test_anchor_penalises_distance_to_the_starting_weights() -> None:

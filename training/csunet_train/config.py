@@ -101,6 +101,7 @@ class TrainConfig:
     # (Learning without Forgetting); replaces pseudo_weight where it applies (0: off)
     distill_weight: float = 1.0
     distill_temperature: float = 2.0
+    balanced_ce: bool = False  # with distillation: cross-entropy averaged per class (measured: worse, see docs)
     anchor_weight: float = 0.0  # L2-SP: pull the weights toward the starting model's (0: off)
     context_crops: float = 0.3  # with distillation: share of crops centred anywhere, away from the corrections
     half: bool = False  # store the model file as fp16 (shipped starter models)

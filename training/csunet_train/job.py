@@ -250,7 +250,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                               cfg.seed, dist.rank, context=cfg.context_crops if distill else 0.0)
         if distill:
             loss_fn = functools.partial(correction_loss, distill_weight=cfg.distill_weight,
-                                        temperature=cfg.distill_temperature)
+                                        temperature=cfg.distill_temperature, balanced=cfg.balanced_ce)
         else:
             loss_fn = functools.partial(segmentation_loss, pseudo_weight=cfg.pseudo_weight)
         if anchor is not None:
