@@ -399,7 +399,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="skip the runs already in --out")
     parser.add_argument("--json", action="store_true", help="print the JSON object on one line")
     args = parser.parse_args(argv)
-    args.data = [Path(p) for item in args.data for p in item.split(",") if p]
+    args.data = [Path(p).resolve() for item in args.data for p in item.split(",") if p]  # the job child runs elsewhere
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.overrides = parse_sets(args.sets)
     return args

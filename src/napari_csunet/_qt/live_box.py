@@ -155,9 +155,11 @@ class LiveBox(QWidget):
         if done is None or not path or not Path(path).exists():
             self._finish(False, "stopped" if done is None else "no model was saved")
             return
-        if done.get("initial_metrics") and done.get("best_step") == 0:  # nothing beat the current model
-            Path(path).unlink(missing_ok=True)
-            self._finish(False, "no improvement on the held-out corrected pixels: model unchanged")
+        decision = done.get("decision") or {}
+        if decision.get("fair") and not decision.get("keep"):  # judged on reviewed pixels, and not better
+            if done.get("best_step") == 0:
+                Path(path).unlink(missing_ok=True)  # the starting weights again
+            self._finish(False, f"model unchanged: {decision.get('reason', 'not better on the held-out reviewed pixels')}")
             return
         if self.session.busy or self.session.load_file(path, on_done=lambda: self._resegment(path)) is None:
             self._finish(False, f"busy: load {Path(path).name} from the Model tab")
