@@ -18,6 +18,8 @@ model becomes current. Then the candidate it saved re-segments the image. Scores
 ``inside`` the boxes, ``outside`` them, and pooled over ``other_images`` of the set (candidate's
 raw prediction; ``current_after``: what the user ends with, the candidate only if it was kept).
 ``seconds``: Start -> the image re-segmented by the candidate (every run, kept or not).
+``--unlabelled N`` other images of the set go with the job without labels (``unlabelled``), as the
+Fine-tune tab gives the other open images: never the annotated or the scored ones.
 
 Images annotated: a set's test split (EBC2: plus its val split, to reach ``--images``), or, for a
 set with no split (an ``images/`` + ``masks/`` folder whose splits.json has only "all"), every other
@@ -226,6 +228,19 @@ class DataSet:
                                   f"({len(self.train_names)}), the other {len(annotated)} annotated")
             self.pool = find_samples(root, None, names=annotated)
         self.spec = self.pool[0].spec
+        # images of the material a user would also have open (given without labels): the other
+        # splits, those that trained the starting model last
+        pooled = {s.image for s in self.pool}
+        other_splits = (["val", "train"] if (root / "test").is_dir() else [])
+        self.extra = [s for split in other_splits if (root / split).is_dir()
+                      for s in find_samples(root, split) if s.image not in pooled]
+        if self.train_names:
+            self.extra += find_samples(root, None, names=self.train_names)
+
+    def unlabelled_for(self, sample: Any, others: Sequence[Any], n: int) -> list[str]:
+        """``n`` image files neither annotated in this run nor scored as its other images."""
+        scored = {sample.image, *(s.image for s in others)}
+        return [str(s.image) for s in [*self.pool, *self.extra] if s.image not in scored][:n]
 
     def default_model(self) -> str | None:
         """The starter for NASA's sets (by folder name), None where a base model must be trained."""
@@ -315,7 +330,9 @@ class Loop:
             store = AnnotationStore(Path(tmp) / "annotations")
             store.add(image, labels, name=sample.image.stem, class_names=self.names, class_colors=self.colors,
                       prediction=before, regions=[[r, c, r + side, c + side] for r, c in boxes])
-            params = ({"steps": self.args.steps} if self.args.steps else {}) | {"seed": seed} | self.args.overrides
+            unlabelled = self.data.unlabelled_for(sample, others, self.args.unlabelled)
+            params = (({"steps": self.args.steps} if self.args.steps else {}) | {"seed": seed}
+                      | ({"unlabelled": unlabelled} if unlabelled else {}) | self.args.overrides)
             spec = finetune_job_spec(self.model, store.pairs(), self.names, Path(tmp) / "candidate.safetensors",
                                      class_colors=self.colors, device="cpu", **params)
             times: dict[str, float] = {}
@@ -349,6 +366,7 @@ class Loop:
                 "boxes": [[r, c, r + side, c + side] for r, c in boxes], "box_side": side,
                 "painted_pixels": int(np.count_nonzero(labels != before)), **areas,
                 "other_image_names": [s.image.stem for s in others],
+                "unlabelled_images": [Path(u).stem for u in unlabelled],
                 "kept": kept, "verdict": decision.get("verdict"), "reason": decision.get("reason"),
                 "reported": {"miou_before": new["before"]["miou"], "miou_after": new["after"]["miou"],
                              "pixels": new["pixels"], "per_class_pixels": new.get("per_class_pixels"),
@@ -388,6 +406,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=4, help="images annotated per set (one run each)")
     parser.add_argument("--other", type=int, default=3, help="at most this many other images scored per run")
     parser.add_argument("--boxes", type=int, default=3, help="worst boxes painted to the truth per image")
+    parser.add_argument("--unlabelled", type=int, default=3,
+                        help="other images of the set given without labels, as the Fine-tune tab gives the other "
+                             "open images (never the annotated or the scored ones; 0: none)")
     parser.add_argument("--seeds", default="0,1,2", help="the fine-tune's seeds, comma-separated")
     parser.add_argument("--steps", type=int, default=None, help="fine-tune steps (default: the Fine-tune tab's)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from csunet_train.data import MIN_VAL_PIXELS, LabelledImage
-from csunet_train.fair import BLOCK, fair_split, annotation_digest, missing_classes_text, reviewed_counts
+from csunet_train.fair import (
+    BLOCK,
+    annotation_digest,
+    fair_split,
+    missing_classes_text,
+    reviewed_counts,
+)
 from csunet_train.judge import FairValidation, block_miou, decide, paired_change
 from csunet_train.losses import balanced_cross_entropy, correction_loss, distillation_loss
 from napari_csunet.annotations import AnnotationStore, reviewed_area
@@ -215,6 +221,8 @@ def test_anchor_penalises_distance_to_the_starting_weights() -> None:
 
 @pytest.mark.parametrize("reviewed", [True, False])
 def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model_file: Path, reviewed: bool) -> None:
+    import tifffile
+
     from csunet_train.config import TrainConfig
     from csunet_train.events import silent
     from csunet_train.job import run_job
@@ -230,14 +238,18 @@ def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model
     store.add(image, labels, name="a", class_names=names, prediction=prediction,
               regions=[[20, 20, 180, 180]] if reviewed else [])
     out = tmp_path / "ft.safetensors"
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, rng.integers(0, 255, (300, 280), dtype=np.uint8))
     cfg = TrainConfig(out=str(out), mode="finetune", model=str(model_file), pairs=store.pairs(), steps=2,
-                      eval_every=1, batch_size=1, crop=256, class_names=names)
+                      eval_every=1, batch_size=1, crop=256, class_names=names, unlabelled=[str(other)],
+                      unlabelled_share=0.5)
     done = run_job(cfg, silent)
     decision = done["decision"]
     assert decision["fair"] is reviewed and decision["verdict"] in (("better", "not_better") if reviewed else ("unjudged",))
     assert decision["keep"] is (decision["verdict"] == "better")
     provenance = load_model_file(out, "cpu")[1].provenance
     assert provenance["trained_on"] and provenance["distillation"]["weight"] == 1.0
+    assert provenance["distillation"]["unlabelled_images"] == ["other (unlabelled)"]
     if not reviewed:
         assert done["initial_metrics"] is None and provenance["validation"] is None
         return
@@ -250,3 +262,27 @@ def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model
     second = run_job(cfg2, silent)["decision"]
     assert second["earlier"] is not None and second["earlier"]["pixels"] == decision["new"]["pixels"]
     assert second["new"]["pixels"] > 0
+
+
+def test_unlabelled_images_give_crops_with_soft_targets_only(tmp_path: Path) -> None:
+    import tifffile
+
+    from csunet_train.data import DataError, read_unlabelled
+    from csunet_train.sampling import CropDataset, prepare_image
+
+    (tmp_path / "more").mkdir()
+    for i in range(2):
+        tifffile.imwrite(tmp_path / "more" / f"m{i}.tif", np.full((64, 80), 10 * i, np.uint8))
+    items = read_unlabelled([str(tmp_path / "more")])
+    assert [it.name for it in items] == ["m0 (unlabelled)", "m1 (unlabelled)"] and not items[0].labelled_pixels
+    with pytest.raises(DataError, match="neither an image file nor a folder"):
+        read_unlabelled([str(tmp_path / "missing")])
+    labelled = _item([(0, 0, 100)], size=128)
+    for it in (labelled, *items):
+        it.soft = np.full((3, *it.labels.shape), 1 / 3, np.float16)
+    ds = CropDataset([prepare_image(labelled, 1, 64)], 64, 40, aug_strength=0.0, seed=1,
+                     unlabelled=[prepare_image(it, 1, 64) for it in items], unlabelled_share=0.5)
+    blank = [i for i in range(40) if not (ds[i][1][0] > 0).any()]
+    assert 8 <= len(blank) <= 32  # about half of the crops come from the unlabelled images
+    x, (y, soft) = ds[blank[0]]
+    assert soft.shape == (3, 64, 64) and x.shape == (1, 64, 64)

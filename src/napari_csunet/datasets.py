@@ -20,7 +20,7 @@ import numpy as np
 from .io import IMAGE_SUFFIXES, as_channels_last, read_image
 
 __all__ = ["MaskError", "ClassSpec", "SUPER_CLASSES", "EBC_CLASSES", "UNNAMED", "NAMING_HINT", "decode_color_mask",
-           "read_mask", "Sample", "find_samples"]
+           "read_mask", "Sample", "find_samples", "image_files"]
 
 #: how a user names the classes of a folder (every message about classes says it)
 NAMING_HINT = ('name the classes in a dataset.json next to the images/ or <split>/ folder, e.g. '
@@ -155,7 +155,8 @@ def _mask_for(image: Path, mask_dir: Path) -> Path | None:
     return None
 
 
-def _images_in(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder (sorted; hidden files skipped)."""
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
@@ -176,7 +177,7 @@ def find_samples(root: str | Path, split: str | None = "test", zero_is_class: bo
         raise FileNotFoundError(
             f"{root}: expected NASA's layout ({split}/ and {split}_annot/) or images/ and masks/ folders"
         )
-    images = _images_in(image_dir)
+    images = image_files(image_dir)
     if names is not None:
         wanted = set(names)
         images = [p for p in images if p.stem in wanted]

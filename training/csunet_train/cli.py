@@ -14,7 +14,7 @@ __all__ = ["register", "config_from_args", "run_from_args", "Progress"]
 
 #: flag name -> job key, for the options both subcommands share (None = not given)
 _SHARED = {
-    "data": "data_dir", "split": "split", "val_split": "val_split", "names": "names", "steps": "steps", "lr": "lr",
+    "data": "data_dir", "unlabelled": "unlabelled", "split": "split", "val_split": "val_split", "names": "names", "steps": "steps", "lr": "lr",
     "crop": "crop", "batch_size": "batch_size", "aug_strength": "aug_strength", "freeze_cnn": "freeze_cnn",
     "freeze_swin": "freeze_swin", "eval_every": "eval_every", "patience": "patience", "device": "device",
     "amp": "amp", "seed": "seed", "num_workers": "num_workers", "stop_file": "stop_file", "out": "out",
@@ -40,6 +40,8 @@ def _weights(text: str) -> dict[str, str | None]:
 def _add_shared(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR", help="folder in NASA's layout (train/ + train_annot/) or images/ + masks/")
+    g.add_argument("--unlabelled", metavar="DIR|FILE", action="append", help="images of the same material without "
+                   "labels (repeatable): a fine-tune keeps the starting model's answers there (distillation)")
     g.add_argument("--split", help="training split of --data (default train)")
     g.add_argument("--val-split", help="validation split (default val; held out from the training images if absent)")
     g.add_argument("--names", type=_csv, metavar="A,B", help="train only on these image stems")

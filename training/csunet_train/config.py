@@ -104,6 +104,10 @@ class TrainConfig:
     balanced_ce: bool = False  # with distillation: cross-entropy averaged per class (measured: worse, see docs)
     anchor_weight: float = 0.0  # L2-SP: pull the weights toward the starting model's (0: off)
     context_crops: float = 0.3  # with distillation: share of crops centred anywhere, away from the corrections
+    # images (files or folders) of the same material without labels: with distillation the model keeps
+    # the starting model's answers there too, so it does not drift on the rest of the material
+    unlabelled: list[str] = field(default_factory=list)
+    unlabelled_share: float = 0.25  # share of the crops drawn from them
     half: bool = False  # store the model file as fp16 (shipped starter models)
     name: str = ""
     description: str = ""
@@ -141,6 +145,9 @@ class TrainConfig:
              f"distill_temperature: {self.distill_temperature} must be in 0.5..10")
         need(float(self.anchor_weight) >= 0.0, f"anchor_weight: {self.anchor_weight} must be >= 0")
         need(0.0 <= float(self.context_crops) <= 1.0, f"context_crops: {self.context_crops} must be in 0..1")
+        need(0.0 <= float(self.unlabelled_share) < 1.0, f"unlabelled_share: {self.unlabelled_share} must be in [0, 1)")
+        need(isinstance(self.unlabelled, list) and all(isinstance(u, str) for u in self.unlabelled),
+             "unlabelled: a list of image files or folders")
         need(self.time_budget_s is None or float(self.time_budget_s) > 0, "time_budget_s must be null or > 0")
         need(set(self.weights) <= {"cnn", "swin"}, f"weights: unknown keys {sorted(set(self.weights) - {'cnn', 'swin'})}")
         for key in ("pairs", "val_pairs"):

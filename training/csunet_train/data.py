@@ -21,7 +21,7 @@ from napari_csunet.modelfile import default_class_colors, numbered_class_names
 
 __all__ = [
     "DataError", "LabelledImage", "TrainingData", "labelled_image", "read_pairs", "read_folder",
-    "holdout_region", "holdout_blocks", "HOLDOUTS", "split_validation", "MIN_VAL_PIXELS", "check_classes",
+    "read_unlabelled", "holdout_region", "holdout_blocks", "HOLDOUTS", "split_validation", "MIN_VAL_PIXELS", "check_classes",
     "fingerprint", "load_data",
 ]
 
@@ -113,6 +113,28 @@ def read_pairs(entries: Iterable[dict[str, str]]) -> list[LabelledImage]:
             out.append(item)
             continue
         out.append(labelled_image(image, labels, image_path.stem))
+    return out
+
+
+def read_unlabelled(paths: Sequence[str | Path]) -> list[LabelledImage]:
+    """Image files, and the images in folders, as items without a labelled pixel (distillation only)."""
+    from napari_csunet.datasets import image_files
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += image_files(p)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"unlabelled: {p} is neither an image file nor a folder")
+    out = []
+    for f in files:
+        try:
+            image = as_channels_last(read_image(f), str(f))
+        except ImageError as exc:
+            raise DataError(str(exc)) from None
+        out.append(LabelledImage(image, np.zeros(image.shape[:2], np.uint8), f"{f.stem} (unlabelled)"))
     return out
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig, load_job
-from .data import DataError, LabelledImage, TrainingData, fingerprint, load_data
+from .data import DataError, LabelledImage, TrainingData, fingerprint, load_data, read_unlabelled
 from .events import Emit, StopControl, silent, stdout_events
-from .fair import fair_split, annotation_digest, missing_classes_text
+from .fair import annotation_digest, fair_split, missing_classes_text
 from .fair import summary as fair_summary
 from .judge import FairValidation, decide
 from .pretrain_config import PretrainConfig
@@ -121,15 +121,17 @@ def _fair_validation(start: Start, data: TrainingData, in_chans: int, emit: Emit
     return FairValidation(split, list(data.class_names), in_chans)
 
 
-def _add_soft_targets(model, data: TrainingData, in_chans: int, device, dtype) -> bool:
-    """The starting model's probabilities on the training images (distillation targets), predicted
-    once as the GUI would (whole image, same tiles); not when every image is (almost) fully labelled."""
+def _add_soft_targets(model, data: TrainingData, in_chans: int, device, dtype,
+                      unlabelled: Sequence[LabelledImage] = ()) -> bool:
+    """The starting model's probabilities on the training and ``unlabelled`` images (distillation
+    targets), predicted once as the GUI would (whole image, same tiles); not when every training
+    image is (almost) fully labelled and there are no unlabelled ones."""
     from .loop import validation_segmenter
 
-    if all(item.labelled_pixels >= 0.99 * item.labels.size for item in data.train):
+    if not unlabelled and all(item.labelled_pixels >= 0.99 * item.labels.size for item in data.train):
         return False
     segmenter = validation_segmenter(model, data.class_names, in_chans, device, dtype)
-    for item in data.train:
+    for item in [*data.train, *unlabelled]:
         item.soft = segmenter.predict(item.image, want_probs=True, name=item.name).probs
     return True
 
@@ -229,7 +231,11 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         trained_on = [annotation_digest(it) for it in data.train if it.reviewed is not None]
         validation = _fair_validation(start, data, in_chans, emit)
         distill = cfg.distill_weight > 0 and cfg.model is not None and head is None
-        distill = distill and _add_soft_targets(model, data, in_chans, dist.device, dtype)
+        unlabelled = read_unlabelled(cfg.unlabelled) if distill and cfg.unlabelled else []
+        if cfg.unlabelled and not distill:
+            emit({"event": "warning", "message": "unlabelled images are used only when fine-tuning a model file "
+                  "with distillation (distill_weight > 0); they are ignored"})
+        distill = distill and _add_soft_targets(model, data, in_chans, dist.device, dtype, unlabelled)
         anchor = _anchor(model, cfg.anchor_weight) if cfg.anchor_weight > 0 and cfg.model is not None else None
         frozen = freeze_encoders(model, {"cnn": cfg.freeze_cnn, "swin": cfg.freeze_swin})
         for name in ("cnn", "swin"):
@@ -246,8 +252,10 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                 model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
         prepared = [prepare_image(it, in_chans, cfg.crop, cfg.seed + i, pseudo=cfg.pseudo_weight > 0 and not distill)
                     for i, it in enumerate(data.train)]
+        context = [prepare_image(it, in_chans, cfg.crop, cfg.seed + 1000 + i) for i, it in enumerate(unlabelled)]
         dataset = CropDataset(prepared, cfg.crop, cfg.steps * cfg.batch_size, cfg.aug_strength, cfg.class_balance,
-                              cfg.seed, dist.rank, context=cfg.context_crops if distill else 0.0)
+                              cfg.seed, dist.rank, context=cfg.context_crops if distill else 0.0,
+                              unlabelled=context if distill else None, unlabelled_share=cfg.unlabelled_share)
         if distill:
             loss_fn = functools.partial(correction_loss, distill_weight=cfg.distill_weight,
                                         temperature=cfg.distill_temperature, balanced=cfg.balanced_ce)
@@ -263,7 +271,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                   keep_initial=cfg.model is not None, time_budget_s=cfg.time_budget_s, clock=clock,
                   loss_fn=loss_fn, validator=validation)
         emit({"event": "started", "steps": cfg.steps, "device": _device_name(dist.device),
-              "train_images": len(data.train), "val_images": len(data.val), "params": count_parameters(model),
+              "train_images": len(data.train), "val_images": len(data.val), "unlabelled_images": len(context),
+              "params": count_parameters(model),
               "threads": torch.get_num_threads(),
               "classes": data.class_names, "world_size": dist.world_size, "mode": cfg.mode, "out": cfg.out})
         prior_steps = int(start.previous.get("steps", 0) or 0)
@@ -279,7 +288,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             "head_reinitialised": head,
             "trained_on": trained_on,  # label digests: the next round's "earlier" images
             "validation": fair_summary(validation.split) if validation is not None else None,
-            "distillation": {"weight": cfg.distill_weight, "temperature": cfg.distill_temperature} if distill else None,
+            "distillation": {"weight": cfg.distill_weight, "temperature": cfg.distill_temperature,
+                             "unlabelled_images": [it.name for it in unlabelled]} if distill else None,
         }
         best_blocks: dict[str, Any] = {}
 

@@ -52,7 +52,7 @@ class PreparedImage:
             if idx.size > _MAX_INDEX:
                 idx = np.sort(rng.choice(idx, _MAX_INDEX, replace=False))
             self.classes[int(c)] = idx.astype(np.int64)
-        self.labelled = np.concatenate(list(self.classes.values()))
+        self.labelled = np.concatenate(list(self.classes.values())) if self.classes else np.zeros(0, np.int64)
         self.weight = float(self.labelled.size)  # images are drawn by their corrected pixels
         if pseudo and item.pseudo is not None:
             self._add_pseudo(item.pseudo, pad_h, pad_w, rng)
@@ -98,12 +98,16 @@ class CropDataset(Dataset):
     """``length`` random crops of ``crop`` x ``crop`` pixels: (x float32 (C, crop, crop), labels int64)."""
 
     def __init__(self, images: list[PreparedImage], crop: int, length: int, aug_strength: float = 0.5,
-                 class_balance: float = 0.5, seed: int = 0, rank: int = 0, context: float = 0.0) -> None:
+                 class_balance: float = 0.5, seed: int = 0, rank: int = 0, context: float = 0.0,
+                 unlabelled: list[PreparedImage] | None = None, unlabelled_share: float = 0.0) -> None:
         """``context``: share of crops centred anywhere in an image with soft targets (distillation),
-        so the model also sees, and keeps, the image away from the corrections."""
+        so the model also sees, and keeps, the image away from the corrections. ``unlabelled``:
+        images with soft targets only, ``unlabelled_share`` of the crops (centred anywhere)."""
         if not images:
             raise ValueError("no training images")
         self.images = images
+        self.unlabelled = list(unlabelled or [])
+        self.unlabelled_share = float(unlabelled_share) if self.unlabelled else 0.0
         self.crop = crop
         self.length = length
         self.s = float(aug_strength)
@@ -111,8 +115,8 @@ class CropDataset(Dataset):
         self.seed = seed
         self.rank = rank
         self.context = float(context)
-        self.soft = any(im.soft is not None for im in images)
-        if self.soft and not all(im.soft is not None for im in images):
+        self.soft = any(im.soft is not None for im in images + self.unlabelled)
+        if self.soft and not all(im.soft is not None for im in images + self.unlabelled):
             raise ValueError("soft targets for some training images but not all")
         weights = np.array([im.weight for im in images])
         self.image_p = weights / weights.sum()  # images with more labels are drawn more often
@@ -127,7 +131,7 @@ class CropDataset(Dataset):
         if self.s > 0 and rng.random() < 0.5:
             side = int(round(self.crop * _log_uniform(rng, 0.5 * self.s)))
         side = max(8, min(side, h, w))
-        if im.soft is not None and rng.random() < self.context:
+        if im.soft is not None and (not im.classes or rng.random() < self.context):
             centre = int(rng.integers(h * w))
             idx = None
         elif rng.random() < self.class_balance:
@@ -147,7 +151,10 @@ class CropDataset(Dataset):
         """(x, labels), or (x, (labels, soft targets)) when the images carry the starting model's
         probabilities; the soft targets see the clean image (augmentation only moves them)."""
         rng = np.random.default_rng([self.seed, self.rank, int(i)])
-        im = self.images[int(rng.choice(len(self.images), p=self.image_p))]
+        if self.unlabelled_share and rng.random() < self.unlabelled_share:
+            im = self.unlabelled[int(rng.integers(len(self.unlabelled)))]
+        else:
+            im = self.images[int(rng.choice(len(self.images), p=self.image_p))]
         top, left, side = self._window(rng, im)
         x = im.x[:, top:top + side, left:left + side]
         y = im.labels[top:top + side, left:left + side]
