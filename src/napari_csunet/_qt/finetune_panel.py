@@ -9,6 +9,11 @@ corrections kept; not better -> the current model stays, and why is shown; nothi
 by -> the new model is offered ("Use the new model"), never made current silently. "Revert model"
 goes back, in one click, to the model from before the fine-tune. A crash or an out-of-memory in
 the child shows its message; napari and the annotations are untouched.
+
+"Keep the other open images as they are" (on by default) hands the open micrographs that were not
+corrected to the child as ``unlabelled`` images: it distils to the starting model's answers there
+too, so a fine-tune on one image does not drift on the rest of the material. They are written to
+TIFFs on a worker thread before the child starts.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 import napari
 import numpy as np
+from magicgui.widgets import CheckBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
@@ -28,8 +34,10 @@ from ..settings import save_settings
 from .common import EventRelay, StatusLine, form_group, hbox, start_training_child
 from .config_form import config_form, form_rows, form_values
 from .finetune_text import decision_text, duration, held_out_score
+from .other_images import KEEP_OTHERS, other_open_images, write_unlabelled
 from .plot import TrainingPlot
 from .segment_panel import IMAGE, SegmentPanel, painted_pixels
+from .serial_worker import SerialWorker
 from .session import ModelSession
 
 __all__ = ["FinetunePanel"]
@@ -52,6 +60,10 @@ class FinetunePanel(QWidget):
         saved = session.settings.finetune  # older settings may hold keys no longer offered (pseudo_weight)
         values = FINETUNE_DEFAULTS | {k: v for k, v in saved.items() if k in FORM_FIELDS}
         self.form = config_form(TrainConfig, FORM_FIELDS, values)  # limits and help from TrainConfig
+        self.keep_others = CheckBox(  # not a TrainConfig field: the panel turns it into ``unlabelled`` files
+            value=bool(saved.get(KEEP_OTHERS, True)), text="Keep the other open images as they are",
+            tooltip="the images open in napari that were not corrected are used without labels: the fine-tuned "
+                    "model is taught to keep its answers there, so it does not drift on the rest of your material")
         #: job keys beyond the form (TrainConfig fields, e.g. distill_weight): experts, benchmarks
         self.overrides: dict[str, Any] = {}
         self.start_btn = QPushButton("Start fine-tuning")
@@ -72,7 +84,8 @@ class FinetunePanel(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(form_group("Fine-tune on the training set",
-                                    [*form_rows(self.form), hbox(self.start_btn, self.stop_btn)]))
+                                    [*form_rows(self.form), self.keep_others,
+                                     hbox(self.start_btn, self.stop_btn)]))
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
         layout.addWidget(self.result)
@@ -88,6 +101,8 @@ class FinetunePanel(QWidget):
         self.offered = False  # "Use the new model" can make the last fine-tune's model current
         self.undecided = False  # an offer nothing fair judged waits for the user's word (Revert declines it)
         self._start_model: Path | None = None
+        self._writing = False  # the other open images are being written; the child starts next
+        self.writer = SerialWorker("csunet-unlabelled", self)
         self._relay = EventRelay(self._on_event, self)
         session.busy_changed.connect(self._update_enabled)
         session.changed.connect(self._update_enabled)
@@ -95,7 +110,7 @@ class FinetunePanel(QWidget):
 
     @property
     def running(self) -> bool:
-        return self.job is not None
+        return self.job is not None or self._writing
 
     def _update_enabled(self, *_: object) -> None:
         idle = not self.running and not self.session.busy
@@ -128,20 +143,45 @@ class FinetunePanel(QWidget):
             self.status.error(f"the training set has classes {store.class_names} but the model has "
                               f"{list(info.class_names)}; load a model with these classes or start a new set")
             return False
-        self.session.settings.finetune = self.params()
+        keep = self.keep_others.value
+        self.session.settings.finetune = self.params() | {KEEP_OTHERS: keep}
         save_settings(self.session.settings)
+        corrected = {entry.name for entry in store.entries()}
+        others = [(lay.name, lay.data) for lay in other_open_images(self.viewer, corrected)] if keep else []
         if self.session.path is None or self.session.unsaved:
             base = user_models_dir() / f"{model_stem(info.name or info.preset or 'model')}-base.safetensors"
             self.status.info(f"saving the current model to {base} first …")
-            return self.session.save(base, on_done=lambda: self._launch(pairs)) is not None
-        return self._launch(pairs)
+            return self.session.save(base, on_done=lambda: self._write_then_launch(pairs, others)) is not None
+        return self._write_then_launch(pairs, others)
 
-    def _launch(self, pairs: list[dict[str, Any]]) -> bool:
+    def _write_then_launch(self, pairs: list[dict[str, Any]], others: list[tuple[str, np.ndarray]]) -> bool:
+        """Write the other open images off the GUI thread (up to 4 x 4096² px), then launch the child."""
+        if not others:
+            return self._launch(pairs, [])
+        self._writing = True
+        self._update_enabled()
+        self.status.info(f"writing {len(others)} other open image(s) for the fine-tune …")
+
+        def written(paths: list[str]) -> None:
+            self._writing = False
+            if not self._launch(pairs, paths):
+                self._update_enabled()
+
+        def failed(exc: Exception) -> None:
+            self._writing = False
+            self._update_enabled()
+            self.status.error(f"cannot start: the other open images could not be written ({exc}); "
+                              "untick 'Keep the other open images as they are' to fine-tune without them")
+
+        self.writer.submit(lambda: write_unlabelled(others), written, failed)
+        return True
+
+    def _launch(self, pairs: list[dict[str, Any]], unlabelled: list[str]) -> bool:
         from csunet_train.config import ConfigError
 
         info, store, settings = self.session.info, self.session.annotations, self.session.settings
         name = finetuned_name(info.name or info.preset or "model")
-        params = self.params() | self.overrides
+        params = self.params() | ({"unlabelled": unlabelled} if unlabelled else {}) | self.overrides
         try:
             spec = finetune_job_spec(self.session.path, pairs, list(info.class_names),
                                      user_models_dir() / f"{name}.safetensors",
@@ -159,7 +199,9 @@ class FinetunePanel(QWidget):
         self._start_model, self.offered, self.undecided = self.session.path, False, False
         self.stop_btn.setEnabled(True)
         self._update_enabled()
-        self.status.info(f"starting the training process ({len(pairs)} image(s)) …")
+        kept = len(spec.get("unlabelled") or [])
+        self.status.info(f"starting the training process ({len(pairs)} corrected image(s)" + (
+            f" and {kept} other open image{'s' if kept != 1 else ''} kept as they are" if kept else "") + ") …")
         return True
 
     def stop(self) -> None:
