@@ -153,6 +153,16 @@ def test_the_decision_keeps_the_current_model_unless_the_new_one_is_better_and_n
     assert "held-out reviewed pixels" in decision["reason"]
 
 
+@pytest.mark.parametrize(("changed", "keep"), [(0.01, True), (0.2, False)])
+def test_a_better_model_that_changes_the_unchecked_images_a_lot_is_only_offered(changed: float, keep: bool) -> None:
+    v = _validation([_item([(10, 10, 150)])])
+    v.first = _scores(v, {"new": 0.7})
+    decision = decide(v, _scores(v, {"new": 0.9}), 60, 60, NAMES, elsewhere={"images": 3, "changed": changed})
+    assert decision["keep"] is keep
+    assert decision["verdict"] == ("better" if keep else "unverified_elsewhere")
+    assert f"{changed:.1%} of the pixels of the 3 other image(s)" in decision["reason"]
+
+
 def test_nothing_fair_offers_the_model_without_making_it_current() -> None:
     decision = decide(None, None, 60, 60, NAMES, painted_only=True)
     assert not decision["keep"] and decision["verdict"] == "unjudged" and not decision["fair"]
@@ -245,11 +255,14 @@ def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model
                       unlabelled_share=0.5)
     done = run_job(cfg, silent)
     decision = done["decision"]
-    assert decision["fair"] is reviewed and decision["verdict"] in (("better", "not_better") if reviewed else ("unjudged",))
+    assert decision["fair"] is reviewed
+    assert decision["verdict"] in (("better", "not_better", "unverified_elsewhere") if reviewed else ("unjudged",))
     assert decision["keep"] is (decision["verdict"] == "better")
     provenance = load_model_file(out, "cpu")[1].provenance
     assert provenance["trained_on"] and provenance["distillation"]["weight"] == 1.0
     assert provenance["distillation"]["unlabelled_images"] == ["other (unlabelled)"]
+    if done["best_step"]:
+        assert decision["elsewhere"]["images"] == 1 and 0 <= decision["elsewhere"]["changed"] <= 1
     if not reviewed:
         assert done["initial_metrics"] is None and provenance["validation"] is None
         return

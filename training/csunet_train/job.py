@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import ConfigError, TrainConfig, load_job
 from .data import DataError, LabelledImage, TrainingData, fingerprint, load_data, read_unlabelled
 from .events import Emit, StopControl, silent, stdout_events
@@ -134,6 +136,22 @@ def _add_soft_targets(model, data: TrainingData, in_chans: int, device, dtype,
     for item in [*data.train, *unlabelled]:
         item.soft = segmenter.predict(item.image, want_probs=True, name=item.name).probs
     return True
+
+
+def _changed_elsewhere(model, items: Sequence[LabelledImage], class_names: list[str], in_chans: int, device,
+                       dtype) -> dict[str, Any]:
+    """How much the fine-tuned ``model`` changes the starting model's answers on the unlabelled images
+    (their ``soft`` targets): the share of pixels whose class changed, overall and per image."""
+    from .loop import validation_segmenter
+
+    segmenter = validation_segmenter(model, class_names, in_chans, device, dtype)
+    per_image, changed, total = {}, 0, 0
+    for item in items:
+        labels = segmenter.predict(item.image, name=item.name).labels
+        n = int(np.count_nonzero(labels != item.soft.argmax(0) + 1))
+        per_image[item.name] = round(n / labels.size, 4)
+        changed, total = changed + n, total + labels.size
+    return {"images": len(items), "changed": changed / max(total, 1), "per_image": per_image}
 
 
 def _anchor(model, weight: float):
@@ -306,6 +324,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             save_model_file(cfg.out, model, info, half=cfg.half)
             if validation is not None:
                 best_blocks["cms"] = validation.latest
+            if unlabelled and step > 0:  # to measure how much it changes the unlabelled images
+                best_blocks["state"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             emit({"event": "checkpoint", "step": step, "path": str(cfg.out), "metrics": metrics})
 
         state = fit(run, emit, save, lambda: stop.requested)
@@ -315,8 +335,12 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                 "train_time_s": state.train_time_s}
         if cfg.mode == "finetune" or cfg.model is not None:
             painted_only = not any(it.reviewed is not None and it.reviewed.any() for it in data.train)
+            elsewhere = None
+            if best_blocks.get("state") is not None and state.best_step and dist.is_main:
+                model.load_state_dict(best_blocks["state"])
+                elsewhere = _changed_elsewhere(model, unlabelled, data.class_names, in_chans, dist.device, dtype)
             done["decision"] = decide(validation, best_blocks.get("cms"), state.steps, state.best_step,
-                                      data.class_names, painted_only=painted_only)
+                                      data.class_names, painted_only=painted_only, elsewhere=elsewhere)
         emit(done)
         return done
     finally:

@@ -28,6 +28,9 @@ GROUPS = ("new", "earlier")
 MARGIN = 64
 #: a model is not "worse on earlier rounds' images" for a change smaller than this, whatever the noise
 EARLIER_TOLERANCE = 0.005
+#: a better model that changes more than this share of the pixels of the other images (given
+#: without labels: nobody checked them) is offered, not made current
+ELSEWHERE_LIMIT = 0.03
 BOOTSTRAP = 400
 
 
@@ -190,17 +193,20 @@ def _windows(held: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 def decide(validation: FairValidation | None, best: np.ndarray | None, trained_steps: int, best_step: int | None,
-           class_names: Sequence[str], painted_only: bool = False) -> dict[str, Any]:
+           class_names: Sequence[str], painted_only: bool = False,
+           elsewhere: dict[str, Any] | None = None) -> dict[str, Any]:
     """Whether the fine-tuned model may replace the current one, and why, in a scientist's words.
 
-    Kept only when it is better on this round's held-out reviewed pixels and not worse (beyond
-    the noise, and at least ``EARLIER_TOLERANCE``) on earlier rounds' images. Without fair pixels
-    the new model is offered, never made current silently.
+    Kept only when it is better on this round's held-out reviewed pixels, not worse (beyond the
+    noise, and at least ``EARLIER_TOLERANCE``) on earlier rounds' images, and changes at most
+    ``ELSEWHERE_LIMIT`` of the pixels of the unlabelled other images (``elsewhere``: ``changed``,
+    ``images``), where nothing can tell whether a change is right. Without fair pixels the new
+    model is offered, never made current silently.
     """
     missing = list(validation.split.missing) if validation is not None else []
     note = missing_classes_text(missing)
     base = {"keep": False, "fair": False, "new": None, "earlier": None, "missing_classes": missing,
-            "trained_steps": trained_steps, "best_step": best_step}
+            "trained_steps": trained_steps, "best_step": best_step, "elsewhere": elsewhere}
     if validation is None or validation.first is None or not validation.split.fair:
         n = sum(validation.split.per_class.get("new", {}).values()) if validation is not None else 0
         why = ("the corrections are painted pixels only: they were chosen because the model was wrong there, so "
@@ -226,13 +232,20 @@ def decide(validation: FairValidation | None, best: np.ndarray | None, trained_s
             f"worse on the images corrected in earlier rounds (mIoU {earlier['before']['miou']:.3f} → "
             f"{earlier['after']['miou']:.3f} on {earlier['pixels']:,} px, more than the noise ± "
             f"{earlier['noise']:.3f}): it forgot what it had learned there.")}
+    elif elsewhere is not None and elsewhere["changed"] > ELSEWHERE_LIMIT:
+        verdict = {"verdict": "unverified_elsewhere", "reason": (
+            f"The fine-tuned model is better on the checked areas it did not train on ({scores}), but it changes "
+            f"{elsewhere['changed']:.1%} of the pixels of the {elsewhere['images']} other image(s), which nobody "
+            "checked. It is offered, not made current: look at those images with it, then keep it or revert.")}
     else:
         within = new["change"] < new["noise"]
         verdict = {"keep": True, "verdict": "better", "reason": (
             f"The new model is current: it is better on the checked areas it did not train on ({scores})"
             + ("; the gain is within the noise of so few pixels" if within else "")
             + (f" and not worse on earlier rounds' images (mIoU {earlier['before']['miou']:.3f} → "
-               f"{earlier['after']['miou']:.3f})" if earlier is not None else "") + ".")}
+               f"{earlier['after']['miou']:.3f})" if earlier is not None else "")
+            + (f"; it changes {elsewhere['changed']:.1%} of the pixels of the {elsewhere['images']} other image(s)"
+               if elsewhere is not None else "") + ".")}
     if note:
         verdict["reason"] += f" Note: {note}."
     return out | verdict

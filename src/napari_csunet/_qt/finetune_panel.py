@@ -42,6 +42,10 @@ from .session import ModelSession
 
 __all__ = ["FinetunePanel"]
 
+#: verdicts whose model is offered, not made current: nothing fair judged it, or it changes the
+#: other (unchecked) images a lot
+OFFERED = ("unjudged", "unverified_elsewhere")
+
 
 class FinetunePanel(QWidget):
     """Hyper-parameters, Start/Stop, live plot, status, the verdict; Use the new model / Revert model."""
@@ -268,7 +272,7 @@ class FinetunePanel(QWidget):
         if decision.get("keep"):
             self.result.info(text)
             self._switch_to(path, "the fine-tuned model")
-        elif decision.get("verdict") == "unjudged":
+        elif decision.get("verdict") in OFFERED:
             self.offered = self.undecided = True
             self.result.warning(text, notify=True)
             self.status.info(f"the fine-tuned model is saved as {path.name}: 'Use the new model' to segment with "
