@@ -371,6 +371,7 @@ class Loop:
                 "reported": {"miou_before": new["before"]["miou"], "miou_after": new["after"]["miou"],
                              "pixels": new["pixels"], "per_class_pixels": new.get("per_class_pixels"),
                              "noise": new.get("noise")} if new else None,
+                "elsewhere": decision.get("elsewhere"),
                 "missing_classes": decision.get("missing_classes"), "best_step": done.get("best_step"),
                 "steps": done.get("steps"), "seconds": round(seconds, 1),
                 "first_update_s": _round(times.get("first_update_s")), "first_step_s": _round(times.get("first_step_s")),
