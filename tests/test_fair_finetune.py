@@ -163,6 +163,16 @@ def test_a_better_model_that_changes_the_unchecked_images_a_lot_is_only_offered(
     assert f"{changed:.1%} of the pixels of the 3 other image(s)" in decision["reason"]
 
 
+def test_a_gain_within_the_noise_is_offered_not_made_current() -> None:
+    v = _validation([_item([(10, 10, 150)])])
+    v.first = _scores(v, {"new": 0.7})
+    after = v.first.copy()
+    after[0] = _scores(v, {"new": 0.95})[0]  # better on one block of many: a gain the noise explains
+    decision = decide(v, after, 60, 60, NAMES)
+    assert decision["new"]["change"] > 0 and not decision["keep"] and decision["verdict"] == "within_noise"
+    assert "twice the noise" in decision["reason"]
+
+
 def test_nothing_fair_offers_the_model_without_making_it_current() -> None:
     decision = decide(None, None, 60, 60, NAMES, painted_only=True)
     assert not decision["keep"] and decision["verdict"] == "unjudged" and not decision["fair"]
@@ -256,7 +266,8 @@ def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model
     done = run_job(cfg, silent)
     decision = done["decision"]
     assert decision["fair"] is reviewed
-    assert decision["verdict"] in (("better", "not_better", "unverified_elsewhere") if reviewed else ("unjudged",))
+    assert decision["verdict"] in (("better", "not_better", "within_noise", "unverified_elsewhere") if reviewed
+                                   else ("unjudged",))
     assert decision["keep"] is (decision["verdict"] == "better")
     provenance = load_model_file(out, "cpu")[1].provenance
     assert provenance["trained_on"] and provenance["distillation"]["weight"] == 1.0

@@ -28,6 +28,8 @@ GROUPS = ("new", "earlier")
 MARGIN = 64
 #: a model is not "worse on earlier rounds' images" for a change smaller than this, whatever the noise
 EARLIER_TOLERANCE = 0.005
+#: a gain counts only beyond this many standard errors of the paired block bootstrap
+SIGNIFICANT = 2.0
 #: a better model that changes more than this share of the pixels of the other images (given
 #: without labels: nobody checked them) is offered, not made current
 ELSEWHERE_LIMIT = 0.03
@@ -197,7 +199,8 @@ def decide(validation: FairValidation | None, best: np.ndarray | None, trained_s
            elsewhere: dict[str, Any] | None = None) -> dict[str, Any]:
     """Whether the fine-tuned model may replace the current one, and why, in a scientist's words.
 
-    Kept only when it is better on this round's held-out reviewed pixels, not worse (beyond the
+    Kept only when it is better on this round's held-out reviewed pixels (by more than
+    ``SIGNIFICANT`` x the noise; a smaller gain is offered, not made current), not worse (beyond the
     noise, and at least ``EARLIER_TOLERANCE``) on earlier rounds' images, and changes at most
     ``ELSEWHERE_LIMIT`` of the pixels of the unlabelled other images (``elsewhere``: ``changed``,
     ``images``), where nothing can tell whether a change is right. Without fair pixels the new
@@ -232,16 +235,19 @@ def decide(validation: FairValidation | None, best: np.ndarray | None, trained_s
             f"worse on the images corrected in earlier rounds (mIoU {earlier['before']['miou']:.3f} → "
             f"{earlier['after']['miou']:.3f} on {earlier['pixels']:,} px, more than the noise ± "
             f"{earlier['noise']:.3f}): it forgot what it had learned there.")}
+    elif new["change"] <= SIGNIFICANT * new["noise"]:
+        verdict = {"verdict": "within_noise", "reason": (
+            f"The fine-tuned model scores higher on the checked areas it did not train on ({scores}), but by less "
+            f"than twice the noise of so few pixels: it may not be better. It is offered, not made current; "
+            "review more areas (more checked pixels make the noise smaller), or look at it and decide.")}
     elif elsewhere is not None and elsewhere["changed"] > ELSEWHERE_LIMIT:
         verdict = {"verdict": "unverified_elsewhere", "reason": (
             f"The fine-tuned model is better on the checked areas it did not train on ({scores}), but it changes "
             f"{elsewhere['changed']:.1%} of the pixels of the {elsewhere['images']} other image(s), which nobody "
             "checked. It is offered, not made current: look at those images with it, then keep it or revert.")}
     else:
-        within = new["change"] < new["noise"]
         verdict = {"keep": True, "verdict": "better", "reason": (
             f"The new model is current: it is better on the checked areas it did not train on ({scores})"
-            + ("; the gain is within the noise of so few pixels" if within else "")
             + (f" and not worse on earlier rounds' images (mIoU {earlier['before']['miou']:.3f} → "
                f"{earlier['after']['miou']:.3f})" if earlier is not None else "")
             + (f"; it changes {elsewhere['changed']:.1%} of the pixels of the {elsewhere['images']} other image(s)"

@@ -42,9 +42,9 @@ from .session import ModelSession
 
 __all__ = ["FinetunePanel"]
 
-#: verdicts whose model is offered, not made current: nothing fair judged it, or it changes the
-#: other (unchecked) images a lot
-OFFERED = ("unjudged", "unverified_elsewhere")
+#: verdicts whose model is offered, not made current: nothing fair judged it, its gain is within the
+#: noise, or it changes the other (unchecked) images a lot
+OFFERED = ("unjudged", "within_noise", "unverified_elsewhere")
 
 
 class FinetunePanel(QWidget):
