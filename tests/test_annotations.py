@@ -42,7 +42,8 @@ def test_add_writes_files_and_index_at_once(tmp_path):
     assert [e.id for e in AnnotationStore(tmp_path).entries()] == [entry.id]
     assert AnnotationStore(tmp_path).pairs() == [{"image": str(tmp_path / entry.image),
                                                   "labels": str(tmp_path / entry.labels),
-                                                  "mask": str(tmp_path / entry.mask)}]
+                                                  "mask": str(tmp_path / entry.mask), "regions": [],
+                                                  "whole_image": False}]
 
 
 @pytest.mark.parametrize(
