@@ -176,10 +176,16 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(torch.device(device)).eval(), info
 
 
+#: the provenance keys a listing carries: a model's score, and what it was measured on
+SCORE_PROVENANCE = ("mode", "metrics", "train_images", "val_images", "validation")
+
+
 def describe(path: str | Path) -> dict[str, Any]:
     """A JSON-friendly summary for listings (`csunet models`, the GUI)."""
     info = read_model_info(path)
     return {"path": str(path), "name": info.name or Path(path).stem, "preset": info.preset,
             "classes": info.class_names, "description": info.description,
             "metrics": info.provenance.get("metrics", {}),
+            # what says whether that score could have failed (the Model tab's "held-out reviewed" / "not checked")
+            "provenance": {k: info.provenance[k] for k in SCORE_PROVENANCE if k in info.provenance},
             "task": PRETRAINING_TASK if info.is_pretraining_only else "segmentation"}

@@ -130,7 +130,7 @@ class ModelPanel(QWidget):
         self._fill_start_choices()
         self.files.clear()
         for entry in list_model_files():
-            score = model_score(_provenance(entry["path"])) if entry["kind"] != "pretrained" else ""
+            score = model_score(entry.get("provenance") or {}) if entry["kind"] != "pretrained" else ""
             score = f" · {score}" if score else ""
             what = "start of a new model, below" if entry["kind"] == "pretrained" else ", ".join(entry["classes"])
             item = QListWidgetItem(f"{entry['name']} ({entry['kind']}) · {what}{score}")
@@ -314,12 +314,3 @@ class ModelPanel(QWidget):
             w.setEnabled(not busy)
         self.save_btn.setEnabled(not busy and self.session.segmenter is not None)
 
-
-def _provenance(path: str) -> dict:
-    """A model file's training record (header only); {} when it cannot be read."""
-    from ..modelfile import read_model_info
-
-    try:
-        return read_model_info(path).provenance or {}
-    except (OSError, ValueError):  # ModelFileError is a ValueError
-        return {}
