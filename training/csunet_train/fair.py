@@ -58,10 +58,14 @@ class FairSplit:
     missing: list[str] = field(default_factory=list)  # corrected classes that no reviewed pixel can check
     reviewed_pixels: int = 0
 
+    def held_out(self, group: str = "new") -> int:
+        """Held-out reviewed pixels of one group."""
+        return sum(self.per_class.get(group, {}).values())
+
     @property
     def fair(self) -> bool:
         """Enough held-out reviewed pixels of this round's corrections to judge a new model by."""
-        return sum(self.per_class.get("new", {}).values()) >= MIN_VAL_PIXELS
+        return self.held_out("new") >= MIN_VAL_PIXELS
 
 
 def reviewed_counts(items: Sequence[LabelledImage], class_names: Sequence[str]) -> dict[str, int]:
@@ -166,4 +170,4 @@ def summary(split: FairSplit) -> dict[str, Any]:
     """What the events and the model file record about the held-out set."""
     return {"what": "reviewed pixels held out of training (lattice blocks of checked areas)",
             "per_class": split.per_class, "missing": split.missing, "fair": split.fair,
-            "pixels": {g: sum(c.values()) for g, c in split.per_class.items()}}
+            "pixels": {g: split.held_out(g) for g in split.per_class}}

@@ -113,7 +113,7 @@ def _fair_validation(start: Start, data: TrainingData, in_chans: int, emit: Emit
     if split.missing and split.reviewed_pixels:
         emit({"event": "warning", "message": missing_classes_text(split.missing)})
     if not split.fair:
-        n = sum(split.per_class.get("new", {}).values())
+        n = split.held_out("new")
         emit({"event": "warning", "message": (
             "nothing fair to validate on: " + (f"only {n:,} reviewed pixels could be held out" if n else
                                                "no corrected area is marked as reviewed (painted pixels only)")

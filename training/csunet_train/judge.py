@@ -115,10 +115,6 @@ class FairValidation:
                                             ids[r0:r1, c0:c1], stats, GROUPS.index(group)))
         self.block_group = np.asarray(groups, np.int64)
 
-    @property
-    def pixels(self) -> dict[str, int]:
-        return {g: sum(c.values()) for g, c in self.split.per_class.items()}
-
     def block_confusion(self, model, device, dtype, dist=None) -> np.ndarray:
         """(blocks, K, K) confusion matrices of ``model`` on the held-out blocks (summed over ranks)."""
         import torch
@@ -211,7 +207,7 @@ def decide(validation: FairValidation | None, best: np.ndarray | None, trained_s
     base = {"keep": False, "fair": False, "new": None, "earlier": None, "missing_classes": missing,
             "trained_steps": trained_steps, "best_step": best_step, "elsewhere": elsewhere}
     if validation is None or validation.first is None or not validation.split.fair:
-        n = sum(validation.split.per_class.get("new", {}).values()) if validation is not None else 0
+        n = validation.split.held_out("new") if validation is not None else 0
         why = ("the corrections are painted pixels only: they were chosen because the model was wrong there, so "
                "they cannot show whether it got better" if painted_only or n == 0 else
                f"only {n:,} reviewed pixels were held out (at least {MIN_VAL_PIXELS:,} are needed to tell better "
