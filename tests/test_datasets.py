@@ -67,3 +67,46 @@ def test_colour_overlays_decode_alike_at_any_bit_depth(data_dir: Path, tmp_path:
     items, names, _ = read_folder(root, "val")
     assert names == list(SUPER_CLASSES.names)
     np.testing.assert_array_equal(items[0].labels, expected)
+
+
+def _plain_folder(root: Path, meta: dict | None) -> Path:
+    """An images/ + masks/ set of two 32² images whose label maps use 0 for a phase (the left half)."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(2):
+        labels = np.zeros((32, 32), np.uint8)
+        labels[:, 16:] = 1 + i  # 0 = matrix (half the image), 1/2 = the other phases
+        tifffile.imwrite(root / "images" / f"im{i}.tif", (labels * 60 + 30).astype(np.uint8))
+        tifffile.imwrite(root / "masks" / f"im{i}.tif", labels)
+    if meta is not None:
+        (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize(("meta", "zero_is_class", "labels", "warned"), [
+    ({"classes": ["matrix", "a", "b"], "zero_is_class": True}, True, {1, 2, 3}, False),
+    ({"classes": ["a", "b"], "zero_is_class": False}, False, {0, 1, 2}, False),
+    ({"classes": ["a", "b"]}, False, {0, 1, 2}, True),
+    (None, False, {0, 1, 2}, True),
+])
+def test_dataset_json_says_whether_label_0_is_a_class(tmp_path: Path, meta: dict | None, zero_is_class: bool,
+                                                      labels: set[int], warned: bool) -> None:
+    root = _plain_folder(tmp_path / "set", meta)
+    assert all(s.zero_is_class is zero_is_class for s in find_samples(root, None))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items, names, _ = read_folder(root, "train")
+    assert set(np.unique(np.concatenate([it.labels.ravel() for it in items]))) == labels
+    assert names == (list(meta["classes"]) if meta else [])
+    messages = [str(w.message) for w in caught if "label 0 covers" in str(w.message)]
+    assert bool(messages) is warned
+    if warned:
+        assert '"zero_is_class": true' in messages[0] and "50%" in messages[0]
+
+
+def test_the_caller_overrides_dataset_json_and_a_wrong_type_is_refused(tmp_path: Path) -> None:
+    root = _plain_folder(tmp_path / "set", {"classes": ["matrix", "a", "b"], "zero_is_class": True})
+    assert not find_samples(root, None, zero_is_class=False)[0].zero_is_class
+    (root / "dataset.json").write_text(json.dumps({"classes": ["matrix", "a", "b"], "zero_is_class": "yes"}))
+    with pytest.raises(ValueError, match='"zero_is_class" must be true'):
+        find_samples(root, None)

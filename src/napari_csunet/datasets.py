@@ -20,7 +20,8 @@ import numpy as np
 from .io import IMAGE_SUFFIXES, as_channels_last, read_image
 
 __all__ = ["MaskError", "ClassSpec", "SUPER_CLASSES", "EBC_CLASSES", "UNNAMED", "NAMING_HINT", "decode_color_mask",
-           "read_mask", "Sample", "find_samples", "image_files"]
+           "read_mask", "Sample", "find_samples", "image_files",
+           "undeclared_zero_warning"]
 
 #: how a user names the classes of a folder (every message about classes says it)
 NAMING_HINT = ('name the classes in a dataset.json next to the images/ or <split>/ folder, e.g. '
@@ -122,6 +123,8 @@ class Sample:
     mask: Path | None
     spec: ClassSpec
     zero_is_class: bool
+    #: whether anything said what label 0 means (NASA's layout, dataset.json or the caller)
+    zero_declared: bool = True
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(image (H, W[, C]) as stored, labels uint8 (H, W) in 1..K with 0 = unlabelled)."""
@@ -132,18 +135,52 @@ class Sample:
         return image, labels
 
 
-def _class_spec_for(root: Path, colour_overlay: bool) -> ClassSpec:
-    """Class names from ``dataset.json`` if present; else NASA's Super classes for colour overlays and
-    :data:`UNNAMED` label maps (their classes are counted from the labels)."""
+def _dataset_json(root: Path) -> tuple[Path, dict] | None:
+    """(path, contents) of the ``dataset.json`` next to the split folders (or one level up), if any."""
     for candidate in (root / "dataset.json", root.parent / "dataset.json"):
         if candidate.exists():
-            meta = json.loads(candidate.read_text())
-            names = tuple(meta["classes"])
-            colors = tuple(meta.get("colors") or [])
-            from .modelfile import default_class_colors
+            return candidate, json.loads(candidate.read_text())
+    return None
 
-            return ClassSpec(names=names, colors=colors or tuple(default_class_colors(len(names))))
+
+def _class_spec_for(meta: dict | None, colour_overlay: bool) -> ClassSpec:
+    """Class names from ``dataset.json`` if present; else NASA's Super classes for colour overlays and
+    :data:`UNNAMED` label maps (their classes are counted from the labels)."""
+    if meta is not None:
+        names = tuple(meta["classes"])
+        colors = tuple(meta.get("colors") or [])
+        from .modelfile import default_class_colors
+
+        return ClassSpec(names=names, colors=colors or tuple(default_class_colors(len(names))))
     return SUPER_CLASSES if colour_overlay else UNNAMED
+
+
+def _declared_zero_is_class(found: tuple[Path, dict] | None) -> bool | None:
+    """``dataset.json``'s ``"zero_is_class"`` (None when it does not say)."""
+    if found is None or "zero_is_class" not in found[1]:
+        return None
+    value = found[1]["zero_is_class"]
+    if not isinstance(value, bool):
+        raise MaskError(f'{found[0]}: "zero_is_class" must be true (label 0 is a class, e.g. the matrix) or false '
+                        f"(0 = unlabelled), not {value!r}")
+    return value
+
+
+#: a label map whose 0 covers more than this share, with nothing saying what 0 means, gets a warning
+ZERO_WARNING_SHARE = 0.25
+
+
+def undeclared_zero_warning(root: str | Path, zero_shares: dict[str, float]) -> str | None:
+    """A warning when label 0 (read as unlabelled) covers much of some label maps and no
+    ``dataset.json`` says whether 0 is a class: a phase labelled 0 would silently not be learned."""
+    big = {name: share for name, share in zero_shares.items() if share > ZERO_WARNING_SHARE}
+    if not big:
+        return None
+    name, share = max(big.items(), key=lambda kv: kv[1])
+    return (f"{root}: label 0 covers {share:.0%} of {name}'s mask ({len(big)} of {len(zero_shares)} masks above "
+            f"{ZERO_WARNING_SHARE:.0%}) and is read as unlabelled, so it is not learned. If 0 is a phase (e.g. the "
+            'matrix), write "zero_is_class": true in the dataset.json next to images/ (or pass --zero-is-class); '
+            'write "zero_is_class": false to silence this')
 
 
 def _mask_for(image: Path, mask_dir: Path) -> Path | None:
@@ -165,7 +202,8 @@ def find_samples(root: str | Path, split: str | None = "test", zero_is_class: bo
     """Pair images with masks in NASA's layout (``<split>/`` + ``<split>_annot/``) or ``images/`` + ``masks/``.
 
     NASA's label maps count 0 as a class (so ``zero_is_class`` defaults to True there); the plain
-    layout follows our convention (0 = unlabelled) unless told otherwise. ``names`` picks images
+    layout follows our convention (0 = unlabelled) unless ``dataset.json``'s ``"zero_is_class"`` or
+    the caller says otherwise (the caller wins). ``names`` picks images
     by stem (the paper's Super2/Super3 subsets).
     """
     root = Path(root)
@@ -189,6 +227,10 @@ def find_samples(root: str | Path, split: str | None = "test", zero_is_class: bo
     masks = [_mask_for(p, mask_dir) if mask_dir.is_dir() else None for p in images]
     first = next((m for m in masks if m is not None), None)
     overlay = first is not None and read_image(first).ndim == 3
-    spec = _class_spec_for(root, overlay)
-    zic = (nasa and not overlay) if zero_is_class is None else zero_is_class
-    return [Sample(p, m, spec, zic) for p, m in zip(images, masks, strict=True)]
+    found = _dataset_json(root)
+    spec = _class_spec_for(found[1] if found else None, overlay)
+    declared = zero_is_class if zero_is_class is not None else _declared_zero_is_class(found)
+    zic = (nasa and not overlay) if declared is None else declared
+    # NASA's label maps are known to count 0 as a class; elsewhere only a declaration says what 0 means
+    return [Sample(p, m, spec, zic, zero_declared=declared is not None or nasa or overlay)
+            for p, m in zip(images, masks, strict=True)]

@@ -8,6 +8,7 @@ colour overlays to that convention. No torch here.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_csunet.annotations import reviewed_area
-from napari_csunet.datasets import NAMING_HINT, MaskError, find_samples
+from napari_csunet.datasets import NAMING_HINT, MaskError, find_samples, undeclared_zero_warning
 from napari_csunet.io import ImageError, as_channels_last, read_image
 from napari_csunet.modelfile import default_class_colors, numbered_class_names
 
@@ -160,6 +161,10 @@ def read_folder(root: str | Path, split: str, names: Sequence[str] | None = None
         except (ImageError, MaskError) as exc:
             raise DataError(str(exc)) from None
         items.append(labelled_image(image, labels, sample.image.stem))
+    if not samples[0].zero_declared:
+        message = undeclared_zero_warning(root, {it.name: 1.0 - it.labelled_pixels / it.labels.size for it in items})
+        if message:
+            warnings.warn(message, stacklevel=2)
     spec = samples[0].spec
     return items, list(spec.names), list(spec.colors)
 
