@@ -17,7 +17,7 @@ want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "Installing napari-csunet and its dependencies into $VENV (first run: a few minutes)..."
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[dev]'
+  "$VENV/bin/python" -m pip install -q -e '.[dev,export]'
   echo "$want" > "$stamp"
 fi
 
