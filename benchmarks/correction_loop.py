@@ -316,7 +316,7 @@ class Loop:
     def run(self, sample: Any, others: Sequence[Any], seed: int) -> dict[str, Any]:
         """One simulated round on ``sample``: paint the worst boxes, fine-tune, re-segment, score."""
         from napari_csunet.annotations import AnnotationStore
-        from napari_csunet.finetune import finetune_job_spec
+        from napari_csunet.finetune import finetune_job_spec, model_stem
         from napari_csunet.inference import Segmenter
 
         image, truth, before = self.load(sample)
@@ -346,6 +346,10 @@ class Loop:
             t0 = time.perf_counter()
             done = run_job(spec, Path(tmp) / "job", on_event)
             candidate = Segmenter.from_file(done["path"], device="cpu")
+            if self.args.keep_models is not None:  # for analysis after the run
+                self.args.keep_models.mkdir(parents=True, exist_ok=True)
+                kept_as = self.args.keep_models / f"{model_stem(self.data.name)}-{model_stem(sample.image.stem)}-s{seed}.safetensors"
+                kept_as.write_bytes(Path(done["path"]).read_bytes())
             after = self.predict(candidate, image, sample.image.stem)
             seconds = time.perf_counter() - t0
             other_cms = [(self.confusion(b, t), self.confusion(self.predict(candidate, i, s.image.stem), t))
@@ -419,6 +423,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache", help="base models kept here")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here after every run")
     parser.add_argument("--resume", action="store_true", help="skip the runs already in --out")
+    parser.add_argument("--keep-models", type=Path, default=None, help="copy each run's fine-tuned model here")
     parser.add_argument("--json", action="store_true", help="print the JSON object on one line")
     args = parser.parse_args(argv)
     args.data = [Path(p).resolve() for item in args.data for p in item.split(",") if p]  # the job child runs elsewhere

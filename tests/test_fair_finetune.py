@@ -153,14 +153,24 @@ def test_the_decision_keeps_the_current_model_unless_the_new_one_is_better_and_n
     assert "held-out reviewed pixels" in decision["reason"]
 
 
-@pytest.mark.parametrize(("changed", "keep"), [(0.01, True), (0.2, False)])
-def test_a_better_model_that_changes_the_unchecked_images_a_lot_is_only_offered(changed: float, keep: bool) -> None:
+@pytest.mark.parametrize(("changed", "by_class", "keep"), [
+    (0.01, {"matrix": 0.01, "pore": 0.02}, True),
+    (0.2, {"matrix": 0.1, "pore": 0.3}, False),  # many pixels
+    (0.004, {"matrix": 0.002, "pore": 0.15}, False),  # few pixels, but most of a rare class
+])
+def test_a_better_model_that_changes_the_unchecked_pixels_a_lot_is_only_offered(changed: float,
+                                                                              by_class: dict[str, float],
+                                                                              keep: bool) -> None:
     v = _validation([_item([(10, 10, 150)])])
     v.first = _scores(v, {"new": 0.7})
-    decision = decide(v, _scores(v, {"new": 0.9}), 60, 60, NAMES, elsewhere={"images": 3, "changed": changed})
+    elsewhere = {"images": 3, "changed": changed, "class_changed": by_class,
+                 "mean_class_changed": sum(by_class.values()) / len(by_class)}
+    decision = decide(v, _scores(v, {"new": 0.9}), 60, 60, NAMES, elsewhere=elsewhere)
     assert decision["keep"] is keep
     assert decision["verdict"] == ("better" if keep else "unverified_elsewhere")
-    assert f"{changed:.1%} of the pixels of the 3 other image(s)" in decision["reason"]
+    assert f"{changed:.1%} of the pixels it did not train on (away from the corrections and on 3 other" in decision["reason"]
+    worst = max(by_class, key=by_class.get)
+    assert f"by class: {worst} {by_class[worst]:.0%}" in decision["reason"]
 
 
 def test_a_gain_within_the_noise_is_offered_not_made_current() -> None:

@@ -19,8 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .config import ConfigError, TrainConfig, load_job
 from .data import DataError, LabelledImage, TrainingData, fingerprint, load_data, read_unlabelled
 from .events import Emit, StopControl, silent, stdout_events
@@ -28,6 +26,7 @@ from .fair import annotation_digest, fair_split, missing_classes_text
 from .fair import summary as fair_summary
 from .judge import FairValidation, decide
 from .pretrain_config import PretrainConfig
+from .unseen import hold_out_unseen
 
 __all__ = ["run_job", "run_and_report", "main", "EXIT_CODES"]
 
@@ -138,22 +137,6 @@ def _add_soft_targets(model, data: TrainingData, in_chans: int, device, dtype,
     return True
 
 
-def _changed_elsewhere(model, items: Sequence[LabelledImage], class_names: list[str], in_chans: int, device,
-                       dtype) -> dict[str, Any]:
-    """How much the fine-tuned ``model`` changes the starting model's answers on the unlabelled images
-    (their ``soft`` targets): the share of pixels whose class changed, overall and per image."""
-    from .loop import validation_segmenter
-
-    segmenter = validation_segmenter(model, class_names, in_chans, device, dtype)
-    per_image, changed, total = {}, 0, 0
-    for item in items:
-        labels = segmenter.predict(item.image, name=item.name).labels
-        n = int(np.count_nonzero(labels != item.soft.argmax(0) + 1))
-        per_image[item.name] = round(n / labels.size, 4)
-        changed, total = changed + n, total + labels.size
-    return {"images": len(items), "changed": changed / max(total, 1), "per_image": per_image}
-
-
 def _anchor(model, weight: float):
     """L2-SP (Li et al. 2018): ``weight`` x the squared distance of the weights to the starting ones."""
     import torch
@@ -226,6 +209,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         build_optimizer,
         fit,
         freeze_encoders,
+        validation_segmenter,
         warmup_cosine,
     )
     from .losses import correction_loss, segmentation_loss
@@ -254,6 +238,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             emit({"event": "warning", "message": "unlabelled images are used only when fine-tuning a model file "
                   "with distillation (distill_weight > 0); they are ignored"})
         distill = distill and _add_soft_targets(model, data, in_chans, dist.device, dtype, unlabelled)
+        unseen = hold_out_unseen([*data.train, *unlabelled]) if distill else None
         anchor = _anchor(model, cfg.anchor_weight) if cfg.anchor_weight > 0 and cfg.model is not None else None
         frozen = freeze_encoders(model, {"cnn": cfg.freeze_cnn, "swin": cfg.freeze_swin})
         for name in ("cnn", "swin"):
@@ -324,7 +309,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             save_model_file(cfg.out, model, info, half=cfg.half)
             if validation is not None:
                 best_blocks["cms"] = validation.latest
-            if unlabelled and step > 0:  # to measure how much it changes the unlabelled images
+            if unseen is not None and step > 0:  # to measure what it changes where it did not train
                 best_blocks["state"] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             emit({"event": "checkpoint", "step": step, "path": str(cfg.out), "metrics": metrics})
 
@@ -338,7 +323,9 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             elsewhere = None
             if best_blocks.get("state") is not None and state.best_step and dist.is_main:
                 model.load_state_dict(best_blocks["state"])
-                elsewhere = _changed_elsewhere(model, unlabelled, data.class_names, in_chans, dist.device, dtype)
+                segmenter = validation_segmenter(model, data.class_names, in_chans, dist.device, dtype)
+                elsewhere = unseen.change(lambda it: segmenter.predict(it.image, name=it.name).labels,
+                                          data.class_names) | {"images": len(unlabelled)}
             done["decision"] = decide(validation, best_blocks.get("cms"), state.steps, state.best_step,
                                       data.class_names, painted_only=painted_only, elsewhere=elsewhere)
         emit(done)

@@ -21,7 +21,7 @@ from napari_csunet.metrics import metrics_from_confusion
 from .data import MIN_VAL_PIXELS
 from .fair import BLOCK, FairSplit, missing_classes_text
 
-__all__ = ["FairValidation", "block_miou", "paired_change", "decide", "GROUPS"]
+__all__ = ["FairValidation", "block_miou", "paired_change", "decide", "changes_too_much", "unchecked_change_text", "GROUPS"]
 
 GROUPS = ("new", "earlier")
 #: context around the held-out blocks that a window predicts (the network's receptive field matters)
@@ -30,9 +30,12 @@ MARGIN = 64
 EARLIER_TOLERANCE = 0.005
 #: a gain counts only beyond this many standard errors of the paired block bootstrap
 SIGNIFICANT = 2.0
-#: a better model that changes more than this share of the pixels of the other images (given
-#: without labels: nobody checked them) is offered, not made current
+#: a better model that changes more than this share of the pixels it did not train on (held out of
+#: the distillation, away from the corrections and on the unlabelled images: nobody checked them),
+#: or more than CLASS_CHANGE_LIMIT of a class there on average (1 - IoU of the old and new answers,
+#: so a rare phase counts as much as the matrix), is offered, not made current
 ELSEWHERE_LIMIT = 0.03
+CLASS_CHANGE_LIMIT = 0.05
 BOOTSTRAP = 400
 
 
@@ -190,6 +193,23 @@ def _windows(held: np.ndarray) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
+def changes_too_much(elsewhere: dict[str, Any]) -> bool:
+    """Whether a fine-tune changes too much where nobody checked (see ``ELSEWHERE_LIMIT``)."""
+    return (elsewhere["changed"] > ELSEWHERE_LIMIT
+            or elsewhere.get("mean_class_changed", 0.0) > CLASS_CHANGE_LIMIT)
+
+
+def unchecked_change_text(elsewhere: dict[str, Any]) -> str:
+    """'3.1% of the pixels it did not train on (away from the corrections and on 3 other image(s);
+    by class: crack 12%, oxide 4%)'."""
+    where = "away from the corrections" + (f" and on {elsewhere['images']} other image(s)"
+                                           if elsewhere.get("images") else "")
+    classes = sorted((elsewhere.get("class_changed") or {}).items(), key=lambda kv: -kv[1])
+    per_class = ", ".join(f"{name} {share:.0%}" for name, share in classes if share >= 0.005)
+    return (f"{elsewhere['changed']:.1%} of the pixels it did not train on ({where}"
+            + (f"; by class: {per_class}" if per_class else "") + ")")
+
+
 def decide(validation: FairValidation | None, best: np.ndarray | None, trained_steps: int, best_step: int | None,
            class_names: Sequence[str], painted_only: bool = False,
            elsewhere: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -197,9 +217,9 @@ def decide(validation: FairValidation | None, best: np.ndarray | None, trained_s
 
     Kept only when it is better on this round's held-out reviewed pixels (by more than
     ``SIGNIFICANT`` x the noise; a smaller gain is offered, not made current), not worse (beyond the
-    noise, and at least ``EARLIER_TOLERANCE``) on earlier rounds' images, and changes at most
-    ``ELSEWHERE_LIMIT`` of the pixels of the unlabelled other images (``elsewhere``: ``changed``,
-    ``images``), where nothing can tell whether a change is right. Without fair pixels the new
+    noise, and at least ``EARLIER_TOLERANCE``) on earlier rounds' images, and does not change too much
+    where it did not train (``elsewhere``, :meth:`csunet_train.unseen.UnseenPixels.change`), where
+    nothing can tell whether a change is right. Without fair pixels the new
     model is offered, never made current silently.
     """
     missing = list(validation.split.missing) if validation is not None else []
@@ -236,18 +256,17 @@ def decide(validation: FairValidation | None, best: np.ndarray | None, trained_s
             f"The fine-tuned model scores higher on the checked areas it did not train on ({scores}), but by less "
             f"than twice the noise of so few pixels: it may not be better. It is offered, not made current; "
             "review more areas (more checked pixels make the noise smaller), or look at it and decide.")}
-    elif elsewhere is not None and elsewhere["changed"] > ELSEWHERE_LIMIT:
+    elif elsewhere is not None and changes_too_much(elsewhere):
         verdict = {"verdict": "unverified_elsewhere", "reason": (
             f"The fine-tuned model is better on the checked areas it did not train on ({scores}), but it changes "
-            f"{elsewhere['changed']:.1%} of the pixels of the {elsewhere['images']} other image(s), which nobody "
-            "checked. It is offered, not made current: look at those images with it, then keep it or revert.")}
+            f"{unchecked_change_text(elsewhere)}, which nobody checked. It is offered, not made current: look at "
+            "those areas with it, then keep it or revert.")}
     else:
         verdict = {"keep": True, "verdict": "better", "reason": (
             f"The new model is current: it is better on the checked areas it did not train on ({scores})"
             + (f" and not worse on earlier rounds' images (mIoU {earlier['before']['miou']:.3f} → "
                f"{earlier['after']['miou']:.3f})" if earlier is not None else "")
-            + (f"; it changes {elsewhere['changed']:.1%} of the pixels of the {elsewhere['images']} other image(s)"
-               if elsewhere is not None else "") + ".")}
+            + (f"; it changes {unchecked_change_text(elsewhere)}" if elsewhere is not None else "") + ".")}
     if note:
         verdict["reason"] += f" Note: {note}."
     return out | verdict

@@ -95,7 +95,8 @@ def correction_loss(logits: torch.Tensor, target: torch.Tensor | tuple[torch.Ten
     :func:`balanced_cross_entropy`) + Dice on the corrected/accepted labels, plus
     ``distill_weight`` x distillation to the starting model on every other pixel.
 
-    ``target`` is the labels (B, H, W) or (labels, teacher probabilities (B, K, H, W)). Plain
+    ``target`` is the labels (B, H, W) or (labels, teacher probabilities (B, K, H, W)); pixels whose
+    teacher probabilities are all 0 are not distilled (held out to measure the change there). Plain
     cross-entropy is the default: measured on EBC2, the balanced one made a rare phase (crack)
     over-predicted on the images that were not corrected (docs/training.md).
     """
@@ -107,5 +108,7 @@ def correction_loss(logits: torch.Tensor, target: torch.Tensor | tuple[torch.Ten
               else F.cross_entropy(logits.float(), labels - 1, ignore_index=-1))
         loss = ce + dice_weight * dice_loss(logits, labels)
     if teacher is not None and distill_weight > 0:
-        loss = loss + distill_weight * distillation_loss(logits, teacher, labels == 0, temperature)
+        # soft targets of 0 mark pixels kept out of the distillation (csunet_train.unseen)
+        where = (labels == 0) & (teacher.float().sum(dim=1) > 0.5)
+        loss = loss + distill_weight * distillation_loss(logits, teacher, where, temperature)
     return loss
