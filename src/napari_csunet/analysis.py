@@ -19,6 +19,7 @@ import numpy as np
 from .datasets import MaskError
 from .io import ImageError
 from .metrics import confusion_matrix, metrics_from_confusion, segmentation_metrics
+from .safetext import csv_row
 
 if TYPE_CHECKING:  # pragma: no cover
     from .datasets import Sample
@@ -95,12 +96,12 @@ def statistics_csv(rows: Iterable[dict[str, Any]], leading: Sequence[str] = (),
 
     Columns are ``leading`` (e.g. ``("image",)``) then ``fields`` (:data:`STAT_FIELDS`, or
     :data:`napari_csunet.measurements.FIELDS` for the rows in physical units); other keys are left
-    out and None is written as an empty cell.
+    out and None is written as an empty cell; text starting with = + - @ gets a leading '.
     """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=(*leading, *fields), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(map(csv_row, rows))  # names from files must not run as spreadsheet formulas
     return buffer.getvalue()
 
 

@@ -31,9 +31,10 @@ def print_json(obj) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .model_catalog import list_model_files
+    from .model_catalog import scan_model_files
     from .models import build_model, count_parameters
     from .models.registry import PRESETS
+    from .safetext import shown
 
     rows = []
     for name, preset in PRESETS.items():
@@ -42,15 +43,21 @@ def _models(args: argparse.Namespace) -> int:
                      "swin_depths": list(preset.config.swin.depths) if preset.config.swin else None,
                      "params": params, "description": preset.description,
                      "cnn_sources": list(preset.cnn_sources), "swin_sources": list(preset.swin_sources)})
-    files = list_model_files()
+    files, unreadable = scan_model_files()
     if args.json:
-        print_json({"model_files": files, "presets": rows})
+        print_json({"model_files": files, "presets": rows, "unreadable": unreadable})
         return 0
     if files:
         print("Model files (starter and fine-tuned):")
         for f in files:
             what = "pretrained starting point: fine-tune it" if f["kind"] == "pretrained" else ", ".join(f["classes"])
-            print(f"  {f['name']:<28} {what}  {f['path']}")
+            shadow = " (a shipped model's name: use this one by its path)" if f.get("shadowed") else ""
+            print(f"  {shown(f['name']):<28} {shown(what)}  {shown(f['path'])}{shadow}")
+        print()
+    if unreadable:
+        print("Model files that cannot be read (skipped):")
+        for u in unreadable:
+            print(f"  {shown(u['path'])}: {shown(u['reason'])}")
         print()
     print("Presets:")
     for r in rows:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .colors import ColorError, check_colors
 from .io import IMAGE_SUFFIXES, as_channels_last, read_image
 
 __all__ = ["MaskError", "ClassSpec", "SUPER_CLASSES", "EBC_CLASSES", "UNNAMED", "NAMING_HINT", "decode_color_mask",
@@ -136,22 +137,40 @@ class Sample:
 
 
 def _dataset_json(root: Path) -> tuple[Path, dict] | None:
-    """(path, contents) of the ``dataset.json`` next to the split folders (or one level up), if any."""
+    """(path, contents) of the ``dataset.json`` next to the split folders (or one level up), if any;
+    MaskError naming the file when it is not a JSON object."""
     for candidate in (root / "dataset.json", root.parent / "dataset.json"):
         if candidate.exists():
-            return candidate, json.loads(candidate.read_text())
+            try:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError and bad UTF-8 are ValueErrors
+                raise MaskError(f"{candidate}: not valid JSON ({str(exc)[:100]}); {DATASET_JSON_FORM}") from None
+            if not isinstance(data, dict):
+                raise MaskError(f"{candidate}: expected a JSON object, got a {type(data).__name__}; {DATASET_JSON_FORM}")
+            return candidate, data
     return None
 
 
-def _class_spec_for(meta: dict | None, colour_overlay: bool) -> ClassSpec:
+#: what a dataset.json holds, for its error messages
+DATASET_JSON_FORM = 'write it as {"classes": ["matrix", "precipitate"], "colors": ["#808080", "#ff0000"]}'
+
+
+def _class_spec_for(meta: dict | None, colour_overlay: bool, where: object = "dataset.json") -> ClassSpec:
     """Class names from ``dataset.json`` if present; else NASA's Super classes for colour overlays and
     :data:`UNNAMED` label maps (their classes are counted from the labels)."""
-    if meta is not None:
-        names = tuple(meta["classes"])
-        colors = tuple(meta.get("colors") or [])
+    if meta is not None and "classes" in meta:
+        names = meta["classes"]
+        if not (isinstance(names, list) and names and all(isinstance(n, str) and n.strip() for n in names)):
+            raise MaskError(f'{where}: "classes" must be a list of class names, not {names!r:.60}; {DATASET_JSON_FORM}')
+        try:
+            colors = check_colors(meta.get("colors") or [], f"{where}: colors")
+        except ColorError as exc:
+            raise MaskError(f"{exc}; {DATASET_JSON_FORM}") from None
+        if colors and len(colors) != len(names):
+            raise MaskError(f'{where}: {len(names)} "classes" but {len(colors)} "colors"; give one colour a class')
         from .modelfile import default_class_colors
 
-        return ClassSpec(names=names, colors=colors or tuple(default_class_colors(len(names))))
+        return ClassSpec(names=tuple(names), colors=tuple(colors or default_class_colors(len(names))))
     return SUPER_CLASSES if colour_overlay else UNNAMED
 
 
@@ -228,7 +247,7 @@ def find_samples(root: str | Path, split: str | None = "test", zero_is_class: bo
     first = next((m for m in masks if m is not None), None)
     overlay = first is not None and read_image(first).ndim == 3
     found = _dataset_json(root)
-    spec = _class_spec_for(found[1] if found else None, overlay)
+    spec = _class_spec_for(found[1] if found else None, overlay, found[0] if found else None)
     declared = zero_is_class if zero_is_class is not None else _declared_zero_is_class(found)
     zic = (nasa and not overlay) if declared is None else declared
     # NASA's label maps are known to count 0 as a class; elsewhere only a declaration says what 0 means

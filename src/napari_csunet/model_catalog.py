@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STARTER_DIR", "user_models_dir", "list_model_files", "resolve_model", "pretrained_models",
-           "start_from_pretrained"]
+__all__ = ["STARTER_DIR", "user_models_dir", "list_model_files", "scan_model_files", "resolve_model",
+           "pretrained_models", "start_from_pretrained", "shipped_names", "unique_name", "fine_tune_name"]
 
 STARTER_DIR = Path(__file__).parent / "starter_models"
 
@@ -22,45 +24,98 @@ def user_models_dir() -> Path:
     return Path(platformdirs.user_data_dir("napari-csunet")) / "models"
 
 
-def list_model_files() -> list[dict[str, Any]]:
-    """The user's fine-tuned models first (newest first: the one just trained is on top), then the
-    starter models; pretrained starting points (``micro-tiny``) have ``kind`` "pretrained"."""
-    from .modelfile import ModelFileError, describe
+def shipped_names() -> set[str]:
+    """Names of the models shipped in the package (their file stems: no header is read)."""
+    return {p.stem for p in STARTER_DIR.glob("*.safetensors")} if STARTER_DIR.is_dir() else set()
 
-    out = []
+
+def scan_model_files() -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(readable models as :func:`list_model_files` lists them, ``{"path", "reason"}`` of files that
+    cannot be read). One bad file in the models folder is reported and skipped, never fatal."""
+    from .modelfile import describe
+
+    out, unreadable = [], []
     starters = sorted(STARTER_DIR.glob("*.safetensors")) if STARTER_DIR.is_dir() else []
-    user_dir = user_models_dir()
-    users = sorted(user_dir.glob("*.safetensors"), key=lambda p: -p.stat().st_mtime) if user_dir.is_dir() else []
-    for kind, paths in (("user", users), ("starter", starters)):
+    shipped = shipped_names()
+    for kind, paths in (("user", _user_files()), ("starter", starters)):
         for p in paths:
             try:
                 entry = describe(p)
-            except ModelFileError:
+            except Exception as exc:  # noqa: BLE001 - whatever is wrong with a file, the others are listed
+                unreadable.append({"path": str(p), "reason": str(exc).replace(str(p) + ": ", "") or type(exc).__name__})
                 continue
             # a self-supervised model is a starting point for fine-tuning, not a segmenter
-            out.append(entry | {"kind": "pretrained" if entry["task"] != "segmentation" else kind})
-    return out
+            entry |= {"kind": "pretrained" if entry["task"] != "segmentation" else kind}
+            if kind == "user" and entry["name"] in shipped:
+                entry["shadowed"] = True  # `--model NAME` means the shipped one; this file is used by its path
+            out.append(entry)
+    return out, unreadable
+
+
+def _user_files() -> list[Path]:
+    """The user's model files, newest first (a file that vanishes meanwhile is left out)."""
+    user_dir = user_models_dir()
+    if not user_dir.is_dir():
+        return []
+    stamped = []
+    for p in user_dir.glob("*.safetensors"):
+        try:
+            stamped.append((p.stat().st_mtime, p))
+        except OSError:
+            continue
+    return [p for _, p in sorted(stamped, key=lambda t: -t[0])]
+
+
+def list_model_files() -> list[dict[str, Any]]:
+    """The user's fine-tuned models first (newest first: the one just trained is on top), then the
+    starter models; pretrained starting points (``micro-tiny``) have ``kind`` "pretrained".
+    Files that cannot be read are left out (see :func:`scan_model_files`)."""
+    return scan_model_files()[0]
 
 
 def resolve_model(spec: str) -> tuple[str, Path | None]:
     """``spec`` is a model file path, a starter/user model name, or a preset name.
 
-    Returns ``("file", path)`` or ``("preset", None)``.
+    A shipped model's name always means the shipped model (a warning names user files that carry
+    it too). Returns ``("file", path)`` or ``("preset", None)``.
     """
     p = Path(spec)
     if p.suffix == ".safetensors" or p.exists():
         if not p.exists():
             raise FileNotFoundError(f"model file not found: {p}")
         return "file", p
-    for entry in list_model_files():
-        if entry["name"] == spec:
-            return "file", Path(entry["path"])
+    entries = list_model_files()
+    hits = sorted((e for e in entries if e["name"] == spec), key=lambda e: e.get("kind") == "user")
+    if hits:
+        if len(hits) > 1:
+            import warnings
+
+            warnings.warn(f"{len(hits)} model files are named {spec!r}; using {hits[0]['path']} (others: "
+                          f"{', '.join(e['path'] for e in hits[1:])}; pass a path to use one of them)", stacklevel=2)
+        return "file", Path(hits[0]["path"])
     from .models.registry import PRESETS
 
     if spec in PRESETS:
         return "preset", None
-    names = [e["name"] for e in list_model_files()] + list(PRESETS)
+    names = [e["name"] for e in entries] + list(PRESETS)
     raise KeyError(f"unknown model {spec!r}: not a file, and not one of {', '.join(names)}")
+
+
+def unique_name(base: str, taken: set[str] | None = None) -> str:
+    """``base``, or ``base-2``, ``base-3`` ... when a listed model (or ``taken``) already has it."""
+    taken = (taken or set()) | {e["name"] for e in list_model_files()} | shipped_names()
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def fine_tune_name(start: str, when: datetime | None = None) -> str:
+    """The default name of a model fine-tuned from ``start``: ``<start>-ft-<date>-<time>``, never a
+    shipped or listed model's name (a fine-tune of a fine-tune drops the earlier stamp)."""
+    stem = re.sub(r"-ft-\d{8}-\d{4}(-\d+)?$", "", start) or "model"
+    return unique_name(f"{stem}-ft-{(when or datetime.now()).strftime('%Y%m%d-%H%M')}")
 
 
 def pretrained_models() -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_path
+from .colors import check_colors
+from .modelcheck import check_description, check_shapes, check_size, tensor_shapes
 from .models.config import ModelConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,6 +75,7 @@ class ModelInfo:
             )
         if not self.class_colors:
             self.class_colors = default_class_colors(len(self.class_names))
+        self.class_colors = check_colors(self.class_colors, "class_colors")
         if len(self.class_colors) != len(self.class_names):
             raise ValueError("class_colors and class_names differ in length")
 
@@ -93,7 +96,12 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, text: str) -> ModelInfo:
-        data = json.loads(text)
+        """Parse an untrusted description: every field is checked (see :mod:`.modelcheck`)."""
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ModelFileError("its JSON is nested too deeply") from None
+        data = check_description(data)
         version = data.pop("format_version", FORMAT_VERSION)
         if version > FORMAT_VERSION:
             raise ModelFileError(f"model file format {version} is newer than this napari-csunet understands")
@@ -109,6 +117,8 @@ def _read_metadata(path: Path) -> dict[str, str]:
     """The safetensors header metadata, read by safetensors itself (numpy framework: no torch)."""
     from safetensors import SafetensorError, safe_open
 
+    if path.exists() and not path.is_file():  # a folder, a FIFO (opening one waits forever), a device
+        raise ModelFileError(f"{path}: not a regular file")
     try:
         with safe_open(str(path), framework="numpy") as fh:
             return fh.metadata() or {}
@@ -152,19 +162,27 @@ def save_model_file(path: str | Path, model: torch.nn.Module, info: ModelInfo, h
 
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelInfo]:
     """Rebuild the network from the file alone and load its weights strictly (no pickle)."""
-    import torch
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     from .models import build_model
 
     path = Path(path)
     info = read_model_info(path)
+    try:  # the header is untrusted: its network must fit in and match its tensors before any is built
+        shapes = tensor_shapes(path)
+        check_size(info.config.to_dict(), shapes)
+        check_shapes(info.config, shapes)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    from safetensors.torch import load_file
+
     model = build_model(info.config)
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise ModelFileError(f"{path}: corrupt weights ({exc})") from None
+    import torch
+
     target = model.state_dict()
     state = {k: v.to(target[k].dtype) if k in target else v for k, v in state.items()}
     result = model.load_state_dict(state, strict=False)

@@ -55,7 +55,7 @@ class SwinUNetDecoder(nn.Module):
         n = len(dims)
         cnn = tuple(cnn_channels) if cnn_channels is not None else (0,) * n
         self.has_cnn = cnn_channels is not None
-        dpr = [r.item() for r in torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths))]
+        dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()  # cpu: also under a meta device
         self.fuse = nn.ModuleDict()
         self.stages = nn.ModuleDict()
         self.expand = nn.ModuleDict()
