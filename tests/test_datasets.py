@@ -110,3 +110,22 @@ def test_the_caller_overrides_dataset_json_and_a_wrong_type_is_refused(tmp_path:
     (root / "dataset.json").write_text(json.dumps({"classes": ["matrix", "a", "b"], "zero_is_class": "yes"}))
     with pytest.raises(ValueError, match='"zero_is_class" must be true'):
         find_samples(root, None)
+
+
+@pytest.mark.parametrize(("rare_pixels", "images", "warned"), [(312, 1, True), (600, 2, True), (5000, 1, False),
+                                                               (0, 0, False)])
+def test_a_class_with_too_few_labelled_pixels_is_named_before_training(rare_pixels: int, images: int,
+                                                                       warned: bool) -> None:
+    from csunet_train.data import labelled_image, rare_class_warnings
+
+    items = []
+    for i in range(2):
+        labels = np.ones((100, 100), np.uint8)
+        if i < images:
+            labels.flat[: rare_pixels // images] = 3  # the precipitates
+        items.append(labelled_image(np.zeros((100, 100), np.uint8), labels, f"im{i}"))
+    messages = rare_class_warnings(items, ["matrix", "ferrite", "precipitate"])
+    assert len(messages) == int(warned)  # ferrite (absent) is not warned about
+    if warned:
+        assert messages[0].startswith(f"precipitate: {rare_pixels:,} labelled pixels in {images} image")
+        assert "label a few more" in messages[0]

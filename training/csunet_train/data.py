@@ -23,7 +23,7 @@ from napari_csunet.modelfile import default_class_colors, numbered_class_names
 __all__ = [
     "DataError", "LabelledImage", "TrainingData", "labelled_image", "read_pairs", "read_folder",
     "read_unlabelled", "holdout_region", "holdout_blocks", "HOLDOUTS", "split_validation", "MIN_VAL_PIXELS", "check_classes",
-    "fingerprint", "load_data",
+    "fingerprint", "load_data", "rare_class_warnings", "MIN_CLASS_PIXELS",
 ]
 
 
@@ -253,6 +253,26 @@ def split_validation(items: list[LabelledImage], fraction: float, seed: int, hol
     return ([it for i, it in enumerate(items) if i not in val_idx], [it for i, it in enumerate(items) if i in val_idx])
 
 
+#: a class with fewer labelled training pixels than this is hard to learn: the user is told before training
+MIN_CLASS_PIXELS = 1000
+
+
+def rare_class_warnings(train: Sequence[LabelledImage], class_names: Sequence[str]) -> list[str]:
+    """'precipitate: 312 labelled pixels in 1 image: ...' for each class present in the training
+    labels with fewer than ``MIN_CLASS_PIXELS`` (a class absent from them is not warned about: a
+    fine-tune on corrections keeps it through distillation)."""
+    k = len(class_names)
+    pixels = np.zeros(k + 1, np.int64)
+    images = np.zeros(k + 1, np.int64)
+    for item in train:
+        counts = np.bincount(item.labels.ravel(), minlength=k + 1)[: k + 1]
+        pixels += counts
+        images += counts > 0
+    return [f"{class_names[c - 1]}: {pixels[c]:,} labelled pixels in {images[c]} image{'s' if images[c] > 1 else ''}: "
+            f"too few to learn it reliably; label a few more (at least {MIN_CLASS_PIXELS:,} pixels, ideally in "
+            "several images)" for c in range(1, k + 1) if 0 < pixels[c] < MIN_CLASS_PIXELS]
+
+
 def check_classes(train: list[LabelledImage], val: list[LabelledImage], class_names: Sequence[str]) -> list[str]:
     """Refuse empty label sets and labels above K; return warnings (e.g. a class only in validation)."""
     k = len(class_names)
@@ -266,6 +286,7 @@ def check_classes(train: list[LabelledImage], val: list[LabelledImage], class_na
     if sum(item.labelled_pixels for item in train) == 0:
         raise DataError("the training labels are empty: label some pixels (1..K) first; 0 means unlabelled")
     warnings = [f"{item.name}: no labelled pixels; it is not used" for item in train + val if item.labelled_pixels == 0]
+    warnings += rare_class_warnings(train, class_names)
     seen_train = set(np.unique(np.concatenate([np.unique(it.labels) for it in train])).tolist()) - {0}
     seen_val = set(np.unique(np.concatenate([np.unique(it.labels) for it in val])).tolist()) - {0} if val else set()
     for c in sorted(seen_val - seen_train):
