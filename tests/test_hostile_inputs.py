@@ -249,13 +249,25 @@ def test_a_user_file_with_a_shipped_name_never_shadows_it(models_dir: Path) -> N
     assert user[0]["shadowed"] is True
 
 
-def test_fine_tune_names_are_new(models_dir: Path) -> None:
-    from datetime import datetime
+@pytest.mark.parametrize(("job", "start", "expected"), [
+    ({"mode": "finetune", "model": "starter-superalloy", "out": "X.safetensors"}, "starter-superalloy",
+     r"starter-superalloy-ft-\d{8}-\d{6}"),
+    ({"mode": "finetune", "model": "m", "out": "X.safetensors", "name": "mine"}, "starter-superalloy", "mine"),
+    ({"mode": "train", "preset": "csunet-tiny", "out": "x/starter-ebc.safetensors"}, "", r"starter-ebc-ft-\d{8}-\d{6}"),
+    ({"mode": "train", "preset": "csunet-tiny", "out": "x/own.safetensors"}, "", "own"),
+])
+def test_a_saved_model_never_takes_its_start_s_or_a_shipped_name(job: dict, start: str, expected: str) -> None:
+    import re
 
-    from napari_csunet.model_catalog import fine_tune_name
+    from csunet_train.config import TrainConfig
 
-    when = datetime(2026, 12, 7, 1, 2)
-    assert fine_tune_name("starter-superalloy", when) == "starter-superalloy-ft-20261207-0102"
-    assert fine_tune_name("starter-superalloy-ft-20261201-0900", when) == "starter-superalloy-ft-20261207-0102"
-    fabricate_model_file(models_dir / "x.safetensors", _top(name="starter-superalloy-ft-20261207-0102"))
-    assert fine_tune_name("starter-superalloy", when) == "starter-superalloy-ft-20261207-0102-2"
+    assert re.fullmatch(expected, TrainConfig.from_dict(job).model_name(start))
+
+
+def test_a_shipped_name_is_refused_for_a_new_model() -> None:
+    from csunet_train.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="'starter-superalloy' is a shipped model's name"):
+        TrainConfig.from_dict({"mode": "finetune", "model": "m", "out": "X.safetensors", "name": "starter-superalloy"})
+    recipe_out = str(STARTER_DIR / "starter-superalloy.safetensors")  # the starter recipe regenerates it
+    assert TrainConfig.from_dict({"mode": "finetune", "model": "m", "out": recipe_out, "name": "starter-superalloy"})

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 __all__ = ["STARTER_DIR", "user_models_dir", "list_model_files", "scan_model_files", "resolve_model",
-           "pretrained_models", "start_from_pretrained", "shipped_names", "unique_name", "fine_tune_name"]
+           "pretrained_models", "start_from_pretrained", "shipped_names"]
 
 STARTER_DIR = Path(__file__).parent / "starter_models"
 
@@ -99,23 +97,6 @@ def resolve_model(spec: str) -> tuple[str, Path | None]:
         return "preset", None
     names = [e["name"] for e in entries] + list(PRESETS)
     raise KeyError(f"unknown model {spec!r}: not a file, and not one of {', '.join(names)}")
-
-
-def unique_name(base: str, taken: set[str] | None = None) -> str:
-    """``base``, or ``base-2``, ``base-3`` ... when a listed model (or ``taken``) already has it."""
-    taken = (taken or set()) | {e["name"] for e in list_model_files()} | shipped_names()
-    name, n = base, 1
-    while name in taken:
-        n += 1
-        name = f"{base}-{n}"
-    return name
-
-
-def fine_tune_name(start: str, when: datetime | None = None) -> str:
-    """The default name of a model fine-tuned from ``start``: ``<start>-ft-<date>-<time>``, never a
-    shipped or listed model's name (a fine-tune of a fine-tune drops the earlier stamp)."""
-    stem = re.sub(r"-ft-\d{8}-\d{4}(-\d+)?$", "", start) or "model"
-    return unique_name(f"{stem}-ft-{(when or datetime.now()).strftime('%Y%m%d-%H%M')}")
 
 
 def pretrained_models() -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from napari_csunet.colors import ColorError, check_colors
+from napari_csunet.model_catalog import STARTER_DIR, shipped_names
 from napari_csunet.models.config import TILE_MULTIPLE, nearest_multiple
 from napari_csunet.options import option
 
@@ -156,6 +158,26 @@ class TrainConfig:
                      f"{key}[{i}]: expected {{'image': path, 'labels': path}}, got {pair!r}")
         if self.class_colors is not None and self.class_names is not None:
             need(len(self.class_colors) == len(self.class_names), "class_colors and class_names differ in length")
+        if self.class_colors is not None:
+            try:
+                self.class_colors = check_colors(self.class_colors, "class_colors")
+            except ColorError as exc:
+                raise ConfigError(str(exc)) from None
+        need(not self.name or self.name not in shipped_names() or _in_starter_dir(self.out),
+             f"name: {self.name!r} is a shipped model's name, and a model of that name would hide it or be hidden; "
+             f"choose another (--name), e.g. {self.name}-mine")
+
+    def model_name(self, start_name: str = "") -> str:
+        """The saved model's name: ``name``, else a new one, so a fine-tune never takes its start's name
+        (``<start>-ft-<time>``) and no model takes a shipped one."""
+        if self.name:
+            return self.name
+        from napari_csunet.finetune import finetuned_name
+
+        stem = Path(self.out).stem
+        if self.model is not None and start_name:
+            return finetuned_name(start_name)
+        return finetuned_name(stem) if stem in shipped_names() and not _in_starter_dir(self.out) else stem
 
     @property
     def warmup(self) -> int:
@@ -170,6 +192,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _in_starter_dir(out: str) -> bool:
+    """Whether ``out`` is in the package's starter folder (the starter recipes regenerate the shipped models)."""
+    return Path(out).resolve().parent == STARTER_DIR.resolve()
 
 
 def _read_mapping(path: Path, kind: str, parse: Any, errors: tuple[type[Exception], ...]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig, load_job
@@ -295,6 +294,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                              "unlabelled_images": [it.name for it in unlabelled]} if distill else None,
         }
         best_blocks: dict[str, Any] = {}
+        name = cfg.model_name(start.name)  # once: never the start's name, nor a shipped one
 
         def save(step: int, metrics: dict[str, Any] | None, state) -> None:
             if not dist.is_main:
@@ -304,7 +304,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                                    "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                    "elapsed_s": round(time.perf_counter() - t_start, 1)}
             info = ModelInfo(start.config, data.class_names, data.class_colors, start.preset, {"mode": "image"},
-                             start.sources, provenance, cfg.name or start.name or Path(cfg.out).stem,
+                             start.sources, provenance, name,
                              cfg.description or start.description)
             save_model_file(cfg.out, model, info, half=cfg.half)
             if validation is not None:
