@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "csunet_train.cli",             # train, finetune
     "csunet_train.pretrain_cli",    # pretrain
     "napari_csunet.demo",           # demo
+    "napari_csunet.export.cli",     # export; adds --import to models
 )
 
 

@@ -13,7 +13,10 @@ other part of the product; importing this package imports neither torch nor thos
 
 from __future__ import annotations
 
-__all__ = ["ExportError", "EXTRA_HINT"]
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ExportError", "EXTRA_HINT", "load_exportable"]
 
 #: how to get the optional libraries, for messages
 EXTRA_HINT = 'pip install "napari-csunet[export]"'
@@ -21,3 +24,19 @@ EXTRA_HINT = 'pip install "napari-csunet[export]"'
 
 class ExportError(ValueError):
     """A model cannot be exported or a package cannot be imported; the message says why."""
+
+
+def load_exportable(spec: str | Path) -> tuple[Any, Any, Path]:
+    """(network, ModelInfo, path) of a model file or starter/user model name that can be exported:
+    trained weights (not a preset) and classes (not a self-supervised pretrained model)."""
+    from ..model_catalog import resolve_model
+    from ..modelfile import load_model_file
+
+    _, path = resolve_model(str(spec))
+    if path is None:
+        raise ExportError(f"{spec!r} is a preset with random weights: export a trained or fine-tuned model file")
+    net, info = load_model_file(path)
+    if info.is_pretraining_only:
+        raise ExportError(f"{info.name or path.name} is a self-supervised pretrained model (no classes): "
+                          "fine-tune it first, then export the fine-tuned model")
+    return net, info, path

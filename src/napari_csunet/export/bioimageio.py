@@ -141,8 +141,9 @@ def model_card(info: Any, pixel_size_um: float | None, agreement: dict[str, Any]
     parent = _parent(info)
     metrics = _metric_lines(p)
     size = f"{pixel_size_um:g} µm per pixel" if pixel_size_um else "not recorded (the axes carry no unit)"
-    agree = (f"ONNX Runtime's argmax agrees with napari-csunet's predictor on {100 * agreement['agreement']:.3f} % "
-             f"of the pixels of a {agreement['tile'][0]}² tile of the test image (float32).") if agreement else ""
+    agree = (f"ONNX Runtime's argmax agrees with napari-csunet's predictor (float32) on "
+             f"{100 * agreement['agreement']:.3f} % of the pixels of a {agreement['tile'][0]}² tile of the test "
+             "image.") if agreement else ""
     lines = [
         f"# {info.name or 'CS-UNet model'}", "", info.description or "A CS-UNet phase segmentation model.", "",
         "Exported by [napari-csunet](https://arxiv.org/abs/2308.13917) from its model file "
@@ -195,9 +196,9 @@ def _cover(tile: np.ndarray, labels: np.ndarray, colors: list[str], path: Path) 
     Image.fromarray(np.concatenate([plain, overlay(tile, labels, colors)], axis=1)).save(path, optimize=True)
 
 
-def _test_tensors(model: Any, info: Any, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
-    """(input (1, C, H, W) raw float32, output (1, K, H, W) probabilities, labels, segmenter): our
-    predictor in float32 on one tile."""
+def _test_tensors(model: Any, info: Any, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(input (1, C, H, W) raw float32, output (1, K, H, W) probabilities, labels): our predictor
+    in float32 on one tile."""
     from ..inference import Segmenter
     from ..io import to_model_channels
 
@@ -206,7 +207,7 @@ def _test_tensors(model: Any, info: Any, tile: np.ndarray) -> tuple[np.ndarray, 
     pred = seg.predict(tile, want_probs=True)
     assert pred.probs is not None
     raw = to_model_channels(tile, info.config.in_chans)[None].astype(np.float32)
-    return raw, pred.probs.astype(np.float32)[None], pred.labels, seg
+    return raw, pred.probs.astype(np.float32)[None], pred.labels
 
 
 def _rdf(info: Any, files: dict[str, Path], weights: list[str], pixel_size_um: float | None,
@@ -269,28 +270,19 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: np.ndarray |
     ``image``: the micrograph the test tensors are computed on (default: a shipped sample).
     ``pixel_size_um``: the training images' pixel size (default: the model file's record, if any).
     """
-    from ..model_catalog import resolve_model
-    from ..modelfile import load_model_file
-    from .graph import export_onnx, export_torchscript, onnx_agreement
+    from . import load_exportable
+    from .graph import centre_tile, export_onnx, export_torchscript, onnx_agreement
 
     unknown = set(weights) - set(WEIGHT_FILES)
     if unknown or not weights:
         raise ExportError(f"weights must be among {sorted(WEIGHT_FILES)}, got {list(weights)}")
-    kind, path = resolve_model(str(model))
-    if path is None:
-        raise ExportError(f"{model!r} is a preset with random weights: export a trained or fine-tuned model file")
-    net, info = load_model_file(path)
-    if info.is_pretraining_only:
-        raise ExportError(f"{info.name or path.name} is a self-supervised pretrained model (no classes): "
-                          "fine-tune it first, then export the fine-tuned model")
+    net, info, path = load_exportable(model)
     if pixel_size_um is None:
         pixel_size_um = info.provenance.get("pixel_size_um")
     out = Path(out)
     zipped = out.suffix.lower() == ".zip"
     if not zipped and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} exists and is not an empty folder; choose a new folder or a .zip path")
-
-    from .graph import centre_tile
 
     tile = centre_tile(default_image(info) if image is None else np.asarray(image), 512)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +293,7 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: np.ndarray |
                                          "readme": "README.md", "rdf": RDF_NAME}.items()}
         files.update({w: tmp / WEIGHT_FILES[w] for w in weights})
         shutil.copyfile(path, files["model"])
-        raw, probs, labels, seg = _test_tensors(net, info, tile)
+        raw, probs, labels = _test_tensors(net, info, tile)
         np.save(files["test_input"], raw)
         np.save(files["test_output"], probs)
         _cover(tile, labels, list(info.class_colors), files["cover"])
@@ -311,7 +303,7 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: np.ndarray |
         if "onnx" in weights:
             export_onnx(net, info, files["onnx"])
             try:
-                agreement = onnx_agreement(files["onnx"], seg, tile)
+                agreement = onnx_agreement(files["onnx"], net, info, tile)
             except ImportError:  # onnxruntime missing: the package is still valid, unchecked here
                 agreement = {}
         files["readme"].write_text(model_card(info, pixel_size_um, agreement, list(weights)), encoding="utf-8")

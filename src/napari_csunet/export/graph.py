@@ -118,11 +118,23 @@ def centre_tile(image: np.ndarray, side: int = 512) -> np.ndarray:
     return np.ascontiguousarray(image[y:y + side, x:x + side])
 
 
-def onnx_agreement(onnx_path: str | Path, segmenter: Any, image: np.ndarray, side: int = 512) -> dict[str, Any]:
-    """How far ONNX Runtime's argmax agrees with ``segmenter``'s labels on a ``side``² tile."""
+def onnx_agreement(onnx_path: str | Path, model: nn.Module, info: ModelInfo, image: np.ndarray,
+                   side: int = 512) -> dict[str, Any]:
+    """How far ONNX Runtime's argmax agrees with our predictor's labels on a ``side``² tile.
+
+    ``agreement`` is against the predictor in float32 (the graph's precision); where this machine's
+    predictor runs in bf16 by default, ``agreement_mixed_precision`` is against that too.
+    """
+    from ..inference import Segmenter
+
     tile = centre_tile(image, side)
-    ours = segmenter.predict(tile).labels
-    theirs = onnx_probabilities(onnx_path, tile, segmenter.in_chans).argmax(0) + 1
-    agree = float(np.mean(ours == theirs))
-    return {"agreement": agree, "pixels": int(ours.size), "tile": [side, side], "opset": OPSET,
-            "dynamic_axes": {INPUT_NAME: DYNAMIC_AXES, OUTPUT_NAME: DYNAMIC_AXES}}
+    theirs = onnx_probabilities(onnx_path, tile, info.config.in_chans).argmax(0) + 1
+    out: dict[str, Any] = {"tile": [side, side], "pixels": int(theirs.size), "opset": OPSET,
+                           "dynamic_axes": {INPUT_NAME: DYNAMIC_AXES, OUTPUT_NAME: DYNAMIC_AXES},
+                           "reference": "napari-csunet predictor on CPU, float32"}
+    for key, amp in (("agreement", False), ("agreement_mixed_precision", True)):
+        seg = Segmenter(model, info, device="cpu", amp=amp)
+        if amp and seg.amp_dtype is None:
+            break
+        out[key] = float(np.mean(seg.predict(tile).labels == theirs))
+    return out
