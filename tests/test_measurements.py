@@ -19,6 +19,8 @@ from napari_csunet.measurements import (
     mean_intercept,
     measure,
     particle_table,
+    phase_shape,
+    sized_particles,
 )
 from napari_csunet.pixelsize import PixelSize
 
@@ -82,7 +84,8 @@ def test_the_data_bar_is_out_of_every_number():
 
 def test_named_matrix_and_bad_inputs():
     m = measure(discs(), NAMES, UM, matrix="precipitate")
-    assert m.rows[1]["role"] == "matrix" and m.rows[0]["particles"] == 1  # the matrix is then one region
+    assert m.rows[1]["role"] == "matrix" and "as chosen" in m.rows[1]["role_reason"]
+    assert m.rows[0]["role"] == "continuous" and m.rows[0]["particles"] is None  # one region across the image
     with pytest.raises(ValueError, match="matrix class"):
         measure(discs(), NAMES, matrix="gamma")
     with pytest.raises(ValueError, match="classes"):
@@ -137,3 +140,44 @@ def test_folder_summary():
 ])
 def test_default_matrix(names, counts, expected):
     assert default_matrix(names, np.array(counts)) == expected
+
+
+def layer_and_discs() -> np.ndarray:
+    """A 200 x 200 image: a coating layer (2) across it with three cracks, discs (3) above."""
+    labels = np.ones((200, 200), np.uint8)
+    labels[120:160] = 2
+    labels[130:160, [50, 100, 150]] = 1  # cracks from below, not through
+    for cx in (40, 100, 160):
+        labels[disk((60, cx), 8)] = 3
+    labels[disk((0, 20), 6, shape=labels.shape)] = 3  # cut by the edge
+    return labels
+
+
+def test_a_continuous_phase_gets_no_particle_statistics():
+    m = measure(layer_and_discs(), ["bulk", "coating", "pores"], UM)
+    bulk, coating, pores = m.rows
+    assert bulk["role"] == "matrix" and "by its name" in bulk["role_reason"]
+    assert coating["role"] == "continuous" and coating["particles"] is None and coating["mean_eq_diameter_px"] is None
+    assert "one region across" in coating["role_reason"] and coating["connectivity"] > 0.5
+    assert coating["mean_intercept_um"] is not None and "coating" not in m.particles
+    assert pores["role"] == "particles" and (pores["particles"], pores["particles_sized"]) == (4, 3)
+
+
+@pytest.mark.parametrize(("mask", "continuous"), [
+    (layer_and_discs() == 2, True),  # a layer: one region across the image
+    (layer_and_discs() == 3, False),  # discs
+    (discs() == 1, True),  # a matrix
+    (np.pad(np.ones((60, 60), bool), 70), False),  # one big particle in the middle: not across the image
+])
+def test_phase_shape(mask, continuous):
+    assert phase_shape(mask).continuous is continuous
+
+
+def test_the_count_shown_is_the_count_of_the_size_distribution():
+    m = measure(discs(), NAMES, UM)
+    for row in m.rows:
+        table = m.particles.get(row["class"])
+        if table is not None:
+            assert row["particles_sized"] == int(sized_particles(table).sum()) == len(
+                m.distribution("eq_diameter_um")[row["class"]])
+    assert m.rows[1]["particles_sized"] == 9 and m.rows[1]["particles"] == 10

@@ -109,7 +109,7 @@ class CalibrationBox(QWidget):
         self.size.setDecimals(5)
         self.size.setStepType(QDoubleSpinBox.StepType.AdaptiveDecimalStepType)  # nm and mm pixels alike
         self.size.setSuffix(" µm/px")
-        self.size.setSpecialValueText("unknown: numbers in px")
+        self.size.setSpecialValueText("unknown (px)")
         self.size.setToolTip("micrometres per pixel; 0 = unknown")
         self.source = QLabel()
         self.source.setWordWrap(True)
@@ -118,9 +118,11 @@ class CalibrationBox(QWidget):
         self.bar_length.setValue(1.0)
         self.bar_unit = QComboBox()
         self.bar_unit.addItems(_UNITS)
-        self.line_btn = QPushButton("From scale bar line")
+        self.line_btn = QPushButton("Measure a line over the scale bar")
         self.line_btn.setToolTip(f"draw a line over the scale bar in the '{LINE_LAYER}' layer, type its length")
-        self.use_bar = QCheckBox("leave out the data bar")
+        self.use_bar = QCheckBox("leave out")
+        self.use_bar.setToolTip("the instrument's data bar (text, scale bar) is not material: leave its rows out "
+                                "of the segmentation and the statistics")
         self.bar_rows = QSpinBox()
         self.bar_rows.setRange(0, 100_000)
         self.bar_rows.setToolTip("rows of the data bar, counted from the image edge")
@@ -129,7 +131,7 @@ class CalibrationBox(QWidget):
         self.status = StatusLine()
         self._box = form_group("Pixel size and data bar", [
             ("image", self.image), ("pixel size", self.size), self.source,
-            ("scale bar", hbox(self.bar_length, self.bar_unit, self.line_btn)),
+            ("scale bar", hbox(self.bar_length, self.bar_unit)), self.line_btn,
             ("data bar", hbox(self.use_bar, self.bar_rows, self.bar_side)), self.status])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

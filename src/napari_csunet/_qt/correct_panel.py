@@ -46,6 +46,7 @@ class CorrectPanel(QWidget):
         self.palette = QGridLayout(self.palette_box)
         self.palette.setContentsMargins(0, 0, 0, 0)
         self.class_buttons: list[QPushButton] = []
+        self.brush = 1  # the class last chosen on the palette (kept for the next labels layer)
         self.revert_btn = QPushButton("Revert to prediction")
         self.revert_btn.clicked.connect(lambda: self.revert())
         self.undo_btn = QPushButton("Undo last re-segment")
@@ -92,6 +93,12 @@ class CorrectPanel(QWidget):
     def set_labels_layer(self, layer: Labels) -> None:
         self.labels.choose(layer.name)
         self._on_labels_changed()
+
+    def paint_on(self, layer: Labels) -> None:
+        """After a segmentation: ``layer`` is corrected here, selected in napari and in paint mode with
+        the palette's class, so the first stroke paints instead of panning the view."""
+        self.set_labels_layer(layer)
+        self.set_class(self.brush if self.brush <= len(self.class_names(layer)) else 1)
 
     def class_names(self, layer: Labels | None = None) -> list[str]:
         """The classes of ``layer`` (its metadata/features), else the current model's."""
@@ -172,11 +179,13 @@ class CorrectPanel(QWidget):
 
     def set_class(self, value: int) -> None:
         """Paint with class ``value`` (0 erases back to unlabelled)."""
+        self.brush = value
         layer = self.layer()
         if layer is None:
             self.status.error("no labels layer: segment an image first")
             return
         layer.selected_label = value
+        self.viewer.layers.selection.active = layer  # a palette click means: paint on these labels
         if layer.mode not in ("paint", "fill", "polygon"):
             layer.mode = "paint"
         self._check(value)

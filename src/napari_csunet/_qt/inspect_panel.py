@@ -15,7 +15,7 @@ import napari
 import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QPixmap
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QSpinBox,
     QTableWidget,
@@ -41,10 +42,12 @@ __all__ = ["InspectPanel", "disagreement"]
 
 AUTO_MATRIX = "auto (by name, else largest)"
 #: column -> (heading, tooltip); compact so the table fits a narrow dock; {u} = µm or px
-_HEADERS = {"class": ("class", "class name"),
+_HEADERS: dict[str, tuple[str, str]] = {"class": ("class", "class name"),
             "area_fraction": ("area %", "share of the analysed pixels (the data bar is not analysed)"),
             "ci": ("95 % CI", "block bootstrap over 8 x 8 tiles of the image"),
-            "particles": ("n", "particles (8-connected regions) of at least 'min particle' pixels; the matrix: —"),
+            "particles_sized": ("n", "particles (8-connected regions of at least 'min particle' pixels) not cut by the "
+                                     "image edge: the ones the sizes and the histogram are of; a matrix or a "
+                                     "continuous phase (a layer, a network) has none"),
             "density_per_mm2": ("/mm²", "particles per mm² (edge-cut ones count half)"),
             "mean_eq_diameter": ("⌀ {u}", "mean equivalent diameter of the particles not cut by the edge"),
             "median_eq_diameter": ("⌀ med", "median equivalent diameter"),
@@ -64,6 +67,17 @@ def _cell(row: dict[str, Any], key: str, unit: str) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if value < 1000 else f"{value:.2e}".replace("e+0", "e").replace("e+", "e")
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+#: the particle columns: one cell saying why for a class without particle statistics
+_PARTICLE_KEYS = ("particles_sized", "density_per_mm2", "mean_eq_diameter", "median_eq_diameter")
+
+
+def _no_particles_text(row: dict[str, Any]) -> str:
+    """The table's short word for a matrix or continuous phase (the reason is its tooltip and note)."""
+    if row["role"] == "continuous":
+        return f"continuous ({row['connectivity']:.0%} one region)"
+    return row["role"] if row["pixels"] else "absent"
 
 
 def _own_size(layer: Labels) -> Any:
@@ -97,6 +111,33 @@ def disagreement(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
     return differ.astype(np.uint8), float(differ.sum() / both.sum()) if both.any() else 0.0
 
 
+class Picture(QLabel):
+    """A plot that shrinks to the width it is given (aspect kept), so it never makes the dock wider."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.original = QPixmap()
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+
+    def set_png(self, png: bytes) -> None:
+        self.original.loadFromData(png, "PNG")
+        self._fit()
+
+    def _fit(self) -> None:
+        if not self.original.isNull():
+            width = max(1, min(self.width(), self.original.width()))
+            self.setPixmap(self.original.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation))
+            self.setFixedHeight(self.pixmap().height())
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        if self.pixmap() is None or self.pixmap().width() != min(self.width(), self.original.width()):
+            self._fit()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        return self.original.size() if not self.original.isNull() else QSize(0, 0)
+
+
 class InspectPanel(QWidget):
     """Statistics table + CSV, contour/fill and opacity, disagreement layer."""
 
@@ -122,7 +163,10 @@ class InspectPanel(QWidget):
             self.table.setHorizontalHeaderItem(c, item)
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.fractions_plot, self.sizes_plot = QLabel(), QLabel()
+        self.note = QLabel()  # why a class has no particle statistics
+        self.note.setWordWrap(True)
+        self.note.setVisible(False)
+        self.fractions_plot, self.sizes_plot = Picture(), Picture()
         self.export_btn = QPushButton("Export CSV…")
         self.export_btn.clicked.connect(lambda: self.export_csv())
         self.contours = QCheckBox("contours only")
@@ -142,7 +186,7 @@ class InspectPanel(QWidget):
         layout.addWidget(self.calibration)
         layout.addWidget(form_group("Phases and particles", [
             ("labels", self.labels), ("matrix", self.matrix), ("min particle", self.min_area), self.compute_btn,
-            self.table, self.fractions_plot, self.sizes_plot, self.export_btn]))
+            self.table, self.note, self.fractions_plot, self.sizes_plot, self.export_btn]))
         layout.addWidget(form_group("Display", [self.contours, ("opacity", self.opacity)]))
         layout.addWidget(form_group("Disagreement between two label layers", [
             ("A", self.layer_a), ("B", self.layer_b), self.diff_btn]))
@@ -233,19 +277,32 @@ class InspectPanel(QWidget):
         unit = "µm" if rows and rows[0]["pixel_size_um"] else "px"
         for c, (heading, _tip) in enumerate(_HEADERS.values()):
             self.table.horizontalHeaderItem(c).setText(heading.format(u=unit))
-        self.table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            for c, key in enumerate(_HEADERS):
-                self.table.setItem(r, c, QTableWidgetItem(_cell(row, key, unit)))
-        self.table.resizeColumnsToContents()
-        for label, png in ((self.fractions_plot, fractions_png), (self.sizes_plot, sizes_png)):
-            pixmap = QPixmap()
-            pixmap.loadFromData(png, "PNG")
-            label.setPixmap(pixmap)
+        self._fill_table(rows, unit)
+        self.fractions_plot.set_png(fractions_png)
+        self.sizes_plot.set_png(sizes_png)
         bar = rows[0]["databar_rows"] if rows else 0
         self.status.info(f"{name}: " + ", ".join(f"{r['class']} {r['area_fraction']:.1%}" for r in rows)
                          + (f" · data bar ({bar} rows) not analysed" if bar else "")
                          + ("" if unit == "µm" else " · no pixel size: sizes in px"))
+
+    def _fill_table(self, rows: list[dict[str, Any]], unit: str) -> None:
+        """One row per class; a class without particle statistics says why across the particle columns."""
+        self.table.clearSpans()
+        self.table.setRowCount(len(rows))
+        keys = list(_HEADERS)
+        first = keys.index(_PARTICLE_KEYS[0])
+        for r, row in enumerate(rows):
+            for c, key in enumerate(keys):
+                self.table.setItem(r, c, QTableWidgetItem(_cell(row, key, unit)))
+            if row["role"] != "particles":
+                item = QTableWidgetItem(_no_particles_text(row))
+                item.setToolTip(row["role_reason"] or "no pixels of this class")
+                self.table.setItem(r, first, item)
+                self.table.setSpan(r, first, 1, len(_PARTICLE_KEYS))
+        self.table.resizeColumnsToContents()
+        notes = [f"{row['class']}: {row['role_reason']}" for row in rows if row["role"] == "continuous"]
+        self.note.setText("\n".join(notes))
+        self.note.setVisible(bool(notes))
 
     def csv_text(self) -> str:
         from ..analysis import statistics_csv

@@ -4,8 +4,8 @@ and Inspect tabs, in the order of the user's loop."""
 from __future__ import annotations
 
 import napari
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import QPoint, Qt
+from qtpy.QtWidgets import QAbstractScrollArea, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from ..settings import load_settings
 from .correct_panel import CorrectPanel
@@ -15,7 +15,7 @@ from .model_panel import ModelPanel
 from .segment_panel import SegmentPanel
 from .session import ModelSession
 
-__all__ = ["CSUNetWidget"]
+__all__ = ["CSUNetWidget", "clipped_widgets"]
 
 
 #: the dock's least width: model names, the training-set table and the statistics fit without a
@@ -30,6 +30,23 @@ def _scrolled(widget: QWidget) -> QScrollArea:
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setWidget(widget)
     return area
+
+
+def clipped_widgets(area: QScrollArea) -> list[str]:
+    """The visible widgets of a tab that reach past its viewport's right edge: cut off, since the
+    tabs never scroll sideways. (What scrolls inside a table or a list is that widget's business.)"""
+    viewport, content = area.viewport(), area.widget()
+    inner = [w.viewport() for w in content.findChildren(QAbstractScrollArea)]
+    out = []
+    for child in [content, *content.findChildren(QWidget)]:
+        if not child.isVisibleTo(content) or any(v.isAncestorOf(child) for v in inner):
+            continue
+        right = child.mapTo(viewport, QPoint(child.width(), 0)).x()
+        if right > viewport.width():
+            text = getattr(child, "text", None)
+            text = text() if callable(text) else ""
+            out.append(f"{type(child).__name__} {text!r}: right edge {right} > {viewport.width()} px")
+    return out
 
 
 class CSUNetWidget(QWidget):
@@ -55,7 +72,7 @@ class CSUNetWidget(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
         self.session.changed.connect(self._after_model_loaded)
-        self.segment_panel.segmented.connect(lambda layers: self.correct_panel.set_labels_layer(layers[-1]))
+        self.segment_panel.segmented.connect(lambda layers: self.correct_panel.paint_on(layers[-1]))
         self.finetune_panel.trained.connect(lambda _path: self.model_panel.refresh_files())
         self.finetune_panel.saved.connect(lambda _path: self.model_panel.refresh_files())
         self.destroyed.connect(self.finetune_panel.shutdown)

@@ -108,27 +108,32 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
                            "csunet_model": model_name, "class_names": list(info.class_names),
                            "class_colors": list(info.class_colors)})
     if extras:
-        _write_extras(viewer, image, pred, info)
+        _write_extras(viewer, image, pred, info, below=layer)
     return layer
 
 
-def _set_or_add(viewer: napari.Viewer, name: str, data: np.ndarray, **kwargs) -> None:
+def _set_or_add(viewer: napari.Viewer, name: str, data: np.ndarray, below: Labels, **kwargs) -> None:
+    """New data for the output layer ``name``, or a new layer placed under ``below`` (the labels:
+    what the user paints stays on top and selected, never a hidden uncertainty layer)."""
     if name in viewer.layers and isinstance(viewer.layers[name], Image) and viewer.layers[name].data.shape == data.shape:
         viewer.layers[name].data = data
-    else:
-        viewer.add_image(data, name=name, metadata={OUTPUT: True}, **kwargs)
+        return
+    active = viewer.layers.selection.active
+    layer = viewer.add_image(data, name=name, metadata={OUTPUT: True}, **kwargs)
+    viewer.layers.move(viewer.layers.index(layer), viewer.layers.index(below))
+    viewer.layers.selection.active = active if active in viewer.layers else below
 
 
-def _write_extras(viewer: napari.Viewer, image: Image, pred, info) -> None:
+def _write_extras(viewer: napari.Viewer, image: Image, pred, info, below: Labels) -> None:
     scale = image.scale[-pred.labels.ndim:]
     if pred.probs is not None:
         axis = pred.probs.ndim - 3  # (K, H, W) or (Z, K, H, W)
         for k, (cls, color) in enumerate(zip(info.class_names, info.class_colors, strict=False)):
-            _set_or_add(viewer, f"{image.name} p({cls})", np.take(pred.probs, k, axis=axis).astype(np.float32),
+            _set_or_add(viewer, f"{image.name} p({cls})", np.take(pred.probs, k, axis=axis).astype(np.float32), below,
                         colormap=_color_ramp(color), blending="additive", contrast_limits=(0, 1),
                         visible=False, scale=scale)
     if pred.uncertainty is not None:
-        _set_or_add(viewer, f"{image.name} uncertainty", pred.uncertainty, colormap="magma",
+        _set_or_add(viewer, f"{image.name} uncertainty", pred.uncertainty, below, colormap="magma",
                     contrast_limits=(0, 1 - 1 / info.num_classes), visible=False, scale=scale)
 
 
