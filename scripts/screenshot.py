@@ -43,7 +43,7 @@ def _finetune(app, viewer, widget, args: argparse.Namespace) -> None:
     if widget.correct_panel.add_to_training_set() is None:
         raise SystemExit(f"screenshot: {widget.correct_panel.status.text()}")
     panel = widget.finetune_panel
-    panel.steps.setValue(args.finetune)
+    panel.form.steps.value = args.finetune
     if not panel.start():
         raise SystemExit(f"screenshot: {panel.status.text()}")
     _wait(app, lambda: not panel.running, 3600, "fine-tuning")

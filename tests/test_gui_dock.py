@@ -93,3 +93,27 @@ def test_inspect_counts_particles_only_of_particle_classes_and_as_the_histogram(
     sizes = panel.measurement.distribution("eq_diameter_px")  # what the histogram draws
     assert set(sizes) == {"pores"} and pores[n] == str(len(sizes["pores"])) == "3"
     assert panel.rows[2]["particles"] == 5 and not panel.sizes_plot.pixmap().isNull()
+
+
+def test_finetune_texts_follow_the_state(widget, qtbot):
+    """The empty plot's axis is the chosen step count, the tab says what the training set holds, and
+    the best evaluation's ring at mIoU 1.0 stays clear of the caption line."""
+    from napari_csunet._qt.plot import RING
+
+    w = widget
+    panel = w.finetune_panel
+    panel.form.steps.value = 100
+    assert panel.plot.steps == 100
+    assert "training set is empty" in panel.training_set.text()
+    labels = segment(w, qtbot, uncertainty=False)
+    labels.data[10:60, 10:60] = 3  # a correction
+    assert w.correct_panel.add_to_training_set() is not None, w.correct_panel.status.text()
+    assert panel.training_set.text().startswith("training set: 1 corrected image, ")
+    assert "painted" in panel.training_set.text() and panel.training_set.kind == "info"
+
+    panel.plot.add_loss(0, 1.0)
+    panel.plot.add_val(10, 1.0, best=True)
+    panel.form.steps.value = 50  # a run's curves stay until the next start
+    assert panel.plot.steps == 100
+    area = panel.plot.area()
+    assert area.top() - RING >= panel.plot.caption_height() and area.height() > 50

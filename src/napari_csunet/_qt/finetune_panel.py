@@ -83,12 +83,15 @@ class FinetunePanel(QWidget):
                                    "saved in the Model tab)")
         self.revert_btn.clicked.connect(lambda: self.revert_model())
         self.plot = TrainingPlot()
-        self.status = StatusLine("add corrected images in the Correct tab, then start")
+        self.plot.clear(self.form.steps.value)  # the axis the run will have, before it starts
+        self.form.steps.changed.connect(self._steps_changed)
+        self.training_set = StatusLine()  # what Start would train on, kept up to date (show_training_set)
+        self.status = StatusLine()
         self.result = StatusLine()
 
         layout = QVBoxLayout(self)
         layout.addWidget(form_group("Fine-tune on the training set",
-                                    [*form_rows(self.form), self.keep_others,
+                                    [*form_rows(self.form), self.keep_others, self.training_set,
                                      hbox(self.start_btn, self.stop_btn)]))
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
@@ -110,7 +113,9 @@ class FinetunePanel(QWidget):
         self._relay = EventRelay(self._on_event, self)
         session.busy_changed.connect(self._update_enabled)
         session.changed.connect(self._update_enabled)
+        session.changed.connect(self.show_training_set)
         self._update_enabled()
+        self.show_training_set()
 
     @property
     def running(self) -> bool:
@@ -123,6 +128,34 @@ class FinetunePanel(QWidget):
         current = self.session.path
         self.revert_btn.setEnabled(idle and self.before_model is not None and (
             self.undecided or (current is not None and current != self.before_model and self.before_model.exists())))
+
+    def _steps_changed(self, steps: int) -> None:
+        """An empty plot follows the chosen step count; a run's curves stay until the next start."""
+        if not self.running and not self.plot.loss:
+            self.plot.clear(steps)
+
+    def show_training_set(self, *_: object) -> None:
+        """Say what Start would train on: the saved corrected images and their pixels, or what to do first."""
+        from ..annotations import AnnotationError
+
+        store, info = self.session.annotations, self.session.info
+        try:
+            entries = store.entries()
+        except AnnotationError as exc:
+            self.training_set.error(str(exc), notify=False)
+            return
+        if not entries:
+            self.training_set.info("the training set is empty: correct an image in the Correct tab and "
+                                   "'Add to training set', then start")
+            return
+        painted = sum(e.painted or 0 for e in entries)
+        text = (f"training set: {len(entries)} corrected image{'s' if len(entries) != 1 else ''}, "
+                f"{sum(e.labelled for e in entries):,} px will train ({painted:,} painted)")
+        if info is not None and store.class_names != list(info.class_names):
+            self.training_set.warning(f"{text}; its classes {store.class_names} are not the model's "
+                                      f"{list(info.class_names)}", notify=False)
+        else:
+            self.training_set.info(text)
 
     def params(self) -> dict[str, Any]:
         """The form's values (what is saved in the settings)."""

@@ -73,6 +73,7 @@ class CSUNetWidget(QWidget):
         layout.addWidget(self.tabs)
         self.session.changed.connect(self._after_model_loaded)
         self.segment_panel.segmented.connect(lambda layers: self.correct_panel.paint_on(layers[-1]))
+        self.correct_panel.training.changed.connect(self.finetune_panel.show_training_set)
         self.finetune_panel.trained.connect(lambda _path: self.model_panel.refresh_files())
         self.finetune_panel.saved.connect(lambda _path: self.model_panel.refresh_files())
         self.destroyed.connect(self.finetune_panel.shutdown)

@@ -14,6 +14,8 @@ from qtpy.QtWidgets import QWidget
 __all__ = ["TrainingPlot"]
 
 LOSS, VAL, GRID = QColor("#4fa3ff"), QColor("#ffb000"), QColor(128, 128, 128, 90)
+#: radius of the ring around the best evaluation (px): the plot area keeps this far from the captions
+RING = 6
 
 
 class TrainingPlot(QWidget):
@@ -51,12 +53,22 @@ class TrainingPlot(QWidget):
             self.best = (step, float(value))
         self.update()
 
+    def area(self, fm=None) -> QRectF:
+        """Where the curves are drawn: below the caption line, above the step axis, clear of the
+        captions by the best ring's radius (so a value of 1.0 never runs through a caption)."""
+        fm = fm or self.fontMetrics()
+        return QRectF(self.rect()).adjusted(fm.horizontalAdvance("0.000") + 6, self.caption_height(fm) + RING + 2,
+                                            -fm.horizontalAdvance("1.0") - 8, -fm.height() - RING - 2)
+
+    def caption_height(self, fm=None) -> int:
+        """The caption line's height ("loss", "val mIoU best ... @ step")."""
+        return (fm or self.fontMetrics()).height()
+
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         fm = p.fontMetrics()
-        area = QRectF(self.rect()).adjusted(fm.horizontalAdvance("0.000") + 6, fm.height(), -fm.horizontalAdvance("1.0") - 8,
-                                            -fm.height() - 4)
+        area = self.area(fm)
         p.setPen(QPen(GRID, 1))
         for i in range(5):
             y = area.top() + area.height() * i / 4
@@ -79,7 +91,7 @@ class TrainingPlot(QWidget):
         for point in self.val:
             p.drawEllipse(xy(*point, 1.0), 2.5, 2.5)
         if self.best is not None:
-            p.drawEllipse(xy(*self.best, 1.0), 6, 6)
+            p.drawEllipse(xy(*self.best, 1.0), RING, RING)
         text = self.palette().color(self.foregroundRole())
         p.setPen(text)
         p.drawText(QPointF(2, area.top() + fm.ascent() / 2), f"{top:.3g}")
@@ -91,6 +103,6 @@ class TrainingPlot(QWidget):
         p.setPen(LOSS)
         p.drawText(QPointF(area.left(), fm.ascent()), "loss")
         p.setPen(VAL)
-        label = "val mIoU" + (f"  best {self.best[1]:.3f} @ {self.best[0]}" if self.best else "")
+        label = "val mIoU" + (f"  best {self.best[1]:.3f} at step {self.best[0]}" if self.best else "")
         p.drawText(QPointF(area.right() - fm.horizontalAdvance(label), fm.ascent()), label)
         p.end()

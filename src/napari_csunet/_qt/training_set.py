@@ -18,7 +18,7 @@ from collections.abc import Callable
 import napari
 import numpy as np
 from napari.layers import Image, Labels, Shapes
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QGroupBox,
     QHeaderView,
@@ -86,6 +86,9 @@ def shape_regions(shapes: Shapes, layer: Labels) -> list[list[int]]:
 
 class TrainingSetBox(QWidget):
     """Region choice, live count of the pixels that will train, Add, the saved list, Remove."""
+
+    #: the saved set changed (added, removed, re-read): the Fine-tune tab says what it holds
+    changed = Signal()
 
     def __init__(self, viewer: napari.Viewer, store: AnnotationStore, layer: Callable[[], Labels | None],
                  class_names: Callable[[Labels], list[str]], class_colors: Callable[[Labels, int], list[str]],
@@ -394,6 +397,7 @@ class TrainingSetBox(QWidget):
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.remove_btn.setEnabled(bool(entries))
         self._timer.start()  # the set changed: what validation will have, too
+        self.changed.emit()
 
     def remove_selected(self) -> None:
         rows = sorted({i.row() for i in self.table.selectedIndexes()})
