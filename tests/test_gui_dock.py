@@ -87,7 +87,7 @@ def test_inspect_counts_particles_only_of_particle_classes_and_as_the_histogram(
     n = headers.index("n")
     bulk, coating, pores = ([panel.table.item(r, c).text() if panel.table.item(r, c) else ""
                              for c in range(panel.table.columnCount())] for r in range(3))
-    assert bulk[n] == "matrix" and coating[n].startswith("continuous") and panel.table.columnSpan(1, n) > 1
+    assert bulk[n] == "matrix" and coating[n] == "continuous phase" and panel.table.columnSpan(1, n) > 1
     assert "one region across" in panel.table.item(1, n).toolTip()
     assert panel.note.text().startswith("coating: 100% of it is one region") and not panel.note.isHidden()
     sizes = panel.measurement.distribution("eq_diameter_px")  # what the histogram draws
@@ -117,3 +117,22 @@ def test_finetune_texts_follow_the_state(widget, qtbot):
     assert panel.plot.steps == 100
     area = panel.plot.area()
     assert area.top() - RING >= panel.plot.caption_height() and area.height() > 50
+
+
+@pytest.mark.parametrize("theme", ["dark", "light"])
+def test_swatches_and_the_selected_model_are_readable_on_both_themes(widget, theme):
+    import re
+
+    from napari_csunet._qt.theme import contrast_ratio, theme_color
+
+    w, viewer = widget, widget.viewer
+    viewer.theme = theme
+    background, text = theme_color(viewer, "background"), theme_color(viewer, "text")
+    style = w.model_panel.files.styleSheet()
+    assert ":!active" in style  # unfocused too
+    fill, ink = re.search(r"background-color: (#\w+); color: (#\w+)", style).groups()
+    assert ink == text and contrast_ratio(fill, ink) >= 4.5
+    for button in w.correct_panel.class_buttons:  # the tiny model's grey matrix included
+        image = button.icon().pixmap(14, 14).toImage()
+        edge = image.pixelColor(image.width() // 2, 1).name()
+        assert contrast_ratio(edge, background) >= 3.0, (button.text(), edge)

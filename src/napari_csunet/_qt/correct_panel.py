@@ -24,6 +24,7 @@ from .queue_box import ACCEPT_KEY, NEXT_KEY, QueueBox
 from .segment_panel import PREDICTION, PREVIOUS, SegmentPanel
 from .serial_worker import SerialWorker
 from .session import ModelSession
+from .theme import swatch_icon, theme_color
 from .training_set import PAINTED_ONLY, WHOLE_IMAGE, TrainingSetBox
 
 __all__ = ["CorrectPanel", "PAINTED_ONLY", "WHOLE_IMAGE", "KEY_SETTINGS"]
@@ -82,6 +83,7 @@ class CorrectPanel(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
         session.changed.connect(self._on_labels_changed)
+        viewer.events.theme.connect(self._on_labels_changed)  # the swatches' outline follows the theme
         self._on_labels_changed()
 
     # -- the labels layer and its classes ------------------------------------------------------
@@ -133,11 +135,11 @@ class CorrectPanel(QWidget):
         self.class_buttons = []
         entries = [("0 eraser (unlabelled)", "transparent", 0)]
         entries += [(f"{i + 1} {n}", c, i + 1) for i, (n, c) in enumerate(zip(names, colors, strict=False))]
+        outline = theme_color(self.viewer, "text")  # a swatch as dark as the theme still shows
         for pos, (text, color, value) in enumerate(entries):
-            button = QPushButton(text)
+            button = QPushButton(swatch_icon(color, outline), text)
             button.setCheckable(True)
-            if color != "transparent":
-                button.setStyleSheet(f"QPushButton {{ border-left: 14px solid {color}; text-align: left; padding-left: 4px }}")
+            button.setStyleSheet("QPushButton { text-align: left; padding-left: 6px }")
             button.clicked.connect(lambda _=False, v=value: self.set_class(v))
             self.palette.addWidget(button, pos // 2, pos % 2)
             self.class_buttons.append(button)

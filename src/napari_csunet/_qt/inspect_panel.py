@@ -76,7 +76,7 @@ _PARTICLE_KEYS = ("particles_sized", "density_per_mm2", "mean_eq_diameter", "med
 def _no_particles_text(row: dict[str, Any]) -> str:
     """The table's short word for a matrix or continuous phase (the reason is its tooltip and note)."""
     if row["role"] == "continuous":
-        return f"continuous ({row['connectivity']:.0%} one region)"
+        return "continuous phase"
     return row["role"] if row["pixels"] else "absent"
 
 
@@ -162,6 +162,7 @@ class InspectPanel(QWidget):
             item.setToolTip(tip)
             self.table.setHorizontalHeaderItem(c, item)
         self.table.verticalHeader().setVisible(False)
+        self.table.setSizeAdjustPolicy(QTableWidget.SizeAdjustPolicy.AdjustToContents)  # its rows, no empty slab
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.note = QLabel()  # why a class has no particle statistics
         self.note.setWordWrap(True)

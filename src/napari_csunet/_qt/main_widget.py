@@ -4,7 +4,7 @@ and Inspect tabs, in the order of the user's loop."""
 from __future__ import annotations
 
 import napari
-from qtpy.QtCore import QPoint, Qt
+from qtpy.QtCore import QPoint, Qt, QTimer
 from qtpy.QtWidgets import QAbstractScrollArea, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from ..settings import load_settings
@@ -14,6 +14,7 @@ from .inspect_panel import InspectPanel
 from .model_panel import ModelPanel
 from .segment_panel import SegmentPanel
 from .session import ModelSession
+from .theme import follow_theme, selection_style
 
 __all__ = ["CSUNetWidget", "clipped_widgets"]
 
@@ -71,6 +72,7 @@ class CSUNetWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
+        follow_theme(napari_viewer, lambda: self.model_panel.files.setStyleSheet(selection_style(napari_viewer)))
         self.session.changed.connect(self._after_model_loaded)
         self.segment_panel.segmented.connect(lambda layers: self.correct_panel.paint_on(layers[-1]))
         self.correct_panel.training.changed.connect(self.finetune_panel.show_training_set)
@@ -80,6 +82,14 @@ class CSUNetWidget(QWidget):
         self.destroyed.connect(self.model_panel.adapt.shutdown)
         self.destroyed.connect(self.correct_panel.live.shutdown)
         _warm_up()
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """The dock took its width from the canvas: fit the open images to what is left, once."""
+        super().showEvent(event)
+        if not getattr(self, "_fitted", False):
+            self._fitted = True
+            if len(self.viewer.layers):
+                QTimer.singleShot(0, self.viewer.reset_view)
 
     def _after_model_loaded(self) -> None:
         if self.session.segmenter is not None and self.tabs.currentWidget().widget() is self.model_panel:

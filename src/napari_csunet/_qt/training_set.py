@@ -20,6 +20,7 @@ import numpy as np
 from napari.layers import Image, Labels, Shapes
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
+    QAbstractScrollArea,
     QGroupBox,
     QHeaderView,
     QPushButton,
@@ -115,6 +116,8 @@ class TrainingSetBox(QWidget):
         self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.table.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)  # no empty slab
+        self.table.setMaximumHeight(6 * self.table.verticalHeader().defaultSectionSize())  # then it scrolls
         self.remove_btn = QPushButton("Remove selected")
         self.remove_btn.clicked.connect(lambda: self.remove_selected())
         box: QGroupBox = form_group("Training set", [("train on", self.region), self.preview, self.mark_btn, self.judge,
