@@ -271,3 +271,247 @@ def test_a_shipped_name_is_refused_for_a_new_model() -> None:
         TrainConfig.from_dict({"mode": "finetune", "model": "m", "out": "X.safetensors", "name": "starter-superalloy"})
     recipe_out = str(STARTER_DIR / "starter-superalloy.safetensors")  # the starter recipe regenerates it
     assert TrainConfig.from_dict({"mode": "finetune", "model": "m", "out": recipe_out, "name": "starter-superalloy"})
+
+
+# -- one error path: a user's mistake is one line, exit code 2, no traceback -------------------------
+
+def _labelled_folder(root: Path) -> Path:
+    return _tiny_folder(root, '{"classes": ["matrix", "secondary", "tertiary"]}')
+
+
+def _bad_header(tmp: Path) -> str:
+    return str(fabricate_model_file(tmp / "bad.safetensors", _swin(embed_dim=1536)))
+
+
+def _existing(tmp: Path) -> str:
+    (tmp / "old.safetensors").write_bytes(b"a model worth keeping")
+    return str(tmp / "old.safetensors")
+
+
+def _a_file(tmp: Path) -> str:
+    (tmp / "file").write_text("x")
+    return str(tmp / "file")
+
+
+def _finetune(model: str = "starter-superalloy", out: str | Callable[[Path], str] = "new.safetensors",
+              data: Callable[[Path], Path] = _labelled_folder, *extra: str) -> Callable[[Path], list[str]]:
+    def argv(tmp: Path) -> list[str]:
+        where = out(tmp) if callable(out) else str(tmp / out)
+        return ["finetune", "--model", model(tmp) if callable(model) else model, "--data", str(data(tmp / "set")),
+                "--out", where, "--steps", "1", "--device", "cpu", *extra]
+    return argv
+
+
+def _segment(model: str | Callable[[Path], str] = "starter-superalloy",
+             out: Callable[[Path], str] = lambda t: str(t / "out")) -> Callable[[Path], list[str]]:
+    def argv(tmp: Path) -> list[str]:
+        image = _tiny_folder(tmp / "set", None) / "images" / "a.tif"
+        return ["segment", str(image), "--model", model(tmp) if callable(model) else model, "--out", out(tmp),
+                "--device", "cpu"]
+    return argv
+
+
+def _evaluate(dataset_json: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: ["evaluate", "--data", str(_tiny_folder(tmp / "set", dataset_json)), "--model",
+                        "starter-superalloy", "--device", "cpu"]
+
+
+#: (case, argv from a temporary folder, what the one line says); none gets as far as training
+CLI_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
+    ("segment: bad header", _segment(model=_bad_header), "embed_dim: 1536 must be"),
+    ("segment: unknown model", _segment(model="starter-nothing"), "unknown model 'starter-nothing'"),
+    ("segment: --out is a file", _segment(out=_a_file), "is a file, not a folder"),
+    ("evaluate: dataset.json a list", _evaluate("[1, 2]"), "expected a JSON object, got a list"),
+    ("evaluate: colours", _evaluate('{"classes": ["a"], "colors": ["#12"]}'), "'#12' is not a colour"),
+    ("finetune: bad header", _finetune(model=_bad_header), "embed_dim: 1536 must be"),
+    ("finetune: --out exists", _finetune(out=_existing), "exists; pass --overwrite"),
+    ("finetune: --out a folder", _finetune(out=lambda t: str(t)), "is a folder; give a file name"),
+    ("finetune: --out not a model file", _finetune(out="m.txt"), "a model file ends in .safetensors"),
+    ("finetune: --out under a file", _finetune(out=lambda t: _a_file(t) + "/m.safetensors"), "is a file, not a folder"),
+    ("finetune: shipped --name", _finetune("starter-superalloy", "new.safetensors", _labelled_folder, "--name",
+                                           "starter-superalloy"), "is a shipped model's name"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
+def test_user_errors_are_one_line_and_exit_code_2(tmp_path: Path, capsys, models_dir: Path, argv, message: str) -> None:
+    from napari_csunet.cli import main
+
+    assert main(argv(tmp_path)) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "new.safetensors").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from napari_csunet.cli import main
+
+    with pytest.raises(ModelFileError):
+        main(["--debug", *_segment(model=_bad_header)(tmp_path)])
+
+
+@pytest.mark.parametrize(("exc", "line"), [
+    (FileNotFoundError(2, "No such file or directory", "x.tif"), "No such file or directory: 'x.tif'"),
+    (KeyError("unknown model 'm'"), "unknown model 'm'"),
+    (MemoryError(), "out of memory"),
+    (ValueError("bad\nsecond line"), "bad"),
+    (ValueError("name \x1b[31mred\r!"), "name \\x1b[31mred\\r!"),
+    (RuntimeError("a bug"), None),
+    (AttributeError("'str' object has no attribute 'get'"), None),
+])
+def test_which_failures_are_the_user_s(exc: BaseException, line: str | None) -> None:
+    from napari_csunet.errors import user_error_message
+
+    message = user_error_message(exc)
+    if line is None:
+        assert message is None
+    else:
+        assert message is not None and line in message and "\n" not in message
+
+
+def test_sigterm_stops_a_command_like_ctrl_c(capsys) -> None:
+    import argparse
+    import signal
+
+    from napari_csunet.errors import run_command
+
+    def handler(args: argparse.Namespace) -> int:
+        signal.raise_signal(signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    assert run_command(handler, argparse.Namespace()) == 130
+    assert "interrupted" in capsys.readouterr().err and signal.getsignal(signal.SIGTERM) is previous
+
+
+# -- outputs stay consistent -----------------------------------------------------------------------
+
+def test_two_runs_never_write_one_output(tmp_path: Path, capsys) -> None:
+    from napari_csunet.cli import main
+    from napari_csunet.outputs import out_lock
+
+    argv = _segment()(tmp_path)
+    (tmp_path / "out").mkdir()
+    with out_lock(tmp_path / "out"):
+        assert main(argv) == 2
+    assert "is being written by another csunet run" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("*.tif"))
+    with out_lock(tmp_path / "m.safetensors"), pytest.raises(ValueError, match="another csunet run"):
+        with out_lock(tmp_path / "m.safetensors"):
+            pass
+    with out_lock(tmp_path / "m.safetensors"):  # released: the next run goes ahead
+        pass
+
+
+def test_an_interrupted_batch_writes_the_summary_of_what_finished(tmp_path: Path, monkeypatch, capsys) -> None:
+    import shutil
+
+    from napari_csunet import segment_cli
+    from napari_csunet.cli import main
+
+    folder = _tiny_folder(tmp_path / "set", None) / "images"
+    for name in ("b.tif", "c.tif"):
+        shutil.copy(folder / "a.tif", folder / name)
+    real = segment_cli.read_image
+
+    def read(path: Path):
+        if Path(path).name == "b.tif":
+            raise KeyboardInterrupt
+        return real(path)
+
+    monkeypatch.setattr(segment_cli, "read_image", read)
+    assert main(["segment", str(folder), "--model", "starter-superalloy", "--out", str(tmp_path / "o"),
+                 "--device", "cpu", "--tile", "256"]) == 130
+    summary = (tmp_path / "o" / "summary.csv").read_text()
+    assert "a.tif" in summary and "c.tif" not in summary
+    assert "interrupted after 1 of 3" in capsys.readouterr().err
+
+
+def test_temp_files_of_dead_writers_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from napari_csunet.atomic import STALE_AFTER_S, atomic_write_bytes
+
+    target = tmp_path / "m.safetensors"
+    dead = tmp_path / f".tmp-{target.name}-999999999-abc.safetensors"  # above any pid_max
+    old = tmp_path / f".tmp-{target.name}-k3j4h5.safetensors"  # before pids were in the name
+    live = tmp_path / f".tmp-{target.name}-{os.getpid()}-xyz.safetensors"
+    for p in (dead, old, live):
+        p.write_bytes(b"x" * 100)
+    os.utime(old, (time.time() - STALE_AFTER_S - 10,) * 2)
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert not dead.exists() and not old.exists() and live.exists()
+
+
+def test_model_files_follow_the_umask(tmp_path: Path) -> None:
+    import os
+
+    import torch
+
+    from napari_csunet.modelfile import ModelInfo, save_model_file
+    from napari_csunet.models import get_preset
+
+    info = ModelInfo(get_preset("csunet-tiny").config, ["a", "b", "c"])
+    previous = os.umask(0o022)
+    try:
+        path = save_model_file(tmp_path / "m.safetensors", torch.nn.Linear(2, 2), info)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file of the library's
+
+
+def test_training_refuses_an_image_whose_header_claims_too_many_pixels(tmp_path: Path) -> None:
+    import tifffile
+
+    from napari_csunet.datasets import find_samples
+    from napari_csunet.io import ImageError
+
+    root = _tiny_folder(tmp_path / "set", None)
+    tifffile.imwrite(root / "images" / "a.tif", shape=(20000, 20000), dtype=np.uint8)  # a sparse file: 8 KB on disk
+    with pytest.raises(ImageError, match=r"20000 x 20000 pixels \(381 Mpx\) is more than"):
+        find_samples(root, None)[0].load()
+
+
+@pytest.mark.parametrize(("cell", "written"), [
+    ("=HYPERLINK(\"http://x\")", "'=HYPERLINK"), ("+1", "'+1"), ("-cmd", "'-cmd"), ("@SUM(A1)", "'@SUM"),
+    ("matrix", "matrix"),
+])
+def test_csv_cells_never_run_as_formulas(cell: str, written: str) -> None:
+    from napari_csunet.analysis import statistics_csv
+
+    text = statistics_csv([{"class": cell, "label": 1, "pixels": -3}], fields=("class", "label", "pixels"))
+    assert text.splitlines()[1].lstrip('"').startswith(written) and text.rstrip().endswith(",-3")
+
+
+def test_control_characters_are_shown_escaped() -> None:
+    from napari_csunet.safetext import shown
+
+    assert shown("a\x1b[2Jb\rc\x07") == "a\\x1b[2Jb\\rc\\x07" and shown("µm ok") == "µm ok"
+
+
+@pytest.mark.parametrize("name", ["$\\frac{a$", "a_{b}^c $x", "width: 100%; }</style><script>", "\x1b[31mred"])
+def test_report_plots_draw_any_class_name(name: str) -> None:
+    from napari_csunet.plots import fractions_png, size_histogram_png
+
+    colors = {name: "#ff0000", "matrix": "#808080"}
+    rows = [{"class": name, "area_fraction": 0.3}, {"class": "matrix", "area_fraction": 0.7}]
+    assert fractions_png(rows, colors).startswith(b"\x89PNG")
+    assert size_histogram_png({name: np.array([1.0, 2.0, 3.0])}, colors).startswith(b"\x89PNG")
+
+
+def test_one_stray_label_does_not_make_a_200_class_model(tmp_path: Path) -> None:
+    from csunet_train.config import TrainConfig
+    from csunet_train.data import DataError, labelled_image, load_data
+
+    labels = np.ones((64, 64), np.uint8)
+    labels[:20] = 2
+    labels[40, 40] = 200
+    item = labelled_image(np.zeros((64, 64), np.uint8), labels, "img")
+    cfg = TrainConfig(out=str(tmp_path / "m.safetensors"), mode="finetune", model="m.safetensors")
+    with pytest.raises(DataError, match=r"label 200 \(1 pixel\(s\) in img\) would make 200 classes, but only 3"):
+        load_data(cfg, ["a", "b", "c"], train=[item])

@@ -78,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csunet", description="CS-UNet segmentation of micrographs")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure (also after COMMAND)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -91,12 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    """Run one subcommand: a user's mistake ends in one line and exit code 2 (``--debug``, anywhere on
+    the command line, shows the traceback instead); see :mod:`napari_csunet.errors`."""
+    from .errors import run_command
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    return run_command(args.func, args, debug="--debug" in argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .colors import ColorError, check_colors
-from .io import IMAGE_SUFFIXES, as_channels_last, read_image
+from .io import IMAGE_SUFFIXES, as_channels_last, read_whole_image
 
 __all__ = ["MaskError", "ClassSpec", "SUPER_CLASSES", "EBC_CLASSES", "UNNAMED", "NAMING_HINT", "decode_color_mask",
            "read_mask", "Sample", "find_samples", "image_files",
@@ -94,7 +94,7 @@ def decode_color_mask(mask: np.ndarray, spec: ClassSpec, name: str = "mask") -> 
 def read_mask(path: str | Path, spec: ClassSpec, zero_is_class: bool, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a colour-overlay or label-map mask into labels 1..K (0 = unlabelled)."""
     path = Path(path)
-    raw = read_image(path)
+    raw = read_whole_image(path)
     if raw.ndim == 3 and raw.shape[-1] in (3, 4):
         labels = decode_color_mask(raw, spec, name=str(path))
     elif raw.ndim == 2 or (raw.ndim == 3 and raw.shape[-1] == 1):
@@ -129,7 +129,7 @@ class Sample:
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(image (H, W[, C]) as stored, labels uint8 (H, W) in 1..K with 0 = unlabelled)."""
-        image = as_channels_last(read_image(self.image), str(self.image))
+        image = as_channels_last(read_whole_image(self.image), str(self.image))
         labels = None
         if self.mask is not None:
             labels = read_mask(self.mask, self.spec, self.zero_is_class, shape=image.shape[:2])
@@ -245,7 +245,7 @@ def find_samples(root: str | Path, split: str | None = "test", zero_is_class: bo
         raise FileNotFoundError(f"{image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     masks = [_mask_for(p, mask_dir) if mask_dir.is_dir() else None for p in images]
     first = next((m for m in masks if m is not None), None)
-    overlay = first is not None and read_image(first).ndim == 3
+    overlay = first is not None and read_whole_image(first).ndim == 3
     found = _dataset_json(root)
     spec = _class_spec_for(found[1] if found else None, overlay, found[0] if found else None)
     declared = zero_is_class if zero_is_class is not None else _declared_zero_is_class(found)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageError", "read_image", "as_channels_last", "split_planes", "to_model_channels", "standardize",
+__all__ = ["ImageError", "read_image", "read_whole_image", "WHOLE_IMAGE_MAX_PIXELS", "as_channels_last", "split_planes", "to_model_channels", "standardize",
            "image_stats", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -30,13 +30,46 @@ class ImageError(ValueError):
     """An image file or array cannot be used; the message names the file and what to do."""
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a TIFF/PNG/JPEG as stored (any dtype), refusing empty or truncated files clearly."""
+#: whole-image readers (training, evaluation) refuse images whose header claims more pixels than
+#: this before reading them; ``csunet segment`` reads larger TIFFs and zarr lazily, tile by tile
+WHOLE_IMAGE_MAX_PIXELS = 64 * 2**20
+
+
+def header_pixels(path: Path) -> tuple[int, str]:
+    """(pixels per channel, "H x W") from an image file's header, without reading its pixels."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            shape = tuple(tif.series[0].shape)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            shape = (im.height, im.width)
+    planes = shape[:-1] if len(shape) >= 3 and shape[-1] <= 4 else shape
+    return int(np.prod(planes, dtype=np.int64)), " x ".join(map(str, planes))
+
+
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read a TIFF/PNG/JPEG as stored (any dtype), refusing empty or truncated files clearly, and,
+    with ``max_pixels``, images whose header claims more pixels (checked before reading them)."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file")
+    if max_pixels is not None:
+        try:
+            pixels, shape = header_pixels(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged header: the reader below names the problem
+            pixels, shape = 0, str(exc)
+        if pixels > max_pixels:
+            raise ImageError(f"{path}: {shape} pixels ({pixels / 2**20:,.0f} Mpx) is more than whole-image reading "
+                             f"takes ({max_pixels / 2**20:,.0f} Mpx); crop it into parts, or segment it with "
+                             "`csunet segment`, which reads large TIFFs lazily")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -52,6 +85,11 @@ def read_image(path: str | Path) -> np.ndarray:
     if data.size == 0:
         raise ImageError(f"{path}: image has no pixels")
     return data
+
+
+def read_whole_image(path: str | Path) -> np.ndarray:
+    """:func:`read_image` for readers that hold the whole image (training, evaluation): bounded."""
+    return read_image(path, WHOLE_IMAGE_MAX_PIXELS)
 
 
 def as_channels_last(image: np.ndarray, name: str = "image") -> np.ndarray:

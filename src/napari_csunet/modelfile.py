@@ -146,7 +146,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
 def save_model_file(path: str | Path, model: torch.nn.Module, info: ModelInfo, half: bool = False) -> Path:
     """Write ``model``'s weights and ``info`` atomically. ``half`` stores float tensors as fp16."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {}
     for k, v in model.state_dict().items():
@@ -155,8 +155,11 @@ def save_model_file(path: str | Path, model: torch.nn.Module, info: ModelInfo, h
             v = v.to(torch.float16)
         state[k] = v.contiguous()
     path = Path(path)
+    # serialised here and written by atomic_path: safetensors' save_file writes its own temp file,
+    # which a kill -9 would leave behind, and replaces ours with a 0600 one
+    data = save(state, metadata={_META_KEY: info.to_json()})
     with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(state, str(tmp), metadata={_META_KEY: info.to_json()})
+        tmp.write_bytes(data)
     return path
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .safetext import shown
+
 __all__ = ["size_histogram_png", "fractions_png", "log_bins"]
 
 _DARK = {"figure": "#262930", "text": "#d6d6d6", "grid": "#50545c"}
@@ -65,6 +67,11 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+def _literal(name: str) -> str:
+    """A class name drawn as written: ``$`` would start TeX math (and a bad formula fails the plot)."""
+    return shown(name).replace("$", r"\$")
+
+
 def size_histogram_png(diameters: Mapping[str, np.ndarray], colors: Mapping[str, str], unit: str = "µm",
                        size: tuple[float, float] = (4.2, 2.6), dark: bool = False,
                        quantity: str = "equivalent diameter") -> bytes:
@@ -79,7 +86,7 @@ def size_histogram_png(diameters: Mapping[str, np.ndarray], colors: Mapping[str,
         if values.size:
             ax.hist(values, bins=bins, histtype="stepfilled", alpha=0.35, color=colors.get(name, "#888888"))
             ax.hist(values, bins=bins, histtype="step", linewidth=1.5, color=colors.get(name, "#888888"),
-                    label=f"{name} (n={values.size})")
+                    label=f"{_literal(name)} (n={values.size})")
             drawn = True
     ax.set_xscale("log")
     _plain_log_ticks(ax)
@@ -107,7 +114,7 @@ def fractions_png(rows: Sequence[Mapping[str, Any]], colors: Mapping[str, str], 
                 fmt="none", ecolor=theme["text"], capsize=3, linewidth=1)
     for yi, v, hi in zip(y, values, high, strict=True):
         ax.text(max(v, hi) + 1.0, yi, f"{v:.1f} %", va="center", color=theme["text"], fontsize=8)
-    ax.set_yticks(y, names)
+    ax.set_yticks(y, [_literal(n) for n in names])
     ax.set_xlim(0, 110)
     ax.set_xlabel("area fraction (%) with 95 % interval", color=theme["text"], fontsize=9)
     return _png(fig)

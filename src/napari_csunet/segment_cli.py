@@ -9,6 +9,7 @@ with one process torch.distributed is never touched. torch is imported only insi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import sys
@@ -24,6 +25,7 @@ from .io import IMAGE_SUFFIXES, read_image
 from .lazy import is_lazy_input
 from .measurements import DEFAULT_MIN_AREA, calibration_for, measure
 from .mosaic import mosaic_row
+from .outputs import check_out_dir, out_lock
 from .report import batch_tables, write_batch_tables
 
 __all__ = ["register", "expand_inputs", "overlay", "output_stems"]
@@ -221,9 +223,20 @@ def _gather(obj: Any, world: int) -> list[Any]:
 # -- segment -----------------------------------------------------------------------------------------
 
 def _segment_files(seg: Any, files: list[Path], stems: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per image; Ctrl-C or SIGTERM ends the batch after the images done so far
+    (``args.interrupted`` is set), so their summary is still written."""
+    results: list[dict[str, Any]] = []
+    try:
+        return _segment_each(seg, files, stems, args, results)
+    except KeyboardInterrupt:
+        args.interrupted = True
+        return results
+
+
+def _segment_each(seg: Any, files: list[Path], stems: list[str], args: argparse.Namespace,
+                  results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
-    results = []
     with tqdm(total=len(files), unit="image", disable=None, file=sys.stderr) as bar:
         for path, stem in zip(files, stems, strict=True):
             start = time.perf_counter()
@@ -265,19 +278,20 @@ def _segment_files(seg: Any, files: list[Path], stems: list[str], args: argparse
 def _segment(args: argparse.Namespace) -> int:
     world, rank = _world()
     files, input_errors = expand_inputs(args.inputs)
+    check_out_dir(args.out)  # before the model loads; OutputError is the command's one-line error
+    with out_lock(args.out) if rank == 0 else contextlib.nullcontext():  # two runs never mix one folder
+        return _segment_into(args, world, rank, files, input_errors)
+
+
+def _segment_into(args: argparse.Namespace, world: int, rank: int, files: list[Path], input_errors: list[str]) -> int:
     stems = output_stems(files)
     if rank == 0:
         for message in input_errors:
             _say_error(message)
-    try:
-        seg = _segmenter(args, _rank_device(args.device, world))
-    except (KeyError, ValueError, OSError) as exc:
-        _say_error(str(exc).strip("'\""))
-        return 2
+    seg = _segmenter(args, _rank_device(args.device, world))  # a bad model: the command's one-line error
     if args.matrix is not None and args.matrix not in seg.info.class_names:
         _say_error(f"--matrix {args.matrix!r} is not one of the model's classes {list(seg.info.class_names)}")
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
     mine = _segment_files(seg, files[rank::world], stems[rank::world], args)
     parts = _gather(mine, world)
     if rank != 0:
@@ -298,6 +312,9 @@ def _segment(args: argparse.Namespace) -> int:
         for r in done:
             print(f"{r['input']} -> {r['labels']} ({r['seconds']:.1f} s)")
         print(f"segmented {len(done)} image(s) with {seg.name} on {seg.device}, {failed} failed; summary: {summary}")
+    if getattr(args, "interrupted", False):
+        _say_error(f"interrupted after {len(results)} of {len(files)} image(s); {summary} lists those done")
+        return 130
     return 1 if failed else 0
 
 
@@ -321,13 +338,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .analysis import evaluate_samples
     from .datasets import find_samples
 
-    try:
-        samples = find_samples(args.data, args.split, zero_is_class=args.zero_is_class)
-        seg = _segmenter(args)
-        result = evaluate_samples(seg, samples, skip_bad=True)
-    except (KeyError, ValueError, OSError) as exc:  # MaskError/ImageError/ModelFileError are ValueErrors
-        _say_error(str(exc).strip("'\""))
-        return 2
+    # bad data or model: the command's one-line error (napari_csunet.errors), exit code 2
+    samples = find_samples(args.data, args.split, zero_is_class=args.zero_is_class)
+    seg = _segmenter(args)
+    result = evaluate_samples(seg, samples, skip_bad=True)
     for bad in result["failed"]:
         _say_error(bad["error"])
     split = args.split if (args.data / args.split).is_dir() else None

@@ -65,6 +65,7 @@ def _add_shared(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="FILE", help="model file to write (.safetensors)")
     g.add_argument("--name", help="model name shown in the GUI")
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists (default: refuse)")
     g.add_argument("--half", action="store_true", default=None, help="store fp16 weights (half the size)")
     g.add_argument("--stop-file", metavar="FILE", help="stop cleanly when this file appears")
     g.add_argument("--json-events", action="store_true", help="JSON-lines events on stdout instead of a progress bar")
@@ -154,20 +155,28 @@ class Progress:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return run_from_args(args, config_from_args)
+    return run_from_args(args, config_from_args, check_out=True)
 
 
-def run_from_args(args: argparse.Namespace, make_config) -> int:
-    """Build the job from the flags, then run it with a progress bar (or JSON-lines events)."""
-    from .config import ConfigError
+def run_from_args(args: argparse.Namespace, make_config, check_out: bool = False) -> int:
+    """Build the job from the flags, then run it with a progress bar (or JSON-lines events).
+
+    ``check_out``: refuse an ``--out`` that exists (without ``--overwrite``), is a folder or cannot
+    be written before any work; every run holds ``--out``'s lock, so two never write one file.
+    """
+    from napari_csunet.outputs import OutputError, check_out_file, out_lock
+
+    from .config import ConfigError, _in_starter_dir
     from .events import StopControl, stdout_events
     from .job import EXIT_CODES, run_and_report
 
     emit = stdout_events() if args.json_events else Progress()
     try:
         cfg = make_config(args)
-    except ConfigError as exc:
+        if check_out:  # the starter recipes regenerate the shipped files in place
+            check_out_file(cfg.out, overwrite=args.overwrite or _in_starter_dir(cfg.out))
+        with out_lock(cfg.out), StopControl(cfg.stop_file) as stop:
+            return run_and_report(cfg, emit, stop)
+    except (ConfigError, OutputError) as exc:
         emit({"event": "error", "kind": "data", "message": str(exc)})
         return EXIT_CODES["data"]
-    with StopControl(cfg.stop_file) as stop:
-        return run_and_report(cfg, emit, stop)

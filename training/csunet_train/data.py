@@ -17,7 +17,8 @@ import numpy as np
 
 from napari_csunet.annotations import reviewed_area
 from napari_csunet.datasets import NAMING_HINT, MaskError, find_samples, undeclared_zero_warning
-from napari_csunet.io import ImageError, as_channels_last, read_image
+from napari_csunet.io import ImageError, as_channels_last
+from napari_csunet.io import read_whole_image as read_image  # bounded: training holds whole images
 from napari_csunet.modelfile import default_class_colors, numbered_class_names
 
 __all__ = [
@@ -305,6 +306,21 @@ def fingerprint(items: Iterable[LabelledImage]) -> str:
     return h.hexdigest()
 
 
+def _refuse_stray_labels(items: Sequence[LabelledImage], top: int, model_classes: int) -> None:
+    """Unnamed labels that would make far more classes than occur (one stray pixel of 200 would make
+    a 3-class model a 200-class one) are refused, naming the label and where it is."""
+    present = set()
+    for it in items:
+        present |= set(np.unique(it.labels).tolist()) - {0}
+    if top <= 2 * max(model_classes, len(present)):
+        return
+    where = next(it for it in items if it.labels.size and int(it.labels.max()) == top)
+    count = int(np.count_nonzero(where.labels == top))
+    raise DataError(f"label {top} ({count:,} pixel(s) in {where.name}) would make {top} classes, but only "
+                    f"{len(present)} labels occur: a stray label? Fix the label map, or name every class "
+                    f"(dataset.json \"classes\", or the job's class_names) to train that many")
+
+
 def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Sequence[str] | None = None,
               train: list[LabelledImage] | None = None, val: list[LabelledImage] | None = None) -> TrainingData:
     """Gather a job's training and validation images (``train``/``val`` add in-memory ones).
@@ -328,6 +344,8 @@ def load_data(cfg, model_classes: Sequence[str] | None = None, model_colors: Seq
     names = cfg.class_names or folder_names or (list(model_classes) if model_classes else None)
     named_by_data = bool(cfg.class_names or folder_names)
     top = 0 if named_by_data else max(int(it.labels.max()) if it.labels.size else 0 for it in train_items + val_items)
+    if not named_by_data:
+        _refuse_stray_labels(train_items + val_items, top, len(model_classes or []))
     warnings: list[str] = []
     if names is None or (not named_by_data and top > len(names)):  # labels the model's classes cannot hold
         names = numbered_class_names(max(top, 1))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_csunet.io import ImageError, as_channels_last, read_image
+from napari_csunet.io import ImageError, as_channels_last
+from napari_csunet.io import read_whole_image as read_image  # bounded: training holds whole images
 
 from .data import DataError, LabelledImage
 
