@@ -515,3 +515,42 @@ def test_one_stray_label_does_not_make_a_200_class_model(tmp_path: Path) -> None
     cfg = TrainConfig(out=str(tmp_path / "m.safetensors"), mode="finetune", model="m.safetensors")
     with pytest.raises(DataError, match=r"label 200 \(1 pixel\(s\) in img\) would make 200 classes, but only 3"):
         load_data(cfg, ["a", "b", "c"], train=[item])
+
+
+# -- finetune --resume -----------------------------------------------------------------------------
+
+def _checkpoint(path: Path, run_steps: int) -> Path:
+    hyper = {"lr": 1e-4, "crop": 256, "batch_size": 2, "seed": 5}
+    return fabricate_model_file(path, _top(name="mine-ft", provenance={"mode": "finetune", "run_steps": run_steps,
+                                                                       "hyperparameters": hyper}))
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--steps", "10"], {"steps": 7, "lr": 1e-4, "batch_size": 2, "seed": 8, "name": "mine-ft"}),
+    (["--steps", "10", "--lr", "0.001", "--seed", "1"], {"steps": 7, "lr": 1e-3, "seed": 1}),
+])
+def test_finetune_resume_continues_the_checkpoint_at_out(tmp_path: Path, flags: list[str], expected: dict) -> None:
+    from csunet_train.cli import config_from_args
+    from napari_csunet.cli import build_parser
+
+    out = _checkpoint(tmp_path / "ft.safetensors", run_steps=3)
+    cfg = config_from_args(build_parser().parse_args(["finetune", "--resume", "--out", str(out), *flags]))
+    assert cfg.model == str(out) and cfg.mode == "finetune"
+    assert {k: getattr(cfg, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(("make", "flags", "message"), [
+    (None, [], "no fine-tune saved at --out"),
+    (lambda p: _checkpoint(p, 10), ["--steps", "10"], "has run 10 of 10 steps"),
+    (lambda p: fabricate_model_file(p, _top(provenance={"mode": "train"})), [], "not a fine-tune checkpoint"),
+])
+def test_finetune_resume_refuses_what_it_cannot_continue(tmp_path: Path, make, flags: list[str], message: str) -> None:
+    from csunet_train.cli import config_from_args
+    from csunet_train.config import ConfigError
+    from napari_csunet.cli import build_parser
+
+    out = tmp_path / "ft.safetensors"
+    if make is not None:
+        make(out)
+    with pytest.raises(ConfigError, match=message):
+        config_from_args(build_parser().parse_args(["finetune", "--resume", "--out", str(out), *flags]))

@@ -86,8 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_shared(p)
     p.set_defaults(func=_run, mode="train")
     p = sub.add_parser("finetune", help="fine-tune a model file on labelled images",
-                       description="Fine-tune: --model FILE --data DIR --out FILE")
-    p.add_argument("--model", required=True, metavar="FILE", help="model file or model name to start from")
+                       description="Fine-tune: --model FILE --data DIR --out FILE (or --resume --data DIR --out FILE)")
+    start = p.add_mutually_exclusive_group(required=True)
+    start.add_argument("--model", metavar="FILE", help="model file or model name to start from")
+    start.add_argument("--resume", action="store_true", help="continue the fine-tune saved at --out (after a stop, "
+                       "a kill or a crash) for the rest of --steps, with its hyperparameters")
     _add_shared(p)
     p.set_defaults(func=_run, mode="finetune", recipe=None, data_root=None, job=None, preset=None, weights=None,
                    allow_download=None)
@@ -104,12 +107,44 @@ def config_from_args(args: argparse.Namespace):
             given[key] = getattr(args, key)
     if args.mode == "finetune":
         given["mode"] = "finetune"
+    if getattr(args, "resume", False):
+        given = _resumed(given)
     if args.recipe:
         return load_recipe(args.recipe, args.data_root, **given)
     if args.job:
         base = load_job(args.job).to_dict()
         return TrainConfig.from_dict(base | given)
     return TrainConfig.from_dict({"out": ""} | given)
+
+
+def _resumed(given: dict[str, Any]) -> dict[str, Any]:
+    """``finetune --resume``: start from the checkpoint at ``out`` for the steps it has not run, with
+    its name and hyperparameters (flags given again win)."""
+    from pathlib import Path
+
+    from napari_csunet.modelfile import ModelFileError, read_model_info
+
+    from .config import ConfigError, TrainConfig
+
+    out = given.get("out")
+    if not out or not Path(out).is_file():
+        raise ConfigError(f"--resume: no fine-tune saved at --out {out}; start it with --model")
+    try:
+        info = read_model_info(out)
+    except ModelFileError as exc:
+        raise ConfigError(f"--resume: {exc}") from None
+    record = info.provenance
+    if record.get("mode") != "finetune":
+        raise ConfigError(f"--resume: {out} is not a fine-tune checkpoint; start from it with --model")
+    done = int(record.get("run_steps") or 0)
+    total = int(given.get("steps") or record.get("hyperparameters", {}).get("steps") or TrainConfig.steps)
+    if done >= total:
+        raise ConfigError(f"--resume: {out} has run {done} of {total} steps; pass a larger --steps to go on")
+    saved = {k: v for k, v in record.get("hyperparameters", {}).items() if k in TrainConfig.__dataclass_fields__}
+    resumed = {"model": str(out), "steps": total - done, "name": given.get("name") or info.name}
+    if "seed" not in given:  # other crops than the ones already trained on
+        resumed["seed"] = int(saved.get("seed", 0)) + done
+    return saved | given | resumed
 
 
 def _metrics_text(m: dict[str, Any]) -> str:
@@ -174,7 +209,8 @@ def run_from_args(args: argparse.Namespace, make_config, check_out: bool = False
     try:
         cfg = make_config(args)
         if check_out:  # the starter recipes regenerate the shipped files in place
-            check_out_file(cfg.out, overwrite=args.overwrite or _in_starter_dir(cfg.out))
+            check_out_file(cfg.out, overwrite=args.overwrite or getattr(args, "resume", False)
+                           or _in_starter_dir(cfg.out))
         with out_lock(cfg.out), StopControl(cfg.stop_file) as stop:
             return run_and_report(cfg, emit, stop)
     except (ConfigError, OutputError) as exc:
