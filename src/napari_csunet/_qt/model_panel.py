@@ -31,6 +31,7 @@ from .adapt_panel import AdaptPanel
 from .common import StatusLine, form_group, hbox
 from .compat import avoid_triton_llvm_clash
 from .config_form import config_form, form_rows
+from .export_button import ExportButton
 from .finetune_text import model_score
 from .session import ModelSession
 from .weights_info import source_status
@@ -101,9 +102,11 @@ class ModelPanel(QWidget):
         self.save_btn = QPushButton("Save model file…")
         self.save_btn.clicked.connect(lambda: self.save_to())
         self.status = StatusLine()
+        self.export_btn = ExportButton(self._selected_path, self.status)
 
         layout = QVBoxLayout(self)
-        layout.addWidget(form_group("Model files (starter and fine-tuned)", [self.files, file_buttons]))
+        layout.addWidget(form_group("Model files (starter and fine-tuned)", [self.files, file_buttons,
+                                                                             self.export_btn]))
         layout.addWidget(form_group("New model for your classes", [
             ("start from", self.preset), ("CNN weights", self.cnn_source), ("Swin weights", self.swin_source),
             ("classes", self.classes), self.allow_download, self.weights_status, self.build_btn]))
@@ -164,6 +167,10 @@ class ModelPanel(QWidget):
         name = next((n for n, e in self.pretrained.items() if Path(e["path"]) == Path(path)), None)
         if name is not None:
             self.preset.setCurrentText(name)
+
+    def _selected_path(self) -> str | None:
+        item = self.files.currentItem()
+        return None if item is None else item.data(PATH_ROLE)
 
     def load_selected(self):
         item = self.files.currentItem()

@@ -21,6 +21,7 @@ __all__ = ["read_rdf", "import_package", "is_our_package"]
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 MAX_RDF_BYTES = 2**20
+MAX_MODEL_BYTES = 4 * 2**30  # the largest preset's model file is ~0.3 GB
 
 
 def _safe_member(name: Any) -> str:
@@ -53,11 +54,11 @@ class _Package:
             if self.zip is not None:
                 info = self.zip.getinfo(name)
                 if limit is not None and info.file_size > limit:
-                    raise ExportError(f"{self.path}: {name} is {info.file_size} bytes, more than an rdf.yaml can be")
+                    raise ExportError(f"{self.path}: {name} is {info.file_size} bytes, more than it can be")
                 return self.zip.read(info)
             file = Path(self.root) / name
             if limit is not None and file.stat().st_size > limit:
-                raise ExportError(f"{self.path}: {name} is too large for an rdf.yaml")
+                raise ExportError(f"{self.path}: {name} is {file.stat().st_size} bytes, more than it can be")
             return file.read_bytes()
         except (KeyError, FileNotFoundError):
             raise ExportError(f"{self.path}: the package has no {name}") from None
@@ -129,7 +130,7 @@ def import_package(path: str | Path, dest_dir: str | Path | None = None) -> Path
     ours = rdf["config"][CONFIG_KEY]
     pkg = _Package(path)
     try:
-        data = pkg.read(ours["model_file"])
+        data = pkg.read(ours["model_file"], limit=MAX_MODEL_BYTES)
     finally:
         pkg.close()
     digest = hashlib.sha256(data).hexdigest()
