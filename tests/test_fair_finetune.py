@@ -320,3 +320,46 @@ def test_unlabelled_images_give_crops_with_soft_targets_only(tmp_path: Path) -> 
     assert 8 <= len(blank) <= 32  # about half of the crops come from the unlabelled images
     x, (y, soft) = ds[blank[0]]
     assert soft.shape == (3, 64, 64) and x.shape == (1, 64, 64)
+
+
+@pytest.mark.parametrize(("blend_change", "kept_blend"), [(0.01, True), (0.3, False)])
+def test_a_model_that_changes_too_much_elsewhere_is_blended_halfway_and_kept_only_if_the_blend_passes(
+        blend_change: float, kept_blend: bool) -> None:
+    import torch
+
+    from csunet_train.unseen import UnseenPixels
+    from csunet_train.verdict import BLEND, blend_states, judge_finetune
+
+    v = _validation([_item([(10, 10, 150)])])
+    v.first = _scores(v, {"new": 0.7})
+    model = torch.nn.Linear(1, 1, bias=False)
+    start, tuned = {"weight": torch.zeros(1, 1)}, {"weight": torch.ones(1, 1)}
+    teacher = np.zeros((64, 64), np.uint8)
+    teacher[::2] = 1
+    teacher[1::2] = 3  # background and crack, as the starting model said
+    unseen = UnseenPixels([_item([])], [teacher])
+
+    def predict(item: LabelledImage) -> np.ndarray:
+        w = float(model.weight)
+        new = teacher.copy()
+        crack = np.flatnonzero(new == 3)
+        share = 0.4 if w > 0.75 else blend_change  # the fine-tuned model moves the crack a lot
+        new.flat[crack[: int(share * crack.size)]] = 1
+        return new
+
+    def score(m: torch.nn.Module) -> np.ndarray:
+        return _scores(v, {"new": 0.9 if float(m.weight) > 0.25 else 0.7})
+
+    with torch.no_grad():
+        verdict = judge_finetune(model, start, tuned, v, _scores(v, {"new": 0.9}), unseen, predict, score, NAMES,
+                                 60, 60, False, 3)
+    assert verdict.decision["keep"] is kept_blend
+    assert blend_states(start, tuned, BLEND)["weight"].item() == pytest.approx(0.5)
+    if kept_blend:
+        assert verdict.decision["blend"] == BLEND and float(verdict.blended["weight"]) == pytest.approx(0.5)
+        assert verdict.decision["unblended"]["verdict"] == "unverified_elsewhere"
+        assert "halfway between" in verdict.decision["reason"]
+    else:
+        assert verdict.blended is None and verdict.decision["verdict"] == "unverified_elsewhere"
+        assert verdict.decision["blend_tried"]["verdict"] == "unverified_elsewhere"
+        assert float(model.weight) == pytest.approx(1.0)  # the best model is back in place

@@ -23,9 +23,10 @@ from .data import DataError, LabelledImage, TrainingData, fingerprint, load_data
 from .events import Emit, StopControl, silent, stdout_events
 from .fair import annotation_digest, fair_split, missing_classes_text
 from .fair import summary as fair_summary
-from .judge import FairValidation, decide
+from .judge import FairValidation
 from .pretrain_config import PretrainConfig
 from .unseen import hold_out_unseen
+from .verdict import judge_finetune
 
 __all__ = ["run_job", "run_and_report", "main", "EXIT_CODES"]
 
@@ -238,6 +239,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                   "with distillation (distill_weight > 0); they are ignored"})
         distill = distill and _add_soft_targets(model, data, in_chans, dist.device, dtype, unlabelled)
         unseen = hold_out_unseen([*data.train, *unlabelled]) if distill else None
+        start_state = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                       if unseen is not None else None)  # a blend with the fine-tuned model may be judged
         anchor = _anchor(model, cfg.anchor_weight) if cfg.anchor_weight > 0 and cfg.model is not None else None
         frozen = freeze_encoders(model, {"cnn": cfg.freeze_cnn, "swin": cfg.freeze_swin})
         for name in ("cnn", "swin"):
@@ -320,14 +323,19 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                 "train_time_s": state.train_time_s}
         if cfg.mode == "finetune" or cfg.model is not None:
             painted_only = not any(it.reviewed is not None and it.reviewed.any() for it in data.train)
-            elsewhere = None
-            if best_blocks.get("state") is not None and state.best_step and dist.is_main:
-                model.load_state_dict(best_blocks["state"])
-                segmenter = validation_segmenter(model, data.class_names, in_chans, dist.device, dtype)
-                elsewhere = unseen.change(lambda it: segmenter.predict(it.image, name=it.name).labels,
-                                          data.class_names) | {"images": len(unlabelled)}
-            done["decision"] = decide(validation, best_blocks.get("cms"), state.steps, state.best_step,
-                                      data.class_names, painted_only=painted_only, elsewhere=elsewhere)
+            segmenter = validation_segmenter(model, data.class_names, in_chans, dist.device, dtype)
+            verdict = judge_finetune(
+                model, start_state, best_blocks.get("state") if dist.is_main else None, validation,
+                best_blocks.get("cms"), unseen, lambda it: segmenter.predict(it.image, name=it.name).labels,
+                lambda m: validation.block_confusion(m, dist.device, dtype), data.class_names, state.steps,
+                state.best_step, painted_only, len(unlabelled))
+            if verdict.blended is not None:  # the blend replaces the best model in the file
+                record["blend"] = {"fine_tuned_weight": verdict.decision["blend"], "method": "WiSE-FT",
+                                   "unblended": verdict.decision["unblended"]}
+                model.load_state_dict(verdict.blended)
+                done["best_metrics"] = validation.metrics(verdict.blended_cms)
+                save(state.best_step, done["best_metrics"], state)
+            done["decision"] = verdict.decision
         emit(done)
         return done
     finally:
