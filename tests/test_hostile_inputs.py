@@ -554,3 +554,14 @@ def test_finetune_resume_refuses_what_it_cannot_continue(tmp_path: Path, make, f
         make(out)
     with pytest.raises(ConfigError, match=message):
         config_from_args(build_parser().parse_args(["finetune", "--resume", "--out", str(out), *flags]))
+
+
+@pytest.mark.parametrize("colors", [["x", "#00ff00"], ["#12", "#00ff00"], 5])
+def test_the_annotation_set_refuses_bad_colours_before_writing(tmp_path: Path, colors) -> None:
+    from napari_csunet.annotations import AnnotationError, AnnotationStore
+
+    store = AnnotationStore(tmp_path / "ann")
+    with pytest.raises(AnnotationError, match="colour|expected a list"):
+        store.add(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8), name="a", class_names=["a", "b"],
+                  class_colors=colors)
+    assert not (tmp_path / "ann").exists()

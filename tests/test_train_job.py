@@ -80,21 +80,17 @@ def test_a_bad_job_prints_one_error_event_and_exits_2(tmp_path: Path, data_dir: 
 
 
 _HANGING_WRITER = """
-import sys, time
-import safetensors.torch as st
+import pathlib, sys, time
 from napari_csunet.models import build_model
 from napari_csunet.modelfile import ModelInfo, save_model_file
 
-real = st.save_file
-def slow_save(tensors, filename, metadata=None):
-    real(tensors, filename, metadata=metadata)
-    data = open(filename, "rb").read()
-    with open(filename, "wb") as fh:  # a write caught half-way
+def slow_write(self, data):
+    with open(self, "wb") as fh:  # a write caught half-way
         fh.write(data[: len(data) // 2])
         fh.flush()
         print("writing", flush=True)
         time.sleep(600)
-st.save_file = slow_save
+pathlib.Path.write_bytes = slow_write
 model = build_model("csunet-tiny")
 save_model_file(sys.argv[1], model, ModelInfo(model.config, ["a", "b", "c"], name="second"))
 """

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
+from .colors import ColorError, check_colors
 
 __all__ = ["AnnotationError", "Annotation", "AnnotationStore", "default_annotations_dir", "class_counts",
            "correction_mask", "reviewed_area", "PAINTED", "ACCEPTED"]
@@ -160,6 +161,10 @@ class AnnotationStore:
         rectangles stay accepted, and the pixels it vouched for stay vouched where their label is
         unchanged (a new prediction may since agree with a painted pixel: it stays a correction).
         """
+        try:  # a bad colour is refused here, not in every later segmentation
+            class_colors = check_colors(class_colors, "class_colors")
+        except ColorError as exc:
+            raise AnnotationError(str(exc)) from None
         with _INDEX_LOCK:
             return self._add(image, labels, name, class_names, class_colors, prediction, regions, whole_image, merge)
 
