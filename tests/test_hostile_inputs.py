@@ -7,6 +7,7 @@ no gigabytes allocated, no other model or run affected. Add a row to the matchin
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -141,7 +142,7 @@ def test_tensors_must_match_the_config_before_building(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["folder", "fifo"])
 def test_model_that_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "m.safetensors"
-    path.mkdir() if kind == "folder" else __import__("os").mkfifo(path)
+    path.mkdir() if kind == "folder" else os.mkfifo(path)
     with pytest.raises(ModelFileError, match="not a regular file"):
         read_model_info(path)
 
@@ -321,6 +322,8 @@ CLI_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("segment: bad header", _segment(model=_bad_header), "embed_dim: 1536 must be"),
     ("segment: unknown model", _segment(model="starter-nothing"), "unknown model 'starter-nothing'"),
     ("segment: --out is a file", _segment(out=_a_file), "is a file, not a folder"),
+    ("segment: a FIFO as --model", _segment(model=lambda t: (os.mkfifo(t / "m.safetensors"), str(t / "m.safetensors"))[1]),
+     "not a regular file"),
     ("evaluate: dataset.json a list", _evaluate("[1, 2]"), "expected a JSON object, got a list"),
     ("evaluate: colours", _evaluate('{"classes": ["a"], "colors": ["#12"]}'), "'#12' is not a colour"),
     ("finetune: bad header", _finetune(model=_bad_header), "embed_dim: 1536 must be"),
@@ -343,6 +346,17 @@ def test_user_errors_are_one_line_and_exit_code_2(tmp_path: Path, capsys, models
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "new.safetensors").exists()
+
+
+def test_cli_refuses_bad_headers_before_importing_torch(tmp_path: Path) -> None:
+    """`segment` and `finetune` with a hostile header: one line, exit 2, torch never imported."""
+    bad = _bad_header(tmp_path)
+    runs = [make(model=bad)(tmp_path / name) for name, make in (("s", _segment), ("f", _finetune))]
+    code = ("import json, sys\nfrom napari_csunet.cli import main\n"
+            f"codes = [main(argv) for argv in {runs!r}]\nprint(json.dumps([codes, 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == [[2, 2], False]
+    assert out.stderr.count("embed_dim: 1536 must be") == 2 and "Traceback" not in out.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
-    "ModelInfo", "ModelFileError", "save_model_file", "load_model_file", "read_model_info",
+    "ModelInfo", "ModelFileError", "save_model_file", "load_model_file", "read_model_info", "check_model_file",
     "default_class_colors", "numbered_class_names", "FORMAT_VERSION", "PRETRAINING_TASK", "is_pretraining_only",
 ]
 
@@ -163,6 +163,21 @@ def save_model_file(path: str | Path, model: torch.nn.Module, info: ModelInfo, h
     return path
 
 
+def check_model_file(path: str | Path) -> tuple[ModelInfo, dict[str, tuple[int, ...]]]:
+    """(description, tensor shapes) of a model file whose header is sane and whose network fits in its
+    tensors; ModelFileError otherwise. Reads only the header and imports no torch (fast, bounded)."""
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    info = read_model_info(path)
+    try:
+        shapes = tensor_shapes(path)
+        check_size(info.config.to_dict(), shapes)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    return info, shapes
+
+
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelInfo]:
     """Rebuild the network from the file alone and load its weights strictly (no pickle)."""
     from safetensors import SafetensorError
@@ -170,12 +185,10 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     from .models import build_model
 
     path = Path(path)
-    info = read_model_info(path)
-    try:  # the header is untrusted: its network must fit in and match its tensors before any is built
-        shapes = tensor_shapes(path)
-        check_size(info.config.to_dict(), shapes)
+    info, shapes = check_model_file(path)
+    try:  # built on the meta device: no memory
         check_shapes(info.config, shapes)
-    except (SafetensorError, OSError, ValueError) as exc:
+    except ValueError as exc:
         raise ModelFileError(f"{path}: {exc}") from None
     from safetensors.torch import load_file
 

@@ -27,6 +27,7 @@ from .measurements import DEFAULT_MIN_AREA, calibration_for, measure
 from .mosaic import mosaic_row
 from .outputs import check_out_dir, out_lock
 from .report import batch_tables, write_batch_tables
+from .safetext import shown
 
 __all__ = ["register", "expand_inputs", "overlay", "output_stems"]
 
@@ -178,7 +179,7 @@ def _segmenter(args: argparse.Namespace, device: str | None = None):
 
 
 def _say_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"error: {shown(message)}", file=sys.stderr, flush=True)  # file names may hold ESC/CR
 
 
 def _named(path: Path, exc: BaseException) -> str:
@@ -310,7 +311,7 @@ def _segment_into(args: argparse.Namespace, world: int, rank: int, files: list[P
     else:
         done = [r for r in results if "error" not in r]
         for r in done:
-            print(f"{r['input']} -> {r['labels']} ({r['seconds']:.1f} s)")
+            print(shown(f"{r['input']} -> {r['labels']} ({r['seconds']:.1f} s)"))
         print(f"segmented {len(done)} image(s) with {seg.name} on {seg.device}, {failed} failed; summary: {summary}")
     if getattr(args, "interrupted", False):
         _say_error(f"interrupted after {len(results)} of {len(files)} image(s); {summary} lists those done")

@@ -117,6 +117,21 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig.from_dict({"out": ""} | given)
 
 
+def _check_start(spec: str) -> None:
+    """A bad starting model file is refused before torch is imported (the job would load it later)."""
+    from napari_csunet.model_catalog import resolve_model
+    from napari_csunet.modelfile import ModelFileError, check_model_file
+
+    from .config import ConfigError
+
+    try:
+        _, path = resolve_model(spec)
+        if path is not None:
+            check_model_file(path)
+    except (KeyError, FileNotFoundError, ModelFileError) as exc:
+        raise ConfigError(str(exc.args[0] if isinstance(exc, KeyError) else exc)) from None
+
+
 def _resumed(given: dict[str, Any]) -> dict[str, Any]:
     """``finetune --resume``: start from the checkpoint at ``out`` for the steps it has not run, with
     its name and hyperparameters (flags given again win)."""
@@ -164,9 +179,11 @@ class Progress:
     def __call__(self, event: dict[str, Any]) -> None:
         from tqdm import tqdm
 
+        from napari_csunet.safetext import shown
+
         kind = event["event"]
         if kind == "started":
-            what = f"classes {', '.join(event['classes'])}" if "classes" in event else "masked image modelling"
+            what = f"classes {shown(', '.join(event['classes']))}" if "classes" in event else "masked image modelling"
             tqdm.write(f"{event.get('mode', 'training')} on {event['device']}: {event['train_images']} train / "
                        f"{event['val_images']} val images, {event['params'] / 1e6:.1f}M parameters, {what}",
                        file=sys.stderr)
@@ -177,8 +194,8 @@ class Progress:
         elif kind == "eval" and event["metrics"]:
             tqdm.write(f"step {event['step']}: {_metrics_text(event['metrics'])}" + (" (best)" if event["best"] else ""),
                        file=sys.stderr)
-        elif kind in ("warning", "error"):
-            tqdm.write(f"{kind}: {event['message']}", file=sys.stderr)
+        elif kind in ("warning", "error"):  # messages name files and classes: control characters escaped
+            tqdm.write(f"{kind}: {shown(event['message'])}", file=sys.stderr)
         elif kind == "done":
             if self.bar is not None:
                 self.bar.close()
@@ -211,6 +228,8 @@ def run_from_args(args: argparse.Namespace, make_config, check_out: bool = False
         if check_out:  # the starter recipes regenerate the shipped files in place
             check_out_file(cfg.out, overwrite=args.overwrite or getattr(args, "resume", False)
                            or _in_starter_dir(cfg.out))
+            if cfg.model:
+                _check_start(cfg.model)
         with out_lock(cfg.out), StopControl(cfg.stop_file) as stop:
             return run_and_report(cfg, emit, stop)
     except (ConfigError, OutputError) as exc:
