@@ -20,6 +20,7 @@ import pytest
 
 from napari_csunet.model_catalog import STARTER_DIR
 from napari_csunet.modelfile import ModelFileError, load_model_file, read_model_info
+from napari_csunet.models.registry import PRESETS
 
 STARTER = STARTER_DIR / "starter-superalloy.safetensors"
 
@@ -101,6 +102,20 @@ def test_bad_header_is_refused_by_name(tmp_path: Path, mutate, message: str) -> 
         load_model_file(path)
     assert message in str(err.value) and str(path) in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_passes_the_header_checks(preset: str) -> None:
+    """The gates must never refuse a real model: each preset's config is in range and its
+    parameter floor is below what its network (built on the meta device) really holds."""
+    from napari_csunet.modelcheck import _expected_shapes, check_config, parameter_floor
+    from napari_csunet.models import get_preset
+
+    config = get_preset(preset).config
+    as_json = json.loads(json.dumps(config.to_dict()))
+    check_config(as_json)
+    held = sum(int(np.prod(s)) for _, s in _expected_shapes(json.dumps(config.to_dict(), sort_keys=True)))
+    assert parameter_floor(as_json) < held
 
 
 def test_deeply_nested_json_is_refused(tmp_path: Path) -> None:
