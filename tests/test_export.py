@@ -105,13 +105,14 @@ def test_package_passes_bioimageios_own_test(tmp_path, finetuned, which, weights
 
     model = finetuned if which == "finetuned" else STARTER_DIR / f"{which}.safetensors"
     out = tmp_path / f"{which}.zip"
-    result = export_bioimageio(model, out, weights=weights, authors=["A. Tester"])
+    result = export_bioimageio(model, out, weights=weights, authors=["A. Tester"], maintainers=["a-tester"])
     assert result.validated and result.test_passed, result.test_log
     assert result.onnx_agreement["agreement"] >= 0.999
-    assert validate_package(out)  # the zip as written, not only the staging folder
+    assert result.warnings == [] and validate_package(out) == []  # the zip as written too; FAIR fields filled
     with zipfile.ZipFile(out) as zf:
         rdf = yaml.safe_load(zf.read("rdf.yaml"))
-        assert {"README.md", "cover.png", "model.safetensors", "test_input.npy", "test_output.npy"} <= set(zf.namelist())
+        assert {"README.md", "cover.png", "model.safetensors", "test_input.npy", "test_output.npy",
+                "sample_input.tif", "sample_output.tif"} <= set(zf.namelist())
         assert "## Validation" in zf.read("README.md").decode()
     assert set(rdf["weights"]) == set(weights)
     pre = rdf["inputs"][0]["preprocessing"][-1]

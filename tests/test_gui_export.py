@@ -39,3 +39,23 @@ def test_export_button_says_what_is_missing(docked, qtbot, tmp_path):
     panel.files.clear()
     assert panel.export_btn.export(str(tmp_path / "x.zip")) is None
     assert "select a model file" in panel.status.text()
+
+
+def test_open_imports_our_package_and_refuses_a_foreign_one(docked, qtbot, tmp_path):
+    import yaml
+
+    from napari_csunet.export.bioimageio import export_bioimageio
+    from napari_csunet.model_catalog import STARTER_DIR
+
+    pkg = tmp_path / "ebc"
+    export_bioimageio(STARTER_DIR / "starter-ebc.safetensors", pkg, weights=("torchscript",), validate=False,
+                      test=False)
+    panel = docked.model_panel
+    assert panel.open_file(str(pkg / "rdf.yaml")) is not None
+    qtbot.waitUntil(lambda: docked.session.segmenter is not None and not docked.session.busy, timeout=60_000)
+    assert docked.session.info.class_names == ["background", "oxide", "crack"]
+    rdf = yaml.safe_load((pkg / "rdf.yaml").read_text())
+    rdf.pop("config")
+    (pkg / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    assert panel.open_file(str(pkg)) is None
+    assert "did not export" in panel.status.text()

@@ -11,7 +11,10 @@ from qtpy.QtWidgets import QFileDialog, QPushButton, QWidget
 
 from .common import StatusLine
 
-__all__ = ["ExportButton"]
+__all__ = ["ExportButton", "imported_model_file", "OPEN_FILTER"]
+
+#: the Model tab's open dialog: model files, and bioimage.io packages exported by napari-csunet
+OPEN_FILTER = "Model files (*.safetensors);;bioimage.io packages exported by napari-csunet (*.zip *.yaml)"
 
 
 class ExportButton(QPushButton):
@@ -66,3 +69,20 @@ def _export(model: str, out: str):
     except ImportError:
         return export_bioimageio(model, out, weights=("torchscript",), validate=False, test=False)
     return export_bioimageio(model, out)
+
+
+def imported_model_file(path: str, status: StatusLine, refresh: Callable[[], None]) -> str | None:
+    """``path`` itself for a model file; for a bioimage.io package, the model file imported from it
+    into the user's models (listed at once), or None with the refusal on ``status``."""
+    if Path(path).suffix.lower() not in (".zip", ".yaml") and not Path(path).is_dir():
+        return path
+    from ..export import ExportError
+    from ..export.importer import import_package
+
+    try:
+        model = import_package(path)
+    except ExportError as exc:
+        status.error(str(exc))
+        return None
+    refresh()
+    return str(model)

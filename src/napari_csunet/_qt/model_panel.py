@@ -31,7 +31,7 @@ from .adapt_panel import AdaptPanel
 from .common import StatusLine, form_group, hbox
 from .compat import avoid_triton_llvm_clash
 from .config_form import config_form, form_rows
-from .export_button import ExportButton
+from .export_button import OPEN_FILTER, ExportButton, imported_model_file
 from .finetune_text import model_score
 from .session import ModelSession
 from .weights_info import source_status
@@ -186,11 +186,14 @@ class ModelPanel(QWidget):
         return self.open_file(item.data(PATH_ROLE))
 
     def open_file(self, path: str | None = None):
-        """Load a model file (asks for one when ``path`` is None)."""
+        """Load a model file, or import a package exported here (asks for one when ``path`` is None)."""
         if path is None:
-            path, _ = QFileDialog.getOpenFileName(self, "Open model file", "", "Model files (*.safetensors)")
+            path, _ = QFileDialog.getOpenFileName(self, "Open model file", "", OPEN_FILTER)
             if not path:
                 return None
+        path = imported_model_file(path, self.status, self.refresh_files)
+        if path is None:
+            return None
         self.status.info(f"loading {Path(path).name} …")
         return self.session.load_file(path)
 

@@ -60,13 +60,14 @@ class PackageResult:
 
     path: Path
     weights: list[str]
-    validated: bool | None = None  # None: bioimageio.spec not installed
+    validated: bool | None = None  # None: not validated
+    warnings: list[str] = field(default_factory=list)  # bioimage.io's advice (FAIR fields)
     test_passed: bool | None = None  # None: not run (or bioimageio.core not installed)
     test_log: str = ""
     onnx_agreement: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "weights": self.weights, "validated": self.validated,
+        return {"path": str(self.path), "weights": self.weights, "validated": self.validated, "warnings": self.warnings,
                 "test_passed": self.test_passed, "onnx_agreement": self.onnx_agreement}
 
 
@@ -210,8 +211,17 @@ def _test_tensors(model: Any, info: Any, tile: np.ndarray) -> tuple[np.ndarray, 
     return raw, pred.probs.astype(np.float32)[None], pred.labels
 
 
+def _samples(files: dict[str, Path], tile: np.ndarray, probs: np.ndarray) -> None:
+    """The FAIR sample tensors: the tile as stored (a TIFF anyone can open) and its probabilities."""
+    import tifffile
+
+    tifffile.imwrite(files["sample_input"], tile)
+    tifffile.imwrite(files["sample_output"], probs[0])
+
+
 def _rdf(info: Any, files: dict[str, Path], weights: list[str], pixel_size_um: float | None,
-         authors: Sequence[str], license: str, agreement: dict[str, Any]) -> dict[str, Any]:
+         authors: Sequence[str], license: str, agreement: dict[str, Any],
+         maintainers: Sequence[str] = ()) -> dict[str, Any]:
     import torch
 
     from .. import __version__
@@ -234,6 +244,7 @@ def _rdf(info: Any, files: dict[str, Path], weights: list[str], pixel_size_um: f
         "name": f"CS-UNet {info.name or 'model'}"[:128],
         "description": (info.description or f"CS-UNet segmentation into {', '.join(info.class_names)}")[:1024],
         "authors": [{"name": a} for a in authors],
+        **({"maintainers": [{"github_user": m} for m in maintainers]} if maintainers else {}),
         "cite": cite, "license": license, "tags": TAGS,
         "documentation": files["readme"].name, "covers": [files["cover"].name],
         "attachments": [ref("model")],
@@ -241,7 +252,7 @@ def _rdf(info: Any, files: dict[str, Path], weights: list[str], pixel_size_um: f
         "inputs": [{
             "id": INPUT_ID, "description": "micrograph, raw pixel values",
             "axes": _axes(info, pixel_size_um, in_channels, output=False),
-            "test_tensor": ref("test_input"), "data": {"type": "float32"},
+            "test_tensor": ref("test_input"), "sample_tensor": ref("sample_input"), "data": {"type": "float32"},
             "preprocessing": [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
                               {"id": "zero_mean_unit_variance", "kwargs": {"axes": ["channel", "y", "x"],
                                                                            "eps": 1e-6}}]}],
@@ -249,7 +260,8 @@ def _rdf(info: Any, files: dict[str, Path], weights: list[str], pixel_size_um: f
             "id": OUTPUT_ID, "description": "class probabilities; label = argmax + 1 ("
                                             + ", ".join(f"{i} {n}" for i, n in enumerate(info.class_names, 1)) + ")",
             "axes": _axes(info, pixel_size_um, channel_names(info.class_names), output=True),
-            "test_tensor": ref("test_output"), "data": {"type": "float32", "range": [0.0, 1.0]}}],
+            "test_tensor": ref("test_output"), "sample_tensor": ref("sample_output"),
+            "data": {"type": "float32", "range": [0.0, 1.0]}}],
         "weights": weight_entries,
         "config": {CONFIG_KEY: {
             "package_format": PACKAGE_FORMAT, "exported_by": f"napari-csunet {__version__}",
@@ -263,12 +275,13 @@ def _rdf(info: Any, files: dict[str, Path], weights: list[str], pixel_size_um: f
 def export_bioimageio(model: str | Path, out: str | Path, *, image: np.ndarray | None = None,
                       pixel_size_um: float | None = None, authors: Sequence[str] = ("napari-csunet user",),
                       license: str = "BSD-3-Clause", weights: Sequence[str] = ("torchscript", "onnx"),
-                      validate: bool = True, test: bool = True) -> PackageResult:
+                      maintainers: Sequence[str] = (), validate: bool = True, test: bool = True) -> PackageResult:
     """Write ``model`` (a model file, or a starter/user model name) as a bioimage.io package.
 
     ``out`` ending in ``.zip`` is a zip package, otherwise a folder (created; must be empty).
     ``image``: the micrograph the test tensors are computed on (default: a shipped sample).
     ``pixel_size_um``: the training images' pixel size (default: the model file's record, if any).
+    ``maintainers``: GitHub user names (bioimage.io's FAIR check asks for one).
     """
     from . import load_exportable
     from .graph import centre_tile, export_onnx, export_torchscript, onnx_agreement
@@ -289,13 +302,15 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: np.ndarray |
     with tempfile.TemporaryDirectory(prefix=".csunet-export-", dir=out.parent) as tmp_name:
         tmp = Path(tmp_name)
         files = {k: tmp / v for k, v in {"model": MODEL_FILE, "test_input": "test_input.npy",
-                                         "test_output": "test_output.npy", "cover": "cover.png",
+                                         "test_output": "test_output.npy", "sample_input": "sample_input.tif",
+                                         "sample_output": "sample_output.tif", "cover": "cover.png",
                                          "readme": "README.md", "rdf": RDF_NAME}.items()}
         files.update({w: tmp / WEIGHT_FILES[w] for w in weights})
         shutil.copyfile(path, files["model"])
         raw, probs, labels = _test_tensors(net, info, tile)
         np.save(files["test_input"], raw)
         np.save(files["test_output"], probs)
+        _samples(files, tile, probs)
         _cover(tile, labels, list(info.class_colors), files["cover"])
         if "torchscript" in weights:
             export_torchscript(net, info, files["torchscript"])
@@ -307,10 +322,12 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: np.ndarray |
             except ImportError:  # onnxruntime missing: the package is still valid, unchecked here
                 agreement = {}
         files["readme"].write_text(model_card(info, pixel_size_um, agreement, list(weights)), encoding="utf-8")
-        _write_yaml(files["rdf"], _rdf(info, files, list(weights), pixel_size_um, authors, license, agreement))
+        _write_yaml(files["rdf"], _rdf(info, files, list(weights), pixel_size_um, authors, license, agreement,
+                                       maintainers))
         result = PackageResult(out, list(weights), onnx_agreement=agreement)
         if validate:
-            result.validated = validate_package(files["rdf"])
+            result.warnings = validate_package(files["rdf"])
+            result.validated = True
         if test:
             result.test_passed, result.test_log = test_package(files["rdf"])
         _place(tmp, out, zipped)
@@ -347,13 +364,15 @@ def _require(module: str) -> Any:
         raise ExportError(f"{module} is not installed: {EXTRA_HINT}") from None
 
 
-def validate_package(source: str | Path) -> bool:
-    """bioimage.io's static validation (format, files and hashes); raises ExportError with the summary."""
+def validate_package(source: str | Path) -> list[str]:
+    """bioimage.io's static validation (format, files and hashes): its warnings (e.g. FAIR advice);
+    raises ExportError with the summary when the package is invalid."""
     spec = _require("bioimageio.spec")
     descr = spec.load_description(str(source), perform_io_checks=True)
     if isinstance(descr, spec.InvalidDescr):
         raise ExportError(f"bioimage.io validation failed:\n{_summary_text(descr.validation_summary)}")
-    return True
+    return [f"{'.'.join(map(str, w.loc)) or 'package'}: {w.msg}" for d in descr.validation_summary.details
+            for w in d.warnings]
 
 
 def test_package(source: str | Path, devices: Sequence[str] = ("cpu",)) -> tuple[bool, str]:
