@@ -594,3 +594,20 @@ def test_the_annotation_set_refuses_bad_colours_before_writing(tmp_path: Path, c
         store.add(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8), name="a", class_names=["a", "b"],
                   class_colors=colors)
     assert not (tmp_path / "ann").exists()
+
+
+@pytest.mark.parametrize(("meta", "colors"), [
+    ({"class_names": ["a", "b"], "class_colors": ["x", "#12"]}, ["#1f77b4", "#ff7f0e"]),
+    ({"class_names": ["a", "b"], "class_colors": ["#ff0000"]}, ["#1f77b4", "#ff7f0e"]),
+    ({"class_names": ["a", "b"], "class_colors": ["#F00", "#00ff00"]}, ["#ff0000", "#00ff00"]),
+    ({"class_names": "ab"}, None),
+])
+def test_a_label_tiff_s_stored_colours_are_checked(tmp_path: Path, meta: dict, colors: list[str] | None) -> None:
+    import tifffile
+
+    from napari_csunet._reader import classes_from_tiff
+
+    path = tmp_path / "l.tif"
+    tifffile.imwrite(path, np.ones((4, 4), np.uint8), description=json.dumps(meta))
+    found = classes_from_tiff(path)
+    assert (found[1] if found else None) == colors

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._layerdata import labels_layer_data
+from .colors import ColorError, check_colors
 from .datasets import SUPER_CLASSES, MaskError, decode_color_mask
 from .io import read_image
 from .modelfile import default_class_colors, numbered_class_names
@@ -43,9 +44,13 @@ def classes_from_tiff(path: Path) -> tuple[list[str], list[str]] | None:
             meta = json.loads(tif.pages[0].description or "{}")
     except (ValueError, OSError, tifffile.TiffFileError):
         return None
-    if isinstance(meta, dict) and meta.get("class_names"):
+    if isinstance(meta, dict) and isinstance(meta.get("class_names"), list) and meta["class_names"]:
         names = [str(n) for n in meta["class_names"]]
-        return names, list(meta.get("class_colors") or default_class_colors(len(names)))
+        try:  # colours from a file: bad or missing ones get the default palette, not an error later
+            colors = check_colors(meta.get("class_colors") or [], "class_colors")
+        except ColorError:
+            colors = []
+        return names, colors if len(colors) == len(names) else default_class_colors(len(names))
     return None
 
 
