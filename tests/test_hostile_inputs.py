@@ -118,9 +118,14 @@ def test_every_preset_passes_the_header_checks(preset: str) -> None:
     assert parameter_floor(as_json) < held
 
 
-def test_deeply_nested_json_is_refused(tmp_path: Path) -> None:
-    path = fabricate_model_file(tmp_path / "deep.safetensors", text=_nested(100_000))
-    with pytest.raises(ModelFileError, match="nested too deeply"):
+@pytest.mark.parametrize(("text", "message"), [
+    (_nested(100_000), "nested too deeply"),
+    (json.dumps({"provenance": {"log": "x" * 5_000_000}}), "at most 4,000,000"),
+    ("[1, 2", "invalid model description"),
+])
+def test_description_that_is_not_sane_json_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = fabricate_model_file(tmp_path / "deep.safetensors", text=text)
+    with pytest.raises(ModelFileError, match=message):
         read_model_info(path)
 
 

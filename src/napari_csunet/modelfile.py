@@ -31,6 +31,9 @@ _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
             "#bcbd22", "#17becf"]
 
 
+#: characters of the JSON description a model file may carry (ours: a few KB, with a long training record)
+MAX_DESCRIPTION = 4_000_000
+
 #: ``provenance["task"]`` of self-supervised pretrained models: a starting point, not a segmenter
 PRETRAINING_TASK = "pretraining"
 
@@ -137,6 +140,9 @@ def read_model_info(path: str | Path) -> ModelInfo:
             f"{path}: a safetensors file without a napari-csunet description; to use bare encoder "
             "weights, import them with `csunet weights import`"
         )
+    if len(meta[_META_KEY]) > MAX_DESCRIPTION:
+        raise ModelFileError(f"{path}: its description is {len(meta[_META_KEY]):,} characters (at most "
+                             f"{MAX_DESCRIPTION:,}): not a model file of ours")
     try:
         return ModelInfo.from_json(meta[_META_KEY])
     except (KeyError, TypeError, ValueError) as exc:
