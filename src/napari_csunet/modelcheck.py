@@ -113,12 +113,25 @@ def check_description(data: Any) -> dict[str, Any]:
     for key in ("normalization", "sources", "provenance"):
         _need(isinstance(data.get(key, {}), dict),
               f"{key}: expected an object, got {type(data.get(key)).__name__}")
+    for key, types in PROVENANCE_TYPES.items():  # the record's fields the product reads, when present
+        value = data.get("provenance", {}).get(key)
+        _need(value is None or (isinstance(value, types) and not isinstance(value, bool)),
+              f"provenance.{key}: expected {' or '.join(t.__name__ for t in types)}, got {type(value).__name__}")
     for key in ("name", "description"):
         _need(isinstance(data.get(key, ""), str) and len(data.get(key, "")) <= _TEXT_LIMIT,
               f"{key}: expected a text, got {data.get(key)!r:.40}")
     _need(data.get("preset") is None or isinstance(data["preset"], str), "preset: expected a text or null")
     _need(isinstance(data.get("format_version", 1), int), "format_version: expected an integer")
     return data
+
+
+#: types of the training record's fields that listings, the GUI, the next fine-tune and exports read
+PROVENANCE_TYPES: dict[str, tuple[type, ...]] = {
+    "metrics": (dict,), "initial_metrics": (dict,), "validation": (dict,), "hyperparameters": (dict,),
+    "previous": (dict,), "train_images": (list,), "val_images": (list,), "trained_on": (list,),
+    "mode": (str,), "task": (str,), "started_from": (str,), "recipe": (str,), "time": (str,),
+    "steps": (int,), "run_steps": (int,), "pixel_size_um": (int, float),
+}
 
 
 def _swin_block_floor(dim: int, depth: int, mlp_ratio: float) -> int:
