@@ -66,7 +66,7 @@ def _check_swin(swin: Any) -> None:
     defaults = {"embed_dim": 96, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24], "window_size": 8,
                 "patch_size": 4, "mlp_ratio": 4.0, "drop_path_rate": 0.1}
     unknown = sorted(set(swin) - set(defaults))
-    _need(not unknown, f"{where}: unknown keys {unknown}")
+    _need(not unknown, f"config.swin: unknown keys {unknown}")
     s = defaults | swin
     embed = _int(s, "embed_dim", 8, 1024, where)
     depths = _int_list(s, "depths", 1, 32, range(4, 5), where)
