@@ -376,6 +376,7 @@ class Loop:
                              "pixels": new["pixels"], "per_class_pixels": new.get("per_class_pixels"),
                              "noise": new.get("noise")} if new else None,
                 "elsewhere": decision.get("elsewhere"),
+                **{k: decision[k] for k in ("blend", "unblended", "blend_tried") if k in decision},
                 "missing_classes": decision.get("missing_classes"), "best_step": done.get("best_step"),
                 "steps": done.get("steps"), "seconds": round(seconds, 1),
                 "first_update_s": _round(times.get("first_update_s")), "first_step_s": _round(times.get("first_step_s")),

@@ -363,3 +363,20 @@ def test_a_model_that_changes_too_much_elsewhere_is_blended_halfway_and_kept_onl
         assert verdict.blended is None and verdict.decision["verdict"] == "unverified_elsewhere"
         assert verdict.decision["blend_tried"]["verdict"] == "unverified_elsewhere"
         assert float(model.weight) == pytest.approx(1.0)  # the best model is back in place
+
+
+def test_balanced_distillation_keeps_a_rare_class_as_firmly_as_the_matrix() -> None:
+    torch.manual_seed(0)
+    teacher = torch.zeros(1, 3, 20, 20)
+    teacher[:, 0] = 1.0
+    teacher[:, 0, :1, :4] = 0.0
+    teacher[:, 2, :1, :4] = 1.0  # 4 of 400 pixels: the teacher says crack
+    logits = torch.zeros(1, 3, 20, 20)
+    logits[:, 0] = 12.0  # the student calls everything background: the crack is lost
+    where = torch.ones(1, 20, 20, dtype=torch.bool)
+    plain = distillation_loss(logits, teacher, where)
+    balanced = distillation_loss(logits, teacher, where, balanced=True)
+    assert balanced > 4 * plain  # 1 % of the pixels weigh half of the balanced loss
+    right = logits.clone()
+    right[:, 2, :1, :4], right[:, 0, :1, :4] = 12.0, 0.0
+    assert distillation_loss(right, teacher, where, balanced=True) < 0.1 * balanced

@@ -263,7 +263,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                               unlabelled=context if distill else None, unlabelled_share=cfg.unlabelled_share)
         if distill:
             loss_fn = functools.partial(correction_loss, distill_weight=cfg.distill_weight,
-                                        temperature=cfg.distill_temperature, balanced=cfg.balanced_ce)
+                                        temperature=cfg.distill_temperature, balanced=cfg.balanced_ce,
+                                        balanced_distill=cfg.balanced_distill)
         else:
             loss_fn = functools.partial(segmentation_loss, pseudo_weight=cfg.pseudo_weight)
         if anchor is not None:
@@ -294,6 +295,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             "trained_on": trained_on,  # label digests: the next round's "earlier" images
             "validation": fair_summary(validation.split) if validation is not None else None,
             "distillation": {"weight": cfg.distill_weight, "temperature": cfg.distill_temperature,
+                             "balanced": cfg.balanced_distill,
                              "unlabelled_images": [it.name for it in unlabelled]} if distill else None,
         }
         best_blocks: dict[str, Any] = {}

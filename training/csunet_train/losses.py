@@ -72,12 +72,14 @@ def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
 
 
 def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, where: torch.Tensor,
-                      temperature: float = 2.0) -> torch.Tensor:
+                      temperature: float = 2.0, balanced: bool = False) -> torch.Tensor:
     """KL(teacher || student) at ``temperature`` (x T², Hinton et al.) over the pixels ``where``.
 
     ``teacher`` holds the starting model's probabilities (B, K, H, W); softening them by T is
     ``p^(1/T)`` renormalised. Learning without Forgetting (Li & Hoiem 2016): what the model got
-    right away from the corrections stays right.
+    right away from the corrections stays right. ``balanced``: the KL is averaged per class of the
+    teacher's answer, then over those classes, so a phase on 1 % of the pixels (EBC's cracks) is
+    kept as firmly as the matrix; a plain mean lets a fine-tune move it freely (docs/training.md).
     """
     if not bool(where.any()):
         return logits.sum() * 0.0
@@ -85,12 +87,19 @@ def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, where: torch.
     t = t / t.sum(dim=1, keepdim=True)
     log_q = F.log_softmax(logits.float() / temperature, dim=1)
     kl = (t * (t.log() - log_q)).sum(dim=1)
-    return kl[where].mean() * temperature**2
+    if not balanced:
+        return kl[where].mean() * temperature**2
+    cls = teacher.argmax(dim=1)[where]
+    k = teacher.shape[1]
+    sums = torch.zeros(k, device=kl.device).index_add_(0, cls, kl[where])
+    counts = torch.bincount(cls, minlength=k).float()
+    present = counts > 0
+    return (sums[present] / counts[present]).mean() * temperature**2
 
 
 def correction_loss(logits: torch.Tensor, target: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
                     distill_weight: float = 1.0, temperature: float = 2.0, dice_weight: float = 1.0,
-                    balanced: bool = False) -> torch.Tensor:
+                    balanced: bool = False, balanced_distill: bool = False) -> torch.Tensor:
     """Fine-tuning on corrections: cross-entropy (``balanced``: per class, see
     :func:`balanced_cross_entropy`) + Dice on the corrected/accepted labels, plus
     ``distill_weight`` x distillation to the starting model on every other pixel.
@@ -110,5 +119,5 @@ def correction_loss(logits: torch.Tensor, target: torch.Tensor | tuple[torch.Ten
     if teacher is not None and distill_weight > 0:
         # soft targets of 0 mark pixels kept out of the distillation (csunet_train.unseen)
         where = (labels == 0) & (teacher.float().sum(dim=1) > 0.5)
-        loss = loss + distill_weight * distillation_loss(logits, teacher, where, temperature)
+        loss = loss + distill_weight * distillation_loss(logits, teacher, where, temperature, balanced_distill)
     return loss
