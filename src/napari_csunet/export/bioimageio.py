@@ -13,6 +13,8 @@ Why it is built this way:
   :mod:`.importer` turns the package back into exactly the model that was exported.
 - bioimage.io's ``parent`` can only name a model published on bioimage.io; a fine-tune's parent
   (a local model file) is named in ``config.napari_csunet.parent`` and in the model card instead.
+- No ``maintainers``: bioimage.io checks GitHub user names online, and an export never goes online;
+  its validation advises adding one before uploading to bioimage.io (the export prints that advice).
 - The rdf.yaml is written by us (plain YAML) and then validated and tested by ``bioimageio.spec``
   and ``bioimageio.core`` when they are installed (``napari-csunet[export]``); nothing is downloaded.
 """
@@ -105,10 +107,13 @@ def default_image(info: Any) -> np.ndarray:
 
 
 def _axes(info: Any, pixel_size_um: float | None, channels: list[str], output: bool) -> list[dict[str, Any]]:
+    """(batch, channel, y, x); input sides any multiple of the networks' 256, outputs the input's size."""
+    from ..models.config import TILE_MULTIPLE
+
     space: list[dict[str, Any]] = []
     for axis in ("y", "x"):
-        a: dict[str, Any] = {"type": "space", "id": axis,
-                             "size": {"tensor_id": INPUT_ID, "axis_id": axis} if output else {"min": 256, "step": 256}}
+        size = {"tensor_id": INPUT_ID, "axis_id": axis} if output else {"min": TILE_MULTIPLE, "step": TILE_MULTIPLE}
+        a: dict[str, Any] = {"type": "space", "id": axis, "size": size}
         if pixel_size_um:
             a.update(scale=float(pixel_size_um), unit="micrometer")
         space.append(a)
@@ -220,8 +225,7 @@ def _samples(files: dict[str, Path], tile: np.ndarray, probs: np.ndarray) -> Non
 
 
 def _rdf(info: Any, files: dict[str, Path], weights: list[str], pixel_size_um: float | None,
-         authors: Sequence[str], license: str, agreement: dict[str, Any],
-         maintainers: Sequence[str] = ()) -> dict[str, Any]:
+         authors: Sequence[str], license: str, agreement: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from .. import __version__
@@ -244,7 +248,6 @@ def _rdf(info: Any, files: dict[str, Path], weights: list[str], pixel_size_um: f
         "name": f"CS-UNet {info.name or 'model'}"[:128],
         "description": (info.description or f"CS-UNet segmentation into {', '.join(info.class_names)}")[:1024],
         "authors": [{"name": a} for a in authors],
-        **({"maintainers": [{"github_user": m} for m in maintainers]} if maintainers else {}),
         "cite": cite, "license": license, "tags": TAGS,
         "documentation": files["readme"].name, "covers": [files["cover"].name],
         "attachments": [ref("model")],
@@ -275,13 +278,12 @@ def _rdf(info: Any, files: dict[str, Path], weights: list[str], pixel_size_um: f
 def export_bioimageio(model: str | Path, out: str | Path, *, image: np.ndarray | None = None,
                       pixel_size_um: float | None = None, authors: Sequence[str] = ("napari-csunet user",),
                       license: str = "BSD-3-Clause", weights: Sequence[str] = ("torchscript", "onnx"),
-                      maintainers: Sequence[str] = (), validate: bool = True, test: bool = True) -> PackageResult:
+                      validate: bool = True, test: bool = True) -> PackageResult:
     """Write ``model`` (a model file, or a starter/user model name) as a bioimage.io package.
 
     ``out`` ending in ``.zip`` is a zip package, otherwise a folder (created; must be empty).
     ``image``: the micrograph the test tensors are computed on (default: a shipped sample).
     ``pixel_size_um``: the training images' pixel size (default: the model file's record, if any).
-    ``maintainers``: GitHub user names (bioimage.io's FAIR check asks for one).
     """
     from . import load_exportable
     from .graph import centre_tile, export_onnx, export_torchscript, onnx_agreement
@@ -322,8 +324,7 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: np.ndarray |
             except ImportError:  # onnxruntime missing: the package is still valid, unchecked here
                 agreement = {}
         files["readme"].write_text(model_card(info, pixel_size_um, agreement, list(weights)), encoding="utf-8")
-        _write_yaml(files["rdf"], _rdf(info, files, list(weights), pixel_size_um, authors, license, agreement,
-                                       maintainers))
+        _write_yaml(files["rdf"], _rdf(info, files, list(weights), pixel_size_um, authors, license, agreement))
         result = PackageResult(out, list(weights), onnx_agreement=agreement)
         if validate:
             result.warnings = validate_package(files["rdf"])

@@ -37,8 +37,7 @@ def _bioimageio(args: argparse.Namespace, print_json) -> int:
 
     result = export_bioimageio(args.model, args.out, image=_read_image(args.image), pixel_size_um=args.pixel_size,
                                authors=args.author or ("napari-csunet user",), license=args.license,
-                               weights=args.weights.split(","), maintainers=args.maintainer or (),
-                               test=not args.no_test)
+                               weights=args.weights.split(","), test=not args.no_test)
     if args.json:
         print_json(result.to_dict() | {"test_log": result.test_log})
     else:
@@ -117,8 +116,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", help="micrograph for the test tensors and the ONNX check (default: a shipped sample)")
     p.add_argument("--pixel-size", type=float, metavar="UM", help="training images' pixel size in µm (axes' scale)")
     p.add_argument("--author", action="append", help="author name for the package (repeatable)")
-    p.add_argument("--maintainer", action="append", metavar="GITHUB_USER",
-                   help="GitHub user who maintains the package (repeatable; bioimage.io asks for one)")
     p.add_argument("--license", default="BSD-3-Clause", help="SPDX licence of the package (default BSD-3-Clause)")
     p.add_argument("--weights", default="torchscript,onnx", help="bioimageio weight formats (comma-separated)")
     p.add_argument("--no-test", action="store_true", help="skip bioimage.io's own test of the package")
