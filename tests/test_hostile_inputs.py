@@ -619,3 +619,13 @@ def test_a_label_tiff_s_stored_colours_are_checked(tmp_path: Path, meta: dict, c
     tifffile.imwrite(path, np.ones((4, 4), np.uint8), description=json.dumps(meta))
     found = classes_from_tiff(path)
     assert (found[1] if found else None) == colors
+
+
+def test_cli_warnings_are_one_plain_line() -> None:
+    import warnings
+
+    from napari_csunet.errors import plain_warnings
+
+    with plain_warnings():
+        assert warnings.formatwarning("two files\x1b", UserWarning, "x.py", 3) == "warning: two files\\x1b\n"
+        assert "x.py:3" in warnings.formatwarning("old", DeprecationWarning, "x.py", 3)

@@ -12,6 +12,7 @@ import contextlib
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 
 from .safetext import shown
@@ -63,10 +64,27 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def plain_warnings() -> Iterator[None]:
+    """Our own warnings (UserWarning) as one ``warning: ...`` line, without the source line."""
+    default = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature
+        if category is UserWarning:
+            return f"warning: {shown(message)}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
+
+
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace,
                 debug: bool = False) -> int:
     """Run a subcommand's handler through the one error path; its exit code."""
-    with sigterm_as_interrupt():
+    with sigterm_as_interrupt(), plain_warnings():
         try:
             return int(func(args) or 0)
         except KeyboardInterrupt:
