@@ -629,3 +629,29 @@ def test_cli_warnings_are_one_plain_line() -> None:
     with plain_warnings():
         assert warnings.formatwarning("two files\x1b", UserWarning, "x.py", 3) == "warning: two files\\x1b\n"
         assert "x.py:3" in warnings.formatwarning("old", DeprecationWarning, "x.py", 3)
+
+
+# -- job files ---------------------------------------------------------------------------------------
+
+#: (case, job keys over a valid fine-tune job, what the ConfigError says)
+JOB_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("lr a word", {"lr": "fast"}, "lr: 'fast' must be float"),
+    ("steps a bool", {"steps": True}, "steps: True must be int"),
+    ("class_names a text", {"class_names": "ab"}, "class_names: 'ab' must be list or null"),
+    ("pairs an object", {"pairs": {"image": "a"}}, "pairs: {'image': 'a'} must be list"),
+    ("amp a number", {"amp": 1}, "amp: 1 must be bool"),
+    ("bad colour", {"class_names": ["a"], "class_colors": ["#12"]}, "class_colors[0]: '#12' is not a colour"),
+    ("shipped name", {"name": "starter-ebc"}, "'starter-ebc' is a shipped model's name"),
+]
+
+
+@pytest.mark.parametrize(("keys", "message"), [c[1:] for c in JOB_CASES], ids=[c[0] for c in JOB_CASES])
+def test_a_bad_job_file_is_refused_by_key(tmp_path: Path, keys: dict[str, Any], message: str) -> None:
+    from csunet_train.config import ConfigError, load_job
+
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"mode": "finetune", "model": "m.safetensors", "out": str(tmp_path / "o.safetensors")}
+                              | keys))
+    with pytest.raises(ConfigError) as err:
+        load_job(job)
+    assert message in str(err.value)
