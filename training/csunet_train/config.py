@@ -124,8 +124,8 @@ class TrainConfig:
     distill_weight: float = 1.0
     distill_temperature: float = 2.0
     balanced_ce: bool = False  # with distillation: cross-entropy averaged per class (measured: worse, see docs)
-    # distillation averaged per class of the starting model's answer, so a rare phase (crack) is kept
-    # where nobody corrected it as firmly as the matrix is (see docs)
+    # distillation averaged per class of the starting model's answer (measured: a rare phase moved
+    # more elsewhere, not less; see docs)
     balanced_distill: bool = False
     anchor_weight: float = 0.0  # L2-SP: pull the weights toward the starting model's (0: off)
     context_crops: float = 0.3  # with distillation: share of crops centred anywhere, away from the corrections
