@@ -164,8 +164,8 @@ def _class_spec_for(meta: dict | None, colour_overlay: bool, where: object = "da
             raise MaskError(f'{where}: "classes" must be a list of class names, not {names!r:.60}; {DATASET_JSON_FORM}')
         try:
             colors = check_colors(meta.get("colors") or [], f"{where}: colors")
-        except ColorError as exc:
-            raise MaskError(f"{exc}; {DATASET_JSON_FORM}") from None
+        except ColorError as exc:  # its message says how to write a colour
+            raise MaskError(str(exc)) from None
         if colors and len(colors) != len(names):
             raise MaskError(f'{where}: {len(names)} "classes" but {len(colors)} "colors"; give one colour a class')
         from .modelfile import default_class_colors

@@ -20,12 +20,13 @@ class OutputError(ValueError):
     """``--out`` cannot be used (the message says why and what to do)."""
 
 
-def _writable_folder(folder: Path, flag: str) -> None:
+def _writable_folder(folder: Path, flag: str, given: Path) -> None:
+    """``folder`` exists as a writable folder, or can be made in its nearest existing ancestor."""
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise OutputError(f"{flag} {folder}: {existing} is a file, not a folder")
+        raise OutputError(f"{flag} {given}: {existing} is a file, not a folder")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{flag} {folder}: {existing} is not writable; choose a folder you can write to")
+        raise OutputError(f"{flag} {given}: {existing} is not writable; choose a folder you can write to")
 
 
 def check_out_file(path: str | Path, overwrite: bool = False, flag: str = "--out",
@@ -41,14 +42,14 @@ def check_out_file(path: str | Path, overwrite: bool = False, flag: str = "--out
         raise OutputError(f"{flag} {path} exists; pass --overwrite to replace it, or choose another name")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"{flag} {path} exists and is not writable")
-    _writable_folder(path.parent, flag)
+    _writable_folder(path.parent, flag, path)
     return path
 
 
 def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
     """An output folder, created when missing; refused when it is a file or cannot be written."""
     path = Path(path)
-    _writable_folder(path, flag)
+    _writable_folder(path, flag, path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
