@@ -63,13 +63,16 @@ def graphs(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-def test_onnx_agrees_with_the_predictor_on_a_512_tile(graphs):
+def test_onnx_agrees_with_the_predictor_on_a_512_tile(tmp_path, capsys):
+    """`csunet export --format onnx` states opset and dynamic axes and checks itself on the sample."""
     pytest.importorskip("onnxruntime")
-    from napari_csunet.export.graph import OPSET, onnx_agreement
+    from napari_csunet.cli import main
 
-    check = onnx_agreement(graphs["onnx"], graphs["model"], graphs["info"], _sample())
-    assert check["pixels"] == 512 * 512 and check["opset"] == OPSET == 17
-    assert check["agreement"] >= 0.999, check
+    assert main(["export", str(SUPER), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["opset"] == 17 and facts["dynamic_axes"] == {"0": "batch", "2": "height", "3": "width"}
+    assert facts["check"]["pixels"] == 512 * 512
+    assert facts["check"]["agreement"] >= 0.999, facts["check"]
 
 
 @pytest.mark.slow
@@ -131,6 +134,21 @@ def test_package_is_valid_and_passes_bioimageios_test(tmp_path, finetuned, which
         assert space["scale"] == 0.0125 and space["unit"] == "micrometer"
     else:
         assert "unit" not in rdf["inputs"][0]["axes"][2]  # the starters' pixel size is not recorded
+
+
+@pytest.mark.parametrize("which, nasa_line, pixel", [
+    ("starter-ebc", "- Training data: Stuckner", "not recorded"),
+    ("finetuned", "- Training data of the model it was fine-tuned from: Stuckner", "0.0125 µm per pixel"),
+])
+def test_model_card_says_where_the_model_comes_from(finetuned, which, nasa_line, pixel):
+    from napari_csunet.export.bioimageio import model_card
+    from napari_csunet.modelfile import read_model_info
+
+    info = read_model_info(finetuned if which == "finetuned" else STARTER_DIR / f"{which}.safetensors")
+    card = model_card(info, info.provenance.get("pixel_size_um"), {}, ["onnx"])
+    assert nasa_line in card and pixel in card and "## Validation" in card and "None" not in card
+    if which == "finetuned":
+        assert "Started from: starter-superalloy" in card and "| 2 | gamma' secondary | `#00aaff` | 1 |" in card
 
 
 def test_export_refuses_what_cannot_travel(tmp_path):

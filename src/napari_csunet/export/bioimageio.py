@@ -152,7 +152,7 @@ def model_card(info: Any, pixel_size_um: float | None, agreement: dict[str, Any]
              "image.") if agreement else ""
     lines = [
         f"# {info.name or 'CS-UNet model'}", "", info.description or "A CS-UNet phase segmentation model.", "",
-        "Exported by [napari-csunet](https://arxiv.org/abs/2308.13917) from its model file "
+        "Exported by napari-csunet from its model file "
         f"(`{MODEL_FILE}`, attached). Architecture: `{info.config.arch}` (preset `{info.preset}`), CNN encoder "
         f"`{info.config.cnn}`, Swin-T depths {list(info.config.swin.depths) if info.config.swin else '-'}.", "",
         "## Classes", "", "| label | class | colour | output channel |", "|---|---|---|---|", classes, "",
@@ -169,11 +169,11 @@ def model_card(info: Any, pixel_size_um: float | None, agreement: dict[str, Any]
         "- Large images: tile with an overlap of at least 64 pixels and blend, or use napari-csunet "
         "(`csunet models --import` this package).", "",
         "## Training", "",
-        f"- Mode: {p.get('mode', 'unknown')}; recipe: {p.get('recipe', '-')}; steps: {p.get('steps', '-')}.",
+        f"- Mode: {p.get('mode') or 'unknown'}; recipe: {p.get('recipe') or '-'}; steps: {p.get('steps') or '-'}.",
         f"- Started from: {parent['name'] if parent else 'pretrained encoders / scratch'}.",
         f"- Training images: {len(p.get('train_images') or [])}; validation images: {len(p.get('val_images') or [])}.",
-        f"- Training data fingerprint: `{p.get('data_fingerprint', '-')}`.",
-        f"- Test data: {p.get('test_data', 'none recorded')}.", "",
+        f"- Training data fingerprint: `{p.get('data_fingerprint') or '-'}`.",
+        f"- Test data: {p.get('test_data') or 'none recorded'}.", "",
         "## Validation", "",
         "Mean IoU (per-class IoU averaged over classes) and pixel accuracy, as recorded in the model file:", "",
         "| data | mean IoU | pixel accuracy | IoU per class |", "|---|---|---|---|",
@@ -183,13 +183,30 @@ def model_card(info: Any, pixel_size_um: float | None, agreement: dict[str, Any]
         "material and compare per-class IoU.", "",
         "## Citation", "", f"- {CSUNET_CITATION['text']}, {CSUNET_CITATION['url']}",
     ]
-    if _trained_on_nasa(info):
-        lines.append(f"- Training data: {NASA_CITATION['text']} (MIT licence), {NASA_CITATION['url']}")
+    nasa = _trained_on_nasa(info)
+    if nasa:
+        whose = "Training data" if nasa == "trained" else "Training data of the model it was fine-tuned from"
+        lines.append(f"- {whose}: {NASA_CITATION['text']} (MIT licence), {NASA_CITATION['url']}")
     return "\n".join(lines) + "\n"
 
 
-def _trained_on_nasa(info: Any) -> bool:
-    return "nasa" in f"{info.description} {info.provenance.get('test_data', '')}".lower()
+def _trained_on_nasa(info: Any, depth: int = 0) -> str | None:
+    """"trained" (a starter recipe on NASA's data), "started" (a fine-tune of such a model, by its
+    description or its parent's file where that is still on disk), or None."""
+    from ..modelfile import ModelFileError, read_model_info
+
+    p = info.provenance
+    if str(p.get("recipe") or "").startswith("starter-") or "nasa" in str(p.get("test_data") or "").lower():
+        return "trained" if depth == 0 else "started"
+    if "nasa" in (info.description or "").lower():
+        return "started"
+    parent = Path(str(p.get("started_from") or ""))
+    if depth < 4 and parent.suffix == ".safetensors" and parent.is_file():
+        try:
+            return "started" if _trained_on_nasa(read_model_info(parent), depth + 1) else None
+        except ModelFileError:
+            return None
+    return None
 
 
 def _cover(tile: np.ndarray, labels: np.ndarray, colors: list[str], path: Path) -> None:
