@@ -442,8 +442,12 @@ def test_two_runs_never_write_one_output(tmp_path: Path, capsys) -> None:
         pass
 
 
-def test_an_interrupted_batch_writes_the_summary_of_what_finished(tmp_path: Path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(("signals", "done"), [(1, ["a.tif", "b.tif"]), (2, ["a.tif"])])
+def test_an_interrupted_batch_writes_the_summary_of_what_finished(tmp_path: Path, monkeypatch, capsys, signals: int,
+                                                                  done: list[str]) -> None:
+    """SIGTERM while b.tif is read: b is finished, c is not started; a second signal stops b too."""
     import shutil
+    import signal
 
     from napari_csunet import segment_cli
     from napari_csunet.cli import main
@@ -455,15 +459,16 @@ def test_an_interrupted_batch_writes_the_summary_of_what_finished(tmp_path: Path
 
     def read(path: Path):
         if Path(path).name == "b.tif":
-            raise KeyboardInterrupt
+            for _ in range(signals):
+                signal.raise_signal(signal.SIGTERM)
         return real(path)
 
     monkeypatch.setattr(segment_cli, "read_image", read)
     assert main(["segment", str(folder), "--model", "starter-superalloy", "--out", str(tmp_path / "o"),
                  "--device", "cpu", "--tile", "256"]) == 130
     summary = (tmp_path / "o" / "summary.csv").read_text()
-    assert "a.tif" in summary and "c.tif" not in summary
-    assert "interrupted after 1 of 3" in capsys.readouterr().err
+    assert [n for n in ("a.tif", "b.tif", "c.tif") if n in summary] == done
+    assert f"interrupted after {len(done)} of 3" in capsys.readouterr().err
 
 
 def test_temp_files_of_dead_writers_are_removed_by_the_next_write(tmp_path: Path) -> None:

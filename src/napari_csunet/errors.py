@@ -14,10 +14,12 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from .safetext import shown
 
-__all__ = ["USER_ERROR", "user_error_message", "run_command", "sigterm_as_interrupt"]
+__all__ = ["USER_ERROR", "user_error_message", "run_command", "sigterm_as_interrupt", "GracefulStop",
+           "plain_warnings"]
 
 USER_ERROR = 2  # the exit code of every user-caused failure (argparse's too)
 INTERRUPTED = 130
@@ -62,6 +64,31 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class GracefulStop:
+    """The first Ctrl-C or SIGTERM asks the work to stop at its next boundary (``requested``); a
+    second one interrupts at once. Use as a context manager (main thread only; elsewhere a no-op)."""
+
+    def __init__(self, what: str = "the current item") -> None:
+        self.what = what
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _request(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        self.requested = True
+        print(f"stopping after {self.what} ({signal.Signals(signum).name}; again to stop at once)", file=sys.stderr)
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._request) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

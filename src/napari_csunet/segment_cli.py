@@ -14,6 +14,7 @@ import glob
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .databar import predict_outside
+from .errors import GracefulStop
 from .io import IMAGE_SUFFIXES, read_image
 from .lazy import is_lazy_input
 from .measurements import DEFAULT_MIN_AREA, calibration_for, measure
@@ -224,22 +226,26 @@ def _gather(obj: Any, world: int) -> list[Any]:
 # -- segment -----------------------------------------------------------------------------------------
 
 def _segment_files(seg: Any, files: list[Path], stems: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One row per image; Ctrl-C or SIGTERM ends the batch after the images done so far
-    (``args.interrupted`` is set), so their summary is still written."""
+    """One row per image. Ctrl-C or SIGTERM ends the batch after the current image (a second one at
+    once), setting ``args.interrupted``, so the summary of the images done is still written."""
     results: list[dict[str, Any]] = []
-    try:
-        return _segment_each(seg, files, stems, args, results)
-    except KeyboardInterrupt:
-        args.interrupted = True
-        return results
+    with GracefulStop("the current image") as stop:
+        try:
+            _segment_each(seg, files, stems, args, results, lambda: stop.requested)
+        except KeyboardInterrupt:
+            args.interrupted = True
+        args.interrupted = getattr(args, "interrupted", False) or stop.requested
+    return results
 
 
 def _segment_each(seg: Any, files: list[Path], stems: list[str], args: argparse.Namespace,
-                  results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                  results: list[dict[str, Any]], stopping: Callable[[], bool]) -> None:
     from tqdm import tqdm
 
     with tqdm(total=len(files), unit="image", disable=None, file=sys.stderr) as bar:
         for path, stem in zip(files, stems, strict=True):
+            if stopping():
+                break
             start = time.perf_counter()
             tiles = tqdm(unit="tile", leave=False, disable=None, file=sys.stderr, desc=path.name)
 
@@ -273,7 +279,6 @@ def _segment_each(seg: Any, files: list[Path], stems: list[str], args: argparse.
             finally:
                 tiles.close()
             bar.update(1)
-    return results
 
 
 def _segment(args: argparse.Namespace) -> int:
