@@ -151,6 +151,29 @@ def test_model_card_says_where_the_model_comes_from(finetuned, which, nasa_line,
         assert "Started from: starter-superalloy" in card and "| 2 | gamma' secondary | `#00aaff` | 1 |" in card
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("in_chans, image", [(3, "grey"), (1, "rgb")])
+def test_colour_models_and_colour_images_make_valid_packages(tmp_path, in_chans, image):
+    """A colour model fed the grey sample, a grey model fed an RGB image: the input's channels
+    and the sample tensors still match the description."""
+    pytest.importorskip("bioimageio.spec")
+    from napari_csunet.export.bioimageio import export_bioimageio
+    from napari_csunet.modelfile import ModelInfo, save_model_file
+    from napari_csunet.models import build_model, get_preset
+
+    config = get_preset("csunet-tiny").config
+    config = type(config).from_dict(config.to_dict() | {"in_chans": in_chans})
+    model = save_model_file(tmp_path / "c.safetensors", build_model(config),
+                            ModelInfo(config, ["a", "b", "c"], name="colour"))
+    grey = _sample()[:256, :256]
+    picture = grey if image == "grey" else np.stack([grey, grey[::-1], grey[:, ::-1]], axis=-1)
+    result = export_bioimageio(model, tmp_path / "p", image=picture, weights=("torchscript",), test=False)
+    assert result.validated
+    rdf = yaml.safe_load((tmp_path / "p" / "rdf.yaml").read_text())
+    assert len(rdf["inputs"][0]["axes"][1]["channel_names"]) == in_chans
+    assert np.load(tmp_path / "p" / "test_input.npy").shape == (1, in_chans, 512, 512)
+
+
 def test_export_refuses_what_cannot_travel(tmp_path):
     from napari_csunet.export.bioimageio import export_bioimageio
 

@@ -233,11 +233,12 @@ def _test_tensors(model: Any, info: Any, tile: np.ndarray) -> tuple[np.ndarray, 
     return raw, pred.probs.astype(np.float32)[None], pred.labels
 
 
-def _samples(files: dict[str, Path], tile: np.ndarray, probs: np.ndarray) -> None:
-    """The FAIR sample tensors: the tile as stored (a TIFF anyone can open) and its probabilities."""
+def _samples(files: dict[str, Path], tile: np.ndarray, raw: np.ndarray, probs: np.ndarray) -> None:
+    """The FAIR sample tensors: the grey tile as stored (a TIFF anyone can open), or the input's
+    channels where the model takes colour or the tile was converted; and its probabilities."""
     import tifffile
 
-    tifffile.imwrite(files["sample_input"], tile)
+    tifffile.imwrite(files["sample_input"], tile if tile.ndim == 2 and raw.shape[1] == 1 else raw[0])
     tifffile.imwrite(files["sample_output"], probs[0])
 
 
@@ -329,7 +330,7 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: np.ndarray |
         raw, probs, labels = _test_tensors(net, info, tile)
         np.save(files["test_input"], raw)
         np.save(files["test_output"], probs)
-        _samples(files, tile, probs)
+        _samples(files, tile, raw, probs)
         _cover(tile, labels, list(info.class_colors), files["cover"])
         if "torchscript" in weights:
             export_torchscript(net, info, files["torchscript"])
