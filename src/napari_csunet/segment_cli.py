@@ -229,12 +229,13 @@ def _segment_files(seg: Any, files: list[Path], stems: list[str], args: argparse
     """One row per image. Ctrl-C or SIGTERM ends the batch after the current image (a second one at
     once), setting ``args.interrupted``, so the summary of the images done is still written."""
     results: list[dict[str, Any]] = []
+    killed = False
     with GracefulStop("the current image") as stop:
         try:
             _segment_each(seg, files, stems, args, results, lambda: stop.requested)
-        except KeyboardInterrupt:
-            args.interrupted = True
-        args.interrupted = getattr(args, "interrupted", False) or stop.requested
+        except KeyboardInterrupt:  # the second signal
+            killed = True
+    args.interrupted = killed or stop.requested
     return results
 
 
