@@ -7,8 +7,9 @@ part of the graph so every runtime shows the same numbers as our predictor. Stan
 padding and tiling stay outside (bioimage.io describes standardisation as preprocessing).
 
 ONNX: opset :data:`OPSET`, input ``input``, output ``probabilities``, dynamic axes batch, height
-and width (:data:`DYNAMIC_AXES`). Exported with PyTorch's TorchScript-based exporter, which keeps
-Swin's shifted-window masks as shape-dependent ops (checked at several sizes by the tests).
+and width (:data:`DYNAMIC_AXES`). Exported with PyTorch's TorchScript-based exporter; Swin's
+shifted-window masks are built from the input tensor, so both graphs follow its size and device
+(checked at several sizes by the tests, and for a device constant in the TorchScript graph).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.models.swin_transformer import SwinTransformerBlock, window_partition
 from torch import nn
 
 from ..atomic import atomic_path
@@ -27,7 +29,7 @@ from ..io import to_model_channels
 from ..lazy import lazy_stats
 from ..modelfile import ModelInfo
 
-__all__ = ["OPSET", "INPUT_NAME", "OUTPUT_NAME", "DYNAMIC_AXES", "Probabilities", "export_torchscript",
+__all__ = ["OPSET", "INPUT_NAME", "OUTPUT_NAME", "DYNAMIC_AXES", "Probabilities", "TraceableMaskBlock", "export_torchscript",
            "export_onnx", "standardised", "onnx_probabilities", "onnx_agreement", "centre_tile"]
 
 OPSET = 17  # LayerNormalization is a single op from 17 on; ONNX Runtime >= 1.14 runs it
@@ -47,17 +49,31 @@ class Probabilities(nn.Module):
         return self.net(x).float().softmax(1)
 
 
+class TraceableMaskBlock(SwinTransformerBlock):
+    """timm's block, with the shifted-window mask built from the input tensor itself (``new_zeros``):
+    a traced graph then builds it at the input's size and on the input's device. timm passes the
+    device explicitly, which tracing freezes as "cpu" (a TorchScript that fails on a GPU), and the
+    inference mask cache would freeze one size."""
+
+    def get_attn_mask(self, x: torch.Tensor | None = None, device: Any = None, dtype: Any = None):
+        if x is None or not any(self.shift_size):
+            return super().get_attn_mask(x, device, dtype)
+        (wh, ww), (sh, sw) = self.window_size, self.shift_size
+        regions = x.new_zeros((1, x.shape[1], x.shape[2], 1))
+        for i, rows in enumerate(((0, -wh), (-wh, -sh), (-sh, None))):
+            for j, cols in enumerate(((0, -ww), (-ww, -sw), (-sw, None))):
+                regions[:, rows[0]:rows[1], cols[0]:cols[1], :] = 3 * i + j
+        windows = window_partition(regions, self.window_size).view(-1, self.window_area)
+        mask = windows.unsqueeze(1) - windows.unsqueeze(2)
+        return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
 def _traceable(model: nn.Module) -> Probabilities:
-    """A CPU float32 copy whose Swin blocks build their shift masks from the input's size on every
-    call (the inference mask cache would freeze one size into the graph)."""
-    from timm.models.swin_transformer import SwinTransformerBlock
-
-    from ..models.shift_masks import CachedMaskBlock
-
+    """A CPU float32 copy, frozen, whose shifted Swin blocks build their masks traceably."""
     net = copy.deepcopy(model).to("cpu", torch.float32).eval()
     for m in net.modules():
-        if isinstance(m, CachedMaskBlock):
-            m.__class__ = SwinTransformerBlock
+        if isinstance(m, SwinTransformerBlock) and getattr(m, "dynamic_mask", False):
+            m.__class__ = TraceableMaskBlock
     for p in net.parameters():
         p.requires_grad_(False)
     return Probabilities(net).eval()
