@@ -184,10 +184,25 @@ def test_export_refuses_what_cannot_travel(tmp_path):
         export_bioimageio("micro-tiny", tmp_path / "p.zip", validate=False, test=False)
     with pytest.raises(ExportError, match="random weights"):
         export_bioimageio("csunet-tiny", tmp_path / "p.zip", validate=False, test=False)
+    with pytest.raises(ExportError, match="positive number"):
+        export_bioimageio(SUPER, tmp_path / "p.zip", pixel_size_um=-1.0, validate=False, test=False)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(ExportError, match="not an empty folder"):
         export_bioimageio(SUPER, tmp_path / "full", validate=False, test=False)
+
+
+@pytest.mark.parametrize("module, kwargs", [("bioimageio.core", {"test": True}), ("onnx", {"weights": ("onnx",)})])
+def test_a_missing_extra_is_named_before_any_work(tmp_path, monkeypatch, module, kwargs):
+    import sys
+
+    from napari_csunet.export.bioimageio import export_bioimageio
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    options = {"weights": ("torchscript",), "validate": False, "test": False} | kwargs
+    with pytest.raises(ExportError, match=r"napari-csunet\[export\]"):
+        export_bioimageio(SUPER, tmp_path / "p.zip", **options)
+    assert not (tmp_path / "p.zip").exists()
 
 
 # -- import -----------------------------------------------------------------------------------------

@@ -309,6 +309,11 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: np.ndarray |
     unknown = set(weights) - set(WEIGHT_FILES)
     if unknown or not weights:
         raise ExportError(f"weights must be among {sorted(WEIGHT_FILES)}, got {list(weights)}")
+    if pixel_size_um is not None and not pixel_size_um > 0:
+        raise ExportError(f"a pixel size must be a positive number of micrometres, got {pixel_size_um}")
+    for needed, module in (("onnx" in weights, "onnx"), (validate, "bioimageio.spec"), (test, "bioimageio.core")):
+        if needed:
+            _require(module)  # before minutes of work, not after
     net, info, path = load_exportable(model)
     if pixel_size_um is None:
         pixel_size_um = info.provenance.get("pixel_size_um")

@@ -46,9 +46,9 @@ def _bioimageio(args: argparse.Namespace, print_json) -> int:
         for warning in result.warnings:
             print(f"bioimage.io advice: {warning}")
         agree = result.onnx_agreement.get("agreement")
+        tested = {True: "passed", False: "FAILED", None: "not run"}[result.test_passed]
         print(f"wrote {result.path} (weights: {', '.join(result.weights)}; bioimage.io validation: "
-              f"{'passed' if result.validated else 'not run'}; bioimage.io test: "
-              f"{ {True: 'passed', False: 'FAILED', None: 'not run'}[result.test_passed] }"
+              f"{'passed' if result.validated else 'not run'}; bioimage.io test: {tested}"
               + (f"; ONNX Runtime agrees with the predictor on {100 * agree:.3f} % of a 512² tile" if agree else "")
               + ")")
     return 0 if result.test_passed is not False else 1
