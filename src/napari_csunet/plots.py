@@ -16,7 +16,7 @@ import numpy as np
 
 from .safetext import shown
 
-__all__ = ["size_histogram_png", "fractions_png", "log_bins"]
+__all__ = ["size_histogram_png", "fractions_png", "log_bins", "measurement_with_plots"]
 
 _DARK = {"figure": "#262930", "text": "#d6d6d6", "grid": "#50545c"}
 _LIGHT = {"figure": "#ffffff", "text": "#222222", "grid": "#d0d0d0"}
@@ -118,3 +118,16 @@ def fractions_png(rows: Sequence[Mapping[str, Any]], colors: Mapping[str, str], 
     ax.set_xlim(0, 110)
     ax.set_xlabel("area fraction (%) with 95 % interval", color=theme["text"], fontsize=9)
     return _png(fig)
+
+
+def measurement_with_plots(labels: np.ndarray, names: Sequence[str], colors: Sequence[str], pixel_size: Any,
+                           databar: Any, matrix: str | None, min_area: int) -> tuple[Any, bytes, bytes]:
+    """The Inspect tab's work: :func:`napari_csunet.measurements.measure` and its two plots (dark, to
+    sit in napari's dock), in one call that a child process can run (see :mod:`napari_csunet.child_process`)."""
+    from .measurements import measure
+
+    m = measure(labels, names, pixel_size, databar, matrix, min_area)
+    by_name = dict(zip(names, colors, strict=False))
+    diameters = m.distribution("eq_diameter_um" if pixel_size is not None else "eq_diameter_px")
+    return (m, fractions_png(m.rows, by_name, size=(4.4, 1.8), dark=True),
+            size_histogram_png(diameters, by_name, "µm" if pixel_size is not None else "px", size=(4.4, 2.5), dark=True))

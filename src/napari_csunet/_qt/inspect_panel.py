@@ -89,17 +89,13 @@ def _own_size(layer: Labels) -> Any:
     return None
 
 
-def _measure_and_plot(data: np.ndarray, names: list[str], colors: list[str], size: Any, bar: Any,
-                      matrix: str | None, min_area: int) -> tuple[Any, bytes, bytes]:
-    """Worker thread: the measurement and its two plots (dark, to sit in napari's dock)."""
-    from ..measurements import measure
-    from ..plots import fractions_png, size_histogram_png
+def _measure_and_plot(*args: Any) -> tuple[Any, bytes, bytes]:
+    """Worker thread: the measurement and its plots, computed in a child process (they hold the GIL
+    for hundreds of ms: on a thread here they froze napari); see :mod:`napari_csunet.child_process`."""
+    from ..child_process import run_in_child
+    from ..plots import measurement_with_plots
 
-    m = measure(data, names, size, bar, matrix, min_area)
-    by_name = dict(zip(names, colors, strict=False))
-    diameters = m.distribution("eq_diameter_um" if size is not None else "eq_diameter_px")
-    return (m, fractions_png(m.rows, by_name, size=(4.4, 1.8), dark=True),
-            size_histogram_png(diameters, by_name, "µm" if size is not None else "px", size=(4.4, 2.5), dark=True))
+    return run_in_child(measurement_with_plots, *args)
 
 
 def disagreement(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:

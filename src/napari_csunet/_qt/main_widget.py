@@ -3,10 +3,13 @@ and Inspect tabs, in the order of the user's loop."""
 
 from __future__ import annotations
 
+import threading
+
 import napari
 from qtpy.QtCore import QPoint, Qt, QTimer
 from qtpy.QtWidgets import QAbstractScrollArea, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
+from ..child_process import shutdown_child
 from ..settings import load_settings
 from .correct_panel import CorrectPanel
 from .finetune_panel import FinetunePanel
@@ -81,7 +84,8 @@ class CSUNetWidget(QWidget):
         self.destroyed.connect(self.finetune_panel.shutdown)
         self.destroyed.connect(self.model_panel.adapt.shutdown)
         self.destroyed.connect(self.correct_panel.live.shutdown)
-        _warm_up()
+        self.destroyed.connect(shutdown_child)
+        self.warm_up = _warm_up()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
         """The dock took its width from the canvas: fit the open images to what is left, once."""
@@ -99,18 +103,25 @@ class CSUNetWidget(QWidget):
         self.finetune_panel.shutdown()
         self.model_panel.adapt.shutdown()
         self.correct_panel.live.shutdown()
+        shutdown_child()
         super().closeEvent(event)
 
 
-def _warm_up() -> None:
+def _warm_up() -> threading.Thread:
     """Do in the background what napari's first Labels layer would do on the GUI thread: import
     pandas (features table), skimage.color and scipy.linalg (its colormap), and fill vispy's
-    cached dash patterns (its polygon overlay). About 0.5 s less stall at the first segmentation."""
+    cached dash patterns (its polygon overlay). About 0.5 s less stall at the first segmentation.
+    And import torch, which every model needs: loading its libraries holds the GIL for up to half a
+    second at a time (the GUI thread waits, worker thread or not), better while the user reads the
+    Model tab than after Load (``benchmarks/gui_responsiveness.py``: the dock and load phases)."""
     import importlib
-    import threading
+
+    from .compat import avoid_triton_llvm_clash
+
+    avoid_triton_llvm_clash()  # before torch: see .compat
 
     def run() -> None:
-        for name in ("pandas", "skimage.color", "scipy.linalg"):
+        for name in ("pandas", "skimage.color", "scipy.linalg", "torch"):
             importlib.import_module(name)
         try:
             from vispy.visuals.line.dash_atlas import DashAtlas
@@ -119,5 +130,7 @@ def _warm_up() -> None:
         except ImportError:
             pass
 
-    threading.Thread(target=run, name="csunet-warm-up", daemon=True).start()
+    thread = threading.Thread(target=run, name="csunet-warm-up", daemon=True)
+    thread.start()
+    return thread
 

@@ -65,15 +65,29 @@ def _hide_dominant(colormap: dict, labels: np.ndarray, counts: np.ndarray | None
     return colormap | {int(counts.argmax()): "transparent"} if counts.any() else colormap
 
 
+def new_labels_layer(image: Image, pred, info, counts: np.ndarray | None = None) -> Labels:
+    """The Labels layer for a first prediction of ``image``, not yet in the viewer. Built on the
+    worker thread (a napari layer object is not a Qt one): its construction cost 0.6 s of GUI-thread
+    time at the first segmentation on this project's loaded 2-core machine; only inserting it
+    (controls, visuals) is left to the GUI thread."""
+    kwargs = labels_kwargs(info.class_names, info.class_colors, labels_name(image.name))
+    counts = getattr(pred, "counts", None) if counts is None else counts
+    kwargs["colormap"] = _hide_dominant(kwargs["colormap"], pred.labels, counts)
+    ndim = pred.labels.ndim
+    return Labels(pred.labels, scale=image.scale[-ndim:], units=image.units[-ndim:],  # napari's scale bar reads µm
+                  translate=image.translate[-ndim:], **kwargs)
+
+
 def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name: str,
                      extras: bool = True, keep: Callable[[Labels], np.ndarray | None] | None = None,
-                     counts: np.ndarray | None = None) -> Labels:
+                     counts: np.ndarray | None = None, prepared: Labels | None = None) -> Labels:
     """Put a prediction into ``"<image> labels"``: a new layer, or new data for the existing one.
 
     ``keep(layer)`` names pixels of the existing layer (the user's corrections) that stay on top of
     the new prediction; the raw prediction stays in the metadata for Revert, the labels before it
     for Undo. ``counts`` (pixels per label 0..K, from :func:`napari_csunet.mosaic.class_counts` on
-    the worker) saves a pass over the labels on the GUI thread.
+    the worker) saves a pass over the labels on the GUI thread; ``prepared`` (from
+    :func:`new_labels_layer` on the worker) is the layer to insert when there is none yet.
     """
     name = labels_name(image.name)
     kwargs = labels_kwargs(info.class_names, info.class_colors, name)
@@ -100,10 +114,8 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
     else:
         if layer is not None:  # same name, other shape or type: keep it, under another name
             layer.name = f"{name} (old)"
-        kwargs = {k: v for k, v in kwargs.items() if k != "name"}
-        layer = viewer.add_labels(pred.labels, name=name, scale=image.scale[-pred.labels.ndim:],
-                                  units=image.units[-pred.labels.ndim:],  # napari's scale bar reads µm
-                                  translate=image.translate[-pred.labels.ndim:], **kwargs)
+        fits = prepared is not None and prepared.name == name and prepared.data.shape == pred.labels.shape
+        layer = viewer.add_layer(prepared if fits else new_labels_layer(image, pred, info, counts))
     layer.metadata.update({PREDICTION: None if lazy else pred.labels.copy(), IMAGE: image.name,
                            "csunet_model": model_name, "class_names": list(info.class_names),
                            "class_colors": list(info.class_colors)})
@@ -237,8 +249,9 @@ class SegmentPanel(QWidget):
         self._keep = keep
         self._napari_bar = cancelable_progress(total=0, desc=f"CS-UNet: segmenting {layers[0].name}",
                                                cancel_callback=self._cancel.set)
+        names = {lay.name for lay in self.viewer.layers}  # a snapshot: the worker does not touch the viewer
         self.worker = create_worker(_predict_all, seg, jobs, options, self._relay.progress.emit,
-                                    self._is_cancelled, _start_thread=False, _ignore_errors=True)
+                                    self._is_cancelled, names.__contains__, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_result)
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(lambda: self._on_finished(on_done))
@@ -268,10 +281,10 @@ class SegmentPanel(QWidget):
                 self._napari_bar.set_description(f"CS-UNet: image {index + 1}/{count}")
 
     def _on_result(self, result) -> None:
-        layer, pred, counts = result
+        layer, pred, counts, prepared = result
         info = self.session.info
         self._written.append(write_prediction(self.viewer, layer, pred, info, self.session.segmenter.name,
-                                              keep=self._keep, counts=counts))
+                                              keep=self._keep, counts=counts, prepared=prepared))
         counts = counts[1:]
         fractions = counts / max(int(counts.sum()), 1)  # of the analysed pixels: a data bar is not material
         where = "" if isinstance(pred.labels, np.ndarray) else f" (labels in {pred.labels.store})"
@@ -300,7 +313,7 @@ class SegmentPanel(QWidget):
             on_done(written)
 
 
-def _predict_all(seg, jobs, options, progress, cancelled) -> Iterator:
+def _predict_all(seg, jobs, options, progress, cancelled, viewer_has: Callable[[str], bool]) -> Iterator:
     """Worker thread: (image layer, prediction, pixels per label 0..K) per image, yielded as soon as
     it is done (the counts are taken here, not on the GUI thread); the SEM data bar (as set in the
     Inspect tab, else detected) never reaches the model and is labelled 0."""
@@ -312,13 +325,25 @@ def _predict_all(seg, jobs, options, progress, cancelled) -> Iterator:
     for i, (layer, data) in enumerate(jobs):
         if is_lazy(data):
             pred = _predict_lazy(seg, data, lambda d, t, i=i: progress(i, len(jobs), d, t), cancelled, layer.name)
-            yield layer, pred, pred.counts
+            yield layer, pred, pred.counts, None
             continue
         data = np.asarray(data)
         pred = predict_outside(lambda im, i=i, layer=layer: seg.predict(
             im, progress=lambda d, t: progress(i, len(jobs), d, t), cancel=cancelled, name=layer.name, **options),
             data, databar_of(layer, data))
-        yield layer, pred, class_counts(pred.labels, seg.info.num_classes)  # 70 ms for 2048^2 at load 4
+        counts = class_counts(pred.labels, seg.info.num_classes)  # 70 ms for 2048^2 at load 4
+        yield layer, pred, counts, _prepare_layer(viewer_has, layer, pred, seg.info, counts)
+
+
+def _prepare_layer(viewer_has: Callable[[str], bool], image: Image, pred, info, counts) -> Labels | None:
+    """Worker thread: a new Labels layer for the first prediction of ``image`` (None when its labels
+    layer exists: then only its data is replaced, on the GUI thread)."""
+    if viewer_has(labels_name(image.name)):
+        return None
+    try:
+        return new_labels_layer(image, pred, info, counts)
+    except Exception:  # built on the GUI thread instead (write_prediction)
+        return None
 
 
 def _warm_napari_imports() -> None:
