@@ -660,3 +660,16 @@ def test_a_bad_job_file_is_refused_by_key(tmp_path: Path, keys: dict[str, Any], 
     with pytest.raises(ConfigError) as err:
         load_job(job)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"out": "\xff\xfe"}', "cannot be parsed"),
+    (b"[1, 2]", "a job file is a mapping"),
+])
+def test_a_job_file_that_is_not_a_json_object(tmp_path: Path, raw: bytes, message: str) -> None:
+    from csunet_train.config import ConfigError, load_job
+
+    (tmp_path / "job.json").write_bytes(raw)
+    with pytest.raises(ConfigError, match=message):
+        load_job(tmp_path / "job.json")

@@ -225,11 +225,13 @@ def _in_starter_dir(out: str) -> bool:
 def _read_mapping(path: Path, kind: str, parse: Any, errors: tuple[type[Exception], ...]) -> dict[str, Any]:
     """Parse a job/recipe file into a dict, with errors that name the file."""
     try:
-        data = parse(path.read_text())
+        data = parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{kind} not found: {path}") from None
-    except errors as exc:
-        raise ConfigError(f"{path}: cannot be parsed ({exc})") from None
+    except (*errors, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be parsed ({str(exc)[:200]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: cannot be parsed (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a {kind} is a mapping of keys to values")
     return data
