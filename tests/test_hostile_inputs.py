@@ -673,3 +673,14 @@ def test_a_job_file_that_is_not_a_json_object(tmp_path: Path, raw: bytes, messag
     (tmp_path / "job.json").write_bytes(raw)
     with pytest.raises(ConfigError, match=message):
         load_job(tmp_path / "job.json")
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"entries": 5}', "[" * 100_000 + "]" * 100_000, "{bad"])
+def test_a_broken_annotation_index_is_named(tmp_path: Path, text: str) -> None:
+    from napari_csunet.annotations import AnnotationError, AnnotationStore
+
+    store = AnnotationStore(tmp_path / "ann")
+    store.root.mkdir()
+    store.index_path.write_text(text)
+    with pytest.raises(AnnotationError, match="annotation index"):
+        store.entries()

@@ -117,8 +117,12 @@ class AnnotationStore:
             return {"class_names": [], "class_colors": [], "entries": []}
         try:
             data = json.loads(self.index_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise AnnotationError(f"{self.index_path}: unreadable annotation index ({exc})") from None
+        except (OSError, ValueError, RecursionError) as exc:
+            raise AnnotationError(f"{self.index_path}: unreadable annotation index ({str(exc)[:200]})") from None
+        if not isinstance(data, dict) or not all(isinstance(data.get(k, []), list)
+                                                 for k in ("class_names", "class_colors", "entries")):
+            raise AnnotationError(f"{self.index_path}: not an annotation index (expected an object with lists "
+                                  "class_names, class_colors and entries)")
         data.setdefault("class_names", [])
         data.setdefault("class_colors", [])
         data.setdefault("entries", [])
