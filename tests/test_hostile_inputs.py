@@ -614,14 +614,16 @@ def test_the_annotation_set_refuses_bad_colours_before_writing(tmp_path: Path, c
     ({"class_names": ["a", "b"], "class_colors": ["#ff0000"]}, ["#1f77b4", "#ff7f0e"]),
     ({"class_names": ["a", "b"], "class_colors": ["#F00", "#00ff00"]}, ["#ff0000", "#00ff00"]),
     ({"class_names": "ab"}, None),
+    ("deep", None),
 ])
-def test_a_label_tiff_s_stored_colours_are_checked(tmp_path: Path, meta: dict, colors: list[str] | None) -> None:
+def test_a_label_tiff_s_stored_colours_are_checked(tmp_path: Path, meta: dict | str, colors: list[str] | None) -> None:
     import tifffile
 
     from napari_csunet._reader import classes_from_tiff
 
     path = tmp_path / "l.tif"
-    tifffile.imwrite(path, np.ones((4, 4), np.uint8), description=json.dumps(meta))
+    text = "[" * 100_000 + "]" * 100_000 if meta == "deep" else json.dumps(meta)
+    tifffile.imwrite(path, np.ones((4, 4), np.uint8), description=text)
     found = classes_from_tiff(path)
     assert (found[1] if found else None) == colors
 

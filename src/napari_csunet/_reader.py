@@ -42,7 +42,7 @@ def classes_from_tiff(path: Path) -> tuple[list[str], list[str]] | None:
     try:
         with tifffile.TiffFile(path) as tif:
             meta = json.loads(tif.pages[0].description or "{}")
-    except (ValueError, OSError, tifffile.TiffFileError):
+    except (ValueError, OSError, RecursionError, tifffile.TiffFileError):
         return None
     if isinstance(meta, dict) and isinstance(meta.get("class_names"), list) and meta["class_names"]:
         names = [str(n) for n in meta["class_names"]]

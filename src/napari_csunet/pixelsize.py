@@ -231,7 +231,7 @@ def _load_calibrations(store: Path) -> dict[str, Any]:
     try:
         data = json.loads(store.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
 
 
