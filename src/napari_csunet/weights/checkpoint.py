@@ -130,10 +130,11 @@ def weights_meta(meta: dict[str, str]) -> dict[str, Any] | None:
 
 def write_weights(path: str | Path, state: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
     """Store converted weights atomically as safetensors with ``info`` in the header."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     path = Path(path)
+    data = save(tensors, metadata={WEIGHTS_META_KEY: json.dumps(info)})  # save_file leaves its own temp file
     with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={WEIGHTS_META_KEY: json.dumps(info)})
+        tmp.write_bytes(data)
     return path
