@@ -15,7 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "remove_stale_temps"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_safetensors",
+           "remove_stale_temps"]
 
 
 @contextlib.contextmanager
@@ -96,3 +97,11 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_safetensors(target: str | os.PathLike, tensors: dict, metadata: dict[str, str]) -> Path:
+    """torch tensors as a safetensors file, serialised here and written atomically: the library's
+    ``save_file`` writes its own temp file (which a kill leaves behind) and replaces ours with a 0600 one."""
+    from safetensors.torch import save
+
+    return atomic_write_bytes(target, save(tensors, metadata=metadata))

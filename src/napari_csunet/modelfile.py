@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import atomic_path
+from .atomic import atomic_write_safetensors
 from .colors import check_colors
 from .modelcheck import check_description, check_shapes, check_size, tensor_shapes
 from .models.config import ModelConfig
@@ -152,7 +152,6 @@ def read_model_info(path: str | Path) -> ModelInfo:
 def save_model_file(path: str | Path, model: torch.nn.Module, info: ModelInfo, half: bool = False) -> Path:
     """Write ``model``'s weights and ``info`` atomically. ``half`` stores float tensors as fp16."""
     import torch
-    from safetensors.torch import save
 
     state = {}
     for k, v in model.state_dict().items():
@@ -160,13 +159,7 @@ def save_model_file(path: str | Path, model: torch.nn.Module, info: ModelInfo, h
         if half and v.is_floating_point():
             v = v.to(torch.float16)
         state[k] = v.contiguous()
-    path = Path(path)
-    # serialised here and written by atomic_path: safetensors' save_file writes its own temp file,
-    # which a kill -9 would leave behind, and replaces ours with a 0600 one
-    data = save(state, metadata={_META_KEY: info.to_json()})
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        tmp.write_bytes(data)
-    return path
+    return atomic_write_safetensors(path, state, {_META_KEY: info.to_json()})
 
 
 def check_model_file(path: str | Path) -> tuple[ModelInfo, dict[str, tuple[int, ...]]]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import atomic_write_safetensors
 from .errors import UnsafeCheckpointError, WeightsFormatError, WeightsUnavailable
 
 __all__ = ["read_checkpoint", "write_weights", "weights_meta", "WEIGHTS_META_KEY", "MODEL_META_KEY"]
@@ -130,11 +130,5 @@ def weights_meta(meta: dict[str, str]) -> dict[str, Any] | None:
 
 def write_weights(path: str | Path, state: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
     """Store converted weights atomically as safetensors with ``info`` in the header."""
-    from safetensors.torch import save
-
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    path = Path(path)
-    data = save(tensors, metadata={WEIGHTS_META_KEY: json.dumps(info)})  # save_file leaves its own temp file
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        tmp.write_bytes(data)
-    return path
+    return atomic_write_safetensors(path, tensors, {WEIGHTS_META_KEY: json.dumps(info)})
