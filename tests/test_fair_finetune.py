@@ -380,3 +380,18 @@ def test_balanced_distillation_keeps_a_rare_class_as_firmly_as_the_matrix() -> N
     right = logits.clone()
     right[:, 2, :1, :4], right[:, 0, :1, :4] = 12.0, 0.0
     assert distillation_loss(right, teacher, where, balanced=True) < 0.1 * balanced
+
+
+@pytest.mark.parametrize(("limits", "keep"), [((0.03, 0.05), False), ((0.5, 0.5), True)])
+def test_the_limits_on_unchecked_pixels_are_job_settings(limits: tuple[float, float], keep: bool) -> None:
+    from csunet_train.config import ConfigError, TrainConfig
+
+    v = _validation([_item([(10, 10, 150)])])
+    v.first = _scores(v, {"new": 0.7})
+    elsewhere = {"images": 0, "changed": 0.2, "class_changed": {"matrix": 0.3}, "mean_class_changed": 0.3}
+    assert decide(v, _scores(v, {"new": 0.9}), 60, 60, NAMES, elsewhere=elsewhere, limits=limits)["keep"] is keep
+    cfg = TrainConfig(out="m.safetensors", preset="csunet-tiny", unchecked_limit=limits[0],
+                      unchecked_class_limit=limits[1])
+    assert (cfg.unchecked_limit, cfg.unchecked_class_limit) == limits
+    with pytest.raises(ConfigError, match="unchecked_limit"):
+        TrainConfig(out="m.safetensors", preset="csunet-tiny", unchecked_limit=2.0)

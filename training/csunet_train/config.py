@@ -129,6 +129,10 @@ class TrainConfig:
     balanced_distill: bool = False
     anchor_weight: float = 0.0  # L2-SP: pull the weights toward the starting model's (0: off)
     context_crops: float = 0.3  # with distillation: share of crops centred anywhere, away from the corrections
+    # a fine-tune that changes more than this share of the pixels it did not train on, or more than
+    # unchecked_class_limit of a class there on average, is not made current (csunet_train.judge)
+    unchecked_limit: float = 0.03
+    unchecked_class_limit: float = 0.05
     # images (files or folders) of the same material without labels: with distillation the model keeps
     # the starting model's answers there too, so it does not drift on the rest of the material
     unlabelled: list[str] = field(default_factory=list)
@@ -170,6 +174,8 @@ class TrainConfig:
              f"distill_temperature: {self.distill_temperature} must be in 0.5..10")
         need(float(self.anchor_weight) >= 0.0, f"anchor_weight: {self.anchor_weight} must be >= 0")
         need(0.0 <= float(self.context_crops) <= 1.0, f"context_crops: {self.context_crops} must be in 0..1")
+        for key in ("unchecked_limit", "unchecked_class_limit"):
+            need(0.0 <= float(getattr(self, key)) <= 1.0, f"{key}: {getattr(self, key)} must be in 0..1")
         need(0.0 <= float(self.unlabelled_share) < 1.0, f"unlabelled_share: {self.unlabelled_share} must be in [0, 1)")
         need(isinstance(self.unlabelled, list) and all(isinstance(u, str) for u in self.unlabelled),
              "unlabelled: a list of image files or folders")

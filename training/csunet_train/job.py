@@ -330,7 +330,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                 model, start_state, best_blocks.get("state") if dist.is_main else None, validation,
                 best_blocks.get("cms"), unseen, lambda it: segmenter.predict(it.image, name=it.name).labels,
                 lambda m: validation.block_confusion(m, dist.device, dtype), data.class_names, state.steps,
-                state.best_step, painted_only, len(unlabelled))
+                state.best_step, painted_only, len(unlabelled), (cfg.unchecked_limit, cfg.unchecked_class_limit))
             if verdict.blended is not None:  # the blend replaces the best model in the file
                 record["blend"] = {"fine_tuned_weight": verdict.decision["blend"], "method": "WiSE-FT",
                                    "unblended": verdict.decision["unblended"]}

@@ -193,10 +193,11 @@ def _windows(held: np.ndarray) -> list[tuple[int, int, int, int]]:
     return boxes
 
 
-def changes_too_much(elsewhere: dict[str, Any]) -> bool:
-    """Whether a fine-tune changes too much where nobody checked (see ``ELSEWHERE_LIMIT``)."""
-    return (elsewhere["changed"] > ELSEWHERE_LIMIT
-            or elsewhere.get("mean_class_changed", 0.0) > CLASS_CHANGE_LIMIT)
+def changes_too_much(elsewhere: dict[str, Any], limits: tuple[float, float] = (ELSEWHERE_LIMIT, CLASS_CHANGE_LIMIT)
+                     ) -> bool:
+    """Whether a fine-tune changes too much where nobody checked: (share of pixels, mean per-class
+    change) above ``limits`` (see ``ELSEWHERE_LIMIT``)."""
+    return elsewhere["changed"] > limits[0] or elsewhere.get("mean_class_changed", 0.0) > limits[1]
 
 
 def unchecked_change_text(elsewhere: dict[str, Any]) -> str:
@@ -212,7 +213,8 @@ def unchecked_change_text(elsewhere: dict[str, Any]) -> str:
 
 def decide(validation: FairValidation | None, best: np.ndarray | None, trained_steps: int, best_step: int | None,
            class_names: Sequence[str], painted_only: bool = False,
-           elsewhere: dict[str, Any] | None = None) -> dict[str, Any]:
+           elsewhere: dict[str, Any] | None = None,
+           limits: tuple[float, float] = (ELSEWHERE_LIMIT, CLASS_CHANGE_LIMIT)) -> dict[str, Any]:
     """Whether the fine-tuned model may replace the current one, and why, in a scientist's words.
 
     Kept only when it is better on this round's held-out reviewed pixels (by more than
@@ -256,7 +258,7 @@ def decide(validation: FairValidation | None, best: np.ndarray | None, trained_s
             f"The fine-tuned model scores higher on the checked areas it did not train on ({scores}), but by less "
             f"than twice the noise of so few pixels: it may not be better. It is offered, not made current; "
             "review more areas (more checked pixels make the noise smaller), or look at it and decide.")}
-    elif elsewhere is not None and changes_too_much(elsewhere):
+    elif elsewhere is not None and changes_too_much(elsewhere, limits):
         verdict = {"verdict": "unverified_elsewhere", "reason": (
             f"The fine-tuned model is better on the checked areas it did not train on ({scores}), but it changes "
             f"{unchecked_change_text(elsewhere)}, which nobody checked. It is offered, not made current: look at "

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .judge import FairValidation, decide
+from .judge import CLASS_CHANGE_LIMIT, ELSEWHERE_LIMIT, FairValidation, decide
 from .unseen import UnseenPixels
 
 __all__ = ["BLEND", "Verdict", "blend_states", "judge_finetune"]
@@ -39,7 +39,8 @@ class Verdict:
 def judge_finetune(model, start_state: dict[str, Any] | None, best_state: dict[str, Any] | None,
                    validation: FairValidation | None, best_cms, unseen: UnseenPixels | None,
                    predict: Callable[[Any], Any], score: Callable[[Any], Any], class_names: Sequence[str],
-                   trained_steps: int, best_step: int | None, painted_only: bool, images: int) -> Verdict:
+                   trained_steps: int, best_step: int | None, painted_only: bool, images: int,
+                   limits: tuple[float, float] = (ELSEWHERE_LIMIT, CLASS_CHANGE_LIMIT)) -> Verdict:
     """The decision on the best model (``best_state``, loaded into ``model``); if it is better but
     changes too much where nobody checked, the :data:`BLEND` of it and ``start_state`` is judged too,
     and returned to be saved when it may become current.
@@ -55,7 +56,7 @@ def judge_finetune(model, start_state: dict[str, Any] | None, best_state: dict[s
 
     def judged(cms, elsewhere: dict[str, Any] | None) -> dict[str, Any]:
         return decide(validation, cms, trained_steps, best_step, class_names, painted_only=painted_only,
-                      elsewhere=elsewhere)
+                      elsewhere=elsewhere, limits=limits)
 
     if best_state is None or not best_step:
         return Verdict(judged(best_cms, None))
