@@ -3,7 +3,8 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshot.py
 
 Uses the starter model ``starter-superalloy`` (or ``--model FILE``), shows the Inspect tab with
-the phase fractions, and saves the whole window (canvas and dock) atomically. With
+the phase fractions, and saves the whole window (canvas and dock) atomically (``--every-tab DIR``:
+each tab too, and any widget cut off at the dock's width is said on stderr). With
 ``--finetune STEPS`` it goes round the whole loop first: NASA's labels stand in for the user's
 corrections, are added to the training set, the model is fine-tuned in the child process and the
 image segmented again (use ``--tab Fine-tune`` to see the loss/IoU plot).
@@ -30,6 +31,12 @@ def _wait(app, until, timeout_s: float, what: str) -> None:
         time.sleep(0.01)
 
 
+def _pause(app, seconds: float) -> None:
+    """Let napari draw for ``seconds``."""
+    end = time.perf_counter() + seconds
+    _wait(app, lambda: time.perf_counter() > end, seconds + 5, "drawing")
+
+
 def _finetune(app, viewer, widget, args: argparse.Namespace) -> None:
     """NASA's labels as the corrections -> training set -> fine-tune -> new model -> segment again."""
     from napari_csunet import samples
@@ -47,6 +54,8 @@ def _finetune(app, viewer, widget, args: argparse.Namespace) -> None:
     if not panel.start():
         raise SystemExit(f"screenshot: {panel.status.text()}")
     _wait(app, lambda: not panel.running, 3600, "fine-tuning")
+    if panel.offered:  # nothing fair judged it: offered, not made current; take it, as a user would
+        panel.use_new_model()
     _wait(app, lambda: not widget.session.busy and not widget.segment_panel.running, 600, "re-segmenting")
     print(panel.status.text(), "|", panel.result.text())
 
@@ -70,6 +79,7 @@ def main() -> int:
     parser.add_argument("--image", help="open this image file instead of a sample (pixel size, data bar from it)")
     parser.add_argument("--tab", default="Inspect", help="the dock tab to show")
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
+    parser.add_argument("--every-tab", metavar="DIR", help="also save DIR/<tab>.png of every tab (after --out)")
     parser.add_argument("--size", default="1500x900", help="window size WxH")
     parser.add_argument("--finetune", type=int, default=0, metavar="STEPS", help="fine-tune this many steps first")
     parser.add_argument("--queue", type=int, default=-1, metavar="ACCEPT",
@@ -84,7 +94,6 @@ def main() -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_csunet.atomic import atomic_path
     from napari_csunet.model_catalog import resolve_model
 
     kind, path = resolve_model(args.model)
@@ -109,14 +118,28 @@ def main() -> int:
     titles = [widget.tabs.tabText(i) for i in range(widget.tabs.count())]
     widget.tabs.setCurrentIndex(titles.index(args.tab))
     viewer.layers.selection.active = viewer.layers[f"{image.name} labels"]
-    t_end = time.perf_counter() + 1.0
-    _wait(app, lambda: time.perf_counter() > t_end, 5, "drawing")
-    out = Path(args.out)
+    _pause(app, 1.0)
+    _save(viewer, widget, Path(args.out))
+    if args.every_tab:
+        for i, title in enumerate(titles):
+            widget.tabs.setCurrentIndex(i)
+            _pause(app, 0.5)
+            _save(viewer, widget, Path(args.every_tab) / f"{title.lower()}.png")
+    viewer.close()
+    return 0
+
+
+def _save(viewer, widget, out: Path) -> None:
+    """The whole window, atomically; and any widget of the shown tab that is cut off, said on stderr."""
+    from napari_csunet._qt.main_widget import clipped_widgets
+    from napari_csunet.atomic import atomic_path
+
+    for line in clipped_widgets(widget.tabs.currentWidget()):
+        print(f"screenshot: {widget.tabs.tabText(widget.tabs.currentIndex())} tab: cut off: {line}", file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, suffix=".png") as tmp:
         viewer.screenshot(str(tmp), canvas_only=False)
-    viewer.close()
     print(f"wrote {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -94,7 +94,9 @@ class TrainingJob:
         self.workdir.mkdir(parents=True, exist_ok=True)
         Path(self.spec["stop_file"]).unlink(missing_ok=True)
         atomic_write_text(self.job_file, json.dumps(self.spec, indent=2))
-        release_heap()  # the child needs the RAM the last prediction's kept heap holds (up to GBs)
+        # the child needs the RAM the last prediction's kept heap holds (up to GBs); trimming it took
+        # 150 ms of the GUI thread (gui_responsiveness.py --trace), so a thread does it meanwhile
+        threading.Thread(target=release_heap, name="csunet-release-heap", daemon=True).start()
         stderr = open(self.stderr_file, "wb")  # noqa: SIM115 - owned by the child until it exits
         try:
             self.proc = subprocess.Popen(

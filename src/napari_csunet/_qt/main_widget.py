@@ -111,9 +111,11 @@ def _warm_up() -> threading.Thread:
     """Do in the background what napari's first Labels layer would do on the GUI thread: import
     pandas (features table), skimage.color and scipy.linalg (its colormap), and fill vispy's
     cached dash patterns (its polygon overlay). About 0.5 s less stall at the first segmentation.
-    And import torch, which every model needs: loading its libraries holds the GIL for up to half a
-    second at a time (the GUI thread waits, worker thread or not), better while the user reads the
-    Model tab than after Load (``benchmarks/gui_responsiveness.py``: the dock and load phases)."""
+    And import torch and timm, which every model needs: their libraries hold the GIL while they load
+    (measured with a ticking thread: torch 372 ms, timm with torchvision 257 ms at a time; loading a
+    model file and predicting, at most 15 ms), so the GUI thread waits for them, worker thread or
+    not: better while the user reads the Model tab than after Load (``benchmarks/gui_responsiveness.py``:
+    the dock and load phases)."""
     import importlib
 
     from .compat import avoid_triton_llvm_clash
@@ -121,7 +123,7 @@ def _warm_up() -> threading.Thread:
     avoid_triton_llvm_clash()  # before torch: see .compat
 
     def run() -> None:
-        for name in ("pandas", "skimage.color", "scipy.linalg", "torch"):
+        for name in ("pandas", "skimage.color", "scipy.linalg", "torch", "napari_csunet.inference", "timm"):
             importlib.import_module(name)
         try:
             from vispy.visuals.line.dash_atlas import DashAtlas
