@@ -129,7 +129,7 @@ class TrainingSetBox(QWidget):
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(250)
-        self._timer.timeout.connect(self.update_preview)
+        self._timer.timeout.connect(lambda: self.update_preview(background=True))
         self._watched: list = []
         self._entry_counts: dict[str, tuple[dict[str, int], dict[str, int]]] = {}  # id -> (reviewed, training) px
         self._kick = lambda *_: self._timer.start()  # napari events pass an argument QTimer.start must not get
@@ -177,7 +177,10 @@ class TrainingSetBox(QWidget):
             return {"regions": shape_regions(value, layer)}
         return {"whole_image": value == WHOLE_IMAGE}
 
-    def update_preview(self) -> None:
+    def update_preview(self, background: bool = False) -> None:
+        """Say how many pixels will train and what can judge a fine-tune. ``background`` (the
+        debounce timer after painting or a segmentation): counted on the set's worker thread, since
+        the counts over a 2048² image took up to 150 ms of the GUI thread; the texts follow."""
         layer = self._layer()
         self.mark_btn.setEnabled(False)
         if layer is None:
@@ -187,22 +190,44 @@ class TrainingSetBox(QWidget):
         try:
             _, _, labels, prediction = self.plane(layer)
             choice = self.choice(layer)
-            mask = correction_mask(labels, prediction, **choice)
         except AnnotationError as exc:
-            self.preview.warning(str(exc), notify=False)
-            self.judge.info("")
+            self._preview_failed(exc)
             return
+        names, skip = self._class_names(layer), self._image_name(layer)
+        if not background:
+            try:
+                self._show_preview(self._preview(labels, prediction, choice, names, skip))
+            except AnnotationError as exc:
+                self._preview_failed(exc)
+            return
+        labels = labels.copy()  # the brush keeps painting into the layer meanwhile
+        self.writer.submit(lambda: self._preview(labels, prediction, choice, names, skip), self._show_preview,
+                           self._preview_failed, key="preview")
+
+    def _preview_failed(self, exc: Exception) -> None:
+        self.preview.warning(str(exc), notify=False)
+        self.judge.info("")
+
+    def _preview(self, labels: np.ndarray, prediction: np.ndarray | None, choice: dict, names: list[str],
+                 skip: str | None) -> dict:
+        """The preview's numbers and texts (no widget touched: runs on the worker thread too)."""
+        mask = correction_mask(labels, prediction, **choice)
         painted, accepted = int(np.count_nonzero(mask == PAINTED)), int(np.count_nonzero(mask == ACCEPTED))
-        self.mark_btn.setEnabled(prediction is not None and painted > 0 and not choice.get("whole_image"))
-        self._show_validation(layer, labels, mask, choice)
         text = f"will train on {painted + accepted:,} px: {painted:,} painted + {accepted:,} accepted"
         share = (painted + accepted) / max(labels.size, 1)
         if prediction is None:
-            text = f"will train on {painted:,} labelled px (no prediction to compare with: all labels count)"
+            preview = ("info", f"will train on {painted:,} labelled px (no prediction to compare with: all labels count)")
         elif painted + accepted == 0:
-            self.preview.warning(text + " — paint corrections or mark checked areas first", notify=False)
-            return
-        self.preview.info(text + f" ({share:.1%} of the image)")
+            preview = ("warning", text + " — paint corrections or mark checked areas first")
+        else:
+            preview = ("info", text + f" ({share:.1%} of the image)")
+        return {"mark": prediction is not None and painted > 0 and not choice.get("whole_image"),
+                "preview": preview, "judge": self._validation(labels, mask, choice, names, skip)}
+
+    def _show_preview(self, result: dict) -> None:
+        self.mark_btn.setEnabled(result["mark"])
+        for line, (kind, text) in ((self.preview, result["preview"]), (self.judge, result["judge"])):
+            getattr(line, kind)(text, notify=False)
 
     # -- what will judge -----------------------------------------------------------------------
 
@@ -230,31 +255,26 @@ class TrainingSetBox(QWidget):
             out.append(self._entry_counts[entry.id])
         return out
 
-    def _show_validation(self, layer: Labels, labels: np.ndarray, mask: np.ndarray, choice: dict) -> None:
-        """How many reviewed pixels per class could judge a fine-tune (the set with this image added),
-        and which corrected class none can check."""
+    def _validation(self, labels: np.ndarray, mask: np.ndarray, choice: dict, names: list[str],
+                    skip: str | None) -> tuple[str, str]:
+        """(kind, text): how many reviewed pixels per class could judge a fine-tune (the set with this
+        image, ``skip``, added), and which corrected class none can check."""
         from csunet_train.data import MIN_VAL_PIXELS
         from csunet_train.fair import HOLDOUT_EVERY, missing_classes_text
 
-        names = self._class_names(layer)
         if not names or (self.store.class_names and self.store.class_names != names):
-            self.judge.info("")
-            return
+            return "info", ""
         train = np.where(mask > 0, labels, 0).astype(np.uint8)
         reviewed = reviewed_area(labels.shape, choice.get("regions"), bool(choice.get("whole_image"))) & (train > 0)
         try:
-            counts = [self._counts(train, reviewed, names),
-                      *self._saved_counts(self._image_name(layer), names)]
+            counts = [self._counts(train, reviewed, names), *self._saved_counts(skip, names)]
         except (AnnotationError, OSError, ValueError) as exc:
-            self.judge.warning(f"cannot count the reviewed pixels of the training set: {exc}", notify=False)
-            return
+            return "warning", f"cannot count the reviewed pixels of the training set: {exc}"
         total = {n: sum(r[n] for r, _ in counts) for n in names}
         trained = {n: sum(t[n] for _, t in counts) for n in names}
         if not any(total.values()):
-            self.judge.warning("no reviewed pixels: nothing can check whether a fine-tune got better, so its model "
-                               "will be offered, not made current. Mark the areas you corrected as reviewed",
-                               notify=False)
-            return
+            return "warning", ("no reviewed pixels: nothing can check whether a fine-tune got better, so its model "
+                               "will be offered, not made current. Mark the areas you corrected as reviewed")
         per_class = " · ".join(f"{n} {total[n]:,}" for n in names)
         text = (f"validation: reviewed px per class {per_class} (about 1 in {HOLDOUT_EVERY} is held out to judge "
                 "a fine-tune)")
@@ -263,9 +283,8 @@ class TrainingSetBox(QWidget):
                      "offered, not made current")
         missing = missing_classes_text([n for n in names if trained[n] and not total[n]])
         if missing or "too few" in text:
-            self.judge.warning(text + (f"; {missing}" if missing else ""), notify=False)
-        else:
-            self.judge.info(text)
+            return "warning", text + (f"; {missing}" if missing else "")
+        return "info", text
 
     def _image_name(self, layer: Labels) -> str | None:
         image = self._image_for(layer)
