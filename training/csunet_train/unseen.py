@@ -56,7 +56,7 @@ class UnseenPixels:
             held = teacher > 0
             if not held.any():
                 continue
-            new = predict(item)[held].astype(np.int64)
+            new = np.clip(predict(item)[held].astype(np.int64), 1, k)  # labels are 1..K; a stray 0 must not break the count
             ref = teacher[held].astype(np.int64)
             per_image[item.name] = round(float(np.mean(new != ref)), 4)
             cm += np.bincount((ref - 1) * k + new - 1, minlength=k * k).reshape(k, k)
