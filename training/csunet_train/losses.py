@@ -61,12 +61,16 @@ def balanced_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     A correction that is 98 % background counts as much for the other classes as for background,
     so it cannot teach "everything dark is background" by sheer number.
     """
-    k = logits.shape[1]
     valid = labels > 0
     per_pixel = F.cross_entropy(logits.float(), (labels - 1).clamp(min=0), reduction="none")[valid]
-    cls = (labels[valid] - 1).long()
-    sums = torch.zeros(k, device=logits.device).index_add_(0, cls, per_pixel)
-    counts = torch.bincount(cls, minlength=k).float()
+    return _mean_per_class(per_pixel, (labels[valid] - 1).long(), logits.shape[1])
+
+
+def _mean_per_class(values: torch.Tensor, classes: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of ``values`` within each of the ``k`` classes present in ``classes`` (0..k-1), then
+    over those classes: every class weighs alike, however many pixels it has."""
+    sums = torch.zeros(k, device=values.device).index_add_(0, classes, values)
+    counts = torch.bincount(classes, minlength=k).float()
     present = counts > 0
     return (sums[present] / counts[present]).mean()
 
@@ -89,12 +93,7 @@ def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, where: torch.
     kl = (t * (t.log() - log_q)).sum(dim=1)
     if not balanced:
         return kl[where].mean() * temperature**2
-    cls = teacher.argmax(dim=1)[where]
-    k = teacher.shape[1]
-    sums = torch.zeros(k, device=kl.device).index_add_(0, cls, kl[where])
-    counts = torch.bincount(cls, minlength=k).float()
-    present = counts > 0
-    return (sums[present] / counts[present]).mean() * temperature**2
+    return _mean_per_class(kl[where], teacher.argmax(dim=1)[where], teacher.shape[1]) * temperature**2
 
 
 def correction_loss(logits: torch.Tensor, target: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
