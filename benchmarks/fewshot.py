@@ -1,178 +1,246 @@
-"""Few-shot benchmark: train a recipe within a time budget, then score the test split.
+"""A new material in a few labelled images: today's fine-tuning recipe against a new one, at an
+equal CPU budget per run.
 
-    python benchmarks/fewshot.py --recipe super3 --budget-s 600 --preset csunet-tiny --weights none --json
+    OMP_NUM_THREADS=1 python benchmarks/fewshot.py --json --budget-s 150 --seeds 0,1,2 \\
+        --recipes today,defaults --results out/fewshot.jsonl --resume
+    python benchmarks/fewshot.py --json --data DIR --shots 4 --recipes today,defaults   # any labelled set
 
-Prints one JSON object: recipe, device, budget_s, steps, train_images_per_s, step_overhead (a
-loop step, data loading included, over a bare forward+backward of one batch, timed interleaved in
-the same process after training; ``run_step_overhead`` uses the run's mean step time instead) and ``metrics``, the test-split metrics (mIoU, per-class IoU and the paper's
-micro-averaged IoU, ``iou_paper``). Training runs with ``time_budget_s``: the cosine decay
-follows the clock and ends inside the budget however fast (or loaded) the machine is.
+Protocols (``benchmarks/protocols.py``): EBC2 4-shot, Super1 1-shot (spot7_180d_3) and 4-shot on
+each set of ``../shared/data/labelled``; the training images of a set are a seeded choice, the
+test images are its test split. Every run is ``csunet finetune --model micro-tiny`` on the
+protocol's training images, as a new user would start, with one recipe's settings; the images of
+the set that are neither training nor test images are given as ``--unlabelled`` (a user usually
+has them). The budget is the run's own CPU seconds (``budget_clock: cpu``, one thread), so runs
+that share the machine with other work still get the same computation; the learning-rate
+schedule follows that clock. Each model is scored on the test images with the product's predictor.
+
+Recipes: ``today`` is the recipe before issue 20, written out; ``defaults`` is whatever
+``TrainConfig`` defaults to now; ``--variant NAME:key=value,...`` adds today's recipe with changes
+(for choosing). Prints one JSON object: per run ``miou``, ``iou_per_class``, ``min_class_iou``,
+``train_class_share``, ``seconds``, ``steps``; per protocol and recipe the mean over seeds; and a
+``summary`` with each recipe's mean gain over ``today``, its spread over seeds, and the classes with
+at least 0.5 % of the training pixels that stay below IoU 0.20.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
+import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import torch
+from protocols import protocols, samples, set_protocol
 
-from csunet_train.config import TrainConfig, load_recipe
-from csunet_train.data import load_data
-from csunet_train.job import run_job
-from csunet_train.loop import build_optimizer, train_step
-from csunet_train.losses import segmentation_loss
-from csunet_train.sampling import CropDataset, prepare_image
-from napari_csunet.datasets import find_samples
-from napari_csunet.device import amp_dtype, pick_device
+HERE = Path(__file__).resolve().parent
+DEFAULT_ROOTS = (HERE.parent.parent / "shared" / "data" / "nasa", HERE.parent.parent / "shared" / "data" / "labelled")
 
-
-def _timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+#: the recipe before issue 20 (TrainConfig's defaults then), so "today" keeps its meaning when they change
+TODAY: dict[str, Any] = {
+    "lr": 5e-4, "crop": 256, "batch_size": 4, "aug_strength": 0.5, "encoder_lr_mult": 0.1, "class_balance": 0.5,
+    "val_fraction": 0.2, "holdout": "strip", "eval_every": 50, "weight_decay": 1e-4, "balanced_ce": False,
+    "semi_weight": 0.0, "tta": False,
+}
+#: a rare class: at least this share of the training pixels must reach ``MIN_CLASS_IOU``
+RARE_SHARE, MIN_CLASS_IOU = 0.005, 0.20
+STEPS_CAP = 100_000  # the budget ends a run, not the steps
 
 
-def overhead_timings(cfg: TrainConfig, model: torch.nn.Module, loader: torch.utils.data.DataLoader,
-                     device: torch.device, reps: int = 8) -> dict[str, float]:
-    """Fastest seconds of a loop step (next batch from the loader, copy, optimiser step, loss read),
-    of a bare forward+backward and of a bare optimiser step on one fixed batch, interleaved. The
-    minimum (as ``timeit`` advises) is the least disturbed by other work on a shared machine; the
-    first round is a warm-up."""
-    dtype = amp_dtype(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, [], 1.0)
-    model.train()
-    batches = iter(loader)
-    x, y = (t.to(device) for t in next(batches))
-
-    def loop_step() -> None:
-        bx, by = (t.to(device, non_blocking=True) for t in next(batches))
-        float(train_step(model, bx, by, optimizer, scaler, dtype, cfg.grad_clip))
-
-    def fwd_bwd() -> None:
-        model.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x)
-        segmentation_loss(logits, y).backward()
-
-    def bare_step() -> None:
-        train_step(model, x, y, optimizer, scaler, dtype, cfg.grad_clip)
-
-    times: dict[str, list[float]] = {"loop": [], "fwd_bwd": [], "step": []}
-    for _ in range(reps + 1):
-        for key, fn in (("loop", loop_step), ("fwd_bwd", fwd_bwd), ("step", bare_step)):
-            times[key].append(_timed(fn))
-    best = {k: min(v[1:]) for k, v in times.items()}
-    return {"interleaved_loop_step_s": best["loop"], "bare_forward_backward_s": best["fwd_bwd"],
-            "bare_train_step_s": best["step"]}
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
-def test_metrics(model_path: Path, data_dir: str, split: str, device: str) -> dict[str, Any]:
-    """The ``csunet evaluate --json`` object: tiled inference of each test image, summed confusion."""
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:key=value,key=value`` -> (NAME, today's recipe with those changes)."""
+    name, _, changes = text.partition(":")
+    recipe = dict(TODAY)
+    for part in filter(None, changes.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {text!r}: expected key=value, got {part!r}")
+        recipe[key] = _value(value)
+    return name, recipe
+
+
+def class_share(train) -> dict[str, float]:
+    """Each class's share of the labelled training pixels."""
+    import numpy as np
+
+    counts: dict[int, int] = {}
+    for item in train:
+        values, n = np.unique(item.labels[item.labels > 0], return_counts=True)
+        for v, c in zip(values.tolist(), n.tolist(), strict=True):
+            counts[v] = counts.get(v, 0) + c
+    total = max(sum(counts.values()), 1)
+    return {str(k): c / total for k, c in sorted(counts.items())}
+
+
+def run_one(task: dict[str, Any]) -> dict[str, Any]:
+    """One protocol x recipe x seed: fine-tune within the budget, score the test images (worker)."""
+    import torch
+
+    from csunet_train.config import TrainConfig
+    from csunet_train.data import labelled_image
+    from csunet_train.job import run_job
     from napari_csunet.analysis import evaluate_samples
     from napari_csunet.inference import Segmenter
 
-    seg = Segmenter.from_file(model_path, device=device)
-    samples = find_samples(data_dir, split)
-    result = evaluate_samples(seg, samples)
-    return {"model": seg.name, "data": str(data_dir), "split": split, "device": str(seg.device),
-            "images": len(samples), **result}
+    torch.set_num_threads(task["threads"])
+    proto = task["protocol"]
+    recipe = dict(task["recipe"])
+    tta = bool(recipe.pop("tta", False))
+    known = set(TrainConfig.__dataclass_fields__)
+    ignored = {k: v for k, v in recipe.items() if k not in known}  # settings this version does not have
+    recipe = {k: v for k, v in recipe.items() if k in known}
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    out = Path(task["tmp"]) / f"{proto.name}-{task['recipe_name']}-{task['seed']}.safetensors"
+    train_samples = samples(proto, "train")
+    train = [labelled_image(*s.load(), name=s.image.stem) for s in train_samples]
+    unlabelled = [str(s.image) for s in samples(proto, "unlabelled")] if task["use_unlabelled"] else []
+    cfg = TrainConfig(out=str(out), mode="finetune", model=task["start"], class_names=list(train_samples[0].spec.names),
+                      steps=STEPS_CAP, time_budget_s=task["budget_s"], budget_clock="cpu", seed=task["seed"],
+                      device=task["device"], threads=task["threads"], unlabelled=unlabelled, **recipe)
+    events: list[dict[str, Any]] = []
+    done = run_job(cfg, events.append, train=train)
+    train_cpu = time.process_time() - cpu0
+    seg = Segmenter.from_file(out, device=task["device"], tta=tta)
+    metrics = evaluate_samples(seg, samples(proto, "test"))
+    names = list(metrics["class_names"])
+    per_class = metrics["iou_per_class"]
+    share = {names[int(k) - 1]: v for k, v in class_share(train).items() if int(k) <= len(names)}
+    present = [v for v in per_class.values() if v is not None]
+    started = next((e for e in events if e.get("event") == "started"), {})
+    return {
+        "protocol": proto.name, "recipe": task["recipe_name"], "seed": task["seed"], "miou": metrics["miou"],
+        "iou_paper": metrics.get("iou_paper"), "iou_per_class": per_class, "min_class_iou": min(present, default=None),
+        "train_class_share": share, "steps": done["steps"], "end": done["reason"], "best_step": done["best_step"],
+        "budget_s": task["budget_s"], "train_cpu_s": train_cpu, "seconds": time.perf_counter() - t0,
+        "train_images": list(proto.train), "test_images": len(proto.test),
+        "unlabelled_images": started.get("unlabelled_images", 0), "tta": tta, "recipe_settings": task["recipe"], "ignored_settings": ignored,
+        "warnings": [e["message"] for e in events if e.get("event") == "warning"],
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def summarise(runs: list[dict[str, Any]], baseline: str = "today") -> dict[str, Any]:
+    """Means over seeds per protocol and recipe; each recipe's gain over ``baseline`` (paired by
+    protocol and seed) and its spread over seeds; rare classes left below the bar."""
+    by: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        row = by.setdefault(r["protocol"], {}).setdefault(r["recipe"], {"miou": [], "steps": [], "classes": {}})
+        row["miou"].append(r["miou"])
+        row["steps"].append(r["steps"])
+        for c, v in r["iou_per_class"].items():
+            row["classes"].setdefault(c, []).append(v)
+    table = {p: {name: {"miou": _mean(row["miou"]), "seeds": len(row["miou"]), "steps": _mean(row["steps"]),
+                        "iou_per_class": {c: _mean([x for x in v if x is not None]) for c, v in row["classes"].items()}}
+                 for name, row in recipes.items()} for p, recipes in by.items()}
+    base = {(r["protocol"], r["seed"]): r for r in runs if r["recipe"] == baseline}
+    gains: dict[str, Any] = {}
+    for name in sorted({r["recipe"] for r in runs} - {baseline}):
+        paired = [(r, base[(r["protocol"], r["seed"])]) for r in runs
+                  if r["recipe"] == name and (r["protocol"], r["seed"]) in base]
+        if not paired:
+            continue
+        per_seed: dict[int, list[float]] = {}
+        for r, b in paired:
+            per_seed.setdefault(r["seed"], []).append(r["miou"] - b["miou"])
+        seed_means = [statistics.fmean(v) for v in per_seed.values()]
+        gains[name] = {"mean_gain": statistics.fmean(r["miou"] - b["miou"] for r, b in paired), "runs": len(paired),
+                       "gain_per_seed": {str(s): statistics.fmean(v) for s, v in sorted(per_seed.items())},
+                       "seed_spread": statistics.stdev(seed_means) if len(seed_means) > 1 else None}
+    below = [{"protocol": r["protocol"], "recipe": r["recipe"], "seed": r["seed"], "class": c, "iou": v,
+              "train_share": r["train_class_share"].get(c)}
+             for r in runs for c, v in r["iou_per_class"].items()
+             if (r["train_class_share"].get(c) or 0) >= RARE_SHARE and (v is None or v < MIN_CLASS_IOU)]
+    return {"protocols": table, "gain_over_" + baseline: gains, "classes_below": below,
+            "bar": {"train_share": RARE_SHARE, "min_iou": MIN_CLASS_IOU}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", required=True, help="super1, super3, ... or a recipe file")
-    p.add_argument("--budget-s", type=float, required=True, help="wall-clock budget for training")
-    p.add_argument("--data-root", help="NASA's data (default ../shared/data/nasa)")
-    p.add_argument("--preset", help="override the recipe's preset (e.g. csunet-tiny on a CPU)")
-    p.add_argument("--weights", help="override the recipe's weights: none, or cnn=SRC,swin=SRC")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--max-steps", type=int, help="cap the steps (default: the recipe's steps)")
-    p.add_argument("--num-workers", type=int, help="loader workers (default: the recipe's)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--test-split", default="test")
-    p.add_argument("--out", help="keep the trained model here (default: a temporary file)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--verbose", action="store_true", help="training events on stderr")
+    p.add_argument("--data-root", action="append", help="folders holding EBC2/, Super1/ and the labelled sets "
+                   "(repeatable; default ../shared/data/nasa and ../shared/data/labelled)")
+    p.add_argument("--data", help="one labelled set instead (NASA layout, or images/ + masks/ [+ splits.json])")
+    p.add_argument("--shots", type=int, default=4, help="labelled training images with --data")
+    p.add_argument("--protocols", help="comma-separated subset of the standard protocols")
+    p.add_argument("--recipes", default="today,defaults", help="today, defaults and/or --variant names")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:key=value,...",
+                   help="today's recipe with these job settings changed (e.g. lr1e3:lr=0.001)")
+    p.add_argument("--start", default="micro-tiny", help="the model to fine-tune (name or file)")
+    p.add_argument("--budget-s", type=float, default=300.0, help="CPU seconds of training per run")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--no-unlabelled", action="store_true", help="do not give the set's other images")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="threads per run (the budget counts all of them)")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (worker processes)")
+    p.add_argument("--results", help="append each finished run to this JSON-lines file")
+    p.add_argument("--resume", action="store_true", help="skip runs already in --results")
+    p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
-
-
-def _weights(text: str | None) -> dict[str, str | None] | None:
-    if text is None:
-        return None
-    if text == "none":
-        return {"cnn": None, "swin": None}
-    pairs = dict(part.split("=", 1) for part in text.split(","))
-    return {"cnn": pairs.get("cnn"), "swin": pairs.get("swin")}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from napari_csunet.model_catalog import resolve_model
+
     t0 = time.perf_counter()
-    load_start = os.getloadavg()[0]  # other work on the machine skews every timing
+    _, start = resolve_model(args.start)
+    variants = dict(parse_variant(v) for v in args.variant)
+    recipes: dict[str, dict[str, Any]] = {"today": dict(TODAY), "defaults": {}, **variants}
+    chosen = args.recipes.split(",")
+    unknown = [r for r in chosen if r not in recipes]
+    if unknown:
+        raise SystemExit(f"unknown recipes {unknown}: use today, defaults or a --variant name")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    done: list[dict[str, Any]] = []
+    if args.resume and args.results and Path(args.results).exists():
+        done = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+    finished = {(r["protocol"], r["recipe"], r["seed"]) for r in done}
     tmp = tempfile.TemporaryDirectory()
-    out = Path(args.out) if args.out else Path(tmp.name) / "model.safetensors"
-    cfg = load_recipe(args.recipe, args.data_root, out=str(out), preset=args.preset, weights=_weights(args.weights),
-                      batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every, steps=args.max_steps,
-                      num_workers=args.num_workers, device=args.device)
-    cfg.time_budget_s = 0.95 * args.budget_s - (time.perf_counter() - t0)  # the rest: last validation, save
-    events: list[dict[str, Any]] = []
+    tasks = []
+    for seed in seeds:
+        if args.data:
+            found = {"data": set_protocol(Path(args.data), args.shots, seed)}
+        else:
+            found = protocols(args.data_root or DEFAULT_ROOTS, seed)
+        names = args.protocols.split(",") if args.protocols else list(found)
+        for name in names:
+            if name not in found:
+                raise SystemExit(f"no protocol {name!r} in the data (found {sorted(found)})")
+            for recipe in chosen:
+                if (found[name].name, recipe, seed) in finished:
+                    continue
+                tasks.append({"protocol": found[name], "recipe_name": recipe, "recipe": recipes[recipe], "seed": seed,
+                              "start": str(start or args.start), "budget_s": args.budget_s, "device": args.device,
+                              "threads": args.threads, "tmp": tmp.name, "use_unlabelled": not args.no_unlabelled})
+    runs = list(done)
+    import multiprocessing as mp
 
-    def emit(event: dict[str, Any]) -> None:
-        events.append(event)
-        if args.verbose:
-            print(json.dumps(event), file=sys.stderr, flush=True)
-
-    done = run_job(cfg, emit)
-    trained_s = time.perf_counter() - t0
-    # a bare forward+backward of one batch of the same crops, same process, for the overhead ratio
-    from napari_csunet.modelfile import load_model_file
-
-    device = pick_device(cfg.device)
-    data = load_data(cfg)
-    prepared = [prepare_image(it, data.in_chans, cfg.crop, cfg.seed + i) for i, it in enumerate(data.train)]
-    crops = CropDataset(prepared, cfg.crop, 10 * cfg.batch_size, cfg.aug_strength, cfg.class_balance, cfg.seed + 1)
-    loader = torch.utils.data.DataLoader(crops, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                         pin_memory=device.type == "cuda")
-    after = overhead_timings(cfg, load_model_file(out, device)[0], loader, device)
-    metrics = test_metrics(out, cfg.data_dir, args.test_split, str(device))
-    loop_step_s = done["train_time_s"] / max(done["steps"], 1)
-    started = next(e for e in events if e["event"] == "started")
-    result = {
-        "recipe": cfg.recipe, "preset": cfg.preset, "weights": cfg.weights, "device": started["device"],
-        "budget_s": args.budget_s, "steps": done["steps"], "max_steps": cfg.steps, "end": done["reason"],
-        "batch_size": cfg.batch_size, "crop": cfg.crop, "lr": cfg.lr, "num_workers": cfg.num_workers,
-        "train_images": started["train_images"],
-        "train_images_per_s": done["steps"] * cfg.batch_size / max(done["train_time_s"], 1e-9),
-        "loop_step_s": loop_step_s, **after,
-        "step_overhead": after["interleaved_loop_step_s"] / after["bare_forward_backward_s"],
-        "step_overhead_vs_train_step": after["interleaved_loop_step_s"] / after["bare_train_step_s"],
-        "run_step_overhead": loop_step_s / after["bare_forward_backward_s"],
-        "train_wall_s": trained_s, "best_step": done["best_step"], "val_best_metrics": done["best_metrics"],
-        "metrics": metrics,
-        "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]}, "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-    }
-    if args.json:
-        print(json.dumps(result, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
-    else:
-        print(f"{result['recipe']} on {result['device']}: {result['steps']} steps in {trained_s:.0f} s, "
-              f"{result['train_images_per_s']:.2f} img/s, overhead x{result['step_overhead']:.2f}; test mIoU "
-              f"{metrics['miou']:.4f}, paper IoU {metrics['iou_paper']:.4f}")
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        for result in pool.map(run_one, tasks):
+            runs.append(result)
+            print(f"{result['protocol']} {result['recipe']} seed {result['seed']}: mIoU {result['miou']:.4f}, "
+                  f"{result['steps']} steps, {result['seconds']:.0f} s", file=sys.stderr, flush=True)
+            if args.results:
+                with open(args.results, "a") as fh:
+                    fh.write(json.dumps(result, default=str) + "\n")
+    report = {"budget_s": args.budget_s, "budget_clock": "cpu", "threads": args.threads, "start": args.start,
+              "recipes": {r: recipes[r] for r in chosen}, "summary": summarise(runs), "runs": runs,
+              "wall_s": time.perf_counter() - t0, "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0]}
+    print(json.dumps(report, default=str) if args.json else json.dumps(report, indent=1, default=str))
     tmp.cleanup()
     return 0
 

@@ -6,7 +6,7 @@
 #
 # 1. benchmarks/inference.py at 4096^2 for csunet-r50-swint (eager, then torch.compile) and
 #    csunet-tiny: bf16 autocast, channels-last, tile and batch chosen by the engine from GPU memory.
-# 2. benchmarks/fewshot.py: micro-tiny fine-tuned on EBC2's 4 training images (the starter-ebc
+# 2. benchmarks/training_budget.py: micro-tiny fine-tuned on EBC2's 4 training images (the starter-ebc
 #    recipe) until validation stops improving (patience) or FT_BUDGET_S (120) runs out; test metrics.
 # Timeouts: 120 s per inference run, 180 s for the compiled one, fine-tune budget + 90 s; typical
 # total about 7 minutes.
@@ -64,7 +64,7 @@ r = yaml.safe_load((RECIPE_DIR / "starter-ebc.yaml").read_text())
 r.update(name="ebc2-4shot", patience=4, out=None)
 open(sys.argv[1], "w").write(yaml.safe_dump(r))
 PYEOF
-timeout $(( ft_budget + 90 )) $PY benchmarks/fewshot.py --recipe "$recipe" --data-root "$DATA" --budget-s "$ft_budget" \
+timeout $(( ft_budget + 90 )) $PY benchmarks/training_budget.py --recipe "$recipe" --data-root "$DATA" --budget-s "$ft_budget" \
   "${ft[@]}" --json > "$OUT/logs/finetune.json" 2> "$OUT/logs/finetune.err"
 echo "finetune: rc $? after $(( $(date +%s) - start )) s" >&2
 

@@ -22,72 +22,12 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocols import protocols, samples
+
 VARIANTS = ("random", "pretrained", "adapted", "pretrained_enc01")
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Images by stem: ``train`` are labelled, ``pool`` may be used unlabelled, ``test`` scores."""
-
-    name: str
-    root: str
-    train_split: str | None  # NASA layout: the split folders; None: images/ + masks/
-    test_split: str | None
-    train: tuple[str, ...]
-    test: tuple[str, ...]
-    pool: tuple[str, ...]
-
-
-def _stems(names) -> tuple[str, ...]:
-    return tuple(Path(n).stem for n in names)
-
-
-def protocols(data: Path, seed: int) -> dict[str, Protocol]:
-    """The paper's EBC 4-shot and Super3 1-shot, and 4-shot on each labelled set that is there."""
-    import numpy as np
-
-    out: dict[str, Protocol] = {}
-
-    def nasa_split(name: str, split: str) -> tuple[str, ...]:
-        return tuple(sorted(p.stem for p in (data / name / split).glob("*.*")))
-
-    if (data / "EBC2").is_dir():
-        pool = nasa_split("EBC2", "train") + nasa_split("EBC2", "val")
-        out["ebc2-4shot"] = Protocol("ebc2-4shot", "EBC2", "train", "test", nasa_split("EBC2", "train"),
-                                     nasa_split("EBC2", "test"), pool)
-    if (data / "Super1").is_dir():
-        pool = nasa_split("Super1", "train") + nasa_split("Super1", "val")
-        out["super3-1shot"] = Protocol("super3-1shot", "Super1", "train", "test", ("spot7_180d_3",),
-                                       nasa_split("Super1", "test"), pool)
-    for name, key in (("tbm-grains", "tbm-4shot"), ("tem-dislocation-loops", "tem-4shot"),
-                      ("nanocomposite-agglomerates", "nanocomposite-4shot")):
-        splits_file = data / name / "splits.json"
-        if not splits_file.exists():
-            continue
-        splits = {k: _stems(v) for k, v in json.loads(splits_file.read_text()).items()}
-        labelled = splits.get("train") or next(iter(splits.values()))
-        rng = np.random.default_rng(seed)
-        train = tuple(sorted(rng.choice(labelled, 4, replace=False).tolist()))
-        every = sorted({s for v in splits.values() for s in v})
-        test = splits.get("test") if "train" in splits else tuple(s for s in every if s not in train)
-        pool = tuple(s for s in every if s not in set(test))
-        out[key] = Protocol(key, name, None, None, train, tuple(test), pool)
-    return out
-
-
-def _samples(data: Path, proto: Protocol, which: str):
-    from napari_csunet.datasets import find_samples
-
-    names = getattr(proto, which)
-    split = proto.train_split if which == "train" else proto.test_split
-    if which == "pool" and proto.train_split:  # NASA layout: the pool spans the train and val folders
-        found = [s for sp in ("train", "val") for s in find_samples(data / proto.root, sp)]
-        return [s for s in found if s.image.stem in set(names)]
-    return find_samples(data / proto.root, split, names=list(names))
 
 
 def _finetune(args: dict[str, Any], variant: str, start: str | None, out: Path, train, class_names) -> dict[str, Any]:
@@ -124,20 +64,20 @@ def run_one(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
     proto_name, variant, args = task
     torch.set_num_threads(args["threads"])
     data = Path(args["data"])
-    proto = protocols(data, args["seed"])[proto_name]
+    proto = protocols([data], args["seed"])[proto_name]
     t0 = time.perf_counter()
     tmp = Path(args["tmp"]) / f"{proto_name}-{variant}"
     tmp.mkdir(parents=True, exist_ok=True)
-    train_samples = _samples(data, proto, "train")
+    train_samples = samples(proto, "train")
     train = [labelled_image(*s.load(), name=s.image.stem) for s in train_samples]
     start = None if variant == "random" else args["pretrained"]
     adapt_s = 0.0
     if variant == "adapted":
-        _adapt(args, _samples(data, proto, "pool"), tmp / "adapted.safetensors")
+        _adapt(args, samples(proto, "pool"), tmp / "adapted.safetensors")
         start, adapt_s = str(tmp / "adapted.safetensors"), time.perf_counter() - t0
     done = _finetune(args, variant, start, tmp / "model.safetensors", train, train_samples[0].spec.names)
     seg = Segmenter.from_file(tmp / "model.safetensors", device=args["device"])
-    metrics = evaluate_samples(seg, _samples(data, proto, "test"))
+    metrics = evaluate_samples(seg, samples(proto, "test"))
     return {"protocol": proto_name, "variant": variant, "steps": done["steps"], "seconds": time.perf_counter() - t0,
             "adapt_seconds": adapt_s, "train_seconds": done["train_time_s"], "device": str(seg.device),
             "miou": metrics["miou"], "iou_paper": metrics["iou_paper"], "iou_per_class": metrics.get("iou_per_class"),
@@ -185,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_csunet.model_catalog import resolve_model
 
     kind, path = resolve_model(args.pretrained)
-    names = list(protocols(Path(args.data), args.seed))
+    names = list(protocols([Path(args.data)], args.seed))
     if args.protocols:
         names = [n for n in args.protocols.split(",") if n in names]
     tmp = tempfile.TemporaryDirectory()

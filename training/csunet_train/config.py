@@ -123,7 +123,12 @@ class TrainConfig:
     # (Learning without Forgetting); replaces pseudo_weight where it applies (0: off)
     distill_weight: float = 1.0
     distill_temperature: float = 2.0
-    balanced_ce: bool = False  # with distillation: cross-entropy averaged per class (measured: worse, see docs)
+    balanced_ce: bool = False  # cross-entropy averaged per class (with distillation, measured: worse, see docs)
+    # semi-supervised (csunet_train.semi): a mean teacher's confident answers on the unlabelled pixels
+    # of the labelled images and on the ``unlabelled`` images, where no distillation applies (0: off)
+    semi_weight: float = 0.0
+    semi_threshold: float = 0.9  # the teacher's top probability a pixel needs to be learned
+    ema_decay: float = 0.99  # the teacher's weights: an exponential moving average of the student's
     # distillation averaged per class of the starting model's answer (measured: a rare phase moved
     # more elsewhere, not less; see docs)
     balanced_distill: bool = False
@@ -135,6 +140,7 @@ class TrainConfig:
     unchecked_class_limit: float = 0.05
     # images (files or folders) of the same material without labels: with distillation the model keeps
     # the starting model's answers there too, so it does not drift on the rest of the material
+    # (and with semi_weight > 0, the teacher labels them where it is confident)
     unlabelled: list[str] = field(default_factory=list)
     unlabelled_share: float = 0.5  # share of the crops drawn from them (measured: 0.25 let EBC2 drift)
     half: bool = False  # store the model file as fp16 (shipped starter models)
@@ -142,6 +148,7 @@ class TrainConfig:
     description: str = ""
     recipe: str | None = None  # recipe name, recorded in the provenance
     time_budget_s: float | None = None  # wall-clock seconds for the job; the cosine decay follows the clock
+    budget_clock: str = "wall"  # "cpu": time_budget_s counts the process's CPU seconds (fair on a shared machine)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -176,10 +183,14 @@ class TrainConfig:
         need(0.0 <= float(self.context_crops) <= 1.0, f"context_crops: {self.context_crops} must be in 0..1")
         for key in ("unchecked_limit", "unchecked_class_limit"):
             need(0.0 <= float(getattr(self, key)) <= 1.0, f"{key}: {getattr(self, key)} must be in 0..1")
+        need(0.0 <= float(self.semi_weight) <= 10.0, f"semi_weight: {self.semi_weight} must be in 0..10")
+        need(0.5 <= float(self.semi_threshold) <= 1.0, f"semi_threshold: {self.semi_threshold} must be in 0.5..1")
+        need(0.0 <= float(self.ema_decay) < 1.0, f"ema_decay: {self.ema_decay} must be in [0, 1)")
         need(0.0 <= float(self.unlabelled_share) < 1.0, f"unlabelled_share: {self.unlabelled_share} must be in [0, 1)")
         need(isinstance(self.unlabelled, list) and all(isinstance(u, str) for u in self.unlabelled),
              "unlabelled: a list of image files or folders")
         need(self.time_budget_s is None or float(self.time_budget_s) > 0, "time_budget_s must be null or > 0")
+        need(self.budget_clock in ("wall", "cpu"), f"budget_clock: {self.budget_clock!r} is not 'wall' or 'cpu'")
         need(set(self.weights) <= {"cnn", "swin"}, f"weights: unknown keys {sorted(set(self.weights) - {'cnn', 'swin'})}")
         for key in ("pairs", "val_pairs"):
             for i, pair in enumerate(getattr(self, key) or []):

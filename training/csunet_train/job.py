@@ -182,7 +182,7 @@ def begin_job(cfg: Any, emit: Emit, stop: StopControl | None) -> tuple[float, An
     from .loop import Clock
 
     t_start = time.perf_counter()
-    clock = Clock()
+    clock = Clock(cpu=getattr(cfg, "budget_clock", "wall") == "cpu")
     clock.start()
     try:
         dist = distmod.setup(cfg.device)
@@ -214,6 +214,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
     )
     from .losses import correction_loss, segmentation_loss
     from .sampling import CropDataset, prepare_image
+    from .semi import MeanTeacher, SemiLoss
 
     t_start, clock, dist, emit, stop = begin_job(cfg, emit, stop)
     if cfg.threads:  # e.g. the live update leaves a core to napari: two processes spinning on every core crawl
@@ -233,11 +234,13 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         trained_on = [annotation_digest(it) for it in data.train if it.reviewed is not None]
         validation = _fair_validation(start, data, in_chans, emit)
         distill = cfg.distill_weight > 0 and cfg.model is not None and head is None
-        unlabelled = read_unlabelled(cfg.unlabelled) if distill and cfg.unlabelled else []
-        if cfg.unlabelled and not distill:
-            emit({"event": "warning", "message": "unlabelled images are used only when fine-tuning a model file "
-                  "with distillation (distill_weight > 0); they are ignored"})
+        uses_unlabelled = distill or cfg.semi_weight > 0
+        unlabelled = read_unlabelled(cfg.unlabelled) if uses_unlabelled and cfg.unlabelled else []
+        if cfg.unlabelled and not uses_unlabelled:
+            emit({"event": "warning", "message": "unlabelled images are used only with distillation (fine-tuning "
+                  "a model file) or semi-supervised training (semi_weight > 0); they are ignored"})
         distill = distill and _add_soft_targets(model, data, in_chans, dist.device, dtype, unlabelled)
+        semi = cfg.semi_weight > 0 and not distill  # distillation already gives every unlabelled pixel a target
         unseen = hold_out_unseen([*data.train, *unlabelled]) if distill else None
         start_state = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                        if unseen is not None else None)  # a blend with the fine-tuned model may be judged
@@ -260,13 +263,17 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         context = [prepare_image(it, in_chans, cfg.crop, cfg.seed + 1000 + i) for i, it in enumerate(unlabelled)]
         dataset = CropDataset(prepared, cfg.crop, cfg.steps * cfg.batch_size, cfg.aug_strength, cfg.class_balance,
                               cfg.seed, dist.rank, context=cfg.context_crops if distill else 0.0,
-                              unlabelled=context if distill else None, unlabelled_share=cfg.unlabelled_share)
+                              unlabelled=context if distill or semi else None, unlabelled_share=cfg.unlabelled_share,
+                              weak_view=semi)
         if distill:
             loss_fn = functools.partial(correction_loss, distill_weight=cfg.distill_weight,
                                         temperature=cfg.distill_temperature, balanced=cfg.balanced_ce,
                                         balanced_distill=cfg.balanced_distill)
         else:
-            loss_fn = functools.partial(segmentation_loss, pseudo_weight=cfg.pseudo_weight)
+            loss_fn = functools.partial(segmentation_loss, pseudo_weight=cfg.pseudo_weight, balanced=cfg.balanced_ce)
+        teacher = MeanTeacher(model, cfg.ema_decay) if semi else None
+        if teacher is not None:
+            loss_fn = SemiLoss(loss_fn, teacher, cfg.semi_weight, cfg.semi_threshold, dtype)
         if anchor is not None:
             loss_fn = _anchored(loss_fn, anchor)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
@@ -275,7 +282,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         run = Run(model, train_model, optimizer, scheduler, scaler, loader, data.val, data.class_names, in_chans,
                   frozen, dist, dtype, cfg.steps, cfg.batch_size, cfg.eval_every, cfg.patience, cfg.grad_clip,
                   keep_initial=cfg.model is not None, time_budget_s=cfg.time_budget_s, clock=clock,
-                  loss_fn=loss_fn, validator=validation)
+                  loss_fn=loss_fn, validator=validation,
+                  after_step=functools.partial(teacher.update, model) if teacher is not None else None)
         emit({"event": "started", "steps": cfg.steps, "device": _device_name(dist.device),
               "train_images": len(data.train), "val_images": len(data.val), "unlabelled_images": len(context),
               "params": count_parameters(model),
@@ -297,6 +305,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             "distillation": {"weight": cfg.distill_weight, "temperature": cfg.distill_temperature,
                              "balanced": cfg.balanced_distill,
                              "unlabelled_images": [it.name for it in unlabelled]} if distill else None,
+            "semi_supervised": {"weight": cfg.semi_weight, "threshold": cfg.semi_threshold, "ema_decay": cfg.ema_decay,
+                                "unlabelled_images": [it.name for it in unlabelled]} if semi else None,
         }
         best_blocks: dict[str, Any] = {}
         name = cfg.model_name(start.name)  # once: never the start's name, nor a shipped one

@@ -86,17 +86,22 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.01) -> Callable[[int
 
 
 class Clock:
-    """Wall-clock seconds since ``start()`` (0 before): a time budget's schedule and stop share it."""
+    """Seconds since ``start()`` (0 before): a time budget's schedule and stop share it.
 
-    def __init__(self) -> None:
+    ``cpu``: the process's CPU seconds instead of wall-clock ones, so runs compared at an equal
+    budget on a machine shared with other work each get the same computation (benchmarks).
+    """
+
+    def __init__(self, cpu: bool = False) -> None:
         self.t0: float | None = None
+        self._read = time.process_time if cpu else time.perf_counter
 
     def start(self) -> None:
-        self.t0 = time.perf_counter()
+        self.t0 = self._read()
 
     @property
     def elapsed(self) -> float:
-        return 0.0 if self.t0 is None else time.perf_counter() - self.t0
+        return 0.0 if self.t0 is None else self._read() - self.t0
 
 
 def budget_schedule(budget_s: float, clock: Clock, warmup_fraction: float = 0.05,
@@ -214,6 +219,7 @@ class Run:
     loss_fn: Callable[[torch.Tensor, Any], torch.Tensor] = segmentation_loss  # e.g. with pseudo-label weight
     #: scores a model instead of whole-image validation on ``val`` (e.g. the fair held-out blocks)
     validator: Callable[..., dict[str, Any] | None] | None = None
+    after_step: Callable[[], None] | None = None  # e.g. a mean teacher's weight update
 
     def evaluate(self) -> dict[str, Any] | None:
         if self.validator is not None:
@@ -273,6 +279,8 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
         loss_t = train_step(run.train_model, x, y, run.optimizer, run.scaler, run.dtype, run.grad_clip,
                             loss_fn=run.loss_fn)
         run.scheduler.step()
+        if run.after_step is not None:
+            run.after_step()
         step += 1
         expired = run.time_budget_s is not None and run.clock.elapsed >= run.time_budget_s
         flags = torch.cat([loss_t.float().reshape(1), torch.tensor([float(stop_requested()), float(expired)], device=device)])

@@ -35,9 +35,10 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1.0) -> t
 
 
 def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, dice_weight: float = 1.0,
-                      pseudo_weight: float = 0.0) -> torch.Tensor:
+                      pseudo_weight: float = 0.0, balanced: bool = False) -> torch.Tensor:
     """Mean cross-entropy over labelled pixels + ``dice_weight`` x Dice loss; 0 if nothing is labelled.
 
+    ``balanced``: the cross-entropy is averaged per class first (:func:`balanced_cross_entropy`).
     Negative labels ``-c`` are pseudo-labels (the model's own uncorrected prediction of class c):
     their cross-entropy counts ``pseudo_weight`` times a corrected pixel's (ignored at 0), and
     Dice sees corrected pixels only.
@@ -47,7 +48,8 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, dice_weight: f
         labels = labels.clamp(min=0)
         if not bool((labels > 0).any()):
             return logits.sum() * 0.0
-        ce = F.cross_entropy(logits.float(), labels - 1, ignore_index=-1)
+        ce = (balanced_cross_entropy(logits, labels) if balanced
+              else F.cross_entropy(logits.float(), labels - 1, ignore_index=-1))
         return ce + dice_weight * dice_loss(logits, labels)
     weight = (labels > 0).float() + pseudo_weight * pseudo.float()
     per_pixel = F.cross_entropy(logits.float(), (labels.abs() - 1).clamp(min=0), reduction="none")

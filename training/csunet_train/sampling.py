@@ -99,12 +99,21 @@ class CropDataset(Dataset):
 
     def __init__(self, images: list[PreparedImage], crop: int, length: int, aug_strength: float = 0.5,
                  class_balance: float = 0.5, seed: int = 0, rank: int = 0, context: float = 0.0,
-                 unlabelled: list[PreparedImage] | None = None, unlabelled_share: float = 0.0) -> None:
-        """``context``: share of crops centred anywhere in an image with soft targets (distillation),
-        so the model also sees, and keeps, the image away from the corrections. ``unlabelled``:
-        images with soft targets only, ``unlabelled_share`` of the crops (centred anywhere)."""
+                 unlabelled: list[PreparedImage] | None = None, unlabelled_share: float = 0.0,
+                 weak_view: bool = False) -> None:
+        """``class_balance``: share of crops centred on a class drawn uniformly from the classes of
+        the whole set (on an image that has it), so a phase labelled in one image of four is seen
+        as often as the matrix. ``context``: share of crops centred anywhere in an image with soft
+        targets (distillation), so the model also sees, and keeps, the image away from the
+        corrections. ``unlabelled``: images without labels (with soft targets when distilling),
+        ``unlabelled_share`` of the crops, centred anywhere. ``weak_view``: targets are (labels,
+        the crop without intensity perturbation) for a teacher (:mod:`csunet_train.semi`)."""
         if not images:
             raise ValueError("no training images")
+        if weak_view and any(im.soft is not None for im in images):
+            raise ValueError("a weak view is for semi-supervised training, not with soft targets (distillation)")
+        self.weak_view = weak_view
+        self.set_classes = sorted({c for im in images for c in im.classes})
         self.images = images
         self.unlabelled = list(unlabelled or [])
         self.unlabelled_share = float(unlabelled_share) if self.unlabelled else 0.0
@@ -124,20 +133,24 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _window(self, rng: np.random.Generator, im: PreparedImage) -> tuple[int, int, int]:
-        """(top, left, side): a square around a labelled pixel (of a uniformly drawn class, at times)."""
-        h, w = im.labels.shape
+    def _window(self, rng: np.random.Generator, im: PreparedImage) -> tuple[PreparedImage, int, int, int]:
+        """(image, top, left, side): a square around a labelled pixel (of a uniformly drawn class
+        of the set, at times, on an image that has it), or anywhere on an image without labels."""
         side = self.crop
         if self.s > 0 and rng.random() < 0.5:
             side = int(round(self.crop * _log_uniform(rng, 0.5 * self.s)))
-        side = max(8, min(side, h, w))
-        if im.soft is not None and (not im.classes or rng.random() < self.context):
+        h, w = im.labels.shape
+        if not im.classes or (im.soft is not None and rng.random() < self.context):
             centre = int(rng.integers(h * w))
             idx = None
         elif rng.random() < self.class_balance:
-            idx = im.classes[int(rng.choice(list(im.classes)))]
+            c = int(rng.choice(self.set_classes))
+            im = self._image_for(rng, im, c)
+            h, w = im.labels.shape
+            idx = im.classes[c]
         else:
             idx = im.labelled
+        side = max(8, min(side, h, w))
         if idx is not None:
             centre = int(idx[rng.integers(idx.size)])
         cy, cx = divmod(centre, w)
@@ -145,17 +158,26 @@ class CropDataset(Dataset):
         cx += int(rng.integers(-side // 4, side // 4 + 1))
         top = min(max(cy - side // 2, 0), h - side)
         left = min(max(cx - side // 2, 0), w - side)
-        return top, left, side
+        return im, top, left, side
+
+    def _image_for(self, rng: np.random.Generator, im: PreparedImage, c: int) -> PreparedImage:
+        """``im`` if it has class ``c``, else an image that has it, drawn by its pixels of ``c``."""
+        if c in im.classes:
+            return im
+        having = [other for other in self.images if c in other.classes]
+        sizes = np.array([other.classes[c].size for other in having], dtype=np.float64)
+        return having[int(rng.choice(len(having), p=sizes / sizes.sum()))]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         """(x, labels), or (x, (labels, soft targets)) when the images carry the starting model's
-        probabilities; the soft targets see the clean image (augmentation only moves them)."""
+        probabilities (the soft targets see the clean image: augmentation only moves them), or
+        (x, (labels, weak view)) with ``weak_view``."""
         rng = np.random.default_rng([self.seed, self.rank, int(i)])
         if self.unlabelled_share and rng.random() < self.unlabelled_share:
             im = self.unlabelled[int(rng.integers(len(self.unlabelled)))]
         else:
             im = self.images[int(rng.choice(len(self.images), p=self.image_p))]
-        top, left, side = self._window(rng, im)
+        im, top, left, side = self._window(rng, im)
         x = im.x[:, top:top + side, left:left + side]
         y = im.labels[top:top + side, left:left + side]
         soft = im.soft[:, top:top + side, left:left + side].float() if im.soft is not None else None
@@ -166,11 +188,15 @@ class CropDataset(Dataset):
             if soft is not None:
                 soft = F.interpolate(soft[None], size=(self.crop, self.crop), mode="bilinear", align_corners=False,
                                      antialias=side > self.crop)[0]
+        if self.weak_view:  # the teacher's view: standardised, not perturbed; the same geometry below
+            soft = (x - im.stats[0]) / im.stats[1]
         x = self._intensity(rng, im, x)
         if self.s > 0:
             x, y, soft = self._geometry(rng, x, y, soft)
         if soft is None:
             return x.contiguous(), y.contiguous()
+        if self.weak_view:
+            return x.contiguous(), (y.contiguous(), soft.contiguous())
         return x.contiguous(), (y.contiguous(), soft.to(torch.float16).contiguous())
 
     def _intensity(self, rng: np.random.Generator, im: PreparedImage, x: torch.Tensor) -> torch.Tensor:
