@@ -259,3 +259,26 @@ def test_the_fewshot_summary_pairs_runs_by_protocol_and_seed() -> None:
     name, recipe = fewshot.parse_variant("lr1e3:lr=0.001,balanced_ce=true")
     assert name == "lr1e3" and recipe["lr"] == 0.001 and recipe["balanced_ce"] is True
     assert recipe["crop"] == fewshot.TODAY["crop"]
+
+
+@pytest.mark.parametrize(("provenance", "distilled"), [
+    ({"head_reinitialised": {"reason": "new classes"}}, False),  # the GUI's new model: its output layer knows nothing
+    ({"head_reinitialised": {"reason": "new classes"}, "steps": 200}, True),  # trained since: it knows something
+    ({}, True),
+])
+def test_a_new_output_layer_is_not_distilled_to(tmp_path: Path, provenance: dict, distilled: bool) -> None:
+    """Distillation keeps what the start knew; the random answers of a new output layer are not
+    knowledge (the unlabelled pixels go to the mean teacher instead, when it is on)."""
+    from fabricated import tiny_model_file
+
+    from napari_csunet.modelfile import load_model_file, save_model_file
+
+    model, info = load_model_file(tiny_model_file(tmp_path, 2))
+    info.provenance = provenance
+    start = save_model_file(tmp_path / "start.safetensors", model, info)
+    labels = np.zeros((256, 256), np.uint8)
+    labels[:40], labels[220:] = 1, 2
+    cfg = TrainConfig(out=str(tmp_path / "ft.safetensors"), mode="finetune", model=str(start), steps=2, batch_size=1,
+                      eval_every=2, device="cpu", val_fraction=0.0, class_names=list(info.class_names))
+    run_job(cfg, lambda e: None, train=[labelled_image(_image(), labels, "mem")])
+    assert (read_model_info(tmp_path / "ft.safetensors").provenance["distillation"] is not None) == distilled

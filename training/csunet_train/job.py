@@ -48,6 +48,7 @@ class Start:
     name: str
     description: str
     pretraining_only: bool = False  # a self-supervised model: its outputs are pixels, not classes
+    untrained_head: bool = False  # a new output layer never trained (the GUI's model for new classes)
 
 
 def _load_start(cfg: TrainConfig) -> Start:
@@ -62,9 +63,10 @@ def _load_start(cfg: TrainConfig) -> Start:
         raise ConfigError(str(exc).strip("'\"")) from None
     present = [n for n in ("cnn", "swin") if hasattr(model, n)]
     own = not info.is_pretraining_only  # a pretrained model's outputs are pixels: the data names the classes
+    untrained = bool(info.provenance.get("head_reinitialised")) and not info.provenance.get("steps")
     return Start(model, info.preset, info.config, dict(info.sources), present, dict(info.provenance),
                  info.class_names if own else None, info.class_colors if own else None, info.name if own else "",
-                 info.description if own else "", pretraining_only=not own)
+                 info.description if own else "", pretraining_only=not own, untrained_head=untrained)
 
 
 def _fit_head(start: Start, class_names: list[str], emit: Emit) -> dict[str, Any] | None:
@@ -233,7 +235,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         dtype = amp_dtype(dist.device, cfg.amp)
         trained_on = [annotation_digest(it) for it in data.train if it.reviewed is not None]
         validation = _fair_validation(start, data, in_chans, emit)
-        distill = cfg.distill_weight > 0 and cfg.model is not None and head is None
+        # distillation keeps what the start knew; a new output layer knows nothing yet
+        distill = cfg.distill_weight > 0 and cfg.model is not None and head is None and not start.untrained_head
         uses_unlabelled = distill or cfg.semi_weight > 0
         unlabelled = read_unlabelled(cfg.unlabelled) if uses_unlabelled and cfg.unlabelled else []
         if cfg.unlabelled and not uses_unlabelled:
