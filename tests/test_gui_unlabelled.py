@@ -110,3 +110,20 @@ def test_at_most_four_other_images_newest_first_and_the_choice_is_remembered(wid
     again = finetune_module.FinetunePanel(w.viewer, w.session, w.segment_panel)
     assert again.keep_others.value is False
     assert again.params() == w.finetune_panel.params()  # the form's values still come back as before
+
+
+@pytest.mark.parametrize("new_head", [False, True])
+def test_a_model_with_a_new_output_layer_learns_from_the_other_images(widget, qtbot, specs, new_head):
+    """A new model for new classes has no answers worth keeping: the box and the status say the
+    other open images are learned from without labels (the job's mean teacher), not kept."""
+    w = widget
+    w.viewer.add_image(np.full((32, 32), 7, np.uint8), name="unlabelled neighbour")
+    if new_head:
+        w.session.info.provenance = {"head_reinitialised": {"reason": "new classes"}}
+    w.finetune_panel.show_training_set()
+    label = w.finetune_panel.keep_others.text
+    assert label.startswith("Learn from the other open images") is new_head
+    _start(w, qtbot, specs)
+    status = w.finetune_panel.status.text()
+    assert ("1 other open image learned from without labels" in status) is new_head
+    assert ("1 other open image kept as they are" in status) is not new_head

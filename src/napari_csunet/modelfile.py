@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "ModelInfo", "ModelFileError", "save_model_file", "load_model_file", "read_model_info", "check_model_file",
     "default_class_colors", "numbered_class_names", "FORMAT_VERSION", "PRETRAINING_TASK", "is_pretraining_only",
+    "has_untrained_head",
 ]
 
 FORMAT_VERSION = 1
@@ -114,6 +115,12 @@ class ModelInfo:
 
 def is_pretraining_only(provenance: dict[str, Any]) -> bool:
     return provenance.get("task") == PRETRAINING_TASK
+
+
+def has_untrained_head(provenance: dict[str, Any]) -> bool:
+    """A new output layer that no step has trained yet (a model for new classes, not fine-tuned):
+    its answers are noise, so nothing should be kept "as it was" (no distillation to them)."""
+    return bool(provenance.get("head_reinitialised")) and not provenance.get("steps")
 
 
 def _read_metadata(path: Path) -> dict[str, str]:

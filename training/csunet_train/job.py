@@ -54,7 +54,7 @@ class Start:
 def _load_start(cfg: TrainConfig) -> Start:
     """The model file to continue from, if any (its classes name data that names none)."""
     from napari_csunet.model_catalog import resolve_model
-    from napari_csunet.modelfile import ModelFileError, load_model_file
+    from napari_csunet.modelfile import ModelFileError, has_untrained_head, load_model_file
 
     try:
         _, path = resolve_model(cfg.model)
@@ -63,10 +63,10 @@ def _load_start(cfg: TrainConfig) -> Start:
         raise ConfigError(str(exc).strip("'\"")) from None
     present = [n for n in ("cnn", "swin") if hasattr(model, n)]
     own = not info.is_pretraining_only  # a pretrained model's outputs are pixels: the data names the classes
-    untrained = bool(info.provenance.get("head_reinitialised")) and not info.provenance.get("steps")
     return Start(model, info.preset, info.config, dict(info.sources), present, dict(info.provenance),
                  info.class_names if own else None, info.class_colors if own else None, info.name if own else "",
-                 info.description if own else "", pretraining_only=not own, untrained_head=untrained)
+                 info.description if own else "", pretraining_only=not own,
+                 untrained_head=has_untrained_head(info.provenance))
 
 
 def _fit_head(start: Start, class_names: list[str], emit: Emit) -> dict[str, Any] | None:

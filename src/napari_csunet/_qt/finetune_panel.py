@@ -33,7 +33,13 @@ from ..model_catalog import user_models_dir
 from ..settings import save_settings
 from .common import EventRelay, StatusLine, form_group, hbox, start_training_child
 from .config_form import config_form, form_rows, form_values
-from .finetune_text import decision_text, duration, held_out_score
+from .finetune_text import (
+    decision_text,
+    duration,
+    held_out_score,
+    other_images_label,
+    other_images_note,
+)
 from .other_images import KEEP_OTHERS, other_open_images, write_unlabelled
 from .plot import TrainingPlot
 from .segment_panel import IMAGE, SegmentPanel, painted_pixels
@@ -139,6 +145,7 @@ class FinetunePanel(QWidget):
         from ..annotations import AnnotationError
 
         store, info = self.session.annotations, self.session.info
+        self.keep_others.text = other_images_label(self._new_head())
         try:
             entries = store.entries()
         except AnnotationError as exc:
@@ -156,6 +163,13 @@ class FinetunePanel(QWidget):
                                       f"{list(info.class_names)}", notify=False)
         else:
             self.training_set.info(text)
+
+    def _new_head(self) -> bool:
+        """The current model's output layer was never trained (a new model for new classes)."""
+        from ..modelfile import has_untrained_head
+
+        info = self.session.info
+        return info is not None and has_untrained_head(info.provenance)
 
     def params(self) -> dict[str, Any]:
         """The form's values (what is saved in the settings)."""
@@ -236,9 +250,8 @@ class FinetunePanel(QWidget):
         self._start_model, self.offered, self.undecided = self.session.path, False, False
         self.stop_btn.setEnabled(True)
         self._update_enabled()
-        kept = len(spec.get("unlabelled") or [])
-        self.status.info(f"starting the training process ({len(pairs)} corrected image(s)" + (
-            f" and {kept} other open image{'s' if kept != 1 else ''} kept as they are" if kept else "") + ") …")
+        note = other_images_note(len(spec.get("unlabelled") or []), self._new_head())
+        self.status.info(f"starting the training process ({len(pairs)} corrected image(s){note}) …")
         return True
 
     def stop(self) -> None:

@@ -9,10 +9,27 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["duration", "held_out_score", "per_class_change", "decision_text", "model_score", "NOT_CHECKED"]
+__all__ = ["duration", "held_out_score", "per_class_change", "decision_text", "model_score", "NOT_CHECKED",
+           "other_images_label", "other_images_note"]
 
 #: the Model tab's word for a model no fair pixel ever judged
 NOT_CHECKED = "not checked"
+
+
+def other_images_label(new_head: bool) -> str:
+    """The check box's words: a trained model keeps its answers on the other open images
+    (distillation); a model whose output layer is new learns from them without labels (its mean
+    teacher's confident answers), since it has no answers worth keeping yet."""
+    return ("Learn from the other open images too (no labels needed)" if new_head
+            else "Keep the other open images as they are")
+
+
+def other_images_note(count: int, new_head: bool) -> str:
+    """'and 2 other open images kept as they are' for the status line; '' for none."""
+    if not count:
+        return ""
+    what = "learned from without labels" if new_head else "kept as they are"
+    return f" and {count} other open image{'s' if count != 1 else ''} {what}"
 
 
 def duration(seconds: float | None) -> str:
