@@ -282,3 +282,25 @@ def test_a_new_output_layer_is_not_distilled_to(tmp_path: Path, provenance: dict
                       eval_every=2, device="cpu", val_fraction=0.0, class_names=list(info.class_names))
     run_job(cfg, lambda e: None, train=[labelled_image(_image(), labels, "mem")])
     assert (read_model_info(tmp_path / "ft.safetensors").provenance["distillation"] is not None) == distilled
+
+
+def test_csunet_finetune_from_micro_tiny_learns_from_an_unlabelled_folder(tmp_path: Path) -> None:
+    """``csunet finetune --model micro-tiny --data DIR --unlabelled DIR2``: a new material from the
+    shipped pretrained model, with its unlabelled images put to work by the mean teacher."""
+    from fabricated import write_nasa_folder
+
+    from napari_csunet.cli import main
+
+    data = write_nasa_folder(tmp_path / "set", classes=3, splits={"train": 2})
+    unlabelled = tmp_path / "more"
+    unlabelled.mkdir()
+    for i in range(2):
+        tifffile.imwrite(unlabelled / f"u{i}.tif", _image(300, 300, seed=10 + i))
+    out = tmp_path / "new.safetensors"
+    code = main(["finetune", "--model", "micro-tiny", "--data", str(data), "--unlabelled", str(unlabelled),
+                 "--semi-weight", "1", "--balanced-ce", "--out", str(out), "--steps", "2", "--batch-size", "1",
+                 "--device", "cpu"])
+    assert code == 0
+    provenance = read_model_info(out).provenance
+    assert provenance["semi_supervised"]["unlabelled_images"] == ["u0 (unlabelled)", "u1 (unlabelled)"]
+    assert provenance["distillation"] is None and provenance["head_reinitialised"]["reason"] == "pretrained"

@@ -18,7 +18,8 @@ _SHARED = {
     "crop": "crop", "batch_size": "batch_size", "aug_strength": "aug_strength", "freeze_cnn": "freeze_cnn",
     "freeze_swin": "freeze_swin", "eval_every": "eval_every", "patience": "patience", "device": "device",
     "amp": "amp", "seed": "seed", "num_workers": "num_workers", "stop_file": "stop_file", "out": "out",
-    "half": "half", "zero_is_class": "zero_is_class", "name": "name",
+    "half": "half", "zero_is_class": "zero_is_class", "name": "name", "semi_weight": "semi_weight",
+    "balanced_ce": "balanced_ce",
 }
 
 
@@ -41,7 +42,8 @@ def _add_shared(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR", help="folder in NASA's layout (train/ + train_annot/) or images/ + masks/")
     g.add_argument("--unlabelled", metavar="DIR|FILE", action="append", help="images of the same material without "
-                   "labels (repeatable): a fine-tune keeps the starting model's answers there (distillation)")
+                   "labels (repeatable): a fine-tune of a trained model keeps its answers there (distillation); "
+                   "a new model (new classes, a preset) learns its confident answers there (--semi-weight)")
     g.add_argument("--split", help="training split of --data (default train)")
     g.add_argument("--val-split", help="validation split (default val; held out from the training images if absent)")
     g.add_argument("--names", type=_csv, metavar="A,B", help="train only on these image stems")
@@ -53,6 +55,10 @@ def _add_shared(p: argparse.ArgumentParser) -> None:
     g.add_argument("--crop", type=int, help="crop side in pixels, a multiple of 256")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--aug-strength", type=float, help="0 (none) .. 1 (strong)")
+    g.add_argument("--semi-weight", type=float, metavar="W", help="weight of the mean teacher's answers on "
+                   "unlabelled pixels and --unlabelled images (0: off)")
+    g.add_argument("--balanced-ce", action=argparse.BooleanOptionalAction, default=None,
+                   help="cross-entropy averaged per class, so a rare phase weighs like the matrix")
     g.add_argument("--freeze-cnn", action="store_true", default=None)
     g.add_argument("--freeze-swin", action="store_true", default=None)
     g.add_argument("--eval-every", type=int, metavar="STEPS")
