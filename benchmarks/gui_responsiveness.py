@@ -80,9 +80,17 @@ class StallMeter:
         self.when: dict[str, list[float]] = {}
         self.t0: dict[str, float] = {}
         self.last = time.perf_counter()
+        self.profile_dir: Path | None = None
+        self.profiler = None
 
     def start(self, phase: str) -> None:
         print(f"gui_responsiveness: {phase} …", file=sys.stderr, flush=True)
+        self._dump_profile()
+        if self.profile_dir is not None:
+            import cProfile
+
+            self.profiler = cProfile.Profile()
+            self.profiler.enable()
         self.phase = phase
         self.lateness.setdefault(phase, [])
         self.when.setdefault(phase, [])
@@ -90,8 +98,16 @@ class StallMeter:
         self.timer.start()
 
     def stop(self) -> None:
+        self._dump_profile()
         self.timer.stop()
         self.phase = None
+
+    def _dump_profile(self) -> None:
+        """``--profile DIR``: the GUI thread's calls during the phase that ends, in ``DIR/<phase>.prof``."""
+        if self.profiler is not None:
+            self.profiler.disable()
+            self.profiler.dump_stats(str(self.profile_dir / f"{self.phase}.prof"))
+            self.profiler = None
 
     def worst(self, phase: str, n: int = 5) -> list[list[float]]:
         """The ``n`` longest stalls of a phase as [seconds into the phase, ms]."""
@@ -176,6 +192,9 @@ def run(args: argparse.Namespace) -> dict:
     reps = -(-args.size // 512)
     image = viewer.add_image(np.tile(superalloy()[0][0], (reps, reps))[: args.size, : args.size], name="bench")
     meter = StallMeter()
+    if args.profile:
+        meter.profile_dir = Path(args.profile)
+        meter.profile_dir.mkdir(parents=True, exist_ok=True)
     tracer = StallTracer(meter) if args.trace else None
     settle = _settler(app)
     settle()
@@ -219,7 +238,7 @@ def run(args: argparse.Namespace) -> dict:
         ft.use_new_model()
     # then: the new model loads, the 2048^2 image is segmented again
     reload_s = _wait(app, lambda: not ft.running and not w.session.busy and not w.segment_panel.running
-                     and w.session.path != model, 1800, "reloading and re-segmenting")
+                     and w.session.path != model and ft.resegmented is not None, 1800, "reloading and re-segmenting")
     settle()
 
     meter.start("inspect")  # statistics and plots on a worker thread, the table on the GUI thread
@@ -273,6 +292,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=2048, help="side of the square test image")
     parser.add_argument("--steps", type=int, default=20, help="fine-tuning steps")
     parser.add_argument("--trace", action="store_true", help="also say where the GUI thread was during stalls")
+    parser.add_argument("--profile", metavar="DIR", help="write the GUI thread's cProfile of each phase to "
+                        "DIR/<phase>.prof (slows Python code: for finding causes, not for the numbers)")
     parser.add_argument("--make-model", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_model:

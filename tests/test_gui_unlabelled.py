@@ -35,7 +35,7 @@ def specs(widget, monkeypatch) -> list[dict]:
     """The job specs the panel would start children with; the sample image is in the training set."""
     caught: list[dict] = []
 
-    def start_training_child(spec, on_event, status):
+    def start_training_child(spec, on_event, status, **_):
         caught.append(spec)
         return _Job()
 

@@ -244,8 +244,10 @@ class FinetunePanel(QWidget):
         self.plot.clear(spec["steps"])
         self.result.info("")
         self.last_done, self.resegmented = None, None
-        self.job = start_training_child(spec, self._relay.event.emit, self.status)
-        if self.job is None:
+        job = start_training_child(spec, self._relay.event.emit, self.status, writer=self.writer,
+                                   on_failed=lambda: self._not_started(job))
+        self.job = job
+        if job is None:
             return False
         self._start_model, self.offered, self.undecided = self.session.path, False, False
         self.stop_btn.setEnabled(True)
@@ -254,17 +256,27 @@ class FinetunePanel(QWidget):
         self.status.info(f"starting the training process ({len(pairs)} corrected image(s){note}) …")
         return True
 
+    def _not_started(self, job) -> None:
+        """The child could not be started (on the writer thread): nothing runs."""
+        if self.job is job:
+            self.job = None
+            self.stop_btn.setEnabled(False)
+            self._update_enabled()
+
     def stop(self) -> None:
         """Ask the child to stop: it saves the best model so far and exits."""
         if self.job is not None:
-            self.job.stop()
+            job = self.job  # still starting (on the writer thread): asked once it has started
+            self.writer.submit(lambda: None, lambda _: job.stop(), lambda _exc: None)
             self.stop_btn.setEnabled(False)
             self.status.info("stopping: saving the best model …")
 
     def shutdown(self, *_: object) -> None:
         """napari is closing: end the child (the annotations and saved checkpoints stay on disk)."""
         if self.job is not None:
-            self.job.kill()
+            job = self.job
+            job.kill()
+            self.writer.submit(job.kill, lambda _: None, lambda _exc: None)  # one still starting, too
 
     # -- events --------------------------------------------------------------------------------
 
@@ -370,16 +382,26 @@ class FinetunePanel(QWidget):
         self._update_enabled()
         layers = self._images_to_resegment()
         self.status.info(f"model {Path(path).name} is current" + ("; segmenting again …" if layers else ""))
-        if layers and self.segment_panel.segment(
-                layers, on_done=lambda written: self._resegmented(path, written), keep=self._corrections) is None:
-            self.status.warning(f"model {Path(path).name} is current; segment again in the Segment tab")
-        elif not layers:
+        if not layers:
             self.resegmented = []
+            return
+        store = self.session.annotations  # the training set's labels are read here, off the GUI thread
 
-    def _corrections(self, layer) -> np.ndarray | None:
-        """What stays on screen: pixels painted in ``layer`` and those the training set holds for its image."""
+        def segment(vouched: dict[str, np.ndarray | None] | None) -> None:
+            keep = self._corrections if vouched is None else (lambda layer: self._corrections(layer, vouched))
+            if self.segment_panel.segment(layers, on_done=lambda written: self._resegmented(path, written),
+                                          keep=keep) is None:
+                self.status.warning(f"model {Path(path).name} is current; segment again in the Segment tab")
+
+        self.writer.submit(lambda: {lay.name: store.vouched(lay.name) for lay in layers}, segment,
+                           lambda _exc: segment(None))
+
+    def _corrections(self, layer, vouched: dict[str, np.ndarray | None] | None = None) -> np.ndarray | None:
+        """What stays on screen: pixels painted in ``layer`` and those the training set holds for its
+        image (``vouched``: read ahead, by image name; else read now)."""
         painted = painted_pixels(layer)
-        vouched = self.session.annotations.vouched(layer.metadata.get(IMAGE))
+        name = layer.metadata.get(IMAGE)
+        vouched = vouched[name] if vouched is not None and name in vouched else self.session.annotations.vouched(name)
         if vouched is not None and vouched.shape == layer.data.shape:
             return vouched if painted is None else painted | vouched
         return painted

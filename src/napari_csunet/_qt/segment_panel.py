@@ -12,7 +12,10 @@ status line), and its class counts are taken band by band on the worker thread.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
 
 import napari
 import numpy as np
@@ -33,14 +36,19 @@ from .common import (
     labels_name,
 )
 from .session import ModelSession
+from .steps import Steps
 
-__all__ = ["SegmentPanel", "ALL_IMAGES", "write_prediction", "painted_pixels"]
+__all__ = ["SegmentPanel", "ALL_IMAGES", "write_prediction", "painted_pixels", "Prepared", "hold_back"]
 
 ALL_IMAGES = "all open images"
 #: lazy image data above this many pixels is segmented into zarr instead of being loaded
 LAZY_PIXELS = 64 * 2**20
 #: keys of the Labels layer's metadata
 PREDICTION, PREVIOUS, IMAGE = "csunet_prediction", "csunet_previous", "csunet_image"
+# napari warns a plugin that reads a private attribute through its viewer proxy; this one is read
+# knowingly (:func:`_not_activated`) and its absence is handled
+warnings.filterwarnings("ignore", message=r"Private attribute access \('LayerList\._activate_on_insert'\)",
+                        category=FutureWarning)
 
 
 class _Relay(QObject):
@@ -78,16 +86,69 @@ def new_labels_layer(image: Image, pred, info, counts: np.ndarray | None = None)
                   translate=image.translate[-ndim:], **kwargs)
 
 
+class Prepared(NamedTuple):
+    """A new Labels layer made on the worker thread, with what :func:`hold_back` kept from it."""
+
+    layer: Labels
+    reveal: list[Callable[[], None]]
+
+
+def hold_back(layer: Labels) -> list[Callable[[], None]]:
+    """Before ``layer`` is in a viewer (on the worker thread): hide it and its labels overlays
+    (napari makes an overlay's visuals only once it is visible); returns the steps that show them
+    again, to be run one per event-loop turn once it is inserted. Inserting a Labels layer in one
+    go held napari's GUI thread for 120-200 ms on this project's loaded 2-core machine (software
+    OpenGL): its visual, its polygon and brush overlays (30-75 ms), its controls, the first paint of
+    the 2048² texture; split this way the longest step is the insertion itself (visual and controls)."""
+    steps: list[Callable[[], None]] = []
+    if layer.visible:
+        layer.visible = False
+        steps.append(lambda: setattr(layer, "visible", True))
+    overlays = getattr(layer, "_overlays", None)  # napari's; without it the overlays come with the layer
+    for overlay in list(overlays.values()) if hasattr(overlays, "values") else []:
+        if type(overlay).__name__.startswith("Labels") and getattr(overlay, "visible", False) is True:
+            try:
+                overlay.visible = False
+            except Exception:  # noqa: BLE001 - napari's overlay model changed: shown with the layer
+                continue
+            steps.append(lambda o=overlay: setattr(o, "visible", True))
+    return steps
+
+
+@contextmanager
+def _not_activated(viewer: napari.Viewer) -> Iterator[None]:
+    """napari makes an inserted layer the active one (its controls shown, the same turn): not now."""
+    layers = viewer.layers
+    before = getattr(layers, "_activate_on_insert", None)
+    if not isinstance(before, bool):
+        yield
+        return
+    layers._activate_on_insert = False
+    try:
+        yield
+    finally:
+        layers._activate_on_insert = before
+
+
+def _select(viewer: napari.Viewer, layer: Labels) -> None:
+    if layer in viewer.layers:
+        viewer.layers.selection.active = layer
+
+
 def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name: str,
                      extras: bool = True, keep: Callable[[Labels], np.ndarray | None] | None = None,
-                     counts: np.ndarray | None = None, prepared: Labels | None = None) -> Labels:
+                     counts: np.ndarray | None = None, prepared: Labels | Prepared | None = None,
+                     later: list[Callable[[], None]] | None = None) -> Labels:
     """Put a prediction into ``"<image> labels"``: a new layer, or new data for the existing one.
 
     ``keep(layer)`` names pixels of the existing layer (the user's corrections) that stay on top of
     the new prediction; the raw prediction stays in the metadata for Revert, the labels before it
     for Undo. ``counts`` (pixels per label 0..K, from :func:`napari_csunet.mosaic.class_counts` on
     the worker) saves a pass over the labels on the GUI thread; ``prepared`` (from
-    :func:`new_labels_layer` on the worker) is the layer to insert when there is none yet.
+    :func:`new_labels_layer` on the worker, or a :class:`Prepared` one) is the layer to insert when
+    there is none yet. A :class:`Prepared` layer is inserted without being activated; the steps that
+    show it (:func:`hold_back`) and select it, as napari would have, are appended to ``later`` for
+    the caller to run one per event-loop turn (run here at once without ``later``).
     """
     name = labels_name(image.name)
     kwargs = labels_kwargs(info.class_names, info.class_colors, name)
@@ -104,7 +165,7 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
         new = pred.labels
         if kept is not None and kept.any():
             new = pred.labels.copy()
-            new[kept] = np.asarray(previous)[kept]
+            np.copyto(new, np.asarray(previous), where=kept)  # 3x faster than new[kept] = previous[kept]
         layer.data = new
         if layer.metadata.get("class_colors") != list(info.class_colors):  # a re-colour redraws everything
             layer.colormap = kwargs["colormap"]
@@ -114,9 +175,26 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
     else:
         if layer is not None:  # same name, other shape or type: keep it, under another name
             layer.name = f"{name} (old)"
+        reveal: list[Callable[[], None]] = []
+        if isinstance(prepared, Prepared):
+            prepared, reveal = prepared
         fits = prepared is not None and prepared.name == name and prepared.data.shape == pred.labels.shape
-        layer = viewer.add_layer(prepared if fits else new_labels_layer(image, pred, info, counts))
-    layer.metadata.update({PREDICTION: None if lazy else pred.labels.copy(), IMAGE: image.name,
+        if fits and reveal:
+            with _not_activated(viewer):
+                layer = viewer.add_layer(prepared)
+            steps = [*reveal, lambda: _select(viewer, layer)]
+            if later is None:
+                for step in steps:
+                    step()
+            else:
+                later.extend(steps)
+        else:
+            if prepared is not None and reveal:
+                for step in reveal:  # not used: shown again as it was
+                    step()
+            layer = viewer.add_layer(prepared if fits else new_labels_layer(image, pred, info, counts))
+    prediction = None if lazy else pred.labels if layer.data is not pred.labels else pred.labels.copy()
+    layer.metadata.update({PREDICTION: prediction, IMAGE: image.name,
                            "csunet_model": model_name, "class_names": list(info.class_names),
                            "class_colors": list(info.class_colors)})
     if extras:
@@ -188,16 +266,20 @@ class SegmentPanel(QWidget):
         self._relay.progress.connect(self._on_progress)
         self._cancel = threading.Event()
         self._napari_bar: cancelable_progress | None = None
+        self._last_progress: tuple[int, int, int, int] | None = None
         self._written: list[Labels] = []
         self._keep: Callable[[Labels], np.ndarray | None] | None = None
         self.worker = None
+        #: GUI-thread work of a run (napari's progress bar, showing a new layer, the end): one per turn
+        self.steps = Steps(self)
         session.changed.connect(self._on_model_changed)
         session.busy_changed.connect(self._update_enabled)
         self._on_model_changed()
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        """A run is on: predicting, or showing its results (the steps after the worker's last result)."""
+        return self.worker is not None or self.steps.pending > 0
 
     def _update_enabled(self, *_: object) -> None:
         ready = self.session.segmenter is not None and not self.session.busy and not self.running
@@ -247,8 +329,7 @@ class SegmentPanel(QWidget):
         self._cancel.clear()
         self._written = []
         self._keep = keep
-        self._napari_bar = cancelable_progress(total=0, desc=f"CS-UNet: segmenting {layers[0].name}",
-                                               cancel_callback=self._cancel.set)
+        self._last_progress = None
         names = {lay.name for lay in self.viewer.layers}  # a snapshot: the worker does not touch the viewer
         self.worker = create_worker(_predict_all, seg, jobs, options, self._relay.progress.emit,
                                     self._is_cancelled, names.__contains__, _start_thread=False, _ignore_errors=True)
@@ -259,7 +340,16 @@ class SegmentPanel(QWidget):
         self.cancel_btn.setEnabled(True)
         self.status.info(f"segmenting {len(layers)} image(s) on {seg.device} …")
         self.worker.start()
+        # napari's activity bar in a turn of its own: it makes widgets and runs the event loop (30-70 ms)
+        self.steps.then(lambda: self._open_napari_bar(f"CS-UNet: segmenting {layers[0].name}"))
         return self.worker
+
+    def _open_napari_bar(self, desc: str) -> None:
+        if self.worker is None or self._napari_bar is not None:
+            return
+        self._napari_bar = cancelable_progress(total=0, desc=desc, cancel_callback=self._cancel.set)
+        if self._last_progress is not None:
+            self._on_progress(*self._last_progress)
 
     def _is_cancelled(self) -> bool:
         return self._cancel.is_set() or bool(self._napari_bar is not None and self._napari_bar.is_canceled)
@@ -270,6 +360,7 @@ class SegmentPanel(QWidget):
         self.status.info("cancelling …")
 
     def _on_progress(self, index: int, count: int, done: int, total: int) -> None:
+        self._last_progress = (index, count, done, total)
         self.bar.setMaximum(max(total, 1))
         self.bar.setValue(done)
         if self._napari_bar is not None:
@@ -283,8 +374,10 @@ class SegmentPanel(QWidget):
     def _on_result(self, result) -> None:
         layer, pred, counts, prepared = result
         info = self.session.info
+        later: list[Callable[[], None]] = []
         self._written.append(write_prediction(self.viewer, layer, pred, info, self.session.segmenter.name,
-                                              keep=self._keep, counts=counts, prepared=prepared))
+                                              keep=self._keep, counts=counts, prepared=prepared, later=later))
+        self.steps.then(*later)
         counts = counts[1:]
         fractions = counts / max(int(counts.sum()), 1)  # of the analysed pixels: a data bar is not material
         where = "" if isinstance(pred.labels, np.ndarray) else f" (labels in {pred.labels.store})"
@@ -300,6 +393,11 @@ class SegmentPanel(QWidget):
             self.status.error(f"segmentation failed: {exc}")
 
     def _on_finished(self, on_done) -> None:
+        """The worker is done: the run ends once the steps its results left are done too."""
+        self.steps.then(lambda: self._finish(on_done))
+
+    def _finish(self, on_done) -> None:
+        """Not busy any more; the next turn, what follows a run (the Correct tab, the caller's ``on_done``)."""
         self.worker = None
         if self._napari_bar is not None:
             self._napari_bar.close()
@@ -307,6 +405,9 @@ class SegmentPanel(QWidget):
         self.cancel_btn.setEnabled(False)
         self.session.set_busy(False)
         written, self._written = self._written, []
+        self.steps.then(lambda: self._announce(written, on_done))
+
+    def _announce(self, written: list[Labels], on_done) -> None:
         if written:
             self.segmented.emit(written)
         if on_done is not None:
@@ -335,13 +436,14 @@ def _predict_all(seg, jobs, options, progress, cancelled, viewer_has: Callable[[
         yield layer, pred, counts, _prepare_layer(viewer_has, layer, pred, seg.info, counts)
 
 
-def _prepare_layer(viewer_has: Callable[[str], bool], image: Image, pred, info, counts) -> Labels | None:
-    """Worker thread: a new Labels layer for the first prediction of ``image`` (None when its labels
-    layer exists: then only its data is replaced, on the GUI thread)."""
+def _prepare_layer(viewer_has: Callable[[str], bool], image: Image, pred, info, counts) -> Prepared | None:
+    """Worker thread: a new Labels layer for the first prediction of ``image``, held back to be shown
+    in steps (None when its labels layer exists: then only its data is replaced, on the GUI thread)."""
     if viewer_has(labels_name(image.name)):
         return None
     try:
-        return new_labels_layer(image, pred, info, counts)
+        layer = new_labels_layer(image, pred, info, counts)
+        return Prepared(layer, hold_back(layer))
     except Exception:  # built on the GUI thread instead (write_prediction)
         return None
 

@@ -19,6 +19,7 @@ from ..annotations import AnnotationStore
 from ..modelfile import ModelInfo
 from ..settings import Settings, load_settings, save_settings
 from .compat import avoid_triton_llvm_clash
+from .steps import Steps
 
 __all__ = ["ModelSession", "leave_a_core_for_the_gui"]
 
@@ -56,6 +57,8 @@ class ModelSession(QObject):
         self.busy = False
         self._worker = None
         self._settings_pending = False  # device/precision changed while busy
+        #: GUI-thread work after a job, one per event-loop turn (napari's activity bar, the caller's follow-up)
+        self.steps = Steps(self)
 
     @property
     def info(self) -> ModelInfo | None:
@@ -85,18 +88,25 @@ class ModelSession(QObject):
         avoid_triton_llvm_clash()  # before the worker imports torch/timm
         self.set_busy(True)
         results: list = []
-        bar = progress(total=0, desc=f"CS-UNet: {what}")  # indeterminate, in napari's activity dock
+        bars: list[progress] = []
         worker = create_worker(job, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(results.append)
         worker.errored.connect(lambda exc: self.failed.emit(_message(exc)))
-        worker.finished.connect(lambda: self._finished(results, on_done, bar))
+        worker.finished.connect(lambda: self._finished(results, on_done, bars))
         self._worker = worker
         worker.start()
+
+        def open_bar() -> None:  # indeterminate, in napari's activity dock: a turn of its own (30-70 ms)
+            if self._worker is worker:
+                bars.append(progress(total=0, desc=f"CS-UNet: {what}"))
+
+        self.steps.then(open_bar)
         return worker
 
-    def _finished(self, results: list, on_done: Callable[[], None] | None, bar: progress) -> None:
-        """After the worker: not busy any more, then the new model, then the caller's follow-up."""
-        bar.close()
+    def _finished(self, results: list, on_done: Callable[[], None] | None, bars: list[progress]) -> None:
+        """After the worker: not busy any more, then the new model, then (next turn) the caller's follow-up."""
+        for bar in bars:
+            bar.close()
         self._worker = None
         self.set_busy(False)
         if results:
@@ -114,8 +124,8 @@ class ModelSession(QObject):
         self.settings.last_model = str(path) if path else ""
         save_settings(self.settings)
         self.changed.emit()
-        if on_done is not None:
-            on_done()
+        if on_done is not None:  # the panels' updates and the follow-up: not in one turn
+            self.steps.then(on_done)
 
     def load_file(self, path: str | Path, on_done: Callable[[], None] | None = None):
         """Load a model file on a worker thread; returns the worker (None when busy)."""
