@@ -21,7 +21,11 @@ from ..settings import Settings, load_settings, save_settings
 from .compat import avoid_triton_llvm_clash
 from .steps import Steps
 
-__all__ = ["ModelSession", "leave_a_core_for_the_gui"]
+__all__ = ["ModelSession", "leave_a_core_for_the_gui", "BAR_AFTER_MS"]
+
+#: a job of the session (loading, building, saving a model) gets a bar in napari's activity dock
+#: when it is still running after this many ms
+BAR_AFTER_MS = 1500
 
 
 def leave_a_core_for_the_gui() -> None:
@@ -88,7 +92,7 @@ class ModelSession(QObject):
         avoid_triton_llvm_clash()  # before the worker imports torch/timm
         self.set_busy(True)
         results: list = []
-        bars: list[progress] = []
+        bars: list = []  # the timer that opens napari's bar, then the bar
         worker = create_worker(job, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(results.append)
         worker.errored.connect(lambda exc: self.failed.emit(_message(exc)))
@@ -96,17 +100,27 @@ class ModelSession(QObject):
         self._worker = worker
         worker.start()
 
-        def open_bar() -> None:  # indeterminate, in napari's activity dock: a turn of its own (30-70 ms)
+        def open_bar() -> None:  # indeterminate, in napari's activity dock
             if self._worker is worker:
                 bars.append(progress(total=0, desc=f"CS-UNet: {what}"))
 
-        self.steps.then(open_bar)
+        # only for a job still running after BAR_AFTER_MS (a build, a download): making napari's bar
+        # held the GUI thread 50-100 ms on a loaded CPU, longer than loading a model file takes
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        timer.timeout.connect(open_bar)
+        timer.start(BAR_AFTER_MS)
+        bars.append(timer)
         return worker
 
-    def _finished(self, results: list, on_done: Callable[[], None] | None, bars: list[progress]) -> None:
+    def _finished(self, results: list, on_done: Callable[[], None] | None, bars: list) -> None:
         """After the worker: not busy any more, then the new model, then (next turn) the caller's follow-up."""
         for bar in bars:
-            bar.close()
+            if isinstance(bar, QTimer):
+                bar.stop()
+                bar.deleteLater()
+            else:
+                bar.close()
         self._worker = None
         self.set_busy(False)
         if results:

@@ -1,0 +1,216 @@
+"""GUI-thread work in steps (issue 22, stalls): a new labels layer shown in steps, napari's activity
+bars and the follow-ups in turns of their own, the training child started off the GUI thread, the
+training set's labels read ahead for the re-segmentation. What the user ends up with is the same as
+before; only when it happens changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qtpy")
+pytestmark = pytest.mark.gui
+
+from napari.layers import Image, Labels  # noqa: E402
+
+from napari_csunet._qt.steps import Steps  # noqa: E402
+
+IMAGE = "superalloy spot2_0d_0"
+
+
+class _Pred:
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels, self.probs, self.uncertainty = labels, None, None
+        self.counts = np.bincount(labels.ravel(), minlength=4)
+
+
+def _labels_overlays(layer: Labels) -> list:
+    return [o for o in layer._overlays.values() if type(o).__name__.startswith("Labels")]
+
+
+def test_steps_run_in_order_one_per_turn_and_survive_a_failing_step(qtbot):
+    ran: list[int] = []
+    steps = Steps()
+    steps.then(lambda: ran.append(1), lambda: ran.append(2))
+    steps.then(lambda: ran.append(3))
+    assert ran == [] and steps.pending == 3  # nothing runs inside then()
+    qtbot.waitUntil(lambda: steps.pending == 0, timeout=5_000)
+    assert ran == [1, 2, 3]
+
+    def boom() -> None:
+        raise RuntimeError("a step failed")
+
+    steps.then(boom, lambda: ran.append(4))
+    with qtbot.capture_exceptions() as raised:
+        qtbot.waitUntil(lambda: steps.pending == 0, timeout=5_000)
+    assert ran == [1, 2, 3, 4] and len(raised) == 1  # reported like any slot's error; the next step ran
+
+
+def test_a_held_back_layer_is_inserted_then_shown_in_steps(make_napari_viewer):
+    from napari_csunet._qt.segment_panel import (
+        Prepared,
+        hold_back,
+        new_labels_layer,
+        write_prediction,
+    )
+    from napari_csunet.modelfile import ModelInfo
+    from napari_csunet.models import get_preset
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((64, 64), np.uint8), name="im")
+    info = ModelInfo(get_preset("csunet-tiny").config, ["a", "b", "c"], preset="csunet-tiny", name="m")
+    pred = _Pred(np.ones((64, 64), np.uint8))
+
+    layer = new_labels_layer(image, pred, info)  # as on the worker thread
+    reveal = hold_back(layer)
+    assert not layer.visible and not any(o.visible for o in _labels_overlays(layer))
+    assert len(reveal) == 1 + len(_labels_overlays(layer)) >= 3
+
+    later: list = []
+    written = write_prediction(viewer, image, pred, info, "m", prepared=Prepared(layer, reveal), later=later)
+    assert written is layer and layer in viewer.layers
+    assert viewer.layers.selection.active == image  # not activated on insertion: a later step selects it
+    assert later and not layer.visible
+    for step in later:
+        step()
+    assert layer.visible and all(o.visible for o in _labels_overlays(layer))
+    assert viewer.layers.selection.active == layer  # as napari's own insertion would have left it
+
+    # without ``later`` the steps run at once: the same result in one go
+    other = viewer.add_image(np.zeros((64, 64), np.uint8), name="other")
+    second = new_labels_layer(other, pred, info)
+    written = write_prediction(viewer, other, pred, info, "m", prepared=Prepared(second, hold_back(second)))
+    assert written.visible and all(o.visible for o in _labels_overlays(written))
+    assert viewer.layers.selection.active == written
+    np.testing.assert_array_equal(written.metadata["csunet_prediction"], pred.labels)
+    assert written.metadata["csunet_prediction"] is not written.data  # painting never edits the prediction
+
+
+def test_a_prediction_that_keeps_corrections_stores_the_raw_prediction(make_napari_viewer):
+    from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS, write_prediction
+    from napari_csunet.modelfile import ModelInfo
+    from napari_csunet.models import get_preset
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((32, 32), np.uint8), name="im")
+    info = ModelInfo(get_preset("csunet-tiny").config, ["a", "b", "c"], preset="csunet-tiny", name="m")
+    first = write_prediction(viewer, image, _Pred(np.ones((32, 32), np.uint8)), info, "m")
+    first.data[:4, :4] = 3  # painted
+    new = np.full((32, 32), 2, np.uint8)
+    layer = write_prediction(viewer, image, _Pred(new), info, "m", keep=lambda lay: lay.data == 3)
+    assert layer is first and (layer.data[:4, :4] == 3).all() and (layer.data[4:] == 2).all()
+    assert layer.metadata[PREDICTION] is new and (new == 2).all()  # the kept pixels went into a copy
+    assert (layer.metadata[PREVIOUS][:4, :4] == 3).all()
+
+
+def test_segment_opens_napari_s_bar_in_a_later_turn_and_ends_after_its_steps(widget, qtbot):
+    w = widget
+    panel = w.segment_panel
+    announced: list = []
+    panel.segmented.connect(announced.append)
+    assert panel.segment() is not None
+    assert panel._napari_bar is None and panel.running  # napari's activity bar: in a turn of its own
+    qtbot.waitUntil(lambda: not panel.running, timeout=120_000)
+    labels = w.viewer.layers[f"{IMAGE} labels"]
+    assert panel._napari_bar is None and not w.session.busy  # closed at the end
+    assert announced == [[labels]] and labels.visible and all(o.visible for o in _labels_overlays(labels))
+    assert w.viewer.layers.selection.active == labels and labels.mode == "paint"
+
+
+def test_the_session_runs_the_follow_up_of_a_load_in_a_later_turn(widget, tiny_model, qtbot):
+    session, calls = widget.session, []
+    assert session.load_file(tiny_model, on_done=lambda: calls.append(session.busy)) is not None
+    qtbot.waitUntil(lambda: bool(calls), timeout=60_000)
+    assert calls == [False] and session.path == tiny_model and session.steps.pending == 0
+
+
+def test_the_training_child_starts_on_the_writer_thread_and_a_failure_is_reported(qtbot, monkeypatch):
+    from napari_csunet import jobs
+    from napari_csunet._qt.common import StatusLine, start_training_child
+    from napari_csunet._qt.serial_worker import SerialWorker
+
+    threads: list[str] = []
+
+    def start(self) -> None:
+        import threading
+
+        threads.append(threading.current_thread().name)
+        raise OSError("no such interpreter")
+
+    monkeypatch.setattr(jobs.TrainingJob, "start", start)
+    status, failed, writer = StatusLine(), [], SerialWorker("csunet-test")
+    job = start_training_child({"steps": 1}, lambda ev: None, status, writer=writer, on_failed=lambda: failed.append(1))
+    assert isinstance(job, jobs.TrainingJob)  # returned at once; started on the writer thread
+    qtbot.waitUntil(lambda: bool(failed), timeout=10_000)
+    assert threads and threads[0].startswith("csunet-test")
+    assert status.kind == "error" and "no such interpreter" in status.text()
+    # without a writer: as before, on the calling thread, None when it cannot start
+    assert start_training_child({"steps": 1}, lambda ev: None, status) is None
+
+
+def test_the_resegmentation_keeps_corrections_read_ahead(widget, qtbot, monkeypatch):
+    """The training set's labels are read on the writer thread; the GUI thread only compares."""
+    w = widget
+    panel = w.finetune_panel
+    w.segment_panel.segment()
+    qtbot.waitUntil(lambda: not w.segment_panel.running, timeout=120_000)
+    labels = w.viewer.layers[f"{IMAGE} labels"]
+    vouched = np.zeros(labels.data.shape, bool)
+    vouched[:8, :8] = True
+
+    def no_read(name):
+        raise AssertionError("read on the GUI thread")
+
+    monkeypatch.setattr(w.session.annotations, "vouched", no_read)
+    assert (panel._corrections(labels, {IMAGE: vouched}) == vouched).all()  # nothing painted yet
+
+    reads: list[str] = []
+
+    def read(name):
+        import threading
+
+        reads.append(threading.current_thread().name)
+        return vouched
+
+    monkeypatch.setattr(w.session.annotations, "vouched", read)
+    labels.data[:8, :8] = (labels.data[:8, :8] % 3) + 1  # the user's corrections there
+    before = np.array(labels.data[:8, :8])
+    panel._after_load(str(w.session.path))
+    qtbot.waitUntil(lambda: panel.resegmented is not None, timeout=120_000)
+    assert reads and all(not name.startswith("MainThread") for name in reads)
+    assert (labels.data[:8, :8] == before).all() and isinstance(labels, Labels)
+    assert not any(isinstance(layer, Image) and layer.name.endswith("(old)") for layer in w.viewer.layers)
+
+
+def test_napari_s_bar_is_opened_only_for_a_job_that_takes_a_while(widget, qtbot, monkeypatch):
+    import time
+
+    from napari_csunet._qt import session as session_module
+
+    made: list = []
+
+    class Bar:
+        def __init__(self, total: int, desc: str) -> None:
+            self.desc, self.closed = desc, False
+            made.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(session_module, "progress", Bar)
+    monkeypatch.setattr(session_module, "BAR_AFTER_MS", 200)
+    session = widget.session
+    seg, path = session.segmenter, session.path
+
+    def job(seconds: float):
+        return lambda: (time.sleep(seconds), (seg, path, False))[1]
+
+    assert session._run(job(0.0), what="quick") is not None
+    qtbot.waitUntil(lambda: not session.busy, timeout=10_000)
+    qtbot.wait(400)
+    assert made == []  # a quick job: no bar at all
+    assert session._run(job(1.0), what="slow") is not None
+    qtbot.waitUntil(lambda: bool(made), timeout=10_000)
+    assert made[0].desc == "CS-UNet: slow" and not made[0].closed and session.busy
+    qtbot.waitUntil(lambda: not session.busy, timeout=10_000)
+    assert made[0].closed and len(made) == 1
