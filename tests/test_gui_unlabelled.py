@@ -112,18 +112,30 @@ def test_at_most_four_other_images_newest_first_and_the_choice_is_remembered(wid
     assert again.params() == w.finetune_panel.params()  # the form's values still come back as before
 
 
-@pytest.mark.parametrize("new_head", [False, True])
-def test_a_model_with_a_new_output_layer_learns_from_the_other_images(widget, qtbot, specs, new_head):
-    """A new model for new classes has no answers worth keeping: the box and the status say the
-    other open images are learned from without labels (the job's mean teacher), not kept."""
+@pytest.mark.parametrize(("new_head", "semi", "said"), [
+    (False, 0.0, "kept as they are"),
+    (True, 0.0, None),  # a new output layer has no answers to keep, and semi-supervised is off by default
+    (True, 1.0, "learned from without labels"),
+])
+def test_what_the_other_images_are_for_follows_the_model(widget, qtbot, specs, new_head, semi, said):
+    """A trained model keeps its answers on the other open images; a new model for new classes has
+    none: it learns from them only with the mean teacher on (an expert setting), and the box and
+    the status line say which."""
     w = widget
     w.viewer.add_image(np.full((32, 32), 7, np.uint8), name="unlabelled neighbour")
     if new_head:
         w.session.info.provenance = {"head_reinitialised": {"reason": "new classes"}}
+    if semi:
+        w.finetune_panel.overrides["semi_weight"] = semi
     w.finetune_panel.show_training_set()
-    label = w.finetune_panel.keep_others.text
-    assert label.startswith("Learn from the other open images") is new_head
-    _start(w, qtbot, specs)
+    box = w.finetune_panel.keep_others
+    assert box.enabled is (said is not None)
+    assert box.text.startswith({"kept as they are": "Keep", "learned from without labels": "Learn",
+                                None: "Other open images: not used"}[said])
+    spec = _start(w, qtbot, specs)
     status = w.finetune_panel.status.text()
-    assert ("1 other open image learned from without labels" in status) is new_head
-    assert ("1 other open image kept as they are" in status) is not new_head
+    if said is None:
+        assert "unlabelled" not in spec and "other open image" not in status
+        assert load_settings().finetune[KEEP_OTHERS] is True  # the user's choice stays for trained models
+    else:
+        assert len(spec["unlabelled"]) == 1 and f"1 other open image {said}" in status

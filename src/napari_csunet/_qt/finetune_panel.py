@@ -39,6 +39,7 @@ from .finetune_text import (
     held_out_score,
     other_images_label,
     other_images_note,
+    other_images_use,
 )
 from .other_images import KEEP_OTHERS, other_open_images, write_unlabelled
 from .plot import TrainingPlot
@@ -145,7 +146,9 @@ class FinetunePanel(QWidget):
         from ..annotations import AnnotationError
 
         store, info = self.session.annotations, self.session.info
-        self.keep_others.text = other_images_label(self._new_head())
+        use = self._others_use()
+        self.keep_others.text = other_images_label(use)
+        self.keep_others.enabled = use is not None
         try:
             entries = store.entries()
         except AnnotationError as exc:
@@ -164,12 +167,16 @@ class FinetunePanel(QWidget):
         else:
             self.training_set.info(text)
 
-    def _new_head(self) -> bool:
-        """The current model's output layer was never trained (a new model for new classes)."""
+    def _others_use(self) -> str | None:
+        """What the next fine-tune would do with the other open images (see ``other_images_use``)."""
+        from csunet_train.config import TrainConfig
+
         from ..modelfile import has_untrained_head
 
         info = self.session.info
-        return info is not None and has_untrained_head(info.provenance)
+        new_head = info is not None and has_untrained_head(info.provenance)
+        semi = (self.params() | self.overrides).get("semi_weight", TrainConfig.semi_weight)
+        return other_images_use(new_head, float(semi))
 
     def params(self) -> dict[str, Any]:
         """The form's values (what is saved in the settings)."""
@@ -194,8 +201,8 @@ class FinetunePanel(QWidget):
             self.status.error(f"the training set has classes {store.class_names} but the model has "
                               f"{list(info.class_names)}; load a model with these classes or start a new set")
             return False
-        keep = self.keep_others.value
-        self.session.settings.finetune = self.params() | {KEEP_OTHERS: keep}
+        self.session.settings.finetune = self.params() | {KEEP_OTHERS: self.keep_others.value}
+        keep = self.keep_others.value and self._others_use() is not None  # a new model may not use them
         save_settings(self.session.settings)
         corrected = {entry.name for entry in store.entries()}
         others = [(lay.name, lay.data) for lay in other_open_images(self.viewer, corrected)] if keep else []
@@ -252,7 +259,7 @@ class FinetunePanel(QWidget):
         self._start_model, self.offered, self.undecided = self.session.path, False, False
         self.stop_btn.setEnabled(True)
         self._update_enabled()
-        note = other_images_note(len(spec.get("unlabelled") or []), self._new_head())
+        note = other_images_note(len(spec.get("unlabelled") or []), self._others_use())
         self.status.info(f"starting the training process ({len(pairs)} corrected image(s){note}) …")
         return True
 

@@ -10,25 +10,35 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["duration", "held_out_score", "per_class_change", "decision_text", "model_score", "NOT_CHECKED",
-           "other_images_label", "other_images_note"]
+           "other_images_use", "other_images_label", "other_images_note"]
 
 #: the Model tab's word for a model no fair pixel ever judged
 NOT_CHECKED = "not checked"
 
 
-def other_images_label(new_head: bool) -> str:
-    """The check box's words: a trained model keeps its answers on the other open images
-    (distillation); a model whose output layer is new learns from them without labels (its mean
-    teacher's confident answers), since it has no answers worth keeping yet."""
-    return ("Learn from the other open images too (no labels needed)" if new_head
-            else "Keep the other open images as they are")
+def other_images_use(new_head: bool, semi_weight: float) -> str | None:
+    """What a fine-tune does with the other open images: ``"keep"`` a trained model's answers
+    there (distillation), ``"learn"`` a mean teacher's confident answers (semi-supervised, for a
+    model whose output layer is new, when ``semi_weight`` > 0), or None: a new model has no answers
+    worth keeping, and semi-supervised training is off by default (measured: it slowed few-shot
+    learning at a CPU's budget, docs/training.md)."""
+    if not new_head:
+        return "keep"
+    return "learn" if semi_weight > 0 else None
 
 
-def other_images_note(count: int, new_head: bool) -> str:
+def other_images_label(use: str | None) -> str:
+    """The check box's words for :func:`other_images_use`."""
+    return {"keep": "Keep the other open images as they are",
+            "learn": "Learn from the other open images too (no labels needed)"}.get(
+        use, "Other open images: not used (a new model has no answers to keep there yet)")
+
+
+def other_images_note(count: int, use: str | None) -> str:
     """'and 2 other open images kept as they are' for the status line; '' for none."""
-    if not count:
+    if not count or use is None:
         return ""
-    what = "learned from without labels" if new_head else "kept as they are"
+    what = "learned from without labels" if use == "learn" else "kept as they are"
     return f" and {count} other open image{'s' if count != 1 else ''} {what}"
 
 
