@@ -80,11 +80,11 @@ class CSUNetWidget(QWidget):
         self.session.changed.connect(self._after_model_loaded)
         self.segment_panel.segmented.connect(lambda layers: self.correct_panel.paint_on(layers[-1]))
         self.correct_panel.training.changed.connect(self.finetune_panel.show_training_set)
-        # the model list reads every model file's header: in a turn of its own, not in the one that
-        # loads the fine-tuned model and starts segmenting with it
+        # the model list reads every model file's header: after a fine-tuned model loads, in a turn of
+        # its own, not in the one that starts segmenting with it
         self.steps = Steps(self)
         self.finetune_panel.trained.connect(lambda _path: self.steps.then(self.model_panel.refresh_files))
-        self.finetune_panel.saved.connect(lambda _path: self.steps.then(self.model_panel.refresh_files))
+        self.finetune_panel.saved.connect(lambda _path: self.model_panel.refresh_files())
         self.destroyed.connect(self.finetune_panel.shutdown)
         self.destroyed.connect(self.model_panel.adapt.shutdown)
         self.destroyed.connect(self.correct_panel.live.shutdown)
