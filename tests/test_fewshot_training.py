@@ -280,8 +280,15 @@ def test_a_new_output_layer_is_not_distilled_to(tmp_path: Path, provenance: dict
     labels[:40], labels[220:] = 1, 2
     cfg = TrainConfig(out=str(tmp_path / "ft.safetensors"), mode="finetune", model=str(start), steps=2, batch_size=1,
                       eval_every=2, device="cpu", val_fraction=0.0, class_names=list(info.class_names))
-    run_job(cfg, lambda e: None, train=[labelled_image(_image(), labels, "mem")])
-    assert (read_model_info(tmp_path / "ft.safetensors").provenance["distillation"] is not None) == distilled
+    events: list[dict] = []
+    run_job(cfg, events.append, train=[labelled_image(_image(), labels, "mem")])
+    provenance = read_model_info(tmp_path / "ft.safetensors").provenance
+    assert (provenance["distillation"] is not None) == distilled
+    # a new output layer is a new material's model: the whole network learns at the few-shot rate
+    rates = (cfg.lr, cfg.encoder_lr_mult) if distilled else (cfg.new_head_lr, cfg.new_head_encoder_lr_mult)
+    assert (provenance["hyperparameters"]["lr"], provenance["hyperparameters"]["encoder_lr_mult"]) == rates
+    started = next(e for e in events if e["event"] == "started")
+    assert (started["lr"], started["encoder_lr_mult"]) == rates
 
 
 def test_csunet_finetune_from_micro_tiny_learns_from_an_unlabelled_folder(tmp_path: Path) -> None:

