@@ -44,7 +44,8 @@ DEFAULT_ROOTS = (HERE.parent.parent / "shared" / "data" / "nasa", HERE.parent.pa
 TODAY: dict[str, Any] = {
     "lr": 5e-4, "crop": 256, "batch_size": 4, "aug_strength": 0.5, "encoder_lr_mult": 0.1, "class_balance": 0.5,
     "val_fraction": 0.2, "holdout": "strip", "eval_every": 50, "weight_decay": 1e-4, "balanced_ce": False,
-    "semi_weight": 0.0, "new_head_lr": 5e-4, "new_head_encoder_lr_mult": 0.1, "tta": False,
+    "semi_weight": 0.0, "new_head_lr": 5e-4, "new_head_encoder_lr_mult": 0.1, "new_head_val_fraction": 0.2,
+    "tta": False,
 }
 #: a rare class: at least this share of the training pixels must reach ``MIN_CLASS_IOU``
 RARE_SHARE, MIN_CLASS_IOU = 0.005, 0.20

@@ -311,3 +311,6 @@ def test_csunet_finetune_from_micro_tiny_learns_from_an_unlabelled_folder(tmp_pa
     provenance = read_model_info(out).provenance
     assert provenance["semi_supervised"]["unlabelled_images"] == ["u0 (unlabelled)", "u1 (unlabelled)"]
     assert provenance["distillation"] is None and provenance["head_reinitialised"]["reason"] == "pretrained"
+    # a new material's few images all train (new_head_val_fraction 0), at the few-shot rates
+    assert provenance["val_images"] == [] and len(provenance["train_images"]) == 2
+    assert provenance["hyperparameters"]["lr"] == 1e-3 and provenance["hyperparameters"]["encoder_lr_mult"] == 1.0

@@ -117,6 +117,9 @@ class TrainConfig:
     # whole network learns at these rates instead of lr / encoder_lr_mult (measured: +0.04 mIoU few-shot)
     new_head_lr: float = 1e-3
     new_head_encoder_lr_mult: float = 1.0
+    # and, from micro-tiny or the GUI's new model, all its few images train (no val_fraction held out;
+    # the last model is kept): measured together with the rates above
+    new_head_val_fraction: float = 0.0
     grad_clip: float = 1.0
     class_balance: float = 0.5  # share of crops centred on a uniformly chosen class
     val_fraction: float = 0.2  # held out when no validation data is given (0: none, the last model is kept)
@@ -172,6 +175,7 @@ class TrainConfig:
         need(0.0 <= float(self.aug_strength) <= 1.0, f"aug_strength: {self.aug_strength} must be in 0..1")
         need(float(self.lr) > 0, f"lr: {self.lr} must be > 0")
         need(float(self.new_head_lr) > 0, f"new_head_lr: {self.new_head_lr} must be > 0")
+        need(0.0 <= self.new_head_val_fraction < 1.0, "new_head_val_fraction must be in [0, 1)")
         need(float(self.new_head_encoder_lr_mult) >= 0,
              f"new_head_encoder_lr_mult: {self.new_head_encoder_lr_mult} must be >= 0")
         need(isinstance(self.eval_every, int) and self.eval_every >= 1, "eval_every must be an integer >= 1")

@@ -8,6 +8,7 @@ step with the best model saved (exit 0); failures print an ``error`` event and e
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import time
@@ -233,7 +234,9 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
     try:
         torch.manual_seed(cfg.seed)
         start = _load_start(cfg) if cfg.model else None
-        data, caught = _collect_warnings(load_data, cfg, start.class_names if start else None,
+        new_material = start is not None and (start.pretraining_only or start.untrained_head)
+        data_cfg = dataclasses.replace(cfg, val_fraction=cfg.new_head_val_fraction) if new_material else cfg
+        data, caught = _collect_warnings(load_data, data_cfg, start.class_names if start else None,
                                          start.class_colors if start else None, list(train or []), list(val or []))
         for message in caught + data.warnings:
             emit({"event": "warning", "message": message})
