@@ -214,10 +214,29 @@ def test_unknown_normalization_is_refused():
 def test_flip_tta_on_a_flip_equivariant_model_changes_nothing():
     image = np.random.default_rng(6).random((200, 300)).astype(np.float32)
     plain = pixel_segmenter(tile=256).predict(image, want_probs=True)
-    tta_seg = pixel_segmenter(tile=256, batch_size=4, tta=True)  # no memory probe
-    tta = tta_seg.predict(image, want_probs=True)
+    tta_seg = pixel_segmenter(tile=256, batch_size=4)  # no memory probe
+    tta = tta_seg.predict(image, want_probs=True, tta=True)
     np.testing.assert_allclose(tta.probs.astype(np.float32), plain.probs.astype(np.float32), atol=1e-3)
     assert len(tta_seg.model.calls) == 4  # one tile, four flips
+
+
+def test_toggling_tta_between_two_predictions_replans_the_memory(monkeypatch):
+    """TTA is an option of the call, not of the shared Segmenter: its memory plan is its own
+    (the network is probed once), so ticking TTA after a plain run never reuses the plain plan."""
+    import napari_csunet.inference as inference
+
+    probes: list[int] = []
+    monkeypatch.setattr(inference, "bytes_per_pixel", lambda *a: probes.append(1) or 2000.0)
+    monkeypatch.setattr(inference, "device_budget", lambda device: 3 * 2**30)
+    seg = pixel_segmenter()
+    image = np.zeros((1500, 1500), np.uint8)
+    plain, flips = seg.plan(image.shape), seg.plan(image.shape, tta=True)
+    assert seg.budget(tta=True).bytes_per_px > 1.9 * seg.budget().bytes_per_px
+    assert flips[0].tile[0] * flips[0].tile[1] * flips[1] < plain[0].tile[0] * plain[0].tile[1] * plain[1]
+    assert seg.plan(image.shape) == plain and len(probes) == 1  # toggled back: the plain plan again
+    seg.predict(image[:300, :300], tta=True)
+    seg.predict(image[:300, :300])
+    assert len(probes) == 1
 
 
 def test_progress_counts_tiles_and_batches():

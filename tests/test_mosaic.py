@@ -47,7 +47,7 @@ def test_default_tiles_stay_seamless(shape):
     """Tile and batch chosen by the engine (here under a tiny budget, so there are many tiles)."""
     image = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
     seg = pixel_segmenter(net=NeighbourNet)
-    seg._budget = Budget("cpu", 4 * 2**20, 10.0, 256, 3)
+    seg._budgets[False] = Budget("cpu", 4 * 2**20, 10.0, 256, 3)
     layout, _ = seg.plan(shape)
     assert shape[0] < 256 or layout.num_tiles > 1
     assert_matches(seg.predict(image, want_probs=True), untiled_probs(seg, image))

@@ -77,8 +77,7 @@ class Segmenter:
 
     def __init__(self, model: torch.nn.Module, info: ModelInfo, device: str | torch.device = "auto",
                  tile: int | None = None, overlap: float | None = None, batch_size: int | None = None,
-                 amp: bool = True, tta: bool = False, channels_last: bool | None = None,
-                 overlap_px: int = CONTEXT_PX) -> None:
+                 amp: bool = True, channels_last: bool | None = None, overlap_px: int = CONTEXT_PX) -> None:
         """``tile``/``batch_size`` None: chosen per image from the device's memory; ``overlap`` (a
         fraction of the tile) None: ``overlap_px`` pixels. ``channels_last`` None: NHWC where
         :func:`~napari_csunet.device.prefers_channels_last` says it is faster (CUDA, CPUs)."""
@@ -103,14 +102,14 @@ class Segmenter:
         self.overlap = None if overlap is None else float(overlap)
         self.overlap_px = int(overlap_px)
         self.batch_size = None if batch_size is None else int(batch_size)
-        self.tta = bool(tta)
         self.amp_dtype = amp_dtype(self.device, amp)
         self.channels_last = prefers_channels_last(self.device) if channels_last is None else bool(channels_last)
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.in_chans = int(info.config.in_chans)
-        self._budget: Budget | None = None
+        self._bytes_per_px: float | None = None  # the network's, measured once
+        self._budgets: dict[bool, Budget] = {}  # keyed by the per-call options that change memory (TTA)
 
     @classmethod
     def from_file(cls, path: str | Path, **kw: Any) -> Segmenter:
@@ -142,43 +141,46 @@ class Segmenter:
     def name(self) -> str:
         return self.info.name or self.info.preset or "model"
 
-    def budget(self) -> Budget:
-        """The device's memory facts for this model (measured once, on first use)."""
-        if self._budget is None:
-            import torch
+    def budget(self, tta: bool = False) -> Budget:
+        """The device's memory facts for this model, per call option: the network's bytes per pixel
+        are measured once, on first use; flip TTA keeps a second copy of the probabilities alive."""
+        if tta not in self._budgets:
+            if self._bytes_per_px is None:
+                import torch
 
-            with torch.inference_mode():
-                bpp = bytes_per_pixel(self.model, self.in_chans, self.multiple, self.device, self.amp_dtype,
-                                      self.channels_last)
-            bpp = bpp * (2 if self.tta else 1) + engine_bytes_per_pixel(self.in_chans, self.info.num_classes)
-            self._budget = Budget(self.device.type, device_budget(self.device), bpp, self.multiple,
-                                  self.info.num_classes)
-        return self._budget
+                with torch.inference_mode():
+                    self._bytes_per_px = bytes_per_pixel(self.model, self.in_chans, self.multiple, self.device,
+                                                         self.amp_dtype, self.channels_last)
+            bpp = self._bytes_per_px * (2 if tta else 1) + engine_bytes_per_pixel(self.in_chans, self.info.num_classes)
+            self._budgets[tta] = Budget(self.device.type, device_budget(self.device), bpp, self.multiple,
+                                        self.info.num_classes)
+        return self._budgets[tta]
 
-    def plan(self, shape: Sequence[int]) -> tuple[TileLayout, int]:
+    def plan(self, shape: Sequence[int], tta: bool = False) -> tuple[TileLayout, int]:
         """(the tile layout, tiles per batch) for one (H, W) plane, with the automatic choices made."""
         hw = (int(shape[0]), int(shape[1]))
         if self.tile is not None and self.batch_size is not None:
             tile: int | tuple[int, int] = self.tile
             batch = self.batch_size
         else:
-            tile, batch = self.budget().plan(hw, self.overlap_px, self.tile, self.batch_size)
+            tile, batch = self.budget(tta).plan(hw, self.overlap_px, self.tile, self.batch_size)
         return TileLayout.plan(hw, tile, self.overlap, self.multiple, self.overlap_px), batch
 
-    def num_tiles(self, shape: Sequence[int]) -> int:
-        """Tiles one (H, W) plane needs (without TTA), e.g. for an estimate before predicting."""
-        return self.plan(shape)[0].num_tiles
+    def num_tiles(self, shape: Sequence[int], tta: bool = False) -> int:
+        """Tiles one (H, W) plane needs, e.g. for an estimate before predicting."""
+        return self.plan(shape, tta)[0].num_tiles
 
     def predict(self, image: np.ndarray, *, want_probs: bool = False, want_uncertainty: bool = False,
-                progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                tta: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
                 name: str = "image") -> Prediction:
         """Segment a 2D image (H, W[, C]) or a stack (Z, H, W[, C]) slice by slice.
 
+        ``tta``: average over flips (4x the work; the tiles are planned for its memory).
         ``progress(done, total)`` counts tiles; ``cancel()`` returning True raises :class:`Cancelled`
         before the next batch or network stage. ``name`` is used in error messages (e.g. the file path).
         """
         planes, stack = split_planes(image, name)
-        plans = [self.plan(p.shape[:2]) for p in planes]
+        plans = [self.plan(p.shape[:2], tta) for p in planes]
         tick = _ticker(sum(lay.num_tiles for lay, _ in plans), progress)
         (h, w), k, z = plans[0][0].shape, self.info.num_classes, len(planes)
         out = Prediction(np.empty((z, h, w), np.uint8), np.empty((z, k, h, w), np.float16) if want_probs else None,
@@ -189,13 +191,14 @@ class Segmenter:
             self._check_channels(plane, label)
             padded = layout.pad_image(plane)
             self._predict_plane(lambda y, x, th, tw, a=padded: a[y:y + th, x:x + tw], self._stats(plane), layout,
-                                batch, view, tick, cancel, label)
+                                batch, view, tick, cancel, label, tta)
         if not stack:
             out = Prediction(*(None if a is None else a[0] for a in (out.labels, out.probs, out.uncertainty)))
         return out
 
     def predict_to(self, source: Any, labels: Any, *, probs: Any = None, stats: tuple[float, float] | None = None,
-                   progress: ProgressFn | None = None, cancel: CancelFn | None = None, name: str = "image") -> None:
+                   tta: bool = False, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+                   name: str = "image") -> None:
         """Segment one 2D array-like ``source`` (H, W[, C]) (zarr, dask, numpy) read tile by tile into
         array-likes ``labels`` (H, W) uint8 and optionally ``probs`` (K, H, W), written band by band.
 
@@ -205,7 +208,7 @@ class Segmenter:
         if len(shape) not in (2, 3) or (len(shape) == 3 and not 1 <= shape[2] <= 4):
             raise ImageError(f"{name}: shape {shape} is not a 2D grey or colour (H, W, C<=4) image")
         self._check_channels(np.empty((1, 1) + shape[2:]), name)
-        layout, batch = self.plan(shape[:2])
+        layout, batch = self.plan(shape[:2], tta)
         stats = self._stats(source) if stats is None else stats
         if layout.padded != layout.shape:  # a side shorter than a tile: small along it, so load it
             padded = layout.pad_image(checked_pixels(source[:], name))
@@ -213,7 +216,7 @@ class Segmenter:
         else:
             reader = lambda y, x, th, tw: checked_pixels(source[y:y + th, x:x + tw], name)  # noqa: E731
         self._predict_plane(reader, stats, layout, batch, Prediction(labels, probs), _ticker(layout.num_tiles, progress),
-                            cancel, name)
+                            cancel, name, tta)
 
     # -- one plane -------------------------------------------------------------------------------
 
@@ -237,7 +240,8 @@ class Segmenter:
                              "convert the image or use a model trained on such images")
 
     def _predict_plane(self, read: Reader, stats: tuple[float, float], layout: TileLayout, batch_size: int,
-                       out: Prediction, tick: Callable[[int], None], cancel: CancelFn | None, name: str) -> None:
+                       out: Prediction, tick: Callable[[int], None], cancel: CancelFn | None, name: str,
+                       tta: bool) -> None:
         """Fill ``out`` (views of the caller's arrays, or array-likes) with one plane's prediction."""
         import torch
 
@@ -250,7 +254,7 @@ class Segmenter:
             for batch, x in zip(batches, self._prefetch(pool, read, batches, (th, tw), stats), strict=True):
                 if cancel is not None and cancel():
                     raise Cancelled(f"{name}: segmentation cancelled")
-                probs = self._forward(x.to(self.device, non_blocking=True), (th, tw))
+                probs = self._forward(x.to(self.device, non_blocking=True), (th, tw), tta)
                 for tile, p in zip(batch, probs, strict=True):
                     band.add(*tile, p)
                 tick(len(batch))
@@ -301,7 +305,7 @@ class Segmenter:
             for h in hooks:
                 h.remove()
 
-    def _forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, size: tuple[int, int], tta: bool) -> torch.Tensor:
         """Softmax probabilities (B, K, th, tw) in float32, flip-averaged with TTA."""
         import torch
 
@@ -309,7 +313,7 @@ class Segmenter:
         try:
             with amp:
                 probs = self._probs(x)
-                if self.tta:
+                if tta:
                     for dims in _FLIPS:
                         probs = probs + self._probs(x.flip(dims)).flip(dims)
                     probs = probs / (1 + len(_FLIPS))
@@ -324,7 +328,7 @@ class Segmenter:
             smaller = max(self.multiple, max(size) // 2 // self.multiple * self.multiple)
             raise InferenceMemoryError(
                 f"out of memory on {self.device} with {size[0]}x{size[1]} tiles in batches of {len(x)}"
-                f"{' with flip TTA' if self.tta else ''}: use a smaller batch (batch_size/--batch 1) or tile "
+                f"{' with flip TTA' if tta else ''}: use a smaller batch (batch_size/--batch 1) or tile "
                 f"(tile/--tile {smaller})") from None
         return probs
 

@@ -83,7 +83,7 @@ def class_counts(labels: Any, num_classes: int, rows: int = CHUNK, cols: int = 4
 
 
 def segment_mosaic(seg: Segmenter, source: str | Path | Any, out: str | Path, *, probs: bool = False,
-                   progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+                   tta: bool = False, progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
                    name: str | None = None) -> dict[str, Any]:
     """Segment a zarr/OME-Zarr/TIFF file (or an opened 2D array-like) into ``out`` (a ``.zarr``
     path; probabilities, if asked, into ``<out stem>_probs.zarr``). Returns what was written and the
@@ -102,7 +102,7 @@ def segment_mosaic(seg: Segmenter, source: str | Path | Any, out: str | Path, *,
         probs_path = out.with_name(out.stem + "_probs.zarr")
         probs_store = create_labels_zarr(probs_path, (seg.info.num_classes, h, w), seg.info, ome=ome,
                                          dtype="float16", name="probabilities")
-    seg.predict_to(source, labels_store, probs=probs_store, progress=progress, cancel=cancel, name=name)
+    seg.predict_to(source, labels_store, probs=probs_store, tta=tta, progress=progress, cancel=cancel, name=name)
     counts = class_counts(labels_store, seg.info.num_classes)[1:]
     fractions = counts / max(int(counts.sum()), 1)
     written = {"labels": str(out)} | ({"probs": str(out.with_name(out.stem + "_probs.zarr"))} if probs else {})
@@ -110,13 +110,14 @@ def segment_mosaic(seg: Segmenter, source: str | Path | Any, out: str | Path, *,
             "area_fractions": {n: float(f) for n, f in zip(seg.info.class_names, fractions, strict=True)}}
 
 
-def mosaic_row(seg: Segmenter, path: Path, out_dir: Path, stem: str, probs: bool,
+def mosaic_row(seg: Segmenter, path: Path, out_dir: Path, stem: str, probs: bool, tta: bool = False,
                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """``csunet segment``'s result for one lazily read input: ``<stem>_labels.zarr`` (and
     ``_probs.zarr``) in ``out_dir``; no overlay or particle tables (they would need the whole image)."""
     import time
 
     start = time.perf_counter()
-    summary = segment_mosaic(seg, path, out_dir / f"{stem}_labels.zarr", probs=probs, progress=progress, name=str(path))
+    summary = segment_mosaic(seg, path, out_dir / f"{stem}_labels.zarr", probs=probs, tta=tta, progress=progress,
+                             name=str(path))
     return {"input": str(path), "shape": summary["shape"], "input_kind": summary["input_kind"], **summary["written"],
             "area_fractions": summary["area_fractions"], "seconds": round(time.perf_counter() - start, 3)}

@@ -177,7 +177,7 @@ def _segmenter(args: argparse.Namespace, device: str | None = None):
     from .inference import Segmenter
 
     return Segmenter.from_spec(args.model, device=device or args.device, tile=args.tile, overlap=args.overlap,
-                               batch_size=args.batch, amp=not args.no_amp, tta=args.tta)
+                               batch_size=args.batch, amp=not args.no_amp)
 
 
 def _say_error(message: str) -> None:
@@ -256,12 +256,12 @@ def _segment_each(seg: Any, files: list[Path], stems: list[str], args: argparse.
 
             try:
                 if is_lazy_input(path):  # larger than memory: tiles read lazily, labels into chunked zarr
-                    results.append(mosaic_row(seg, path, args.out, stem, args.probs, progress))
+                    results.append(mosaic_row(seg, path, args.out, stem, args.probs, args.tta, progress))
                     bar.update(1)
                     continue
                 image = read_image(path)
                 size, databar = calibration_for(path, image, args.pixel_size, not args.no_databar)
-                pred = predict_outside(lambda im, p=path: seg.predict(im, want_probs=args.probs, progress=progress,
+                pred = predict_outside(lambda im, p=path: seg.predict(im, want_probs=args.probs, tta=args.tta, progress=progress,
                                                                       name=str(p)), image, databar)
                 written = _write_outputs(args.out, stem, image, pred, seg.info, args, size.mean_um if size else None)
                 measured = measure(pred.labels, seg.info.class_names, size, databar, args.matrix,

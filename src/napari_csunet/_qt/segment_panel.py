@@ -324,8 +324,8 @@ class SegmentPanel(QWidget):
             self.status.error("no image to segment: open an image (File > Open Sample > CS-UNet) first")
             return None
         jobs = [(lay, image_data(lay)) for lay in layers]
-        options = {"want_probs": self.want_probs.isChecked(), "want_uncertainty": self.want_uncertainty.isChecked()}
-        seg.tta = self.tta.isChecked()
+        options = {"want_probs": self.want_probs.isChecked(), "want_uncertainty": self.want_uncertainty.isChecked(),
+                   "tta": self.tta.isChecked()}
         self._cancel.clear()
         self._written = []
         self._keep = keep
@@ -425,7 +425,8 @@ def _predict_all(seg, jobs, options, progress, cancelled, viewer_has: Callable[[
     _warm_napari_imports()
     for i, (layer, data) in enumerate(jobs):
         if is_lazy(data):
-            pred = _predict_lazy(seg, data, lambda d, t, i=i: progress(i, len(jobs), d, t), cancelled, layer.name)
+            pred = _predict_lazy(seg, data, lambda d, t, i=i: progress(i, len(jobs), d, t), cancelled, layer.name,
+                                 options["tta"])
             yield layer, pred, pred.counts, None
             continue
         data = np.asarray(data)
@@ -472,7 +473,7 @@ class _LazyPrediction:
         self.labels, self.counts, self.probs, self.uncertainty = labels, counts, None, None
 
 
-def _predict_lazy(seg, data, progress, cancelled, name: str) -> _LazyPrediction:
+def _predict_lazy(seg, data, progress, cancelled, name: str, tta: bool) -> _LazyPrediction:
     """Worker thread: segment lazy ``data`` tile by tile into a zarr in a temporary folder."""
     import atexit
     import shutil
@@ -484,5 +485,5 @@ def _predict_lazy(seg, data, progress, cancelled, name: str) -> _LazyPrediction:
     folder = Path(tempfile.mkdtemp(prefix="csunet-labels-"))
     atexit.register(shutil.rmtree, folder, True)  # the layer's own store: napari's Save writes a copy
     labels = create_labels_zarr(folder / "labels.zarr", tuple(int(s) for s in data.shape[:2]), seg.info)
-    seg.predict_to(data, labels, progress=progress, cancel=cancelled, name=name)
+    seg.predict_to(data, labels, tta=tta, progress=progress, cancel=cancelled, name=name)
     return _LazyPrediction(labels, class_counts(labels, seg.info.num_classes))
