@@ -13,7 +13,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 
 stamp="$VENV/.csunet-installed"
-want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml napari.yaml hatch_build.py | sha256sum | cut -d' ' -f1)  # the install copies the manifest
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "Installing napari-csunet and its dependencies into $VENV (first run: a few minutes)..."
   "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -9,8 +9,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _manifest_lookups() -> list[str]:
+    """Code that imports each module the manifest names and looks its name up (the widgets aside: _qt)."""
+    commands = yaml.safe_load((ROOT / "napari.yaml").read_text())["contributions"]["commands"]
+    names = [c["python_name"].split(":") for c in commands if "._qt." not in c["python_name"]]
+    return [f"import {module} as m; m.{attr}" for module, attr in names]
 
 
 def _modules_after(code: str) -> set[str]:
@@ -27,11 +35,13 @@ def _modules_after(code: str) -> set[str]:
         "import napari_csunet.cli; napari_csunet.cli.build_parser()",
         "from npe2 import PluginManager; pm = PluginManager(); pm.discover(include_npe1=False); "
         "assert pm.get_manifest('napari-csunet')",
+        *_manifest_lookups(),
     ],
 )
 def test_importing_the_plugin_imports_neither_torch_nor_qt(code: str) -> None:
     loaded = _modules_after(code)
-    heavy = {m for m in loaded if m.split(".")[0] in {"torch", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "timm"}}
+    heavy = {m for m in loaded
+             if m.split(".")[0] in {"torch", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "timm", "napari"}}
     assert not heavy, f"{code!r} imported {sorted(heavy)[:5]}"
 
 
@@ -57,7 +67,7 @@ def test_wheel_ships_manifest_backend_and_data(tmp_path: Path) -> None:
                    cwd=ROOT, check=True, capture_output=True)
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "napari_csunet/napari.yaml" in names
+    assert zipfile.ZipFile(wheel).read("napari_csunet/napari.yaml") == (ROOT / "napari.yaml").read_bytes()
     assert "csunet_train/__init__.py" in names and "csunet_train/recipes/super3.yaml" in names
     assert any(n.startswith("napari_csunet/data/") and n.endswith(".tif") for n in names)
     assert not any(n.startswith("training/") or n.endswith("/__init__.py") and n.startswith("training") for n in names)

@@ -47,7 +47,7 @@ def _data_root(tmp: Path, data_dir: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_wheel_in_a_fresh_venv_lists_models_runs_the_demo_and_trains_a_recipe(tmp_path: Path, data_dir: Path) -> None:
+def test_wheel_in_a_fresh_venv_lists_models_runs_the_demo_trains_recipes_and_validates(tmp_path: Path, data_dir: Path) -> None:
     bin_dir = _fresh_venv_with_wheel(tmp_path)
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -69,7 +69,15 @@ def test_wheel_in_a_fresh_venv_lists_models_runs_the_demo_and_trains_a_recipe(tm
     refused = subprocess.run([str(bin_dir / "csunet"), "train", "--recipe", "super3"], cwd=work, env=env,
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "--data-root" in refused.stdout + refused.stderr
-    run("train", "--recipe", "super3", "--data-root", str(_data_root(tmp_path, data_dir)), "--steps", "3",
+    root = str(_data_root(tmp_path, data_dir))
+    run("train", "--recipe", "super3", "--data-root", root, "--steps", "3",
         "--preset", "csunet-tiny", "--weights", "cnn=,swin=", "--batch-size", "1", "--num-workers", "0",
         "--device", "cpu")
     assert (work / "runs" / "super3.safetensors").is_file()  # outside a checkout: under the current folder
+    # a starter recipe starts from the shipped micro-tiny by name, and its model is the user's own
+    run("train", "--recipe", "starter-superalloy", "--data-root", root, "--steps", "3", "--batch-size", "1",
+        "--num-workers", "0", "--device", "cpu", "--out", "starter.safetensors")
+    assert (work / "starter.safetensors").is_file()
+    validated = subprocess.run([str(bin_dir / "python"), "-m", "npe2", "validate", "napari-csunet"], cwd=work, env=env,
+                               capture_output=True, text=True)
+    assert validated.returncode == 0, validated.stdout + validated.stderr
