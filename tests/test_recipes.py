@@ -42,3 +42,18 @@ def test_outside_a_checkout_relative_outputs_land_in_the_current_folder(tmp_path
     monkeypatch.setattr(config, "_in_checkout", lambda: False)
     monkeypatch.chdir(tmp_path)
     assert load_recipe("super1", tmp_path).out == str(tmp_path / "runs" / "super1.safetensors")
+
+
+@pytest.mark.parametrize("recipe", ["starter-superalloy", "starter-ebc"])
+def test_starter_recipes_start_from_a_catalogue_name_and_run_outside_a_checkout(tmp_path: Path, monkeypatch,
+                                                                                recipe: str) -> None:
+    """From an installed wheel the starter folder is not where ``--out`` goes: the recipe's model is the
+    user's own (its shipped name gets ``-ft-<time>``), and its start is found by name, not by a path."""
+    for folder in ("Super1", "EBC2"):
+        (tmp_path / folder).mkdir()
+    assert load_recipe(recipe, tmp_path).name == recipe  # in a checkout: regenerates the shipped file
+    monkeypatch.setattr(config, "_in_checkout", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_recipe(recipe, tmp_path, out=str(tmp_path / "x.safetensors"))
+    assert cfg.model == "micro-tiny" and cfg.name.startswith(f"{recipe}-ft-")
+    assert load_recipe(recipe, tmp_path, out=str(tmp_path / "y.safetensors"), name="mine").name == "mine"

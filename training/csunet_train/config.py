@@ -314,8 +314,11 @@ def _resolve_data_dir(recipe: str, data_dir: str, data_root: str | Path | None) 
 def load_recipe(path: str | Path, data_root: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """A YAML recipe (a file, or a name in :data:`RECIPE_DIR`) -> TrainConfig.
 
-    ``data_dir`` is relative to ``data_root`` (see :func:`default_data_root`), ``out``/``model`` to
-    :func:`project_root`. ``overrides`` (e.g. ``out``, ``steps``) replace the recipe's values when not None.
+    ``data_dir`` is relative to ``data_root`` (see :func:`default_data_root`), ``out`` (and a
+    ``model`` given as a file, not a catalogue name such as ``micro-tiny``) to :func:`project_root`.
+    ``overrides`` (e.g. ``out``, ``steps``) replace the recipe's values when not None. A starter
+    recipe written anywhere but the starter folder makes the user's own model: its shipped name
+    becomes ``<name>-ft-<time>``, so the recipe runs from an installed wheel too.
     """
     import yaml
 
@@ -331,6 +334,12 @@ def load_recipe(path: str | Path, data_root: str | Path | None = None, **overrid
     data.update({k: v for k, v in overrides.items() if v is not None})
     given = {k for k, v in overrides.items() if v}
     for key in ("out", "model"):  # a recipe's own file paths are relative to the project
-        if data.get(key) and not Path(data[key]).is_absolute() and key not in given:
-            data[key] = str(project_root() / data[key])
+        value = data.get(key)
+        if value and key not in given and not Path(value).is_absolute() and (key == "out" or Path(value).suffix):
+            data[key] = str(project_root() / value)
+    if data.get("name") in shipped_names() and "name" not in given and data.get("out") \
+            and not _in_starter_dir(data["out"]):
+        from napari_csunet.finetune import finetuned_name
+
+        data["name"] = finetuned_name(data["name"])
     return TrainConfig.from_dict(data)
