@@ -250,8 +250,7 @@ class DataSet:
 def base_model(data: DataSet, cache: Path, steps: int, scratch: Path) -> dict[str, Any]:
     """micro-tiny fine-tuned on ``data``'s training images (cached: reruns reuse it)."""
     from napari_csunet.atomic import atomic_path
-    from napari_csunet.finetune import model_stem
-    from napari_csunet.model_catalog import resolve_model
+    from napari_csunet.model_catalog import model_stem, resolve_model
 
     path = cache / f"{model_stem(data.name)}-micro-tiny-{steps}steps.safetensors"
     record = path.with_suffix(".json")
@@ -316,8 +315,9 @@ class Loop:
     def run(self, sample: Any, others: Sequence[Any], seed: int) -> dict[str, Any]:
         """One simulated round on ``sample``: paint the worst boxes, fine-tune, re-segment, score."""
         from napari_csunet.annotations import AnnotationStore
-        from napari_csunet.finetune import finetune_job_spec, model_stem
+        from napari_csunet.finetune import finetune_job_spec
         from napari_csunet.inference import Segmenter
+        from napari_csunet.model_catalog import model_stem
 
         image, truth, before = self.load(sample)
         side = box_side(truth.shape)

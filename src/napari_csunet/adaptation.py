@@ -9,21 +9,18 @@ images to disk for it. No Qt, no torch.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .safetext import file_stem
 
 __all__ = ["AdaptationError", "write_images"]
 
 
 class AdaptationError(ValueError):
     """Nothing to adapt on, or an image that cannot be used; the message says what to do."""
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "image"
 
 
 def write_images(images: Sequence[tuple[str, np.ndarray]], folder: str | Path) -> list[Path]:
@@ -42,7 +39,7 @@ def write_images(images: Sequence[tuple[str, np.ndarray]], folder: str | Path) -
                                   "folder of images instead, or open one plane")
         if min(array.shape[:2]) < 16:
             raise AdaptationError(f"{name}: {array.shape[0]}x{array.shape[1]} pixels is too small to learn from")
-        path = folder / f"{i:03d}-{_safe(name)}.tif"
+        path = folder / f"{i:03d}-{file_stem(name, 'image')}.tif"
         with atomic_path(path, suffix=".tif") as tmp:
             tifffile.imwrite(tmp, array, compression="zlib")
         written.append(path)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import time
 import warnings
@@ -26,6 +25,7 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
 from .colors import ColorError, check_colors
+from .safetext import file_stem
 
 __all__ = ["AnnotationError", "Annotation", "AnnotationStore", "default_annotations_dir", "class_counts",
            "correction_mask", "reviewed_area", "PAINTED", "ACCEPTED"]
@@ -96,10 +96,6 @@ def correction_mask(labels: np.ndarray, prediction: np.ndarray | None = None,
     mask = np.where(labels != np.asarray(prediction), np.uint8(PAINTED), accepted)
     mask *= labelled
     return mask
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
 
 
 class AnnotationStore:
@@ -204,7 +200,7 @@ class AnnotationStore:
                 f"the annotation set in {self.root} has classes {data['class_names']} but these labels "
                 f"have {list(class_names)}; remove its entries or choose another annotation folder")
         entries = [e for e in data["entries"] if e["name"] != name]
-        entry_id = _slug(name)
+        entry_id = file_stem(name, "image")
         entry = Annotation(id=entry_id, name=name, image=f"images/{entry_id}.tif", labels=f"labels/{entry_id}.tif",
                            shape=list(labels.shape), counts=counts, mask=f"masks/{entry_id}.tif",
                            regions=[[int(v) for v in r] for r in regions] or None, whole_image=bool(whole_image),

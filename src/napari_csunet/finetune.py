@@ -8,29 +8,16 @@ correct is distilled to the starting model (``distill_weight``), so what was rig
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FINETUNE_DEFAULTS", "FORM_FIELDS", "finetune_job_spec", "model_stem", "finetuned_name"]
+__all__ = ["FINETUNE_DEFAULTS", "FORM_FIELDS", "finetune_job_spec"]
 
 #: the TrainConfig fields the Fine-tune tab's form offers (the rest: the job's defaults, or set below)
 FORM_FIELDS = ("steps", "lr", "crop", "batch_size", "aug_strength", "freeze_cnn", "freeze_swin")
 
 FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 60, "lr": 3e-4, "crop": 256, "batch_size": 4, "aug_strength": 0.5,
                                      "freeze_cnn": False, "freeze_swin": False, "distill_weight": 1.0}
-
-
-def model_stem(name: str) -> str:
-    """A model name safe in a file name."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
-
-
-def finetuned_name(base: str) -> str:
-    """``<base>-ft-<timestamp>``: a fine-tune never takes its parent's name."""
-    return f"{model_stem(base).split('-ft-')[0]}-ft-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def finetune_job_spec(model: str | Path, pairs: list[dict[str, Any]], class_names: list[str], out: str | Path,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["STARTER_DIR", "user_models_dir", "list_model_files", "scan_model_files", "resolve_model",
-           "pretrained_models", "start_from_pretrained", "shipped_names"]
+           "pretrained_models", "start_from_pretrained", "shipped_names", "model_stem", "finetuned_name"]
 
 STARTER_DIR = Path(__file__).parent / "starter_models"
 
@@ -25,6 +25,20 @@ def user_models_dir() -> Path:
 def shipped_names() -> set[str]:
     """Names of the models shipped in the package (their file stems: no header is read)."""
     return {p.stem for p in STARTER_DIR.glob("*.safetensors")} if STARTER_DIR.is_dir() else set()
+
+
+def model_stem(name: str) -> str:
+    """A model name safe in a file name."""
+    from .safetext import file_stem
+
+    return file_stem(name, "model")
+
+
+def finetuned_name(base: str) -> str:
+    """``<base>-ft-<timestamp>``: a fine-tune never takes its parent's name."""
+    import time
+
+    return f"{model_stem(base).split('-ft-')[0]}-ft-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def scan_model_files() -> tuple[list[dict[str, Any]], list[dict[str, str]]]:

@@ -1,11 +1,11 @@
-"""Names from files reach terminals and spreadsheets: escape what either would act on."""
+"""Names from files reach terminals, spreadsheets and file names: escape what each would act on."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-__all__ = ["shown", "csv_cell", "csv_row"]
+__all__ = ["shown", "csv_cell", "csv_row", "file_stem"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: a spreadsheet reads a cell starting with these as a formula (OWASP's CSV injection list)
@@ -26,3 +26,8 @@ def csv_cell(value: Any) -> Any:
 
 def csv_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: csv_cell(v) for k, v in row.items()}
+
+
+def file_stem(name: str, fallback: str) -> str:
+    """``name`` safe in a file name on every platform (letters, digits, ``._-``); ``fallback`` if none is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or fallback

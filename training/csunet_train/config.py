@@ -6,10 +6,8 @@ Importable without torch: the CLI and the GUI build and validate jobs before any
 from __future__ import annotations
 
 import json
-import numbers
 import os
-import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,9 @@ from napari_csunet.colors import ColorError, check_colors
 from napari_csunet.model_catalog import STARTER_DIR, shipped_names
 from napari_csunet.models.config import TILE_MULTIPLE, nearest_multiple
 from napari_csunet.options import option
+
+from .pretrain_config import PretrainConfig
+from .validation import ConfigError, config_from_dict, need
 
 __all__ = ["TrainConfig", "ConfigError", "load_job", "load_recipe", "recipe_names", "RECIPE_DIR", "REPO_ROOT",
            "DATA_ROOT_ENV", "default_data_root", "project_root"]
@@ -28,50 +29,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 #: where recipes' data folders (Super1/, EBC2/, ...) live, when --data-root is not given
 DATA_ROOT_ENV = "CSUNET_DATA_ROOT"
 MODES = ("train", "finetune")
-
-
-class ConfigError(ValueError):
-    """A job, recipe or flag is invalid; the message names the key and the accepted values."""
-
-
-def need(ok: bool, msg: str) -> None:
-    """Validation: raise :class:`ConfigError` with ``msg`` (which names the key) unless ``ok``."""
-    if not ok:
-        raise ConfigError(msg)
-
-
-def config_from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
-    """A job dataclass from JSON/YAML values: unknown keys named, whole floats taken as integers."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown {what} keys {unknown}; known keys: {sorted(known)}")
-    data = dict(data)
-    for key in ("steps", "crop", "batch_size", "eval_every", "seed", "num_workers", "mask_patch", "val_images"):
-        if isinstance(data.get(key), float) and float(data[key]).is_integer():
-            data[key] = int(data[key])
-    for f in fields(cls):
-        if f.name in data:
-            _check_type(f.name, data[f.name], str(f.type))
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-#: a job key's annotation (its outer type) -> what JSON/YAML values it takes
-_JSON_TYPES: dict[str, tuple[type, ...]] = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool,),
-                                           "str": (str,), "list": (list, tuple), "dict": (dict,)}
-
-
-def _check_type(key: str, value: Any, annotation: str) -> None:
-    """ConfigError naming ``key`` when a JSON/YAML value has the wrong type (``"lr": "fast"``, ``"steps": true``)."""
-    options = [a.strip() for a in re.sub(r"\[.*\]", "", annotation).split("|")]  # list[str] | None -> list, None
-    if value is None and "None" in options:
-        return
-    accepted = tuple(t for o in options if o != "None" for t in _JSON_TYPES.get(o, (object,)))
-    wrong = not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted)
-    need(not wrong, f"{key}: {value!r:.40} must be {' or '.join(o if o != 'None' else 'null' for o in options)}")
 
 
 @dataclass
@@ -223,7 +180,7 @@ class TrainConfig:
         (``<start>-ft-<time>``) and no model takes a shipped one."""
         if self.name:
             return self.name
-        from napari_csunet.finetune import finetuned_name
+        from napari_csunet.model_catalog import finetuned_name
 
         stem = Path(self.out).stem
         if self.model is not None and start_name:
@@ -269,8 +226,6 @@ def load_job(path: str | Path):
     """Read a JOB.json file: a ``TrainConfig``, or a ``PretrainConfig`` for ``mode: pretrain``."""
     data = _read_mapping(Path(path), "job file", json.loads, (json.JSONDecodeError,))
     if data.get("mode") == "pretrain":
-        from .pretrain_config import PretrainConfig
-
         return PretrainConfig.from_dict(data)
     return TrainConfig.from_dict(data)
 
@@ -339,7 +294,7 @@ def load_recipe(path: str | Path, data_root: str | Path | None = None, **overrid
             data[key] = str(project_root() / value)
     if data.get("name") in shipped_names() and "name" not in given and data.get("out") \
             and not _in_starter_dir(data["out"]):
-        from napari_csunet.finetune import finetuned_name
+        from napari_csunet.model_catalog import finetuned_name
 
         data["name"] = finetuned_name(data["name"])
     return TrainConfig.from_dict(data)

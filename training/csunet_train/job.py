@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from .begin import begin_job, device_name, ignore_sigint
 from .config import ConfigError, TrainConfig, load_job
 from .data import DataError, LabelledImage, TrainingData, fingerprint, load_data, read_unlabelled
-from .events import Emit, StopControl, silent, stdout_events
+from .events import Emit, StopControl, stdout_events
 from .fair import annotation_digest, fair_split, missing_classes_text
 from .fair import summary as fair_summary
 from .judge import FairValidation
@@ -176,34 +177,6 @@ def _collect_warnings(fn, *args, **kwargs) -> tuple[Any, list[str]]:
     return result, [str(w.message) for w in caught]
 
 
-def _device_name(device) -> str:
-    import torch
-
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
-def begin_job(cfg: Any, emit: Emit, stop: StopControl | None) -> tuple[float, Any, Any, Emit, StopControl]:
-    """(start time, clock, rank/device, emitter, stop control) of a training or pretraining job.
-
-    A time budget counts from here (loading and the first validation included); ranks other than
-    0 stay silent.
-    """
-    from . import dist as distmod
-    from .loop import Clock
-
-    t_start = time.perf_counter()
-    clock = Clock(cpu=getattr(cfg, "budget_clock", "wall") == "cpu")
-    clock.start()
-    try:
-        dist = distmod.setup(cfg.device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return (t_start, clock, dist, emit if dist.is_main else silent,
-            stop or StopControl(cfg.stop_file, handle_signals=False))
-
-
 def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             train: Sequence[LabelledImage] | None = None, val: Sequence[LabelledImage] | None = None) -> dict[str, Any]:
     """Run one job and return its ``done`` event; ``train``/``val`` add in-memory labelled images."""
@@ -294,13 +267,13 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             loss_fn = _anchored(loss_fn, anchor)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False,
                                              num_workers=cfg.num_workers, pin_memory=dist.device.type == "cuda",
-                                             persistent_workers=False, worker_init_fn=_ignore_sigint)
+                                             persistent_workers=False, worker_init_fn=ignore_sigint)
         run = Run(model, train_model, optimizer, scheduler, scaler, loader, data.val, data.class_names, in_chans,
                   frozen, dist, dtype, cfg.steps, cfg.batch_size, cfg.eval_every, cfg.patience, cfg.grad_clip,
                   keep_initial=cfg.model is not None, time_budget_s=cfg.time_budget_s, clock=clock,
                   loss_fn=loss_fn, validator=validation,
                   after_step=functools.partial(teacher.update, model) if teacher is not None else None)
-        emit({"event": "started", "steps": cfg.steps, "device": _device_name(dist.device),
+        emit({"event": "started", "steps": cfg.steps, "device": device_name(dist.device),
               "train_images": len(data.train), "val_images": len(data.val), "unlabelled_images": len(context),
               "params": count_parameters(model),
               "threads": torch.get_num_threads(), "lr": lr, "encoder_lr_mult": encoder_lr_mult,
@@ -310,7 +283,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             "mode": cfg.mode, "recipe": cfg.recipe, "started_from": cfg.model or f"preset {start.preset}",
             "data_fingerprint": fingerprint(data.train + data.val),
             "train_images": [it.name for it in data.train], "val_images": [it.name for it in data.val],
-            "device": _device_name(dist.device), "world_size": dist.world_size,
+            "device": device_name(dist.device), "world_size": dist.world_size,
             "hyperparameters": {k: getattr(cfg, k) for k in ("crop", "batch_size", "aug_strength", "freeze_cnn",
                                                            "freeze_swin", "seed", "weight_decay")}
             | {"lr": lr, "encoder_lr_mult": encoder_lr_mult},
@@ -369,13 +342,6 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         return done
     finally:
         distmod.cleanup()
-
-
-def _ignore_sigint(worker_id: int) -> None:
-    """Loader workers leave Ctrl-C to the main process, which stops cleanly."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _error_kind(exc: BaseException) -> tuple[str, str]:

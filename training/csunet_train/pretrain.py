@@ -18,11 +18,12 @@ import torch
 from napari_csunet.device import in_device_layout
 from napari_csunet.modelfile import PRETRAINING_TASK, ModelInfo
 
-from .config import ConfigError
+from .begin import begin_job, device_name, ignore_sigint
 from .data import DataError, LabelledImage
 from .events import Emit, StopControl
 from .pretrain_config import PretrainConfig
 from .unlabelled import find_images, read_unlabelled
+from .validation import ConfigError
 
 __all__ = ["patch_mask", "mim_loss", "mask_batch", "reconstruction_names", "run_pretrain"]
 
@@ -136,7 +137,6 @@ def run_pretrain(cfg: PretrainConfig, emit: Emit, stop: StopControl | None = Non
     from napari_csunet.models import count_parameters
 
     from . import dist as distmod
-    from .job import _device_name, _ignore_sigint, begin_job
     from .loop import amp_dtype, budget_schedule, build_optimizer, train_step, warmup_cosine
     from .sampling import CropDataset, prepare_image
 
@@ -171,9 +171,9 @@ def run_pretrain(cfg: PretrainConfig, emit: Emit, stop: StopControl | None = Non
         dataset = CropDataset(prepared, cfg.crop, remaining * cfg.batch_size, cfg.aug_strength, 0.0,
                               cfg.seed + prior, dist.rank)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                             pin_memory=device.type == "cuda", worker_init_fn=_ignore_sigint)
+                                             pin_memory=device.type == "cuda", worker_init_fn=ignore_sigint)
         emit({"event": "started", "mode": cfg.mode, "steps": cfg.steps, "prior_steps": prior,
-              "device": _device_name(device), "train_images": len(train_items), "val_images": len(val_items),
+              "device": device_name(device), "train_images": len(train_items), "val_images": len(val_items),
               "excluded_images": len(excluded), "params": count_parameters(model), "world_size": dist.world_size,
               "out": cfg.out})
         record = {
@@ -184,7 +184,7 @@ def run_pretrain(cfg: PretrainConfig, emit: Emit, stop: StopControl | None = Non
                        "excluded_files": sorted(p.name for p in excluded),
                        "files": sorted(p.name for p in paths), "probe_images": probe.names},
             "started_from": (f"{cfg.out} (resumed)" if cfg.resume else cfg.model) or f"preset {cfg.preset}",
-            "device": _device_name(device), "world_size": dist.world_size,
+            "device": device_name(device), "world_size": dist.world_size,
             "hyperparameters": {k: getattr(cfg, k) for k in ("lr", "batch_size", "weight_decay", "seed", "steps")},
             "previous": {k: previous.provenance.get(k) for k in ("task", "steps", "metrics", "time")} if previous else None,
         }

@@ -1,6 +1,6 @@
 """The pretraining job description (``mode: pretrain`` in JOB.json, ``csunet pretrain`` flags).
 
-Importable without torch, like :mod:`csunet_train.config`.
+Importable without torch, like :mod:`csunet_train.config` (which reads either kind from a job file).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from napari_csunet.models.config import TILE_MULTIPLE
 from napari_csunet.options import option
 
-from .config import config_from_dict, need
+from .validation import config_from_dict, need
 
 __all__ = ["PretrainConfig", "PRETRAIN_MODE", "adaptation_job"]
 

@@ -27,9 +27,9 @@ from magicgui.widgets import CheckBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
-from ..finetune import FINETUNE_DEFAULTS, FORM_FIELDS, finetune_job_spec, finetuned_name, model_stem
+from ..finetune import FINETUNE_DEFAULTS, FORM_FIELDS, finetune_job_spec
 from ..jobs import TrainingJob
-from ..model_catalog import user_models_dir
+from ..model_catalog import finetuned_name, model_stem, user_models_dir
 from ..settings import save_settings
 from .common import EventRelay, StatusLine, form_group, hbox, start_training_child
 from .config_form import config_form, form_rows, form_values

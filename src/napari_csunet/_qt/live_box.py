@@ -17,10 +17,9 @@ from typing import Any
 from qtpy.QtWidgets import QCheckBox, QPushButton, QVBoxLayout, QWidget
 
 from ..annotations import AnnotationStore
-from ..finetune import model_stem
 from ..jobs import TrainingJob
 from ..live_update import LiveUpdate, live_job_spec
-from ..model_catalog import user_models_dir
+from ..model_catalog import model_stem, user_models_dir
 from .common import EventRelay, StatusLine, hbox
 from .queue_box import QueueBox
 from .segment_panel import SegmentPanel
