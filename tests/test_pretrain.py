@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from csunet_train.unlabelled import find_images
 from napari_csunet.cli import main as csunet
 from napari_csunet.modelfile import read_model_info
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "--batch-size", "2", "--eval-every", "1", "--val-images", "0", "--device", "cpu"]
 
 
@@ -117,9 +115,8 @@ def test_pretrain_job_stops_on_sigint_with_a_loadable_model(mixed_folder: Path, 
     job = tmp_path / "JOB.json"
     job.write_text(json.dumps({"mode": "pretrain", "out": str(out), "images": [str(mixed_folder)], "steps": 10_000,
                                "batch_size": 1, "eval_every": 10_000, "val_images": 0, "device": "cpu"}))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT / "training")]))
     proc = subprocess.Popen([sys.executable, "-m", "csunet_train.job", str(job)], stdout=subprocess.PIPE, text=True,
-                            env=env, stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL)
     events = []
     for line in proc.stdout:
         events.append(json.loads(line))

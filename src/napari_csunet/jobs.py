@@ -41,15 +41,10 @@ def jobs_dir() -> Path:
 
 
 def _child_env() -> dict[str, str]:
-    """The parent's environment, unbuffered, with ``csunet_train`` importable from a source tree."""
-    import importlib.util
-
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    spec = importlib.util.find_spec("csunet_train")
-    if spec is not None and spec.origin:
-        root = str(Path(spec.origin).parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
+    """The parent's environment, unbuffered. ``csunet_train`` is installed with the package (the
+    wheel ships it, an editable install puts ``training/`` on the path), so the child finds it as
+    the parent does."""
+    return dict(os.environ, PYTHONUNBUFFERED="1")
 
 
 class TrainingJob:
