@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from fabricated import write_nasa_folder
 from csunet_train import dist as distmod
 from csunet_train.config import TrainConfig
 from csunet_train.job import _error_kind, run_job
-from napari_csunet import cli
-from napari_csunet.device import amp_dtype, is_out_of_memory, pick_device
+from napari_csunet import cli, segment_cli
+from napari_csunet.device import amp_dtype, is_out_of_memory, rank_device
 from napari_csunet.inference import InferenceMemoryError
 
 
@@ -37,8 +38,28 @@ def test_validation_numbers_are_what_csunet_evaluate_gives_the_saved_model(tmp_p
     assert abs(evaluated["pixel_accuracy"] - done["best_metrics"]["pixel_accuracy"]) <= 0.002
 
 
-def test_training_and_inference_pick_the_same_device() -> None:
-    assert distmod.setup("auto").device == pick_device("auto")
+@pytest.mark.parametrize(("world", "local_rank", "gpu"), [("1", "0", 0), ("4", "3", 1)])
+def test_training_and_csunet_segment_give_each_torchrun_rank_its_own_gpu(monkeypatch, world: str, local_rank: str,
+                                                                         gpu: int) -> None:
+    """The rule, with two fake GPUs, as training (``dist.setup``) and ``csunet segment`` apply it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(distmod.tdist, "is_initialized", lambda: True)  # no process group is made here
+    for key, value in (("WORLD_SIZE", world), ("RANK", local_rank), ("LOCAL_RANK", local_rank)):
+        monkeypatch.setenv(key, value)
+    assert rank_device("auto") == rank_device("cuda") == torch.device("cuda", gpu) and rank_device("cpu").type == "cpu"
+    assert distmod.setup("auto").device == torch.device("cuda", gpu)
+
+    class Loaded(Exception):
+        pass
+
+    def segmenter(args, device=None):
+        raise Loaded(device)
+
+    monkeypatch.setattr(segment_cli, "_segmenter", segmenter)
+    with pytest.raises(Loaded) as loaded:
+        segment_cli._segment_into(argparse.Namespace(device="auto"), int(world), int(local_rank), [], [])
+    assert loaded.value.args[0] == torch.device("cuda", gpu)
     assert amp_dtype(torch.device("cpu"), enabled=False) is None
 
 

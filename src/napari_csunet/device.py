@@ -5,12 +5,13 @@ fine-tunes on MPS like it segments there). torch is imported inside the function
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["pick_device", "amp_dtype", "cpu_has_native_bf16", "prefers_channels_last", "in_device_layout",
+__all__ = ["pick_device", "launch_ranks", "rank_device", "amp_dtype", "cpu_has_native_bf16", "prefers_channels_last", "in_device_layout",
            "is_out_of_memory", "DEVICE_HELP"]
 
 DEVICE_HELP = "auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps"
@@ -51,6 +52,18 @@ def pick_device(name: str | torch.device = "auto", local_rank: int | None = None
     elif device.type != "cpu":
         raise ValueError(f"device {name!r} is not supported; use {DEVICE_HELP}")
     return device
+
+
+def launch_ranks() -> tuple[int, int, int]:
+    """(world size, rank, local rank) as torchrun sets them; (1, 0, 0) in a plain process."""
+    return (int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")),
+            int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def rank_device(name: str | torch.device = "auto") -> torch.device:
+    """This process's device: under torchrun each local rank takes its own GPU (``csunet segment``
+    and training share this rule)."""
+    return pick_device(name, launch_ranks()[2])
 
 
 def cpu_has_native_bf16() -> bool:

@@ -11,17 +11,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .atomic import atomic_path
 from .databar import predict_outside
+from .device import launch_ranks, rank_device
 from .errors import GracefulStop
 from .io import IMAGE_SUFFIXES, read_image
 from .lazy import is_lazy_input
@@ -30,6 +30,11 @@ from .mosaic import mosaic_row
 from .outputs import check_out_dir, out_lock
 from .report import batch_tables, write_batch_tables
 from .safetext import shown
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .inference import Segmenter
 
 __all__ = ["register", "expand_inputs", "overlay", "output_stems"]
 
@@ -173,7 +178,7 @@ def _write_outputs(out: Path, stem: str, image: np.ndarray, pred: Any, info: Any
     return written
 
 
-def _segmenter(args: argparse.Namespace, device: str | None = None):
+def _segmenter(args: argparse.Namespace, device: str | torch.device | None = None) -> Segmenter:
     from .inference import Segmenter
 
     return Segmenter.from_spec(args.model, device=device or args.device, tile=args.tile, overlap=args.overlap,
@@ -192,20 +197,6 @@ def _named(path: Path, exc: BaseException) -> str:
 
 
 # -- distributed helpers (torchrun) ------------------------------------------------------------------
-
-def _world() -> tuple[int, int]:
-    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-
-
-def _rank_device(requested: str, world: int) -> str:
-    """Under torchrun with CUDA, each local rank takes its own GPU."""
-    if world > 1 and requested in ("auto", "cuda"):
-        import torch
-
-        if torch.cuda.is_available():
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
-    return requested
-
 
 def _gather(obj: Any, world: int) -> list[Any]:
     """All ranks' ``obj`` on rank 0 (``[obj]`` without torch.distributed for a single process)."""
@@ -283,7 +274,7 @@ def _segment_each(seg: Any, files: list[Path], stems: list[str], args: argparse.
 
 
 def _segment(args: argparse.Namespace) -> int:
-    world, rank = _world()
+    world, rank, _ = launch_ranks()
     files, input_errors = expand_inputs(args.inputs)
     check_out_dir(args.out)  # before the model loads; OutputError is the command's one-line error
     with out_lock(args.out) if rank == 0 else contextlib.nullcontext():  # two runs never mix one folder
@@ -295,7 +286,7 @@ def _segment_into(args: argparse.Namespace, world: int, rank: int, files: list[P
     if rank == 0:
         for message in input_errors:
             _say_error(message)
-    seg = _segmenter(args, _rank_device(args.device, world))  # a bad model: the command's one-line error
+    seg = _segmenter(args, rank_device(args.device))  # a bad model or device: the command's one-line error
     if args.matrix is not None and args.matrix not in seg.info.class_names:
         _say_error(f"--matrix {args.matrix!r} is not one of the model's classes {list(seg.info.class_names)}")
         return 2

@@ -5,15 +5,14 @@ Without torchrun's environment everything runs as a world of one and no process 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
 
-from napari_csunet.device import pick_device
+from napari_csunet.device import launch_ranks, rank_device
 
-__all__ = ["DistInfo", "setup", "cleanup", "all_reduce_sum", "pick_device"]
+__all__ = ["DistInfo", "setup", "cleanup", "all_reduce_sum"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +33,8 @@ class DistInfo:
 
 def setup(preference: str = "auto") -> DistInfo:
     """Join torchrun's process group when launched by it: NCCL on GPUs, gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(preference, local_rank)  # the GUI's and csunet segment's rule, per local rank
+    world, rank, local_rank = launch_ranks()
+    device = rank_device(preference)  # the GUI's and csunet segment's rule, per local rank
     if world > 1 and not tdist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
