@@ -6,7 +6,7 @@ For each dataset (NASA layout under ``--data-root``): a model that has not seen 
 microscopy-pretrained, with a new output layer) is fine-tuned on ``--seed-regions`` random
 ``--region``² regions of the training images, ground truth copied in (shared by both curves).
 Then, in ``--rounds`` rounds, the user "corrects" ``--k`` more regions (copies the ground truth
-into them) chosen (a) by :mod:`napari_csunet.correction_queue` from the current model's
+into them) chosen (a) by :mod:`napari_csunet.loop.correction_queue` from the current model's
 uncertainty, (b) at random; after each round the model is fine-tuned further for ``--steps``
 steps on every region labelled so far (the training backend in-process, as the live update does).
 Each point is the test split's mIoU (mean over classes, argmax) vs labelled pixels.
@@ -39,7 +39,7 @@ def center_crop(a: np.ndarray, side: int | None) -> np.ndarray:
 def split_samples(root: Path, split: str) -> list:
     """A split of NASA's layout, or of an ``images/`` + ``masks/`` set named in its ``splits.json``
     (``../shared/data/labelled``; no ``val`` there: an empty list)."""
-    from napari_csunet.datasets import find_samples
+    from napari_csunet.images.datasets import find_samples
 
     if (root / split).is_dir() or not (root / "splits.json").exists():
         return find_samples(root, split)
@@ -50,7 +50,7 @@ def split_samples(root: Path, split: str) -> list:
 def load_split(root: Path, split: str, count: int, crop: int | None = None,
                regions: tuple[int, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """``count`` (image, labels) pairs, or with ``regions`` (n, side) as many as hold n regions."""
-    from napari_csunet.correction_queue import tile_boxes
+    from napari_csunet.loop.correction_queue import tile_boxes
 
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for sample in split_samples(root, split):
@@ -112,8 +112,8 @@ class Simulation:
         return out
 
     def evaluate(self, model: str) -> float | None:
-        from napari_csunet.inference import Segmenter
-        from napari_csunet.metrics import confusion_matrix, metrics_from_confusion
+        from napari_csunet.engine.predictor import Segmenter
+        from napari_csunet.measure.metrics import confusion_matrix, metrics_from_confusion
 
         seg = Segmenter.from_file(model, device="cpu", tile=512, batch_size=1)
         cm = sum(confusion_matrix(seg.predict(im).labels, t, len(self.names)) for im, t in self.test)
@@ -122,13 +122,13 @@ class Simulation:
     def pick_queue(self, model: str, chosen: list, k: int) -> list:
         """The k best regions of the pool by the queue's score: uncertainty, plus (unless
         ``--novelty 0``) novelty against every region labelled so far, updated after each pick."""
-        from napari_csunet.correction_queue import (
+        from napari_csunet.engine.predictor import Segmenter
+        from napari_csunet.loop.correction_queue import (
             NOVELTY_WEIGHT,
             rank_regions,
             region_features,
             score_with_novelty,
         )
-        from napari_csunet.inference import Segmenter
 
         seg = Segmenter.from_file(model, device="cpu", tile=512, batch_size=1)
         weight = NOVELTY_WEIGHT if self.args.novelty is None else self.args.novelty
@@ -153,7 +153,7 @@ class Simulation:
         return picks
 
     def pick_random(self, rng: np.random.Generator, chosen: list, k: int) -> list:
-        from napari_csunet.correction_queue import tile_boxes
+        from napari_csunet.loop.correction_queue import tile_boxes
 
         free = [(i, box) for i, (im, _) in enumerate(self.pool) for box in tile_boxes(im.shape, self.args.region)
                 if (i, box) not in chosen]
@@ -188,7 +188,7 @@ def mean_curve(curves: list[list[dict]]) -> list[dict]:
 
 
 def run_seed(args: argparse.Namespace, name: str, seed: int) -> tuple[list[dict], list[dict], list[float], dict]:
-    from napari_csunet.model_catalog import resolve_model
+    from napari_csunet.models.catalog import resolve_model
 
     scratch_dir = tempfile.TemporaryDirectory(prefix=f"csunet-effort-{Path(name).name}-{seed}-")  # ~330 MB of models
     scratch = Path(scratch_dir.name)

@@ -9,11 +9,11 @@
     .venv/bin/python benchmarks/correction_loop.py --json --set distill_weight=0 ...  # an experiment
 
 A simulated user, with the product's own pieces (issue 19, point 6): the starting model segments an
-image (:class:`~napari_csunet.inference.Segmenter`), the ``--boxes`` squares where it is most wrong
-are painted to the ground truth and marked reviewed (:class:`~napari_csunet.annotations.AnnotationStore`
+image (:class:`~napari_csunet.engine.predictor.Segmenter`), the ``--boxes`` squares where it is most wrong
+are painted to the ground truth and marked reviewed (:class:`~napari_csunet.images.annotations.AnnotationStore`
 with the raw prediction and the boxes as regions), and the Fine-tune tab's job
-(:func:`~napari_csunet.finetune.finetune_job_spec` with its defaults, ``--steps``/``--set`` override)
-runs in a training child (:class:`~napari_csunet.jobs.TrainingJob`), which decides whether the new
+(:func:`~napari_csunet.loop.finetune_job.finetune_job_spec` with its defaults, ``--steps``/``--set`` override)
+runs in a training child (:class:`~napari_csunet.loop.training_job.TrainingJob`), which decides whether the new
 model becomes current. Then the candidate it saved re-segments the image. Scores against the truth:
 ``inside`` the boxes, ``outside`` them, and pooled over ``other_images`` of the set (candidate's
 raw prediction; ``current_after``: what the user ends with, the candidate only if it was kept).
@@ -92,7 +92,7 @@ def spread(items: Sequence[Any], n: int) -> list[Any]:
 
 def scores(cm_before: np.ndarray, cm_after: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
     """mIoU and pixel accuracy before/after from two confusion matrices of the same pixels."""
-    from napari_csunet.metrics import metrics_from_confusion
+    from napari_csunet.measure.metrics import metrics_from_confusion
 
     out: dict[str, float | None] = {}
     for when, cm in (("before", cm_before), ("after", cm_after)):
@@ -179,7 +179,7 @@ def log(message: str) -> None:
 def run_job(spec: dict[str, Any], workdir: Path, on_event: Callable[[dict[str, Any], float], None] | None = None
             ) -> dict[str, Any]:
     """Run a training job in a child process as the GUI does; the ``done`` event (raises on error)."""
-    from napari_csunet.jobs import TrainingJob
+    from napari_csunet.loop.training_job import TrainingJob
 
     t0 = time.perf_counter()
     seen: list[dict[str, Any]] = []
@@ -204,7 +204,7 @@ class DataSet:
     """One labelled folder: the images annotated (with truth), those that train its base model, its classes."""
 
     def __init__(self, root: Path, images: int) -> None:
-        from napari_csunet.datasets import find_samples
+        from napari_csunet.images.datasets import find_samples
 
         self.root, self.name, self.notes = root, root.name, []
         self.train_split, self.train_names = "train", None
@@ -250,7 +250,7 @@ class DataSet:
 def base_model(data: DataSet, cache: Path, steps: int, scratch: Path) -> dict[str, Any]:
     """micro-tiny fine-tuned on ``data``'s training images (cached: reruns reuse it)."""
     from napari_csunet.atomic import atomic_path
-    from napari_csunet.model_catalog import model_stem, resolve_model
+    from napari_csunet.models.catalog import model_stem, resolve_model
 
     path = cache / f"{model_stem(data.name)}-micro-tiny-{steps}steps.safetensors"
     record = path.with_suffix(".json")
@@ -279,7 +279,7 @@ class Loop:
     """The runs of one dataset: the starting model, its predictions (computed once), one run per image and seed."""
 
     def __init__(self, data: DataSet, model: Path, args: argparse.Namespace, scratch: Path) -> None:
-        from napari_csunet.inference import Segmenter
+        from napari_csunet.engine.predictor import Segmenter
 
         self.data, self.model, self.args, self.scratch = data, model, args, scratch
         self.start = Segmenter.from_file(model, device="cpu")
@@ -289,7 +289,7 @@ class Loop:
 
     def load(self, sample: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image, truth, the starting model's prediction) of one sample, kept for the next seeds."""
-        from napari_csunet.databar import clear_databar, detect_databar
+        from napari_csunet.images.databar import clear_databar, detect_databar
 
         key = sample.image.stem
         if key not in self._loaded:
@@ -301,23 +301,23 @@ class Loop:
     @staticmethod
     def predict(segmenter: Any, image: np.ndarray, name: str) -> np.ndarray:
         """Labels as the Segment button makes them: an SEM data bar is not analysed (0, as in the truth)."""
-        from napari_csunet.databar import detect_databar, predict_outside
+        from napari_csunet.images.databar import detect_databar, predict_outside
 
         return predict_outside(lambda im: segmenter.predict(im, name=name), image, detect_databar(image)).labels
 
     def confusion(self, pred: np.ndarray, truth: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
         """Counts over ``where`` (all pixels by default) with this set's classes; truth 0 is not scored."""
-        from napari_csunet.metrics import confusion_matrix
+        from napari_csunet.measure.metrics import confusion_matrix
 
         return confusion_matrix(pred if where is None else pred[where], truth if where is None else truth[where],
                                 len(self.names))
 
     def run(self, sample: Any, others: Sequence[Any], seed: int) -> dict[str, Any]:
         """One simulated round on ``sample``: paint the worst boxes, fine-tune, re-segment, score."""
-        from napari_csunet.annotations import AnnotationStore
-        from napari_csunet.finetune import finetune_job_spec
-        from napari_csunet.inference import Segmenter
-        from napari_csunet.model_catalog import model_stem
+        from napari_csunet.engine.predictor import Segmenter
+        from napari_csunet.images.annotations import AnnotationStore
+        from napari_csunet.loop.finetune_job import finetune_job_spec
+        from napari_csunet.models.catalog import model_stem
 
         image, truth, before = self.load(sample)
         side = box_side(truth.shape)
@@ -442,8 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for var, sub in (("CSUNET_MODELS_DIR", "models"), ("CSUNET_ANNOTATIONS_DIR", "annotations"),
                          ("CSUNET_CONFIG_DIR", "config")):
             os.environ[var] = str(scratch / sub)  # the user's folders stay untouched
-        from napari_csunet.finetune import FINETUNE_DEFAULTS
-        from napari_csunet.model_catalog import resolve_model
+        from napari_csunet.loop.finetune_job import FINETUNE_DEFAULTS
+        from napari_csunet.models.catalog import resolve_model
 
         result |= {"benchmark": "correction_loop", "command": " ".join(sys.argv),
                    "job": FINETUNE_DEFAULTS | ({"steps": args.steps} if args.steps else {}) | args.overrides,

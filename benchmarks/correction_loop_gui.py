@@ -38,7 +38,7 @@ SIDE = 160
 
 def scores(pred: np.ndarray, truth: np.ndarray, where: np.ndarray, names: list[str]) -> dict:
     """Pixel accuracy, mIoU and per-class IoU of ``pred`` on the pixels ``where``."""
-    from napari_csunet.metrics import segmentation_metrics
+    from napari_csunet.measure.metrics import segmentation_metrics
 
     m = segmentation_metrics(pred[where], truth[where], names)
     return {"pixel_accuracy": round(m["pixel_accuracy"], 4), "miou": round(m["miou"], 4),
@@ -70,11 +70,11 @@ def main() -> int:
     from qtpy.QtWidgets import QApplication
     from screenshot import _wait
 
-    from napari_csunet import samples
     from napari_csunet._qt.segment_panel import PREDICTION
     from napari_csunet._qt.training_set import PAINTED_ONLY, WHOLE_IMAGE
     from napari_csunet.atomic import atomic_path
-    from napari_csunet.model_catalog import resolve_model
+    from napari_csunet.models.catalog import resolve_model
+    from napari_csunet.plugin import samples
 
     t0 = time.perf_counter()
     viewer = napari.Viewer(title="napari-csunet: correction loop")
@@ -128,7 +128,7 @@ def main() -> int:
     after = layer.metadata[PREDICTION]  # what the user sees: the new model's only when it became current
     candidate = None
     if done.get("path") and Path(done["path"]).exists():  # the fine-tuned model, current or offered
-        from napari_csunet.inference import Segmenter
+        from napari_csunet.engine.predictor import Segmenter
 
         candidate = Segmenter.from_file(done["path"]).predict(np.asarray(image.data)).labels
     outside = ~inside

@@ -91,8 +91,8 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     from csunet_train.config import TrainConfig
     from csunet_train.data import labelled_image
     from csunet_train.job import run_job
-    from napari_csunet.analysis import evaluate_samples
-    from napari_csunet.inference import Segmenter
+    from napari_csunet.engine.predictor import Segmenter
+    from napari_csunet.measure.evaluation import evaluate_samples
 
     torch.set_num_threads(task["threads"])
     proto = task["protocol"]
@@ -195,7 +195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from napari_csunet.model_catalog import resolve_model
+    from napari_csunet.models.catalog import resolve_model
 
     t0 = time.perf_counter()
     _, start = resolve_model(args.start)

@@ -24,8 +24,8 @@ import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_csunet._layerdata import labels_kwargs
 from napari_csunet._qt.segment_panel import _hide_dominant, _warm_napari_imports
+from napari_csunet.plugin.layerdata import labels_kwargs
 
 
 def _settle(app: QApplication, n: int) -> None:

@@ -33,7 +33,7 @@ if [ "$dry" = 1 ]; then
 import sys
 from pathlib import Path
 import numpy as np
-from napari_csunet.io import read_image
+from napari_csunet.images.reading import read_image
 import tifffile
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 for f in sorted(src.glob("*/*")):  # NASA's layout, each image and mask cropped to 256^2

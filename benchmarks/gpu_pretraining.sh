@@ -23,7 +23,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # the device image lacks 
 fi
 export PYTHONPATH=$PWD/src:$PWD/training${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export CSUNET_MODELS_DIR=$PWD/.gpu/models
-csunet() { $PY -c 'import sys; from napari_csunet.cli import main; sys.exit(main())' "$@"; }
+csunet() { $PY -c 'import sys; from napari_csunet.cli.main import main; sys.exit(main())' "$@"; }
 MICRO=src/napari_csunet/starter_models/micro-tiny.safetensors
 dry=${DRY:-0}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$LOG/device.txt"

@@ -56,8 +56,8 @@ def _model_file(folder: Path, preset: str) -> Path:
 def _write_model_file(path: Path, preset: str) -> None:
     import torch
 
-    from napari_csunet.modelfile import ModelInfo, save_model_file
     from napari_csunet.models import build_model, get_preset
+    from napari_csunet.models.modelfile import ModelInfo, save_model_file
 
     torch.manual_seed(0)
     config = get_preset(preset).config
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> dict:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_csunet.samples import superalloy
+    from napari_csunet.plugin.samples import superalloy
 
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()

@@ -10,7 +10,7 @@ Prints one JSON object. Every ratio is measured in the same run on the same devi
 - ``mpx_per_s``: a real Super1 micrograph mirror-tiled to ``--size``^2, engine defaults (tile and
   batch from the image and device, overlap 64 px; CUDA and CPUs with bf16 instructions: bf16
   autocast; CUDA and CPUs: channels-last, `--nchw` for NCHW), the fastest of ``--repeats`` (``first_seconds``: the first run,
-  which faults its memory in; later runs reuse the heap :mod:`napari_csunet.heap` keeps); ``--compile``
+  which faults its memory in; later runs reuse the heap :mod:`napari_csunet.engine.allocator` keeps); ``--compile``
   compiles the tiled runs only (compare its ``mpx_per_s`` with an eager run's);
 - ``tiling_overhead``: tiled time / raw time, raw = the bare forward pass over the same pixels cut
   into non-overlapping 512^2 tiles in batches (1.0 = tiling costs nothing);
@@ -45,15 +45,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_csunet import heap
-from napari_csunet.datasets import SUPER_CLASSES, find_samples
-from napari_csunet.inference import Segmenter, pick_device
-from napari_csunet.io import image_stats, standardize, to_model_channels
-from napari_csunet.model_catalog import STARTER_DIR
-from napari_csunet.modelfile import ModelInfo
+from napari_csunet.engine import allocator
+from napari_csunet.engine.predictor import Segmenter, pick_device
+from napari_csunet.engine.tiling import CONTEXT_PX
+from napari_csunet.images.datasets import SUPER_CLASSES, find_samples
+from napari_csunet.images.reading import image_stats, standardize, to_model_channels
 from napari_csunet.models import build_model, count_parameters
+from napari_csunet.models.catalog import STARTER_DIR
+from napari_csunet.models.modelfile import ModelInfo
 from napari_csunet.models.registry import get_preset
-from napari_csunet.tiling import CONTEXT_PX
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SUPER1 = ROOT.parent / "shared" / "data" / "nasa" / "Super1"
@@ -99,7 +99,7 @@ def mosaic(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def model_and_info(spec: str) -> tuple[torch.nn.Module, ModelInfo]:
     if Path(spec).suffix == ".safetensors":
-        from napari_csunet.modelfile import load_model_file
+        from napari_csunet.models.modelfile import load_model_file
 
         return load_model_file(spec)
     config = get_preset(spec).config
@@ -232,7 +232,7 @@ def mosaic_zarr(path: Path, size: int) -> Any:
 
 def mosaic_run(args: argparse.Namespace) -> dict[str, Any]:
     """Segment a fabricated zarr larger than this process should hold, into a chunked zarr."""
-    from napari_csunet.mosaic import segment_mosaic
+    from napari_csunet.engine.mosaic import segment_mosaic
 
     device = pick_device(args.device)
     if args.model_given:
@@ -304,7 +304,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "image_px": [args.size, args.size], "tile": [th, tw], "overlap_px": seg.overlap_px if seg.overlap is None
         else round(seg.overlap * th), "batch": batch, "tiles": tiles, "seconds": round(t_tiled, 2),
         "repeats": args.repeats, "mpx_per_s": mpx / t_tiled, "first_seconds": round(first, 2),
-        "first_mpx_per_s": mpx / first, "heap_linger_s": heap.LINGER_S if heap.heap_reuse_available() else None,
+        "first_mpx_per_s": mpx / first, "heap_linger_s": allocator.LINGER_S if allocator.heap_reuse_available() else None,
         "raw_mpx_per_s": mpx / t_raw, "raw_tiles_512": raw_tiles, "raw_batch": args.raw_batch,
         "tiling_overhead": t_tiled / t_raw, "tiled_work_ratio": tiles * th * tw / image.size,
         "nasa_recipe_mpx_per_s": mpx / t_nasa, "nasa_recipe_tiles": nasa.num_tiles(image.shape),
@@ -329,7 +329,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                            f"measured {result['precision']} matmul FLOP/s",
         "flop_efficiency_vs_fp32": "the same model FLOP/s over the measured float32 matmul FLOP/s",
         "first_seconds": "the first prediction of the large image (its memory faulted in); seconds: the fastest "
-                         "of the repeats, which reuse the heap kept after the previous prediction (napari_csunet.heap)",
+                         "of the repeats, which reuse the heap kept after the previous prediction (napari_csunet.engine.allocator)",
         "seam_agreement": f"share of pixels where tile 256 (overlap {CONTEXT_PX} px, blended) equals one 1024^2 tile",
     }
     return result

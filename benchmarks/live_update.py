@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> dict:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_csunet.model_catalog import resolve_model
-    from napari_csunet.samples import ebc, ebc_labels
+    from napari_csunet.models.catalog import resolve_model
+    from napari_csunet.plugin.samples import ebc, ebc_labels
 
     viewer = napari.Viewer(show=True)
     try:
@@ -125,7 +125,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--model", default="starter-ebc", help="a csunet-tiny model file or starter name")
     parser.add_argument("--steps", type=int, default=None, help="training steps of one live update (default: "
-                        "napari_csunet.live_update.LIVE_DEFAULTS)")
+                        "napari_csunet.loop.live_update.LIVE_DEFAULTS)")
     args = parser.parse_args()
     _ensure_display()
     result = run(args)

@@ -4,7 +4,7 @@
 
 For NASA Super1 test (starter-superalloy) and EBC2 test (starter-ebc), every test image is
 segmented and both the prediction and NASA's mask are measured with the same code
-(:func:`napari_csunet.measurements.measure` with its defaults: minimum particle size 9 px unless
+(:func:`napari_csunet.measure.measurements.measure` with its defaults: minimum particle size 9 px unless
 ``--min-size``, the matrix by name, the data bar detector on). Per class it prints one JSON
 object with:
 
@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_csunet.databar import detect_databar, predict_outside
-from napari_csunet.datasets import find_samples
-from napari_csunet.inference import Segmenter
-from napari_csunet.measurements import DEFAULT_MIN_AREA, measure
+from napari_csunet.engine.predictor import Segmenter
+from napari_csunet.images.databar import detect_databar, predict_outside
+from napari_csunet.images.datasets import find_samples
+from napari_csunet.measure.measurements import DEFAULT_MIN_AREA, measure
 
 ROOT = Path(__file__).resolve().parents[1]
 NASA = ROOT.parent / "shared" / "data" / "nasa"

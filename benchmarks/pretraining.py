@@ -58,8 +58,8 @@ def run_one(task: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
     import torch
 
     from csunet_train.data import labelled_image
-    from napari_csunet.analysis import evaluate_samples
-    from napari_csunet.inference import Segmenter
+    from napari_csunet.engine.predictor import Segmenter
+    from napari_csunet.measure.evaluation import evaluate_samples
 
     proto_name, variant, args = task
     torch.set_num_threads(args["threads"])
@@ -122,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    from napari_csunet.model_catalog import resolve_model
+    from napari_csunet.models.catalog import resolve_model
 
     kind, path = resolve_model(args.pretrained)
     names = list(protocols([Path(args.data)], args.seed))

@@ -94,9 +94,9 @@ def protocols(roots: Sequence[Path], seed: int) -> dict[str, Protocol]:
 
 
 def samples(proto: Protocol, which: str) -> list:
-    """The :class:`~napari_csunet.datasets.Sample` list of ``train``, ``test``, ``pool`` or
+    """The :class:`~napari_csunet.images.datasets.Sample` list of ``train``, ``test``, ``pool`` or
     ``unlabelled`` (the pool spans NASA's train and val folders)."""
-    from napari_csunet.datasets import find_samples
+    from napari_csunet.images.datasets import find_samples
 
     names = set(getattr(proto, which))
     if which in ("pool", "unlabelled") and proto.train_split:

@@ -30,8 +30,8 @@ from csunet_train.job import run_job
 from csunet_train.loop import build_optimizer, train_step
 from csunet_train.losses import segmentation_loss
 from csunet_train.sampling import CropDataset, prepare_image
-from napari_csunet.datasets import find_samples
-from napari_csunet.device import amp_dtype, pick_device
+from napari_csunet.engine.device import amp_dtype, pick_device
+from napari_csunet.images.datasets import find_samples
 
 
 def _timed(fn) -> float:
@@ -81,8 +81,8 @@ def overhead_timings(cfg: TrainConfig, model: torch.nn.Module, loader: torch.uti
 
 def test_metrics(model_path: Path, data_dir: str, split: str, device: str) -> dict[str, Any]:
     """The ``csunet evaluate --json`` object: tiled inference of each test image, summed confusion."""
-    from napari_csunet.analysis import evaluate_samples
-    from napari_csunet.inference import Segmenter
+    from napari_csunet.engine.predictor import Segmenter
+    from napari_csunet.measure.evaluation import evaluate_samples
 
     seg = Segmenter.from_file(model_path, device=device)
     samples = find_samples(data_dir, split)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     done = run_job(cfg, emit)
     trained_s = time.perf_counter() - t0
     # a bare forward+backward of one batch of the same crops, same process, for the overhead ratio
-    from napari_csunet.modelfile import load_model_file
+    from napari_csunet.models.modelfile import load_model_file
 
     device = pick_device(cfg.device)
     data = load_data(cfg)

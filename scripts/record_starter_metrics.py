@@ -17,11 +17,11 @@ import argparse
 import json
 from pathlib import Path
 
-from napari_csunet.analysis import evaluate_samples
-from napari_csunet.datasets import find_samples
-from napari_csunet.inference import Segmenter
-from napari_csunet.model_catalog import STARTER_DIR
-from napari_csunet.modelfile import load_model_file, save_model_file
+from napari_csunet.engine.predictor import Segmenter
+from napari_csunet.images.datasets import find_samples
+from napari_csunet.measure.evaluation import evaluate_samples
+from napari_csunet.models.catalog import STARTER_DIR
+from napari_csunet.models.modelfile import load_model_file, save_model_file
 
 ROOT = Path(__file__).resolve().parents[1]
 #: starter model -> test split in the repository (NASA's test images for that dataset)

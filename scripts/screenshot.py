@@ -39,7 +39,7 @@ def _pause(app, seconds: float) -> None:
 
 def _finetune(app, viewer, widget, args: argparse.Namespace) -> None:
     """NASA's labels as the corrections -> training set -> fine-tune -> new model -> segment again."""
-    from napari_csunet import samples
+    from napari_csunet.plugin import samples
 
     ((truth, _, _),) = getattr(samples, f"{args.sample}_labels")()
     from napari_csunet._qt.training_set import WHOLE_IMAGE
@@ -94,7 +94,7 @@ def main() -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_csunet.model_catalog import resolve_model
+    from napari_csunet.models.catalog import resolve_model
 
     kind, path = resolve_model(args.model)
     if kind != "file":

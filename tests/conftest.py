@@ -35,7 +35,7 @@ def sem_with_databar(bar_rows: int = 60, side: str = "bottom") -> np.ndarray:
     import tifffile
     from PIL import Image, ImageDraw
 
-    from napari_csunet.samples import DATA_DIR
+    from napari_csunet.plugin.samples import DATA_DIR
 
     micrograph = tifffile.imread(DATA_DIR / "super1_spot2_0d_0.tif")
     width = micrograph.shape[1]
@@ -79,8 +79,8 @@ def tiny_model_bytes(tmp_path_factory) -> bytes:
     avoid_triton_llvm_clash()  # a viewer may exist already (Mesa's LLVM): torch must not pull triton in
     import torch
 
-    from napari_csunet.modelfile import ModelInfo, save_model_file
     from napari_csunet.models import build_model, get_preset
+    from napari_csunet.models.modelfile import ModelInfo, save_model_file
 
     torch.manual_seed(0)
     config = get_preset("csunet-tiny").config
@@ -93,7 +93,7 @@ def tiny_model_bytes(tmp_path_factory) -> bytes:
 @pytest.fixture
 def tiny_model(tiny_model_bytes) -> Path:
     """The tiny model file in the user's model folder (so the Model panel lists it)."""
-    from napari_csunet.model_catalog import user_models_dir
+    from napari_csunet.models.catalog import user_models_dir
 
     path = user_models_dir() / "tiny-test.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,9 +46,9 @@ def write_nasa_folder(root: Path, classes: int = 5, splits: dict[str, int] | Non
 
 def tiny_model_file(folder: Path, num_classes: int = 3) -> Path:
     """A csunet-tiny model file with random weights: the superalloy classes (3), else c0..c{K-1}."""
-    from napari_csunet.datasets import SUPER_CLASSES
-    from napari_csunet.modelfile import ModelInfo, save_model_file
+    from napari_csunet.images.datasets import SUPER_CLASSES
     from napari_csunet.models import build_model, get_preset
+    from napari_csunet.models.modelfile import ModelInfo, save_model_file
 
     config = get_preset("csunet-tiny").config.with_classes(num_classes)
     names = list(SUPER_CLASSES.names[:num_classes]) if num_classes <= 3 else [f"c{i}" for i in range(num_classes)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_csunet.annotations import (
+from napari_csunet.images.annotations import (
     ACCEPTED,
     PAINTED,
     AnnotationError,

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from napari_csunet.correction_queue import (
+from napari_csunet.loop.correction_queue import (
     ACCEPTED,
     PAINTED,
     TODO,
@@ -17,7 +17,7 @@ from napari_csunet.correction_queue import (
     region_features,
     tile_boxes,
 )
-from napari_csunet.live_update import LIVE_DEFAULTS, LiveUpdate, live_job_spec
+from napari_csunet.loop.live_update import LIVE_DEFAULTS, LiveUpdate, live_job_spec
 
 
 @pytest.mark.parametrize(("shape", "size", "count", "last"), [

@@ -9,7 +9,7 @@ import pytest
 
 from csunet_train.config import TrainConfig
 from csunet_train.data import MIN_VAL_PIXELS, load_data, read_folder
-from napari_csunet.annotations import AnnotationStore
+from napari_csunet.images.annotations import AnnotationStore
 
 NAMES = ["background", "oxide", "crack"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_csunet.databar import DataBar, clear_databar, detect_databar, predict_outside
-from napari_csunet.samples import DATA_DIR
+from napari_csunet.images.databar import DataBar, clear_databar, detect_databar, predict_outside
+from napari_csunet.plugin.samples import DATA_DIR
 
 TESTS = Path(__file__).parent / "data"
 NASA_IMAGES = sorted([*TESTS.glob("super1_test/images/*.tif"), *TESTS.glob("ebc2_test/images/*.tif"),

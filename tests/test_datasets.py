@@ -13,7 +13,12 @@ from fabricated import write_nasa_folder
 
 from csunet_train.config import TrainConfig
 from csunet_train.data import DataError, load_data, read_folder
-from napari_csunet.datasets import NAMING_HINT, SUPER_CLASSES, decode_color_mask, find_samples
+from napari_csunet.images.datasets import (
+    NAMING_HINT,
+    SUPER_CLASSES,
+    decode_color_mask,
+    find_samples,
+)
 
 OVERLAY = Path("nasa/Super1/val_annot/spot1_0d_0_mask.tif")
 

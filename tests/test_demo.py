@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_csunet.cli import main
-from napari_csunet.demo import has_display
+from napari_csunet.cli.demo import has_display
+from napari_csunet.cli.main import main
 
 
 @pytest.mark.parametrize(("sample", "classes"), [("superalloy", {"matrix", "secondary", "tertiary"})])

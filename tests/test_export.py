@@ -14,8 +14,8 @@ import tifffile
 import yaml
 
 from napari_csunet.export import ExportError
-from napari_csunet.model_catalog import STARTER_DIR
-from napari_csunet.samples import _EBC, _SUPER, DATA_DIR
+from napari_csunet.models.catalog import STARTER_DIR
+from napari_csunet.plugin.samples import _EBC, _SUPER, DATA_DIR
 
 SUPER = STARTER_DIR / "starter-superalloy.safetensors"
 
@@ -29,7 +29,7 @@ def finetuned(tmp_path_factory) -> Path:
     """A fine-tune of starter-superalloy: perturbed weights, new names and colours, saved by the product."""
     import torch
 
-    from napari_csunet.modelfile import ModelInfo, load_model_file, save_model_file
+    from napari_csunet.models.modelfile import ModelInfo, load_model_file, save_model_file
 
     model, info = load_model_file(SUPER)
     gen = torch.Generator().manual_seed(1)
@@ -66,7 +66,7 @@ def graphs(tmp_path_factory) -> dict:
 def test_onnx_agrees_with_the_predictor_on_a_512_tile(tmp_path, capsys):
     """`csunet export --format onnx` states opset and dynamic axes and checks itself on the sample."""
     pytest.importorskip("onnxruntime")
-    from napari_csunet.cli import main
+    from napari_csunet.cli.main import main
 
     assert main(["export", str(SUPER), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
@@ -145,7 +145,7 @@ def test_package_is_valid_and_passes_bioimageios_test(tmp_path, finetuned, which
 ])
 def test_model_card_says_where_the_model_comes_from(finetuned, which, nasa_line, pixel):
     from napari_csunet.export.bioimageio import model_card
-    from napari_csunet.modelfile import read_model_info
+    from napari_csunet.models.modelfile import read_model_info
 
     info = read_model_info(finetuned if which == "finetuned" else STARTER_DIR / f"{which}.safetensors")
     card = model_card(info, info.provenance.get("pixel_size_um"), {}, ["onnx"])
@@ -161,8 +161,8 @@ def test_colour_models_and_colour_images_make_valid_packages(tmp_path, in_chans,
     and the sample tensors still match the description."""
     pytest.importorskip("bioimageio.spec")
     from napari_csunet.export.bioimageio import export_bioimageio
-    from napari_csunet.modelfile import ModelInfo, save_model_file
     from napari_csunet.models import build_model, get_preset
+    from napari_csunet.models.modelfile import ModelInfo, save_model_file
 
     config = get_preset("csunet-tiny").config
     config = type(config).from_dict(config.to_dict() | {"in_chans": in_chans})
@@ -229,9 +229,9 @@ def _zip(folder: Path, dest: Path, rdf: dict | None = None) -> Path:
 
 @pytest.mark.slow
 def test_round_trip_gives_the_same_labels(tmp_path, package):
+    from napari_csunet.engine.predictor import Segmenter
     from napari_csunet.export.importer import import_package
-    from napari_csunet.inference import Segmenter
-    from napari_csunet.modelfile import read_model_info
+    from napari_csunet.models.modelfile import read_model_info
 
     imported = import_package(_zip(package, tmp_path / "ebc.zip"), tmp_path / "models")
     assert import_package(package, tmp_path / "models") == imported  # the same model is not copied twice
@@ -269,7 +269,7 @@ def test_not_a_package(tmp_path):
 
 
 def test_cli_import_and_refusal(tmp_path, package, capsys):
-    from napari_csunet.cli import main
+    from napari_csunet.cli.main import main
 
     assert main(["models", "--import", str(package), "--json"]) == 0
     entry = json.loads(capsys.readouterr().out)

@@ -19,8 +19,8 @@ from csunet_train.fair import (
 )
 from csunet_train.judge import FairValidation, block_miou, decide, paired_change
 from csunet_train.losses import balanced_cross_entropy, correction_loss, distillation_loss
-from napari_csunet.annotations import AnnotationStore, reviewed_area
-from napari_csunet.metrics import metrics_from_confusion
+from napari_csunet.images.annotations import AnnotationStore, reviewed_area
+from napari_csunet.measure.metrics import metrics_from_confusion
 
 NAMES = ["background", "oxide", "crack"]
 
@@ -256,7 +256,7 @@ def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model
     from csunet_train.config import TrainConfig
     from csunet_train.events import silent
     from csunet_train.job import run_job
-    from napari_csunet.modelfile import load_model_file
+    from napari_csunet.models.modelfile import load_model_file
 
     names = ["matrix", "secondary", "tertiary"]  # the fabricated model's classes
     rng = np.random.default_rng(0)

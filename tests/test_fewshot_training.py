@@ -22,7 +22,7 @@ from csunet_train.job import run_job
 from csunet_train.losses import segmentation_loss
 from csunet_train.sampling import CropDataset, prepare_image
 from csunet_train.semi import MeanTeacher, SemiLoss, pseudo_label_loss
-from napari_csunet.modelfile import read_model_info
+from napari_csunet.models.modelfile import read_model_info
 
 _BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -271,7 +271,7 @@ def test_a_new_output_layer_is_not_distilled_to(tmp_path: Path, provenance: dict
     knowledge (the unlabelled pixels go to the mean teacher instead, when it is on)."""
     from fabricated import tiny_model_file
 
-    from napari_csunet.modelfile import load_model_file, save_model_file
+    from napari_csunet.models.modelfile import load_model_file, save_model_file
 
     model, info = load_model_file(tiny_model_file(tmp_path, 2))
     info.provenance = provenance
@@ -296,7 +296,7 @@ def test_csunet_finetune_from_micro_tiny_learns_from_an_unlabelled_folder(tmp_pa
     shipped pretrained model, with its unlabelled images put to work by the mean teacher."""
     from fabricated import write_nasa_folder
 
-    from napari_csunet.cli import main
+    from napari_csunet.cli.main import main
 
     data = write_nasa_folder(tmp_path / "set", classes=3, splits={"train": 2})
     unlabelled = tmp_path / "more"

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QShortcut  # noqa: E402
 from napari_csunet._qt.main_widget import MIN_WIDTH  # noqa: E402
 from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
 from napari_csunet._qt.training_set import PAINTED_ONLY, WHOLE_IMAGE  # noqa: E402
-from napari_csunet.annotations import ACCEPTED, PAINTED  # noqa: E402
+from napari_csunet.images.annotations import ACCEPTED, PAINTED  # noqa: E402
 from napari_csunet.settings import load_settings  # noqa: E402
 
 CLASSES = ["matrix", "secondary", "tertiary"]
@@ -216,7 +216,7 @@ def test_inspect_statistics_csv_display_and_disagreement(widget, qtbot, tmp_path
 
 
 def test_finetune_refuses_without_annotations_or_with_other_classes(widget, qtbot):
-    from napari_csunet.finetune import FINETUNE_DEFAULTS, FORM_FIELDS
+    from napari_csunet.loop.finetune_job import FINETUNE_DEFAULTS, FORM_FIELDS
 
     w = widget
     panel = w.finetune_panel

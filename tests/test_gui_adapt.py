@@ -9,12 +9,12 @@ import pytest
 pytest.importorskip("qtpy")
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
-from napari_csunet.model_catalog import pretrained_models, user_models_dir  # noqa: E402
-from napari_csunet.modelfile import read_model_info  # noqa: E402
+from napari_csunet.models.catalog import pretrained_models, user_models_dir  # noqa: E402
+from napari_csunet.models.modelfile import read_model_info  # noqa: E402
 
 
 def test_adapt_on_the_open_image_makes_a_new_starting_point(widget, qtbot):
-    from napari_csunet import samples
+    from napari_csunet.plugin import samples
 
     (data, kwargs, _), = samples.superalloy()
     widget.viewer.add_image(data, **kwargs)

@@ -71,7 +71,7 @@ def test_inspect_counts_particles_only_of_particle_classes_and_as_the_histogram(
     import numpy as np
     from skimage.draw import disk
 
-    from napari_csunet._layerdata import labels_kwargs
+    from napari_csunet.plugin.layerdata import labels_kwargs
 
     labels = np.ones((300, 300), np.uint8)
     labels[180:240] = 2

@@ -45,7 +45,7 @@ def test_open_imports_our_package_and_refuses_a_foreign_one(docked, qtbot, tmp_p
     import yaml
 
     from napari_csunet.export.bioimageio import export_bioimageio
-    from napari_csunet.model_catalog import STARTER_DIR
+    from napari_csunet.models.catalog import STARTER_DIR
 
     pkg = tmp_path / "ebc"
     export_bioimageio(STARTER_DIR / "starter-ebc.safetensors", pkg, weights=("torchscript",), validate=False,

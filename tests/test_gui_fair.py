@@ -20,7 +20,7 @@ from test_gui import CLASSES, segment  # noqa: E402 (fixtures: conftest.py)
 from napari_csunet._qt.finetune_text import NOT_CHECKED  # noqa: E402
 from napari_csunet._qt.segment_panel import PREDICTION  # noqa: E402
 from napari_csunet._qt.training_set import PAINTED_ONLY, REVIEWED_AREAS, painted_rectangles  # noqa: E402
-from napari_csunet.model_catalog import user_models_dir  # noqa: E402
+from napari_csunet.models.catalog import user_models_dir  # noqa: E402
 
 
 def _metrics(ious: list[float | None], pixels: int) -> dict:
@@ -115,7 +115,7 @@ def test_declining_an_offered_model_keeps_the_current_one(widget, qtbot):
 
 
 def _save_model(tmp_name: str, provenance: dict, source) -> None:
-    from napari_csunet.modelfile import load_model_file, save_model_file
+    from napari_csunet.models.modelfile import load_model_file, save_model_file
 
     model, info = load_model_file(source)
     info.provenance, info.name = provenance, tmp_name

@@ -13,7 +13,7 @@ from napari.layers import Image, Labels  # noqa: E402
 
 from napari_csunet._qt.common import LayerPicker  # noqa: E402
 from napari_csunet._qt.config_form import config_form, form_values  # noqa: E402
-from napari_csunet.finetune import FINETUNE_DEFAULTS, FORM_FIELDS  # noqa: E402
+from napari_csunet.loop.finetune_job import FINETUNE_DEFAULTS, FORM_FIELDS  # noqa: E402
 from napari_csunet.settings import load_settings  # noqa: E402
 
 

@@ -21,9 +21,9 @@ from test_gui import CLASSES, segment  # noqa: E402 (fixtures: conftest.py)
 
 from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
 from napari_csunet._qt.training_set import WHOLE_IMAGE  # noqa: E402
-from napari_csunet.finetune import FINETUNE_DEFAULTS  # noqa: E402
-from napari_csunet.jobs import jobs_dir  # noqa: E402
-from napari_csunet.model_catalog import user_models_dir  # noqa: E402
+from napari_csunet.loop.finetune_job import FINETUNE_DEFAULTS  # noqa: E402
+from napari_csunet.loop.training_job import jobs_dir  # noqa: E402
+from napari_csunet.models.catalog import user_models_dir  # noqa: E402
 
 
 def _fast(panel, steps: int) -> None:
@@ -37,7 +37,7 @@ BOXES = [(40, 40), (300, 60), (170, 330)]  # top-left corners of three 160² box
 
 def _correct_three_boxes(w, layer):
     """NASA's ground truth painted into three boxes, and a Shapes layer marking them as checked."""
-    from napari_csunet import samples
+    from napari_csunet.plugin import samples
 
     ((truth, _, _),) = samples.superalloy_labels()
     for r, c in BOXES:

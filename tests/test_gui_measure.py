@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gui
 from napari.layers import Shapes  # noqa: E402
 
 from napari_csunet._qt.calibration import DATABAR, LINE_LAYER  # noqa: E402
-from napari_csunet.pixelsize import recall_calibration  # noqa: E402
+from napari_csunet.images.pixelsize import recall_calibration  # noqa: E402
 
 FEI = "[User]\r\nDate=11/27/2026\r\n[Scan]\r\nPixelWidth=5e-09\r\nPixelHeight=5e-09\r\n"
 

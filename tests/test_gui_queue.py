@@ -22,8 +22,8 @@ from napari_csunet._qt.live_box import live_dir  # noqa: E402
 from napari_csunet._qt.queue_box import CURRENT_COLOR, HIGHLIGHT, napari_keys  # noqa: E402
 from napari_csunet._qt.segment_panel import PREDICTION  # noqa: E402
 from napari_csunet._qt.training_set import PAINTED_ONLY  # noqa: E402
-from napari_csunet.annotations import PAINTED as MASK_PAINTED  # noqa: E402
-from napari_csunet.correction_queue import ACCEPTED, PAINTED  # noqa: E402
+from napari_csunet.images.annotations import PAINTED as MASK_PAINTED  # noqa: E402
+from napari_csunet.loop.correction_queue import ACCEPTED, PAINTED  # noqa: E402
 
 
 def _saved(w, qtbot) -> None:
@@ -166,7 +166,7 @@ def _live_on(w, qtbot, **params):
 
 def _paint_truth(layer, region) -> None:
     """The user corrects the region: NASA's ground truth painted into it."""
-    from napari_csunet import samples
+    from napari_csunet.plugin import samples
 
     ((truth, _, _),) = samples.superalloy_labels()
     r0, c0, r1, c1 = region.box

@@ -53,8 +53,8 @@ def test_a_held_back_layer_is_inserted_then_shown_in_steps(make_napari_viewer):
         new_labels_layer,
         write_prediction,
     )
-    from napari_csunet.modelfile import ModelInfo
     from napari_csunet.models import get_preset
+    from napari_csunet.models.modelfile import ModelInfo
 
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((64, 64), np.uint8), name="im")
@@ -88,8 +88,8 @@ def test_a_held_back_layer_is_inserted_then_shown_in_steps(make_napari_viewer):
 
 def test_a_prediction_that_keeps_corrections_stores_the_raw_prediction(make_napari_viewer):
     from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS, write_prediction
-    from napari_csunet.modelfile import ModelInfo
     from napari_csunet.models import get_preset
+    from napari_csunet.models.modelfile import ModelInfo
 
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((32, 32), np.uint8), name="im")
@@ -125,9 +125,9 @@ def test_the_session_runs_the_follow_up_of_a_load_in_a_later_turn(widget, tiny_m
 
 
 def test_the_training_child_starts_on_the_writer_thread_and_a_failure_is_reported(qtbot, monkeypatch):
-    from napari_csunet import jobs
     from napari_csunet._qt.common import StatusLine, start_training_child
     from napari_csunet._qt.serial_worker import SerialWorker
+    from napari_csunet.loop import training_job
 
     threads: list[str] = []
 
@@ -137,10 +137,10 @@ def test_the_training_child_starts_on_the_writer_thread_and_a_failure_is_reporte
         threads.append(threading.current_thread().name)
         raise OSError("no such interpreter")
 
-    monkeypatch.setattr(jobs.TrainingJob, "start", start)
+    monkeypatch.setattr(training_job.TrainingJob, "start", start)
     status, failed, writer = StatusLine(), [], SerialWorker("csunet-test")
     job = start_training_child({"steps": 1}, lambda ev: None, status, writer=writer, on_failed=lambda: failed.append(1))
-    assert isinstance(job, jobs.TrainingJob)  # returned at once; started on the writer thread
+    assert isinstance(job, training_job.TrainingJob)  # returned at once; started on the writer thread
     qtbot.waitUntil(lambda: bool(failed), timeout=10_000)
     assert threads and threads[0].startswith("csunet-test")
     assert status.kind == "error" and "no such interpreter" in status.text()

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from napari_csunet.model_catalog import STARTER_DIR
-from napari_csunet.modelfile import ModelFileError, load_model_file, read_model_info
+from napari_csunet.models.catalog import STARTER_DIR
+from napari_csunet.models.modelfile import ModelFileError, load_model_file, read_model_info
 from napari_csunet.models.registry import PRESETS
 
 STARTER = STARTER_DIR / "starter-superalloy.safetensors"
@@ -111,8 +111,8 @@ def test_bad_header_is_refused_by_name(tmp_path: Path, mutate, message: str) -> 
 def test_every_preset_passes_the_header_checks(preset: str) -> None:
     """The gates must never refuse a real model: each preset's config is in range and its
     parameter floor is below what its network (built on the meta device) really holds."""
-    from napari_csunet.modelcheck import _expected_shapes, check_config, parameter_floor
     from napari_csunet.models import get_preset
+    from napari_csunet.models.header_check import _expected_shapes, check_config, parameter_floor
 
     config = get_preset(preset).config
     as_json = json.loads(json.dumps(config.to_dict()))
@@ -135,7 +135,7 @@ def test_description_that_is_not_sane_json_is_refused(tmp_path: Path, text: str,
 def test_header_cases_are_refused_before_torch_is_imported(tmp_path: Path) -> None:
     """Bounded memory: no case gets as far as importing torch, let alone building a network."""
     paths = [str(fabricate_model_file(tmp_path / f"{i}.safetensors", c[1])) for i, c in enumerate(HEADER_CASES)]
-    code = ("import sys, json\nfrom napari_csunet.modelfile import ModelFileError, load_model_file\n"
+    code = ("import sys, json\nfrom napari_csunet.models.modelfile import ModelFileError, load_model_file\n"
             f"for p in {paths!r}:\n    try:\n        load_model_file(p)\n    except ModelFileError:\n        pass\n"
             "    else:\n        raise SystemExit('accepted ' + p)\nprint(json.dumps('torch' in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -200,7 +200,7 @@ DATASET_JSON_CASES = [
 
 @pytest.mark.parametrize(("text", "message"), [c[1:] for c in DATASET_JSON_CASES], ids=[c[0] for c in DATASET_JSON_CASES])
 def test_bad_dataset_json_is_refused_by_name(tmp_path: Path, text: str, message: str) -> None:
-    from napari_csunet.datasets import MaskError, find_samples
+    from napari_csunet.images.datasets import MaskError, find_samples
 
     root = _tiny_folder(tmp_path / "set", text)
     with pytest.raises(MaskError) as err:
@@ -209,7 +209,7 @@ def test_bad_dataset_json_is_refused_by_name(tmp_path: Path, text: str, message:
 
 
 def test_short_colours_are_normalised_where_they_enter(tmp_path: Path) -> None:
-    from napari_csunet.datasets import find_samples
+    from napari_csunet.images.datasets import find_samples
 
     root = _tiny_folder(tmp_path / "set", '{"classes": ["a", "b"], "colors": ["#F00", "00ff00"]}')
     assert find_samples(root, None)[0].spec.colors == ("#ff0000", "#00ff00")
@@ -238,7 +238,7 @@ BAD_CATALOGUE_FILES: list[tuple[str, Callable[[Path], Any], str]] = [
 
 @pytest.mark.parametrize(("make", "reason"), [c[1:] for c in BAD_CATALOGUE_FILES], ids=[c[0] for c in BAD_CATALOGUE_FILES])
 def test_a_bad_file_in_the_models_folder_is_listed_as_unreadable_and_skipped(models_dir: Path, make, reason: str) -> None:
-    from napari_csunet.model_catalog import resolve_model, scan_model_files
+    from napari_csunet.models.catalog import resolve_model, scan_model_files
 
     make(models_dir / "odd.safetensors")
     entries, unreadable = scan_model_files()
@@ -249,7 +249,7 @@ def test_a_bad_file_in_the_models_folder_is_listed_as_unreadable_and_skipped(mod
 
 
 def test_csunet_models_lists_unreadable_files_with_their_reason(models_dir: Path, capsys) -> None:
-    from napari_csunet.cli import main
+    from napari_csunet.cli.main import main
 
     fabricate_model_file(models_dir / "odd.safetensors", _top(provenance="x"))
     assert main(["models", "--no-params", "--json"]) == 0
@@ -264,7 +264,7 @@ def test_csunet_models_lists_unreadable_files_with_their_reason(models_dir: Path
 def test_a_user_file_with_a_shipped_name_never_shadows_it(models_dir: Path) -> None:
     import shutil
 
-    from napari_csunet.model_catalog import resolve_model, scan_model_files
+    from napari_csunet.models.catalog import resolve_model, scan_model_files
 
     shutil.copy(STARTER, models_dir / "mine.safetensors")  # its header says "starter-superalloy"
     with pytest.warns(UserWarning, match="2 model files are named 'starter-superalloy'"):
@@ -361,7 +361,7 @@ CLI_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
 
 @pytest.mark.parametrize(("argv", "message"), [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_user_errors_are_one_line_and_exit_code_2(tmp_path: Path, capsys, models_dir: Path, argv, message: str) -> None:
-    from napari_csunet.cli import main
+    from napari_csunet.cli.main import main
 
     assert main(argv(tmp_path)) == 2
     err = capsys.readouterr().err
@@ -375,7 +375,7 @@ def test_cli_refuses_bad_headers_before_importing_torch(tmp_path: Path) -> None:
     """`segment` and `finetune` with a hostile header: one line, exit 2, torch never imported."""
     bad = _bad_header(tmp_path)
     runs = [make(model=bad)(tmp_path / name) for name, make in (("s", _segment), ("f", _finetune))]
-    code = ("import json, sys\nfrom napari_csunet.cli import main\n"
+    code = ("import json, sys\nfrom napari_csunet.cli.main import main\n"
             f"codes = [main(argv) for argv in {runs!r}]\nprint(json.dumps([codes, 'torch' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.splitlines()[-1]) == [[2, 2], False]
@@ -383,7 +383,7 @@ def test_cli_refuses_bad_headers_before_importing_torch(tmp_path: Path) -> None:
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    from napari_csunet.cli import main
+    from napari_csunet.cli.main import main
 
     with pytest.raises(ModelFileError):
         main(["--debug", *_segment(model=_bad_header)(tmp_path)])
@@ -399,7 +399,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     (AttributeError("'str' object has no attribute 'get'"), None),
 ])
 def test_which_failures_are_the_user_s(exc: BaseException, line: str | None) -> None:
-    from napari_csunet.errors import user_error_message
+    from napari_csunet.cli.errors import user_error_message
 
     message = user_error_message(exc)
     if line is None:
@@ -412,7 +412,7 @@ def test_sigterm_stops_a_command_like_ctrl_c(capsys) -> None:
     import argparse
     import signal
 
-    from napari_csunet.errors import run_command
+    from napari_csunet.cli.errors import run_command
 
     def handler(args: argparse.Namespace) -> int:
         signal.raise_signal(signal.SIGTERM)
@@ -426,8 +426,8 @@ def test_sigterm_stops_a_command_like_ctrl_c(capsys) -> None:
 # -- outputs stay consistent -----------------------------------------------------------------------
 
 def test_two_runs_never_write_one_output(tmp_path: Path, capsys) -> None:
-    from napari_csunet.cli import main
-    from napari_csunet.outputs import out_lock
+    from napari_csunet.cli.main import main
+    from napari_csunet.cli.outputs import out_lock
 
     argv = _segment()(tmp_path)
     (tmp_path / "out").mkdir()
@@ -449,8 +449,8 @@ def test_an_interrupted_batch_writes_the_summary_of_what_finished(tmp_path: Path
     import shutil
     import signal
 
-    from napari_csunet import segment_cli
-    from napari_csunet.cli import main
+    from napari_csunet.cli import segment as segment_cli
+    from napari_csunet.cli.main import main
 
     folder = _tiny_folder(tmp_path / "set", None) / "images"
     for name in ("b.tif", "c.tif"):
@@ -494,8 +494,8 @@ def test_model_files_follow_the_umask(tmp_path: Path) -> None:
 
     import torch
 
-    from napari_csunet.modelfile import ModelInfo, save_model_file
     from napari_csunet.models import get_preset
+    from napari_csunet.models.modelfile import ModelInfo, save_model_file
 
     info = ModelInfo(get_preset("csunet-tiny").config, ["a", "b", "c"])
     previous = os.umask(0o022)
@@ -510,8 +510,8 @@ def test_model_files_follow_the_umask(tmp_path: Path) -> None:
 def test_training_refuses_an_image_whose_header_claims_too_many_pixels(tmp_path: Path) -> None:
     import tifffile
 
-    from napari_csunet.datasets import find_samples
-    from napari_csunet.io import ImageError
+    from napari_csunet.images.datasets import find_samples
+    from napari_csunet.images.reading import ImageError
 
     root = _tiny_folder(tmp_path / "set", None)
     tifffile.imwrite(root / "images" / "a.tif", shape=(20000, 20000), dtype=np.uint8)  # a sparse file: 8 KB on disk
@@ -524,7 +524,7 @@ def test_training_refuses_an_image_whose_header_claims_too_many_pixels(tmp_path:
     ("matrix", "matrix"),
 ])
 def test_csv_cells_never_run_as_formulas(cell: str, written: str) -> None:
-    from napari_csunet.analysis import statistics_csv
+    from napari_csunet.measure.report import statistics_csv
 
     text = statistics_csv([{"class": cell, "label": 1, "pixels": -3}], fields=("class", "label", "pixels"))
     assert text.splitlines()[1].lstrip('"').startswith(written) and text.rstrip().endswith(",-3")
@@ -538,7 +538,7 @@ def test_control_characters_are_shown_escaped() -> None:
 
 @pytest.mark.parametrize("name", ["$\\frac{a$", "a_{b}^c $x", "width: 100%; }</style><script>", "\x1b[31mred"])
 def test_report_plots_draw_any_class_name(name: str) -> None:
-    from napari_csunet.plots import fractions_png, size_histogram_png
+    from napari_csunet.measure.plots import fractions_png, size_histogram_png
 
     colors = {name: "#ff0000", "matrix": "#808080"}
     rows = [{"class": name, "area_fraction": 0.3}, {"class": "matrix", "area_fraction": 0.7}]
@@ -573,7 +573,7 @@ def _checkpoint(path: Path, run_steps: int) -> Path:
 ])
 def test_finetune_resume_continues_the_checkpoint_at_out(tmp_path: Path, flags: list[str], expected: dict) -> None:
     from csunet_train.cli import config_from_args
-    from napari_csunet.cli import build_parser
+    from napari_csunet.cli.main import build_parser
 
     out = _checkpoint(tmp_path / "ft.safetensors", run_steps=3)
     cfg = config_from_args(build_parser().parse_args(["finetune", "--resume", "--out", str(out), *flags]))
@@ -589,7 +589,7 @@ def test_finetune_resume_continues_the_checkpoint_at_out(tmp_path: Path, flags: 
 def test_finetune_resume_refuses_what_it_cannot_continue(tmp_path: Path, make, flags: list[str], message: str) -> None:
     from csunet_train.cli import config_from_args
     from csunet_train.config import ConfigError
-    from napari_csunet.cli import build_parser
+    from napari_csunet.cli.main import build_parser
 
     out = tmp_path / "ft.safetensors"
     if make is not None:
@@ -600,7 +600,7 @@ def test_finetune_resume_refuses_what_it_cannot_continue(tmp_path: Path, make, f
 
 @pytest.mark.parametrize("colors", [["x", "#00ff00"], ["#12", "#00ff00"], 5])
 def test_the_annotation_set_refuses_bad_colours_before_writing(tmp_path: Path, colors) -> None:
-    from napari_csunet.annotations import AnnotationError, AnnotationStore
+    from napari_csunet.images.annotations import AnnotationError, AnnotationStore
 
     store = AnnotationStore(tmp_path / "ann")
     with pytest.raises(AnnotationError, match="colour|expected a list"):
@@ -619,7 +619,7 @@ def test_the_annotation_set_refuses_bad_colours_before_writing(tmp_path: Path, c
 def test_a_label_tiff_s_stored_colours_are_checked(tmp_path: Path, meta: dict | str, colors: list[str] | None) -> None:
     import tifffile
 
-    from napari_csunet._reader import classes_from_tiff
+    from napari_csunet.plugin.reader import classes_from_tiff
 
     path = tmp_path / "l.tif"
     text = "[" * 100_000 + "]" * 100_000 if meta == "deep" else json.dumps(meta)
@@ -631,7 +631,7 @@ def test_a_label_tiff_s_stored_colours_are_checked(tmp_path: Path, meta: dict | 
 def test_cli_warnings_are_one_plain_line() -> None:
     import warnings
 
-    from napari_csunet.errors import plain_warnings
+    from napari_csunet.cli.errors import plain_warnings
 
     with plain_warnings():
         assert warnings.formatwarning("two files\x1b", UserWarning, "x.py", 3) == "warning: two files\\x1b\n"
@@ -679,7 +679,7 @@ def test_a_job_file_that_is_not_a_json_object(tmp_path: Path, raw: bytes, messag
 
 @pytest.mark.parametrize("text", ["[1, 2]", '{"entries": 5}', "[" * 100_000 + "]" * 100_000, "{bad"])
 def test_a_broken_annotation_index_is_named(tmp_path: Path, text: str) -> None:
-    from napari_csunet.annotations import AnnotationError, AnnotationStore
+    from napari_csunet.images.annotations import AnnotationError, AnnotationStore
 
     store = AnnotationStore(tmp_path / "ann")
     store.root.mkdir()

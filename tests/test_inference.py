@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_csunet.inference import (
+from napari_csunet.engine.predictor import (
     Cancelled,
     InferenceMemoryError,
     Prediction,
@@ -16,10 +16,10 @@ from napari_csunet.inference import (
     pick_device,
     split_planes,
 )
-from napari_csunet.io import ImageError, image_stats, standardize, to_model_channels
-from napari_csunet.modelfile import ModelInfo
+from napari_csunet.engine.tiling import TileLayout, tile_starts
+from napari_csunet.images.reading import ImageError, image_stats, standardize, to_model_channels
 from napari_csunet.models.config import ModelConfig
-from napari_csunet.tiling import TileLayout, tile_starts
+from napari_csunet.models.modelfile import ModelInfo
 
 
 class PixelNet(torch.nn.Module):
@@ -107,7 +107,7 @@ def test_tiled_equals_untiled_for_a_3x3_receptive_field(h, w, tile, overlap, see
 @pytest.mark.parametrize(("window", "pad_mode"), [("flat", "reflect"), ("ramp", "constant")])
 def test_the_3x3_reference_catches_unfaded_seams_and_wrong_padding(monkeypatch, window: str, pad_mode: str) -> None:
     """The reference model is strict enough to fail a flat window or zero padding (the bugs it guards)."""
-    import napari_csunet.tiling as tiling
+    import napari_csunet.engine.tiling as tiling
 
     if window == "flat":
         monkeypatch.setattr(tiling, "ramp_window", lambda size, *args, **kw: np.ones(size, np.float32))
@@ -164,11 +164,11 @@ def test_dtype_shape_catalogue(name, image, shape, in_chans):
 
 
 def test_column_chunks_do_not_change_the_result(monkeypatch):
-    from napari_csunet import band
+    from napari_csunet.engine import accumulator
 
     image = np.random.default_rng(8).random((300, 700)).astype(np.float32)
     whole = pixel_segmenter(tile=256).predict(image, want_probs=True, want_uncertainty=True)
-    monkeypatch.setattr(band, "CHUNK", 100)
+    monkeypatch.setattr(accumulator, "CHUNK", 100)
     chunked = pixel_segmenter(tile=256).predict(image, want_probs=True, want_uncertainty=True)
     for a, b in zip((whole.labels, whole.probs, whole.uncertainty), (chunked.labels, chunked.probs, chunked.uncertainty), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -223,7 +223,7 @@ def test_flip_tta_on_a_flip_equivariant_model_changes_nothing():
 def test_toggling_tta_between_two_predictions_replans_the_memory(monkeypatch):
     """TTA is an option of the call, not of the shared Segmenter: its memory plan is its own
     (the network is probed once), so ticking TTA after a plain run never reuses the plain plan."""
-    import napari_csunet.inference as inference
+    import napari_csunet.engine.predictor as inference
 
     probes: list[int] = []
     monkeypatch.setattr(inference, "bytes_per_pixel", lambda *a: probes.append(1) or 2000.0)
@@ -341,7 +341,7 @@ def test_tile_starts_cover_with_overlap():
 
 
 def test_preset_warns_and_model_file_loads(tmp_path):
-    from napari_csunet.modelfile import save_model_file
+    from napari_csunet.models.modelfile import save_model_file
 
     with pytest.warns(UserWarning, match="random weights"):
         seg = Segmenter.from_spec("csunet-tiny", device="cpu", tile=256)
@@ -356,7 +356,7 @@ def test_preset_warns_and_model_file_loads(tmp_path):
 
 
 def test_huge_images_take_statistics_from_a_pixel_grid(monkeypatch):
-    from napari_csunet import lazy
+    from napari_csunet.engine import lazy
 
     image = np.random.default_rng(9).normal(120, 30, (600, 900)).astype(np.float32)
     seg = pixel_segmenter(tile=256)
@@ -369,7 +369,7 @@ def test_huge_images_take_statistics_from_a_pixel_grid(monkeypatch):
 
 @pytest.mark.parametrize(("device", "nhwc"), [("cpu", True), ("cuda", True), ("mps", False)])
 def test_channels_last_where_it_is_faster(device: str, nhwc: bool) -> None:
-    from napari_csunet.device import prefers_channels_last
+    from napari_csunet.engine.device import prefers_channels_last
 
     assert prefers_channels_last(torch.device(device)) is nhwc
 

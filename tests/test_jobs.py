@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from napari_csunet.jobs import JobError, TrainingJob
+from napari_csunet.loop.training_job import JobError, TrainingJob
 
 FAKE = textwrap.dedent('''
     import json, os, sys, time
@@ -73,10 +73,10 @@ def test_events_arrive_in_order_with_a_final_exit(tmp_path, fake_module):
 
 
 def test_the_kept_heap_is_given_back_before_the_child_starts(tmp_path, fake_module, monkeypatch):
-    from napari_csunet import jobs
+    from napari_csunet.loop import training_job
 
     released = []
-    monkeypatch.setattr(jobs, "release_heap", lambda: released.append(True))
+    monkeypatch.setattr(training_job, "release_heap", lambda: released.append(True))
     job, _, finished = _job(tmp_path, fake_module)
     job.start()
     assert released == [True] and finished.wait(30)

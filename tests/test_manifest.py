@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from napari_csunet import samples
-from napari_csunet._reader import napari_get_reader, read_labels
-from napari_csunet._writer import write_labels
+from napari_csunet.plugin import samples
+from napari_csunet.plugin.reader import napari_get_reader, read_labels
+from napari_csunet.plugin.writer import write_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_PATH = ROOT / "napari.yaml"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_csunet.cli import main
-from napari_csunet.pixelsize import read_pixel_size
+from napari_csunet.cli.main import main
+from napari_csunet.images.pixelsize import read_pixel_size
 
 FEI_NM = 4.1  # pixel width the fabricated FEI file states
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from napari_csunet.databar import DataBar
-from napari_csunet.measurements import (
+from napari_csunet.images.databar import DataBar
+from napari_csunet.images.pixelsize import PixelSize
+from napari_csunet.measure.measurements import (
     FIELDS,
     astm_grain_size,
     between_images_ci,
@@ -22,7 +23,6 @@ from napari_csunet.measurements import (
     phase_shape,
     sized_particles,
 )
-from napari_csunet.pixelsize import PixelSize
 
 NAMES = ["matrix", "precipitate", "pore"]
 UM = PixelSize(0.5, 0.5, "test")

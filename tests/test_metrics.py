@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_csunet.metrics import confusion_matrix, segmentation_metrics
+from napari_csunet.measure.metrics import confusion_matrix, segmentation_metrics
 
 
 def test_perfect_prediction() -> None:

@@ -8,10 +8,10 @@ import tifffile
 import zarr
 from test_inference import NeighbourNet, assert_matches, pixel_segmenter, untiled_probs
 
-from napari_csunet.budget import Budget
-from napari_csunet.lazy import is_lazy_input, lazy_stats, open_lazy
-from napari_csunet.mosaic import class_counts, segment_mosaic
-from napari_csunet.tiling import CONTEXT_PX, TileLayout, choose_tile
+from napari_csunet.engine.lazy import is_lazy_input, lazy_stats, open_lazy
+from napari_csunet.engine.memory_plan import Budget
+from napari_csunet.engine.mosaic import class_counts, segment_mosaic
+from napari_csunet.engine.tiling import CONTEXT_PX, TileLayout, choose_tile
 
 
 @pytest.mark.parametrize(("shape", "area", "expected"), [
@@ -95,7 +95,7 @@ def test_ome_zarr_input_gives_ome_zarr_labels(tmp_path):
 
 
 def test_lazy_statistics_match_the_whole_image(monkeypatch):
-    from napari_csunet import lazy
+    from napari_csunet.engine import lazy
 
     image = np.random.default_rng(3).normal(100, 20, (900, 700)).astype(np.float32)
     exact = lazy_stats(image, 1, rows=128)
@@ -123,10 +123,10 @@ def test_csunet_segment_writes_chunked_zarr_labels_for_lazy_inputs(tmp_path, mon
     an ordinary TIFF beside them still gets its label TIFF."""
     import json
 
-    from napari_csunet import lazy
-    from napari_csunet.cli import main
-    from napari_csunet.modelfile import ModelInfo, save_model_file
+    from napari_csunet.cli.main import main
+    from napari_csunet.engine import lazy
     from napari_csunet.models import build_model, get_preset
+    from napari_csunet.models.modelfile import ModelInfo, save_model_file
 
     config = get_preset("csunet-tiny").config
     model = save_model_file(tmp_path / "m.safetensors", build_model(config), ModelInfo(config, ["a", "b", "c"]))

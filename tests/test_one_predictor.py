@@ -13,9 +13,10 @@ from fabricated import write_nasa_folder
 from csunet_train import dist as distmod
 from csunet_train.config import TrainConfig
 from csunet_train.job import _error_kind, run_job
-from napari_csunet import cli, segment_cli
-from napari_csunet.device import amp_dtype, is_out_of_memory, rank_device
-from napari_csunet.inference import InferenceMemoryError
+from napari_csunet.cli import main as cli
+from napari_csunet.cli import segment as segment_cli
+from napari_csunet.engine.device import amp_dtype, is_out_of_memory, rank_device
+from napari_csunet.engine.predictor import InferenceMemoryError
 
 
 def test_validation_numbers_are_what_csunet_evaluate_gives_the_saved_model(tmp_path: Path, capsys) -> None:

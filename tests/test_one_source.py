@@ -10,10 +10,15 @@ import torch
 from safetensors.numpy import save_file
 
 from csunet_train.config import ConfigError, TrainConfig
-from napari_csunet.modelfile import ModelFileError, ModelInfo, read_model_info, save_model_file
+from napari_csunet.engine.tiling import check_tile
 from napari_csunet.models import build_model
 from napari_csunet.models.config import nearest_multiple
-from napari_csunet.tiling import check_tile
+from napari_csunet.models.modelfile import (
+    ModelFileError,
+    ModelInfo,
+    read_model_info,
+    save_model_file,
+)
 from napari_csunet.weights.cache import sha256_file
 
 

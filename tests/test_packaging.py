@@ -31,8 +31,8 @@ def _modules_after(code: str) -> set[str]:
     "code",
     [
         "import napari_csunet",
-        "import napari_csunet.models.registry, napari_csunet.modelfile, napari_csunet.model_catalog",
-        "import napari_csunet.cli; napari_csunet.cli.build_parser()",
+        "import napari_csunet.models.registry, napari_csunet.models.modelfile, napari_csunet.models.catalog",
+        "import napari_csunet.cli.main; napari_csunet.cli.main.build_parser()",
         "from npe2 import PluginManager; pm = PluginManager(); pm.discover(include_npe1=False); "
         "assert pm.get_manifest('napari-csunet')",
         *_manifest_lookups(),
@@ -51,7 +51,7 @@ def test_manifest_validates() -> None:
 
 
 def test_models_json_lists_presets_with_parameter_counts() -> None:
-    out = subprocess.run([sys.executable, "-m", "napari_csunet.cli", "models", "--json"],
+    out = subprocess.run([sys.executable, "-m", "napari_csunet.cli.main", "models", "--json"],
                          capture_output=True, text=True, check=True)
     data = json.loads(out.stdout)
     by_name = {p["name"]: p for p in data["presets"]}

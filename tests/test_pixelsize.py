@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_csunet.pixelsize import (
+from napari_csunet.images.pixelsize import (
     PixelSize,
     calibrate,
     read_pixel_size,
@@ -133,7 +133,7 @@ def test_calibration_from_a_scale_bar_is_remembered_per_image(tmp_path):
     ({}, None),
 ])
 def test_label_files_keep_the_pixel_size(tmp_path, meta, expected):
-    from napari_csunet._writer import write_labels
+    from napari_csunet.plugin.writer import write_labels
 
     (path,) = write_labels(str(tmp_path / "x_labels.tif"), np.ones((8, 8), np.uint8), meta)
     found = read_pixel_size(path)
@@ -141,8 +141,8 @@ def test_label_files_keep_the_pixel_size(tmp_path, meta, expected):
 
 
 def test_reopened_labels_carry_their_scale(tmp_path):
-    from napari_csunet._reader import read_labels
-    from napari_csunet._writer import write_labels
+    from napari_csunet.plugin.reader import read_labels
+    from napari_csunet.plugin.writer import write_labels
 
     (path,) = write_labels(str(tmp_path / "y_labels.tif"), np.ones((8, 8), np.uint8), {"pixel_size_um": 0.25})
     ((_, kwargs, _),) = read_labels(path)

@@ -17,8 +17,8 @@ from PIL import Image
 from csunet_train.data import DataError, labelled_image
 from csunet_train.pretrain import mask_batch, mim_loss, patch_mask
 from csunet_train.unlabelled import find_images
-from napari_csunet.cli import main as csunet
-from napari_csunet.modelfile import read_model_info
+from napari_csunet.cli.main import main as csunet
+from napari_csunet.models.modelfile import read_model_info
 
 FAST = ["--steps", "2", "--batch-size", "2", "--eval-every", "1", "--val-images", "0", "--device", "cpu"]
 
@@ -91,7 +91,7 @@ def test_pretrain_on_mixed_files_saves_a_model_and_resumes(mixed_folder: Path, t
     assert csunet(["pretrain", str(mixed_folder), "--out", str(out), *FAST[2:], "--steps", "3", "--resume"]) == 0
     resumed = read_model_info(out).provenance
     assert (resumed["steps"], resumed["run_steps"]) == (3, 1)
-    from napari_csunet.inference import Segmenter
+    from napari_csunet.engine.predictor import Segmenter
 
     with pytest.raises(ValueError, match="fine-tune it on a few labelled images|Fine-tune it"):
         Segmenter.from_file(out, device="cpu")
@@ -133,7 +133,7 @@ def test_pretrain_job_stops_on_sigint_with_a_loadable_model(mixed_folder: Path, 
 def test_finetuning_from_a_pretrained_model_gets_a_new_class_head(mixed_folder: Path, tmp_path: Path) -> None:
     from csunet_train.config import TrainConfig
     from csunet_train.job import run_job
-    from napari_csunet.modelfile import load_model_file
+    from napari_csunet.models.modelfile import load_model_file
 
     pre = tmp_path / "pre.safetensors"
     assert csunet(["pretrain", str(mixed_folder), "--out", str(pre), *FAST]) == 0
@@ -157,8 +157,8 @@ def test_finetuning_a_model_of_other_classes(mixed_folder: Path, tmp_path: Path,
                                              reinitialised: bool) -> None:
     from csunet_train.config import TrainConfig
     from csunet_train.job import run_job
-    from napari_csunet.modelfile import ModelInfo, load_model_file, save_model_file
     from napari_csunet.models import build_model
+    from napari_csunet.models.modelfile import ModelInfo, load_model_file, save_model_file
 
     net = build_model("csunet-tiny", num_classes=len(start_classes))
     start = save_model_file(tmp_path / "start.safetensors", net, ModelInfo(net.config, start_classes))
@@ -176,7 +176,7 @@ def test_finetuning_a_model_of_other_classes(mixed_folder: Path, tmp_path: Path,
 
 
 def test_shipped_micro_tiny_is_a_small_pretrained_model() -> None:
-    from napari_csunet.model_catalog import list_model_files
+    from napari_csunet.models.catalog import list_model_files
 
     entry = next(e for e in list_model_files() if e["name"] == "micro-tiny")
     assert entry["kind"] == "pretrained"

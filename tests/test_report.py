@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_csunet.databar import DataBar
-from napari_csunet.measurements import measure
-from napari_csunet.pixelsize import PixelSize
-from napari_csunet.plots import fractions_png, log_bins, size_histogram_png
-from napari_csunet.report import image_entry, report_html
+from napari_csunet.images.databar import DataBar
+from napari_csunet.images.pixelsize import PixelSize
+from napari_csunet.measure.measurements import measure
+from napari_csunet.measure.plots import fractions_png, log_bins, size_histogram_png
+from napari_csunet.measure.report import image_entry, report_html
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

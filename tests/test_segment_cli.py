@@ -16,12 +16,12 @@ import pytest
 import tifffile
 from fabricated import tiny_model_file
 
-from napari_csunet.analysis import evaluate_samples
-from napari_csunet.cli import main
-from napari_csunet.datasets import SUPER_CLASSES, find_samples
-from napari_csunet.inference import Prediction
-from napari_csunet.modelfile import ModelInfo, numbered_class_names
-from napari_csunet.segment_cli import expand_inputs, output_stems
+from napari_csunet.cli.main import main
+from napari_csunet.cli.segment import expand_inputs, output_stems
+from napari_csunet.engine.predictor import Prediction
+from napari_csunet.images.datasets import SUPER_CLASSES, find_samples
+from napari_csunet.measure.evaluation import evaluate_samples
+from napari_csunet.models.modelfile import ModelInfo, numbered_class_names
 
 
 @pytest.fixture()
@@ -125,7 +125,7 @@ def test_segment_split_over_two_ranks(batch, model_file, tmp_path):
     out = tmp_path / "out"
     base = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
             "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "napari_csunet.cli", "segment", str(batch / "spot2_*.tif"), str(batch / "nan.tif"),
+    cmd = [sys.executable, "-m", "napari_csunet.cli.main", "segment", str(batch / "spot2_*.tif"), str(batch / "nan.tif"),
            "--model", str(model_file), "--out", str(out), "--tile", "256", "--json", "--no-overlay"]
     procs = [subprocess.Popen(cmd, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for r in range(2)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from napari_csunet.model_catalog import STARTER_DIR, list_model_files
-from napari_csunet.modelfile import read_model_info
+from napari_csunet.models.catalog import STARTER_DIR, list_model_files
+from napari_csunet.models.modelfile import read_model_info
 
 EXPECTED = {
     "starter-superalloy": (["matrix", "secondary", "tertiary"], "super1_test"),
@@ -34,9 +34,9 @@ def test_starter_model_file(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_starter_model_reaches_its_recorded_test_metrics(name: str, data_dir) -> None:
-    from napari_csunet.analysis import evaluate_samples
-    from napari_csunet.datasets import find_samples
-    from napari_csunet.inference import Segmenter
+    from napari_csunet.engine.predictor import Segmenter
+    from napari_csunet.images.datasets import find_samples
+    from napari_csunet.measure.evaluation import evaluate_samples
 
     path = STARTER_DIR / f"{name}.safetensors"
     info = read_model_info(path)

@@ -24,7 +24,7 @@ from csunet_train.data import (
 )
 from csunet_train.losses import segmentation_loss
 from csunet_train.sampling import CropDataset, prepare_image
-from napari_csunet.model_catalog import resolve_model
+from napari_csunet.models.catalog import resolve_model
 
 
 def _item(h: int = 300, w: int = 300, labels: np.ndarray | None = None, name: str = "img"):
@@ -153,7 +153,7 @@ def test_crops_are_centred_near_labelled_pixels_and_tiny_images_are_padded() -> 
 
 
 def test_unaugmented_crops_match_per_image_standardisation() -> None:
-    from napari_csunet.io import standardize
+    from napari_csunet.images.reading import standardize
 
     item = _item(256, 256)
     x, y = CropDataset([prepare_image(item, 1, 256)], 256, 1, aug_strength=0.0)[0]
@@ -232,7 +232,7 @@ def test_every_recipe_loads(recipe: str, tmp_path: Path) -> None:
 
 
 def test_an_annotation_set_saved_by_the_gui_is_a_training_folder(tmp_path: Path) -> None:
-    from napari_csunet.annotations import AnnotationStore
+    from napari_csunet.images.annotations import AnnotationStore
 
     store = AnnotationStore(tmp_path / "annotations")
     labels = np.zeros((64, 80), np.uint8)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_csunet.modelfile import load_model_file, read_model_info
+from napari_csunet.models.modelfile import load_model_file, read_model_info
 
 TIMEOUT = 600  # generous: the CI/CPU may be shared
 
@@ -82,7 +82,7 @@ def test_a_bad_job_prints_one_error_event_and_exits_2(tmp_path: Path, data_dir: 
 _HANGING_WRITER = """
 import pathlib, sys, time
 from napari_csunet.models import build_model
-from napari_csunet.modelfile import ModelInfo, save_model_file
+from napari_csunet.models.modelfile import ModelInfo, save_model_file
 
 def slow_write(self, data):
     with open(self, "wb") as fh:  # a write caught half-way
@@ -97,8 +97,8 @@ save_model_file(sys.argv[1], model, ModelInfo(model.config, ["a", "b", "c"], nam
 
 
 def test_kill_9_in_the_middle_of_a_write_leaves_the_previous_model_file_intact(tmp_path: Path) -> None:
-    from napari_csunet.modelfile import ModelInfo, save_model_file
     from napari_csunet.models import build_model
+    from napari_csunet.models.modelfile import ModelInfo, save_model_file
 
     path = tmp_path / "model.safetensors"
     model = build_model("csunet-tiny")

@@ -15,9 +15,9 @@ from csunet_train.data import labelled_image
 from csunet_train.job import run_and_report, run_job
 from csunet_train.losses import segmentation_loss
 from csunet_train.sampling import CropDataset, prepare_image
-from napari_csunet.datasets import find_samples
-from napari_csunet.modelfile import load_model_file, read_model_info
+from napari_csunet.images.datasets import find_samples
 from napari_csunet.models import build_model
+from napari_csunet.models.modelfile import load_model_file, read_model_info
 
 TRAIN = ["spot2_0d_0", "spot2_0d_4"]
 VAL = ["spot2_180d_3"]

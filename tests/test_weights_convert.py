@@ -278,8 +278,8 @@ def test_swin_source_for_a_narrow_swin_is_a_clear_error():
 
 
 def test_model_file_as_cnn_source(tmp_path):
-    from napari_csunet.modelfile import ModelInfo, save_model_file
     from napari_csunet.models import build_model
+    from napari_csunet.models.modelfile import ModelInfo, save_model_file
 
     donor = build_model("csunet-tiny")
     file = save_model_file(tmp_path / "donor.safetensors", donor,

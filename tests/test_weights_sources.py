@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from napari_csunet.cli import main
+from napari_csunet.cli.main import main
 from napari_csunet.models.registry import PRESETS
 from napari_csunet.weights import (
     UnknownWeights,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
-from .options import option
+from .form_fields import option
 
 __all__ = ["Settings", "settings_path", "load_settings", "save_settings", "DEVICES", "cpu_only_torch_with_gpu"]
 

@@ -125,8 +125,8 @@ def config_from_args(args: argparse.Namespace):
 
 def _check_start(spec: str) -> None:
     """A bad starting model file is refused before torch is imported (the job would load it later)."""
-    from napari_csunet.model_catalog import resolve_model
-    from napari_csunet.modelfile import ModelFileError, check_model_file
+    from napari_csunet.models.catalog import resolve_model
+    from napari_csunet.models.modelfile import ModelFileError, check_model_file
 
     from .config import ConfigError
 
@@ -143,7 +143,7 @@ def _resumed(given: dict[str, Any]) -> dict[str, Any]:
     its name and hyperparameters (flags given again win)."""
     from pathlib import Path
 
-    from napari_csunet.modelfile import ModelFileError, read_model_info
+    from napari_csunet.models.modelfile import ModelFileError, read_model_info
 
     from .config import ConfigError, TrainConfig
 
@@ -222,7 +222,7 @@ def run_from_args(args: argparse.Namespace, make_config, check_out: bool = False
     ``check_out``: refuse an ``--out`` that exists (without ``--overwrite``), is a folder or cannot
     be written before any work; every run holds ``--out``'s lock, so two never write one file.
     """
-    from napari_csunet.outputs import OutputError, check_out_file, out_lock
+    from napari_csunet.cli.outputs import OutputError, check_out_file, out_lock
 
     from .config import ConfigError, _in_starter_dir
     from .events import StopControl, stdout_events

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from napari_csunet.colors import ColorError, check_colors
-from napari_csunet.model_catalog import STARTER_DIR, shipped_names
+from napari_csunet.form_fields import option
+from napari_csunet.models.catalog import STARTER_DIR, shipped_names
 from napari_csunet.models.config import TILE_MULTIPLE, nearest_multiple
-from napari_csunet.options import option
 
 from .pretrain_config import PretrainConfig
 from .validation import ConfigError, config_from_dict, need
@@ -180,7 +180,7 @@ class TrainConfig:
         (``<start>-ft-<time>``) and no model takes a shipped one."""
         if self.name:
             return self.name
-        from napari_csunet.model_catalog import finetuned_name
+        from napari_csunet.models.catalog import finetuned_name
 
         stem = Path(self.out).stem
         if self.model is not None and start_name:
@@ -294,7 +294,7 @@ def load_recipe(path: str | Path, data_root: str | Path | None = None, **overrid
             data[key] = str(project_root() / value)
     if data.get("name") in shipped_names() and "name" not in given and data.get("out") \
             and not _in_starter_dir(data["out"]):
-        from napari_csunet.model_catalog import finetuned_name
+        from napari_csunet.models.catalog import finetuned_name
 
         data["name"] = finetuned_name(data["name"])
     return TrainConfig.from_dict(data)

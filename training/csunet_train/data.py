@@ -1,7 +1,7 @@
 """Training data: labelled images from arrays, pair files or folders; checks; the validation split.
 
 Labels are 1..K with 0 = unlabelled (ignored), so a user may label part of an image. Folders go
-through :func:`napari_csunet.datasets.find_samples`, which maps NASA's label maps (0 is a class) and
+through :func:`napari_csunet.images.datasets.find_samples`, which maps NASA's label maps (0 is a class) and
 colour overlays to that convention. No torch here.
 """
 
@@ -15,11 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_csunet.annotations import reviewed_area
-from napari_csunet.datasets import NAMING_HINT, MaskError, find_samples, undeclared_zero_warning
-from napari_csunet.io import ImageError, as_channels_last
-from napari_csunet.io import read_whole_image as read_image  # bounded: training holds whole images
-from napari_csunet.modelfile import default_class_colors, numbered_class_names
+from napari_csunet.images.annotations import reviewed_area
+from napari_csunet.images.datasets import (
+    NAMING_HINT,
+    MaskError,
+    find_samples,
+    undeclared_zero_warning,
+)
+from napari_csunet.images.reading import ImageError, as_channels_last
+from napari_csunet.images.reading import (
+    read_whole_image as read_image,  # bounded: training holds whole images
+)
+from napari_csunet.models.modelfile import default_class_colors, numbered_class_names
 
 __all__ = [
     "DataError", "LabelledImage", "TrainingData", "labelled_image", "read_pairs", "read_folder",
@@ -120,7 +127,7 @@ def read_pairs(entries: Iterable[dict[str, str]]) -> list[LabelledImage]:
 
 def read_unlabelled(paths: Sequence[str | Path]) -> list[LabelledImage]:
     """Image files, and the images in folders, as items without a labelled pixel (distillation only)."""
-    from napari_csunet.datasets import image_files
+    from napari_csunet.images.datasets import image_files
 
     files: list[Path] = []
     for p in map(Path, paths):
@@ -171,7 +178,7 @@ def read_folder(root: str | Path, split: str, names: Sequence[str] | None = None
 
 
 def _read_annotation_set(root: Path, names: Sequence[str] | None) -> tuple[list[LabelledImage], list[str], list[str]]:
-    from napari_csunet.annotations import AnnotationError, AnnotationStore
+    from napari_csunet.images.annotations import AnnotationError, AnnotationStore
 
     store = AnnotationStore(root)
     try:

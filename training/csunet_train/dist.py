@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as tdist
 
-from napari_csunet.device import launch_ranks, rank_device
+from napari_csunet.engine.device import launch_ranks, rank_device
 
 __all__ = ["DistInfo", "setup", "cleanup", "all_reduce_sum"]
 

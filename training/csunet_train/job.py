@@ -55,8 +55,8 @@ class Start:
 
 def _load_start(cfg: TrainConfig) -> Start:
     """The model file to continue from, if any (its classes name data that names none)."""
-    from napari_csunet.model_catalog import resolve_model
-    from napari_csunet.modelfile import ModelFileError, has_untrained_head, load_model_file
+    from napari_csunet.models.catalog import resolve_model
+    from napari_csunet.models.modelfile import ModelFileError, has_untrained_head, load_model_file
 
     try:
         _, path = resolve_model(cfg.model)
@@ -182,9 +182,9 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
     """Run one job and return its ``done`` event; ``train``/``val`` add in-memory labelled images."""
     import torch
 
-    from napari_csunet.device import in_device_layout
-    from napari_csunet.modelfile import ModelInfo, save_model_file
+    from napari_csunet.engine.device import in_device_layout
     from napari_csunet.models import count_parameters
+    from napari_csunet.models.modelfile import ModelInfo, save_model_file
 
     from . import dist as distmod
     from .loop import (
@@ -346,9 +346,9 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
 
 def _error_kind(exc: BaseException) -> tuple[str, str]:
     """(kind, message) for the error event."""
-    from napari_csunet.datasets import MaskError
-    from napari_csunet.device import is_out_of_memory
-    from napari_csunet.io import ImageError
+    from napari_csunet.engine.device import is_out_of_memory
+    from napari_csunet.images.datasets import MaskError
+    from napari_csunet.images.reading import ImageError
 
     from .loop import NonFiniteLoss
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_csunet.metrics import metrics_from_confusion
+from napari_csunet.measure.metrics import metrics_from_confusion
 
 from .data import MIN_VAL_PIXELS
 from .fair import BLOCK, FairSplit, missing_classes_text
@@ -41,7 +41,7 @@ BOOTSTRAP = 400
 
 def block_miou(cms: np.ndarray) -> np.ndarray:
     """mIoU of (..., K, K) confusion matrices, over classes present in target or prediction
-    (as :func:`~napari_csunet.metrics.metrics_from_confusion`); nan without pixels."""
+    (as :func:`~napari_csunet.measure.metrics.metrics_from_confusion`); nan without pixels."""
     cms = np.asarray(cms, np.float64)
     tp = np.diagonal(cms, axis1=-2, axis2=-1)
     union = cms.sum(-1) + cms.sum(-2) - tp
@@ -97,7 +97,7 @@ class FairValidation:
     latest: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        from napari_csunet.lazy import lazy_stats
+        from napari_csunet.engine.lazy import lazy_stats
 
         groups: list[int] = []
         for item, group in zip(self.split.val, self.split.groups, strict=True):

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_csunet.device import amp_dtype, in_device_layout, prefers_channels_last
-from napari_csunet.metrics import confusion_matrix, metrics_from_confusion
+from napari_csunet.engine.device import amp_dtype, in_device_layout, prefers_channels_last
+from napari_csunet.measure.metrics import confusion_matrix, metrics_from_confusion
 
 from .data import LabelledImage
 from .dist import DistInfo, all_reduce_sum
@@ -145,11 +145,11 @@ def train_step(model: nn.Module, x: torch.Tensor, y: Any, optimizer: torch.optim
 
 def validation_segmenter(model: nn.Module, class_names: Sequence[str], in_chans: int, device: torch.device,
                          dtype: torch.dtype | None):
-    """The :class:`~napari_csunet.inference.Segmenter` that ``csunet evaluate`` would build for the
+    """The :class:`~napari_csunet.engine.predictor.Segmenter` that ``csunet evaluate`` would build for the
     saved model (same tiles, blending, normalisation), wrapped around the network being trained,
     so validation numbers are the numbers the saved model gets."""
-    from napari_csunet.inference import Segmenter
-    from napari_csunet.modelfile import ModelInfo
+    from napari_csunet.engine.predictor import Segmenter
+    from napari_csunet.models.modelfile import ModelInfo
 
     info = ModelInfo(model.config.with_classes(len(class_names), in_chans), list(class_names))
     return Segmenter(model, info, device=device, amp=dtype is not None, channels_last=prefers_channels_last(device))

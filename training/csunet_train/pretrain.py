@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from napari_csunet.device import in_device_layout
-from napari_csunet.modelfile import PRETRAINING_TASK, ModelInfo
+from napari_csunet.engine.device import in_device_layout
+from napari_csunet.models.modelfile import PRETRAINING_TASK, ModelInfo
 
 from .begin import begin_job, device_name, ignore_sigint
 from .data import DataError, LabelledImage
@@ -96,9 +96,9 @@ class ReconstructionProbe:
 
 def _start_model(cfg: PretrainConfig) -> tuple[Any, ModelInfo | None, int]:
     """(network with a reconstruction head, the file's description if any, steps already done)."""
-    from napari_csunet.model_catalog import resolve_model
-    from napari_csunet.modelfile import ModelFileError, load_model_file
     from napari_csunet.models import build_model, get_preset, with_new_head
+    from napari_csunet.models.catalog import resolve_model
+    from napari_csunet.models.modelfile import ModelFileError, load_model_file
 
     if cfg.resume or cfg.model:
         spec = cfg.out if cfg.resume else cfg.model
@@ -133,8 +133,8 @@ def _split(items: list[LabelledImage], n_val: int, seed: int) -> tuple[list[Labe
 
 def run_pretrain(cfg: PretrainConfig, emit: Emit, stop: StopControl | None = None) -> dict[str, Any]:
     """Run one pretraining job and return its ``done`` event."""
-    from napari_csunet.modelfile import save_model_file
     from napari_csunet.models import count_parameters
+    from napari_csunet.models.modelfile import save_model_file
 
     from . import dist as distmod
     from .loop import amp_dtype, budget_schedule, build_optimizer, train_step, warmup_cosine

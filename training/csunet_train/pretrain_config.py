@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from napari_csunet.form_fields import option
 from napari_csunet.models.config import TILE_MULTIPLE
-from napari_csunet.options import option
 
 from .validation import config_from_dict, need
 

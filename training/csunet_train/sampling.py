@@ -3,7 +3,7 @@
 Sample ``i`` of a rank is a pure function of ``(seed, rank, i)``, so runs repeat exactly under a
 seed whatever the number of loader workers. Intensities follow the model files'
 ``{"mode": "image"}`` normalisation: each image is standardised by its own statistics (as
-:func:`napari_csunet.io.standardize` does at inference); augmentation then perturbs gamma,
+:func:`napari_csunet.images.reading.standardize` does at inference); augmentation then perturbs gamma,
 contrast, brightness, blur and noise so the model tolerates what standardisation does not remove.
 """
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from napari_csunet.io import image_stats, to_model_channels
+from napari_csunet.images.reading import image_stats, to_model_channels
 
 from .data import LabelledImage
 

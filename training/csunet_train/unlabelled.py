@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_csunet.io import ImageError, as_channels_last
-from napari_csunet.io import read_whole_image as read_image  # bounded: training holds whole images
+from napari_csunet.images.reading import ImageError, as_channels_last
+from napari_csunet.images.reading import (
+    read_whole_image as read_image,  # bounded: training holds whole images
+)
 
 from .data import DataError, LabelledImage
 

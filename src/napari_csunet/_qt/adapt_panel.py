@@ -15,8 +15,8 @@ import napari
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QPushButton, QVBoxLayout, QWidget
 
-from ..jobs import TrainingJob, jobs_dir
-from ..model_catalog import user_models_dir
+from ..loop.training_job import TrainingJob, jobs_dir
+from ..models.catalog import user_models_dir
 from .common import (
     EventRelay,
     StatusLine,
@@ -71,7 +71,7 @@ class AdaptPanel(QWidget):
 
     def adapt_on_open_images(self) -> bool:
         """Write the open micrographs to a job folder and adapt on them."""
-        from ..adaptation import AdaptationError, write_images
+        from ..images.adaptation_images import AdaptationError, write_images
 
         layers = [lay for lay in self.viewer.layers if isinstance(lay, napari.layers.Image) and is_input_image(lay)]
         folder = jobs_dir() / f"adapt-images-{time.strftime('%Y%m%d-%H%M%S')}"

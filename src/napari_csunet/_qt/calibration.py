@@ -27,8 +27,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..databar import DataBar, detect_databar
-from ..pixelsize import (
+from ..images.databar import DataBar, detect_databar
+from ..images.pixelsize import (
     PixelSize,
     calibrate,
     read_pixel_size,

@@ -51,7 +51,7 @@ def start_training_child(spec: dict, on_event: Callable[[dict], None], status: S
     that thread (writing its spec and forking napari's process held the GUI thread 60-90 ms on a
     loaded CPU); if it cannot start, ``status`` says why and ``on_failed()`` runs, on the GUI thread.
     """
-    from ..jobs import TrainingJob
+    from ..loop.training_job import TrainingJob
 
     job = TrainingJob(spec, on_event)
     if writer is not None:

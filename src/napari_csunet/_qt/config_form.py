@@ -1,6 +1,6 @@
 """Forms generated from a job dataclass's fields (magicgui), so the GUI never restates a limit.
 
-A field declared with :func:`napari_csunet.options.option` carries its help text and the form's
+A field declared with :func:`napari_csunet.form_fields.option` carries its help text and the form's
 limits; :func:`config_form` turns the named fields into a magicgui ``Container`` whose values
 are read back with :func:`form_values`, ready for the job (``TrainConfig.from_dict`` checks them),
 and whose widgets :func:`form_rows` lays out in a panel's form.

@@ -15,7 +15,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QGridLayout, QPushButton, QShortcut, QVBoxLayout, QWidget
 
-from .._layerdata import class_names_from_features
+from ..plugin.layerdata import class_names_from_features
 from ..settings import Settings, save_settings
 from .common import LayerPicker, StatusLine, form_group, hbox
 from .config_form import config_form, form_rows

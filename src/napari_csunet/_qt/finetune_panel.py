@@ -27,9 +27,9 @@ from magicgui.widgets import CheckBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
-from ..finetune import FINETUNE_DEFAULTS, FORM_FIELDS, finetune_job_spec
-from ..jobs import TrainingJob
-from ..model_catalog import finetuned_name, model_stem, user_models_dir
+from ..loop.finetune_job import FINETUNE_DEFAULTS, FORM_FIELDS, finetune_job_spec
+from ..loop.training_job import TrainingJob
+from ..models.catalog import finetuned_name, model_stem, user_models_dir
 from ..settings import save_settings
 from .common import EventRelay, StatusLine, form_group, hbox, start_training_child
 from .config_form import config_form, form_rows, form_values
@@ -143,7 +143,7 @@ class FinetunePanel(QWidget):
 
     def show_training_set(self, *_: object) -> None:
         """Say what Start would train on: the saved corrected images and their pixels, or what to do first."""
-        from ..annotations import AnnotationError
+        from ..images.annotations import AnnotationError
 
         store, info = self.session.annotations, self.session.info
         use = self._others_use()
@@ -171,7 +171,7 @@ class FinetunePanel(QWidget):
         """What the next fine-tune would do with the other open images (see ``other_images_use``)."""
         from csunet_train.config import TrainConfig
 
-        from ..modelfile import has_untrained_head
+        from ..models.modelfile import has_untrained_head
 
         info = self.session.info
         new_head = info is not None and has_untrained_head(info.provenance)

@@ -1,7 +1,7 @@
 """Inspect panel: measurements in physical units with plots, overlay style, disagreement.
 
 The pixel size and the data bar of the image come from the calibration box on top. Measurements
-(:mod:`napari_csunet.measurements`) and their plots (:mod:`napari_csunet.plots`, rendered to PNG)
+(:mod:`napari_csunet.measure.measurements`) and their plots (:mod:`napari_csunet.measure.plots`, rendered to PNG)
 are computed on a worker thread and shown as a table that exports to CSV, a fractions plot with
 95 % intervals and a size histogram with log bins. The disagreement layer marks pixels that two
 label layers (say the prediction and the corrected labels) both label, differently.
@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..atomic import atomic_write_text
-from ..measurements import DEFAULT_MIN_AREA
+from ..measure.measurements import DEFAULT_MIN_AREA
 from .calibration import CalibrationBox, databar_of, pixel_size_of
 from .common import LayerPicker, StatusLine, form_group, image_data
 from .session import ModelSession
@@ -82,7 +82,7 @@ def _no_particles_text(row: dict[str, Any]) -> str:
 
 def _own_size(layer: Labels) -> Any:
     """A labels layer's own pixel size, when its scale is in micrometres (e.g. a reopened labels file)."""
-    from ..pixelsize import PixelSize
+    from ..images.pixelsize import PixelSize
 
     if all(str(u) == "micrometer" for u in layer.units[-2:]):
         return PixelSize(float(layer.scale[-1]), float(layer.scale[-2]), "the labels layer's scale")
@@ -91,9 +91,9 @@ def _own_size(layer: Labels) -> Any:
 
 def _measure_and_plot(*args: Any) -> tuple[Any, bytes, bytes]:
     """Worker thread: the measurement and its plots, computed in a child process (they hold the GIL
-    for hundreds of ms: on a thread here they froze napari); see :mod:`napari_csunet.child_process`."""
-    from ..child_process import run_in_child
-    from ..plots import measurement_with_plots
+    for hundreds of ms: on a thread here they froze napari); see :mod:`napari_csunet.loop.child_process`."""
+    from ..loop.child_process import run_in_child
+    from ..measure.plots import measurement_with_plots
 
     return run_in_child(measurement_with_plots, *args)
 
@@ -200,7 +200,7 @@ class InspectPanel(QWidget):
         return value if isinstance(value, Labels) else None
 
     def _class_names(self, layer: Labels) -> list[str]:
-        from .._layerdata import class_names_from_features
+        from ..plugin.layerdata import class_names_from_features
 
         names = class_names_from_features(layer.features, layer.metadata) or []
         top = int(layer.data.max()) if layer.data.size else 0
@@ -241,7 +241,7 @@ class InspectPanel(QWidget):
 
     def compute(self):
         """Measurements of the chosen layer with the image's pixel size and data bar, on a worker thread."""
-        from ..modelfile import default_class_colors
+        from ..models.modelfile import default_class_colors
 
         layer = self.layer()
         if layer is None:
@@ -302,8 +302,8 @@ class InspectPanel(QWidget):
         self.note.setVisible(bool(notes))
 
     def csv_text(self) -> str:
-        from ..analysis import statistics_csv
-        from ..measurements import FIELDS
+        from ..measure.measurements import FIELDS
+        from ..measure.report import statistics_csv
 
         return statistics_csv(self.rows, (), FIELDS)
 

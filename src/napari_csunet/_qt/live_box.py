@@ -1,7 +1,7 @@
 """The Correct tab's live update toggle: a short fine-tune after each correction, in the background.
 
-Drives :class:`napari_csunet.live_update.LiveUpdate` with the GUI's pieces: the training child
-(:class:`napari_csunet.jobs.TrainingJob`, never napari's interpreter), the model session (loads
+Drives :class:`napari_csunet.loop.live_update.LiveUpdate` with the GUI's pieces: the training child
+(:class:`napari_csunet.loop.training_job.TrainingJob`, never napari's interpreter), the model session (loads
 the new model on its worker thread) and the Segment tab (re-segments the queue's image with the
 corrections kept, which re-ranks the queue). Nothing here blocks the GUI thread (even the child
 is started on a worker thread); a correction made during a cycle queues one more cycle; Stop ends
@@ -16,10 +16,10 @@ from typing import Any
 
 from qtpy.QtWidgets import QCheckBox, QPushButton, QVBoxLayout, QWidget
 
-from ..annotations import AnnotationStore
-from ..jobs import TrainingJob
-from ..live_update import LiveUpdate, live_job_spec
-from ..model_catalog import model_stem, user_models_dir
+from ..images.annotations import AnnotationStore
+from ..loop.live_update import LiveUpdate, live_job_spec
+from ..loop.training_job import TrainingJob
+from ..models.catalog import model_stem, user_models_dir
 from .common import EventRelay, StatusLine, hbox
 from .queue_box import QueueBox
 from .segment_panel import SegmentPanel

@@ -9,7 +9,7 @@ import napari
 from qtpy.QtCore import QPoint, Qt, QTimer
 from qtpy.QtWidgets import QAbstractScrollArea, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
-from ..child_process import shutdown_child
+from ..loop.child_process import shutdown_child
 from ..settings import load_settings
 from .correct_panel import CorrectPanel
 from .finetune_panel import FinetunePanel
@@ -127,7 +127,7 @@ def _warm_up() -> threading.Thread:
     avoid_triton_llvm_clash()  # before torch: see .compat
 
     def run() -> None:
-        for name in ("pandas", "skimage.color", "scipy.linalg", "torch", "napari_csunet.inference", "timm"):
+        for name in ("pandas", "skimage.color", "scipy.linalg", "torch", "napari_csunet.engine.predictor", "timm"):
             importlib.import_module(name)
         try:
             from vispy.visuals.line.dash_atlas import DashAtlas

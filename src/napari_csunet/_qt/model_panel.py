@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..model_catalog import list_model_files, pretrained_models
+from ..models.catalog import list_model_files, pretrained_models
 from ..models.registry import PRESETS
 from ..settings import DEVICES, Settings, cpu_only_torch_with_gpu, save_settings
 from .adapt_panel import AdaptPanel
@@ -303,7 +303,7 @@ class ModelPanel(QWidget):
             self.status.error("no model to save: load or build one first")
             return None
         if path is None:
-            from ..model_catalog import user_models_dir
+            from ..models.catalog import user_models_dir
 
             start = str(user_models_dir() / f"{self.session.info.name or 'model'}.safetensors")
             path, _ = QFileDialog.getSaveFileName(self, "Save model file", start, "Model files (*.safetensors)")

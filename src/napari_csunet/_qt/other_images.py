@@ -18,7 +18,7 @@ import napari
 import numpy as np
 from napari.layers import Image
 
-from ..jobs import jobs_dir
+from ..loop.training_job import jobs_dir
 from .common import is_input_image
 
 __all__ = ["KEEP_OTHERS", "MAX_OTHERS", "MAX_SIDE", "other_open_images", "unlabelled_dir", "write_unlabelled"]
@@ -67,7 +67,7 @@ def unlabelled_dir() -> Path:
 def write_unlabelled(images: Sequence[tuple[str, np.ndarray]], folder: Path | None = None) -> list[str]:
     """Remove the previous fine-tune's TIFFs from ``folder``, write ``(name, pixels)`` there (atomically,
     named after the layer); the paths in order."""
-    from ..adaptation import write_images
+    from ..images.adaptation_images import write_images
 
     folder = folder or unlabelled_dir()
     for old in folder.glob("*.tif"):

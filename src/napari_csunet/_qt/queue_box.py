@@ -20,8 +20,8 @@ from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QShortcut, QVBoxLayout, QWidget
 
-from ..annotations import AnnotationStore
-from ..correction_queue import CorrectionQueue, Region
+from ..images.annotations import AnnotationStore
+from ..loop.correction_queue import CorrectionQueue, Region
 from .common import OUTPUT, StatusLine, form_group, hbox
 from .segment_panel import IMAGE, PREDICTION, SegmentPanel
 from .serial_worker import SerialWorker

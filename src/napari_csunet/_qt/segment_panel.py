@@ -25,7 +25,7 @@ from napari.utils import cancelable_progress
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QCheckBox, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from .._layerdata import labels_kwargs
+from ..plugin.layerdata import labels_kwargs
 from .common import (
     OUTPUT,
     LayerPicker,
@@ -143,7 +143,7 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
 
     ``keep(layer)`` names pixels of the existing layer (the user's corrections) that stay on top of
     the new prediction; the raw prediction stays in the metadata for Revert, the labels before it
-    for Undo. ``counts`` (pixels per label 0..K, from :func:`napari_csunet.mosaic.class_counts` on
+    for Undo. ``counts`` (pixels per label 0..K, from :func:`napari_csunet.engine.mosaic.class_counts` on
     the worker) saves a pass over the labels on the GUI thread; ``prepared`` (from
     :func:`new_labels_layer` on the worker, or a :class:`Prepared` one) is the layer to insert when
     there is none yet. A :class:`Prepared` layer is inserted without being activated; the steps that
@@ -385,7 +385,7 @@ class SegmentPanel(QWidget):
                          + where)
 
     def _on_error(self, exc: BaseException) -> None:
-        from ..inference import Cancelled
+        from ..engine.predictor import Cancelled
 
         if isinstance(exc, Cancelled):
             self.status.info("cancelled: the labels layers were left as they were")
@@ -418,8 +418,8 @@ def _predict_all(seg, jobs, options, progress, cancelled, viewer_has: Callable[[
     """Worker thread: (image layer, prediction, pixels per label 0..K) per image, yielded as soon as
     it is done (the counts are taken here, not on the GUI thread); the SEM data bar (as set in the
     Inspect tab, else detected) never reaches the model and is labelled 0."""
-    from ..databar import predict_outside
-    from ..mosaic import class_counts
+    from ..engine.mosaic import class_counts
+    from ..images.databar import predict_outside
     from .calibration import databar_of
 
     _warm_napari_imports()
@@ -480,7 +480,7 @@ def _predict_lazy(seg, data, progress, cancelled, name: str, tta: bool) -> _Lazy
     import tempfile
     from pathlib import Path
 
-    from ..mosaic import class_counts, create_labels_zarr
+    from ..engine.mosaic import class_counts, create_labels_zarr
 
     folder = Path(tempfile.mkdtemp(prefix="csunet-labels-"))
     atexit.register(shutil.rmtree, folder, True)  # the layer's own store: napari's Save writes a copy

@@ -15,8 +15,8 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..annotations import AnnotationStore
-from ..modelfile import ModelInfo
+from ..images.annotations import AnnotationStore
+from ..models.modelfile import ModelInfo
 from ..settings import Settings, load_settings, save_settings
 from .compat import avoid_triton_llvm_clash
 from .steps import Steps
@@ -40,7 +40,7 @@ def leave_a_core_for_the_gui() -> None:
 
 
 class ModelSession(QObject):
-    """The :class:`~napari_csunet.inference.Segmenter` and what it was loaded from, the annotation
+    """The :class:`~napari_csunet.engine.predictor.Segmenter` and what it was loaded from, the annotation
     set (``annotations``) and the labels layer the Correct tab works on (``correcting``)."""
 
     #: emitted on the main thread after a model was loaded, replaced or unloaded
@@ -146,7 +146,7 @@ class ModelSession(QObject):
         kwargs = self._segmenter_kwargs()
 
         def job():
-            from ..inference import Segmenter
+            from ..engine.predictor import Segmenter
 
             leave_a_core_for_the_gui()
             return Segmenter.from_file(Path(path), **kwargs), Path(path), False
@@ -159,7 +159,7 @@ class ModelSession(QObject):
         kwargs = self._segmenter_kwargs()
 
         def job():
-            from ..inference import Segmenter
+            from ..engine.predictor import Segmenter
             from ..weights.apply import build_preset_model
 
             leave_a_core_for_the_gui()  # the weight report goes into info.sources, and so into the saved file
@@ -174,8 +174,8 @@ class ModelSession(QObject):
         kwargs = self._segmenter_kwargs()
 
         def job():
-            from ..inference import Segmenter
-            from ..model_catalog import start_from_pretrained
+            from ..engine.predictor import Segmenter
+            from ..models.catalog import start_from_pretrained
 
             leave_a_core_for_the_gui()
             model, info = start_from_pretrained(spec, class_names)
@@ -203,8 +203,8 @@ class ModelSession(QObject):
             return
         if self.segmenter is None:
             return
-        from ..device import amp_dtype
-        from ..inference import pick_device  # torch is loaded already: a model is
+        from ..engine.device import amp_dtype
+        from ..engine.predictor import pick_device  # torch is loaded already: a model is
 
         try:
             device = pick_device(self.settings.device)
@@ -220,7 +220,7 @@ class ModelSession(QObject):
         seg, path, unsaved, kwargs = self.segmenter, self.path, self.unsaved, self._segmenter_kwargs()
 
         def job():
-            from ..inference import Segmenter
+            from ..engine.predictor import Segmenter
 
             return Segmenter(seg.model.cpu(), seg.info, **kwargs), path, unsaved
 
@@ -234,7 +234,7 @@ class ModelSession(QObject):
         seg, target = self.segmenter, Path(path)
 
         def job():
-            from ..modelfile import save_model_file
+            from ..models.modelfile import save_model_file
 
             save_model_file(target, seg.model, seg.info)
             return seg, target, False

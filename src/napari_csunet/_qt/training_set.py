@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..annotations import (
+from ..images.annotations import (
     ACCEPTED,
     PAINTED,
     Annotation,

@@ -29,8 +29,8 @@ class ExportError(ValueError):
 def load_exportable(spec: str | Path) -> tuple[Any, Any, Path]:
     """(network, ModelInfo, path) of a model file or starter/user model name that can be exported:
     trained weights (not a preset) and classes (not a self-supervised pretrained model)."""
-    from ..model_catalog import resolve_model
-    from ..modelfile import load_model_file
+    from ..models.catalog import resolve_model
+    from ..models.modelfile import load_model_file
 
     _, path = resolve_model(str(spec))
     if path is None:

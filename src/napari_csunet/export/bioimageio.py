@@ -7,7 +7,7 @@ Why it is built this way:
   (:mod:`.graph`); the input is described with the per-image standardisation as preprocessing, so
   a runtime feeds raw pixels. Sides are multiples of 256 (``min: 256, step: 256``); runtimes tile
   larger images themselves.
-- The test tensors are computed by our predictor (:class:`~napari_csunet.inference.Segmenter`, one
+- The test tensors are computed by our predictor (:class:`~napari_csunet.engine.predictor.Segmenter`, one
   512² tile, float32), so bioimage.io's test checks the graphs against the product itself.
 - Our model file travels inside as an attachment and its description in ``config.napari_csunet``:
   :mod:`.importer` turns the package back into exactly the model that was exported.
@@ -100,7 +100,7 @@ def default_image(info: Any) -> np.ndarray:
     """A shipped sample micrograph to compute the test tensors on (the EBC one for EBC models)."""
     import tifffile
 
-    from ..samples import _EBC, _SUPER, DATA_DIR
+    from ..plugin.samples import _EBC, _SUPER, DATA_DIR
 
     text = json.dumps([info.name, info.description, info.provenance.get("recipe", "")]).lower()
     return tifffile.imread(DATA_DIR / f"{_EBC if 'ebc' in text else _SUPER}.tif")
@@ -193,7 +193,7 @@ def model_card(info: Any, pixel_size_um: float | None, agreement: dict[str, Any]
 def _trained_on_nasa(info: Any, depth: int = 0) -> str | None:
     """"trained" (a starter recipe on NASA's data), "started" (a fine-tune of such a model, by its
     description or its parent's file where that is still on disk), or None."""
-    from ..modelfile import ModelFileError, read_model_info
+    from ..models.modelfile import ModelFileError, read_model_info
 
     p = info.provenance
     if str(p.get("recipe") or "").startswith("starter-") or "nasa" in str(p.get("test_data") or "").lower():
@@ -213,7 +213,7 @@ def _cover(tile: np.ndarray, labels: np.ndarray, colors: list[str], path: Path) 
     """A 2:1 cover: the test image beside its segmentation overlay."""
     from PIL import Image
 
-    from ..segment_cli import overlay
+    from ..cli.segment import overlay
 
     plain = overlay(tile, np.zeros_like(labels), colors, alpha=0.0)
     Image.fromarray(np.concatenate([plain, overlay(tile, labels, colors)], axis=1)).save(path, optimize=True)
@@ -222,8 +222,8 @@ def _cover(tile: np.ndarray, labels: np.ndarray, colors: list[str], path: Path) 
 def _test_tensors(model: Any, info: Any, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(input (1, C, H, W) raw float32, output (1, K, H, W) probabilities, labels): our predictor
     in float32 on one tile."""
-    from ..inference import Segmenter
-    from ..io import to_model_channels
+    from ..engine.predictor import Segmenter
+    from ..images.reading import to_model_channels
 
     side = tile.shape[0]
     seg = Segmenter(model, info, device="cpu", amp=False, tile=side, overlap=0.0, batch_size=1)

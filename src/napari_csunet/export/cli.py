@@ -14,13 +14,13 @@ FORMATS = ("bioimageio", "onnx", "torchscript")
 def _read_image(path: str | None):
     if path is None:
         return None
-    from ..io import read_image
+    from ..images.reading import read_image
 
     return read_image(path)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..cli import print_json
+    from ..cli.main import print_json
     from . import ExportError
 
     try:
@@ -88,8 +88,8 @@ def _graph(args: argparse.Namespace, print_json) -> int:
 
 def import_command(package: str, as_json: bool = False) -> int:
     """``csunet models --import PACKAGE``: a package we exported becomes a model in the catalogue."""
-    from ..cli import print_json
-    from ..modelfile import describe
+    from ..cli.main import print_json
+    from ..models.modelfile import describe
     from . import ExportError
     from .importer import import_package
 

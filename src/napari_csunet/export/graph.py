@@ -25,9 +25,9 @@ from timm.models.swin_transformer import SwinTransformerBlock, window_partition
 from torch import nn
 
 from ..atomic import atomic_path
-from ..io import to_model_channels
-from ..lazy import lazy_stats
-from ..modelfile import ModelInfo
+from ..engine.lazy import lazy_stats
+from ..images.reading import to_model_channels
+from ..models.modelfile import ModelInfo
 
 __all__ = ["OPSET", "INPUT_NAME", "OUTPUT_NAME", "DYNAMIC_AXES", "Probabilities", "TraceableMaskBlock", "export_torchscript",
            "export_onnx", "standardised", "onnx_probabilities", "onnx_agreement", "centre_tile"]
@@ -141,7 +141,7 @@ def onnx_agreement(onnx_path: str | Path, model: nn.Module, info: ModelInfo, ima
     ``agreement`` is against the predictor in float32 (the graph's precision); where this machine's
     predictor runs in bf16 by default, ``agreement_mixed_precision`` is against that too.
     """
-    from ..inference import Segmenter
+    from ..engine.predictor import Segmenter
 
     tile = centre_tile(image, side)
     theirs = onnx_probabilities(onnx_path, tile, info.config.in_chans).argmax(0) + 1

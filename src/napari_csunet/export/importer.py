@@ -119,8 +119,8 @@ def import_package(path: str | Path, dest_dir: str | Path | None = None) -> Path
     """Copy the model file out of a package we exported into ``dest_dir`` (default: the user's
     models folder); returns its path. The same model imported twice is not copied twice."""
     from ..atomic import atomic_path
-    from ..model_catalog import user_models_dir
-    from ..modelfile import ModelFileError, read_model_info
+    from ..models.catalog import user_models_dir
+    from ..models.modelfile import ModelFileError, read_model_info
     from .bioimageio import CONFIG_KEY
 
     path = Path(path)

@@ -20,7 +20,7 @@ def check_input_size(h: int, w: int, multiple: int = TILE_MULTIPLE) -> None:
         raise ValueError(
             f"input of {h}x{w} pixels: both sides must be multiples of {multiple}; the nearest valid "
             f"size is {nearest_multiple(h, multiple)}x{nearest_multiple(w, multiple)} "
-            "(napari_csunet.inference pads and tiles images of any size for you)"
+            "(napari_csunet.engine.predictor pads and tiles images of any size for you)"
         )
 
 

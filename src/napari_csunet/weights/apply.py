@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from ..modelfile import ModelInfo
+from ..models.modelfile import ModelInfo
 from .cache import (
     cached_file,
     converted_path,

@@ -26,7 +26,7 @@ __all__ = ["read_checkpoint", "write_weights", "weights_meta", "WEIGHTS_META_KEY
 
 #: safetensors metadata key of converted weight files (ours, in timm naming)
 WEIGHTS_META_KEY = "napari_csunet_weights"
-#: metadata key of napari-csunet model files (see napari_csunet.modelfile)
+#: metadata key of napari-csunet model files (see napari_csunet.models.modelfile)
 MODEL_META_KEY = "napari_csunet"
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")

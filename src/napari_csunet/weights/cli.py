@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import print_json
+from ..cli.main import print_json
 from .errors import UnknownWeights, WeightsError
 
 __all__ = ["register"]

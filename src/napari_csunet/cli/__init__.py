@@ -1,0 +1,1 @@
+"""The ``csunet`` command: its entry point and the subcommands this package owns."""
