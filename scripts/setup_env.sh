@@ -14,7 +14,9 @@ fi
 
 stamp="$VENV/.csunet-installed"
 want=$(cat pyproject.toml napari.yaml hatch_build.py | sha256sum | cut -d' ' -f1)  # the install copies the manifest
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+# the editable install writes src/napari_csunet/napari.yaml from napari.yaml (hatch_build.py): a
+# checkout that removed or changed it reinstalls too
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! cmp -s napari.yaml src/napari_csunet/napari.yaml; then
   echo "Installing napari-csunet and its dependencies into $VENV (first run: a few minutes)..."
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e '.[dev,export]'
