@@ -73,32 +73,32 @@ def _load_start(cfg: TrainConfig) -> Start:
 
 def _fit_head(start: Start, class_names: list[str], emit: Emit) -> dict[str, Any] | None:
     """Give the starting model an output layer for the data's classes when its own do not fit."""
-    from napari_csunet.models import with_new_head
+    from napari_csunet.models.factory import fit_head
 
     had = start.model.config.num_classes
-    if not start.pretraining_only and had == len(class_names):
+    reason = "pretrained" if start.pretraining_only else "class count"
+    start.model, head = fit_head(start.model, class_names, reason, always=start.pretraining_only)
+    if head is None:
         if start.class_names and list(start.class_names) != list(class_names):
             emit({"event": "warning", "message": f"the model's classes {start.class_names} are trained as "
                   f"{class_names} (as many classes: output channel i keeps its weights for label i)"})
         return None
-    start.model = with_new_head(start.model, len(class_names), always=start.pretraining_only)
     start.config = start.model.config
     what = "a self-supervised pretrained model" if start.pretraining_only else f"a model of {had} classes"
     emit({"event": "warning", "message": f"started from {what}: its output layer was re-initialised for the "
           f"{len(class_names)} classes {class_names}; every other weight is kept"})
-    return {"from_outputs": had, "to_classes": list(class_names),
-            "reason": "pretrained" if start.pretraining_only else "class count"}
+    return head
 
 
 def _build_start(cfg: TrainConfig, data: TrainingData) -> Start:
     """A preset with random weights, then the pretrained encoder weights asked for (as the GUI does)."""
+    from napari_csunet.models.factory import create_model
     from napari_csunet.weights import WeightsError
-    from napari_csunet.weights.apply import build_preset_model
 
     try:
-        model, info = build_preset_model(cfg.preset, data.class_names, in_chans=data.in_chans,
-                                         cnn=cfg.weights.get("cnn"), swin=cfg.weights.get("swin"),
-                                         allow_download=cfg.allow_download)
+        model, info = create_model(cfg.preset, data.class_names, preset=True, in_chans=data.in_chans,
+                                   cnn=cfg.weights.get("cnn"), swin=cfg.weights.get("swin"),
+                                   allow_download=cfg.allow_download)
     except KeyError as exc:
         raise ConfigError(str(exc).strip("'\"")) from None
     except WeightsError as exc:  # missing file (no download allowed), unknown source, bad checkpoint

@@ -160,10 +160,11 @@ class ModelSession(QObject):
 
         def job():
             from ..engine.predictor import Segmenter
-            from ..weights.apply import build_preset_model
+            from ..models.factory import create_model
 
             leave_a_core_for_the_gui()  # the weight report goes into info.sources, and so into the saved file
-            model, info = build_preset_model(preset, class_names, cnn=cnn, swin=swin, allow_download=allow_download)
+            model, info = create_model(preset, class_names, preset=True, cnn=cnn, swin=swin,
+                                       allow_download=allow_download)
             return Segmenter(model, info, **kwargs), None, True
 
         what = f"building {preset}" + (" (downloading weights if needed)" if allow_download else "")
@@ -175,10 +176,10 @@ class ModelSession(QObject):
 
         def job():
             from ..engine.predictor import Segmenter
-            from ..models.catalog import start_from_pretrained
+            from ..models.factory import create_model
 
             leave_a_core_for_the_gui()
-            model, info = start_from_pretrained(spec, class_names)
+            model, info = create_model(spec, class_names)
             return Segmenter(model, info, **kwargs), None, True
 
         return self._run(job, on_done, f"starting a model for {', '.join(class_names)} from {spec}")

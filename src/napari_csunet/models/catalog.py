@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["STARTER_DIR", "user_models_dir", "list_model_files", "scan_model_files", "resolve_model",
-           "pretrained_models", "start_from_pretrained", "shipped_names", "model_stem", "finetuned_name"]
+           "pretrained_models", "shipped_names", "model_stem", "finetuned_name"]
 
 STARTER_DIR = Path(__file__).parents[1] / "starter_models"
 
@@ -116,27 +116,3 @@ def resolve_model(spec: str) -> tuple[str, Path | None]:
 def pretrained_models() -> list[dict[str, Any]]:
     """The catalogue's self-supervised starting points (``micro-tiny`` and the user's adapted ones)."""
     return [e for e in list_model_files() if e["kind"] == "pretrained"]
-
-
-def start_from_pretrained(spec: str, class_names: list[str]):
-    """A new, unsaved model for ``class_names`` from a pretrained (or any) model file.
-
-    Every weight is kept but the output layer, which is initialised afresh for these classes (a
-    pretrained model's outputs are pixels). Returns (network, ModelInfo); fine-tune it before use.
-    """
-    from . import with_new_head
-    from .modelfile import ModelInfo, load_model_file
-
-    _, path = resolve_model(spec)
-    if path is None:
-        raise KeyError(f"{spec!r} is a preset, not a model file: build it from the preset instead")
-    model, info = load_model_file(path)
-    model = with_new_head(model, len(class_names), always=True)
-    provenance = {"started_from": info.name or path.name, "head_reinitialised": {
-        "from_outputs": info.num_classes, "to_classes": list(class_names), "reason": "new classes"},
-        "previous": {k: info.provenance.get(k) for k in ("task", "steps", "metrics", "time", "corpus")}}
-    name = f"{info.name or path.stem}-{'-'.join(class_names)[:40]}".replace(" ", "_")
-    return model, ModelInfo(model.config, list(class_names), preset=info.preset, sources=dict(info.sources),
-                            provenance=provenance, name=name,
-                            description=f"new model for {', '.join(class_names)} from {info.name or path.name}; "
-                                        "its output layer is untrained: fine-tune it on your corrections")
