@@ -40,9 +40,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_csunet.loop.training_job import JobSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a kept run "regressed" where outside-box or other-image mIoU fell by more than this
@@ -176,7 +179,7 @@ def log(message: str) -> None:
 # -- the product's pieces -------------------------------------------------------------------------
 
 
-def run_job(spec: dict[str, Any], workdir: Path, on_event: Callable[[dict[str, Any], float], None] | None = None
+def run_job(spec: JobSpec | dict[str, Any], workdir: Path, on_event: Callable[[dict[str, Any], float], None] | None = None
             ) -> dict[str, Any]:
     """Run a training job in a child process as the GUI does; the ``done`` event (raises on error)."""
     from napari_csunet.loop.training_job import TrainingJob

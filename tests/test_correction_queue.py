@@ -204,10 +204,10 @@ def test_live_update_refused_cycle_and_cancelled_queue():
 def test_live_job_spec_is_a_short_frozen_finetune(tmp_path):
     spec = live_job_spec(tmp_path / "m.safetensors", [{"image": "a.tif", "labels": "b.tif"}], ["a", "b"],
                          tmp_path / "out.safetensors", steps=12)
-    assert spec["freeze_cnn"] and spec["freeze_swin"] and spec["steps"] == 12 and spec["eval_every"] == 10
-    assert spec["mode"] == "finetune" and spec["crop"] == LIVE_DEFAULTS["crop"] and spec["holdout"] == "blocks"
-    assert spec["threads"] == max(1, (os.cpu_count() or 2) - 1)  # a core left to napari
-    assert live_job_spec("m.safetensors", [], ["a"], tmp_path / "o.safetensors", steps=4, threads=3)["eval_every"] == 4
+    assert spec.freeze_cnn and spec.freeze_swin and spec.steps == 12 and spec.eval_every == 10
+    assert spec.mode == "finetune" and spec.crop == LIVE_DEFAULTS["crop"] and spec.holdout == "blocks"
+    assert spec.threads == max(1, (os.cpu_count() or 2) - 1)  # a core left to napari
+    assert live_job_spec("m.safetensors", [], ["a"], tmp_path / "o.safetensors", steps=4, threads=3).eval_every == 4
     from csunet_train.config import ConfigError
 
     with pytest.raises(ConfigError, match="crop"):

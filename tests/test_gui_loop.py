@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 from test_gui import CLASSES, segment  # noqa: E402 (fixtures: conftest.py)
 
+from csunet_train.config import TrainConfig  # noqa: E402
 from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
 from napari_csunet._qt.training_set import WHOLE_IMAGE  # noqa: E402
 from napari_csunet.loop.finetune_job import FINETUNE_DEFAULTS  # noqa: E402
@@ -103,7 +104,8 @@ def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot,
     spec = json.loads(job_file.read_text())
     assert spec["mode"] == "finetune" and spec["model"].endswith("tiny-test.safetensors") and spec["steps"] == 30
     assert spec["pairs"] == w.correct_panel.store.pairs() and spec["class_names"] == CLASSES
-    assert spec["distill_weight"] == FINETUNE_DEFAULTS["distill_weight"] and "pseudo_weight" not in spec
+    assert spec["distill_weight"] == FINETUNE_DEFAULTS["distill_weight"]
+    assert spec["pseudo_weight"] == TrainConfig.__dataclass_fields__["pseudo_weight"].default  # not the panel's
 
     assert panel.revert_btn.isEnabled() and not panel.use_btn.isEnabled()
     panel.resegmented = None

@@ -5,6 +5,8 @@ spec it would get is caught), the check box is remembered, and the status line c
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 import tifffile
@@ -19,6 +21,9 @@ from napari_csunet._qt.common import OUTPUT  # noqa: E402
 from napari_csunet._qt.other_images import KEEP_OTHERS, MAX_OTHERS, unlabelled_dir  # noqa: E402
 from napari_csunet.settings import load_settings  # noqa: E402
 
+if TYPE_CHECKING:
+    from csunet_train.config import TrainConfig
+
 
 class _Job:
     """Stands in for the training child: the panel only stops or kills it."""
@@ -31,7 +36,7 @@ class _Job:
 
 
 @pytest.fixture
-def specs(widget, monkeypatch) -> list[dict]:
+def specs(widget, monkeypatch) -> list[TrainConfig]:
     """The job specs the panel would start children with; the sample image is in the training set."""
     caught: list[dict] = []
 
@@ -46,7 +51,7 @@ def specs(widget, monkeypatch) -> list[dict]:
     return caught
 
 
-def _start(w, qtbot, specs: list[dict]) -> dict:
+def _start(w, qtbot, specs: list[TrainConfig]) -> TrainConfig:
     panel, before = w.finetune_panel, len(specs)
     assert panel.start(), panel.status.text()
     qtbot.waitUntil(lambda: len(specs) > before or panel.status.kind == "error", timeout=30_000)
@@ -54,8 +59,8 @@ def _start(w, qtbot, specs: list[dict]) -> dict:
     return specs[-1]
 
 
-def _kept(spec: dict) -> list[np.ndarray]:
-    return [tifffile.imread(path) for path in spec.get("unlabelled", [])]
+def _kept(spec: TrainConfig) -> list[np.ndarray]:
+    return [tifffile.imread(path) for path in spec.unlabelled]
 
 
 @pytest.mark.parametrize("keep", [True, False])
@@ -83,16 +88,16 @@ def test_the_other_open_images_are_kept_as_they_are(widget, qtbot, specs, keep):
     assert load_settings().finetune[KEEP_OTHERS] is keep
     if keep:  # the corrected sample, the stack, the lazy, large, NaN, probability and labels layers are not
         kept = _kept(spec)
-        assert len(kept) == 2, spec["unlabelled"]
+        assert len(kept) == 2, spec.unlabelled
         np.testing.assert_array_equal(kept[0], rgb)  # the most recently added first
         np.testing.assert_array_equal(kept[1], grey)
-        assert [p.rsplit("/", 1)[-1] for p in spec["unlabelled"]] == ["000-other_rgb.tif", "001-other_grey.tif"]
+        assert [p.rsplit("/", 1)[-1] for p in spec.unlabelled] == ["000-other_rgb.tif", "001-other_grey.tif"]
         assert not stale.exists()
         assert "1 corrected image(s) and 2 other open images kept as they are" in status
     else:
-        assert "unlabelled" not in spec and stale.exists()
+        assert not spec.unlabelled and stale.exists()
         assert "kept as they are" not in status
-    assert spec["pairs"] and w.finetune_panel.running
+    assert spec.pairs and w.finetune_panel.running
 
 
 def test_at_most_four_other_images_newest_first_and_the_choice_is_remembered(widget, qtbot, specs):
@@ -106,7 +111,7 @@ def test_at_most_four_other_images_newest_first_and_the_choice_is_remembered(wid
     w.finetune_panel.job = None
     w.finetune_panel.keep_others.value = False
     spec = _start(w, qtbot, specs)
-    assert "unlabelled" not in spec
+    assert not spec.unlabelled
     again = finetune_module.FinetunePanel(w.viewer, w.session, w.segment_panel)
     assert again.keep_others.value is False
     assert again.params() == w.finetune_panel.params()  # the form's values still come back as before
@@ -135,7 +140,7 @@ def test_what_the_other_images_are_for_follows_the_model(widget, qtbot, specs, n
     spec = _start(w, qtbot, specs)
     status = w.finetune_panel.status.text()
     if said is None:
-        assert "unlabelled" not in spec and "other open image" not in status
+        assert not spec.unlabelled and "other open image" not in status
         assert load_settings().finetune[KEEP_OTHERS] is True  # the user's choice stays for trained models
     else:
-        assert len(spec["unlabelled"]) == 1 and f"1 other open image {said}" in status
+        assert len(spec.unlabelled) == 1 and f"1 other open image {said}" in status

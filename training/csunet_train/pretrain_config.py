@@ -93,7 +93,7 @@ class PretrainConfig:
 
 
 def adaptation_job(start: str | Path, sources: Sequence[str | Path], out: str | Path, steps: int,
-                   device: str = "auto", amp: bool = True) -> dict[str, Any]:
+                   device: str = "auto", amp: bool = True) -> PretrainConfig:
     """The job that adapts a pretrained model to the user's unlabelled images (the GUI's "Adapt").
 
     A short continuation of pretraining (lower rate, small batch, no held-out images); checked here
@@ -105,5 +105,4 @@ def adaptation_job(start: str | Path, sources: Sequence[str | Path], out: str | 
             "val_images": 0, "device": device, "amp": bool(amp), "name": f"{stem}-adapted-{time.strftime('%Y%m%d-%H%M%S')}",
             "description": f"{stem} adapted by masked image modelling on the user's own micrographs "
                            f"({len(sources)} source(s)); fine-tune it before use"}
-    PretrainConfig.from_dict(spec)
-    return spec
+    return PretrainConfig.from_dict(spec)

@@ -10,6 +10,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QWidget
 
+from ..loop.training_job import JobSpec, TrainingJob
+
 __all__ = ["LayerPicker", "StatusLine", "form_group", "hbox", "labels_name", "image_data", "OUTPUT", "is_input_image",
            "start_training_child", "qt", "EventRelay"]
 
@@ -43,7 +45,7 @@ class EventRelay(QObject):
         self.event.connect(handler)
 
 
-def start_training_child(spec: dict, on_event: Callable[[dict], None], status: StatusLine, writer=None,
+def start_training_child(spec: JobSpec, on_event: Callable[[dict], None], status: StatusLine, writer=None,
                          on_failed: Callable[[], None] | None = None):
     """Start ``csunet_train.job`` for ``spec`` in a child process; None (reported on ``status``) if it cannot start.
 
@@ -51,8 +53,6 @@ def start_training_child(spec: dict, on_event: Callable[[dict], None], status: S
     that thread (writing its spec and forking napari's process held the GUI thread 60-90 ms on a
     loaded CPU); if it cannot start, ``status`` says why and ``on_failed()`` runs, on the GUI thread.
     """
-    from ..loop.training_job import TrainingJob
-
     job = TrainingJob(spec, on_event)
     if writer is not None:
         def failed(exc: Exception) -> None:

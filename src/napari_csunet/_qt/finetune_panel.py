@@ -248,7 +248,7 @@ class FinetunePanel(QWidget):
         except ConfigError as exc:
             self.status.error(f"cannot start: {exc}")
             return False
-        self.plot.clear(spec["steps"])
+        self.plot.clear(spec.steps)
         self.result.info("")
         self.last_done, self.resegmented = None, None
         job = start_training_child(spec, self._relay.event.emit, self.status, writer=self.writer,
@@ -259,7 +259,7 @@ class FinetunePanel(QWidget):
         self._start_model, self.offered, self.undecided = self.session.path, False, False
         self.stop_btn.setEnabled(True)
         self._update_enabled()
-        note = other_images_note(len(spec.get("unlabelled") or []), self._others_use())
+        note = other_images_note(len(spec.unlabelled), self._others_use())
         self.status.info(f"starting the training process ({len(pairs)} corrected image(s){note}) …")
         return True
 

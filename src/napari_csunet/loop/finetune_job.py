@@ -1,5 +1,6 @@
-"""The Fine-tune tab's job, GUI-free: its defaults and the JOB.json it runs (the GUI, the headless
-correction-loop benchmark and scripts build it here, once).
+"""The Fine-tune tab's job, GUI-free: its defaults and the ``TrainConfig`` it runs (the GUI, the
+headless correction-loop benchmark and scripts build it here, once; it becomes JOB.json only at the
+child's door, :class:`~napari_csunet.loop.training_job.TrainingJob`).
 
 Defaults, measured in docs/training.md ("A loop that never makes a model worse"): 60 steps of
 batch 4 keep Start -> re-segmented under a minute on a 2-core CPU; every pixel the user did not
@@ -9,7 +10,10 @@ correct is distilled to the starting model (``distill_weight``), so what was rig
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from csunet_train.config import TrainConfig
 
 __all__ = ["FINETUNE_DEFAULTS", "FORM_FIELDS", "finetune_job_spec"]
 
@@ -22,8 +26,9 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"steps": 60, "lr": 3e-4, "crop": 256, "batc
 
 def finetune_job_spec(model: str | Path, pairs: list[dict[str, Any]], class_names: list[str], out: str | Path,
                       class_colors: list[str] | None = None, device: str = "auto", amp: bool = True,
-                      name: str | None = None, **params: Any) -> dict[str, Any]:
-    """The training job (JOB.json keys) of one fine-tune on the annotation set, checked by ``TrainConfig``.
+                      name: str | None = None, **params: Any) -> TrainConfig:
+    """The training job of one fine-tune on the annotation set, built and checked once (ConfigError
+    names a bad key).
 
     ``params`` override :data:`FINETUNE_DEFAULTS` (e.g. the form's values); the validation
     interval follows the steps (five evaluations on the held-out reviewed blocks).
@@ -37,5 +42,4 @@ def finetune_job_spec(model: str | Path, pairs: list[dict[str, Any]], class_name
             "eval_every": max(1, steps // 5), "device": device, "amp": bool(amp), "out": str(out),
             "name": name or Path(out).stem,
             "description": f"fine-tuned from {Path(model).name} on {len(pairs)} corrected image(s)"} | values
-    TrainConfig.from_dict(spec)  # raises ConfigError naming the key
-    return spec
+    return TrainConfig.from_dict(spec)

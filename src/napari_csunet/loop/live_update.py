@@ -14,7 +14,10 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from csunet_train.config import TrainConfig
 
 __all__ = ["LIVE_DEFAULTS", "live_job_spec", "LiveUpdate"]
 
@@ -28,8 +31,8 @@ LIVE_DEFAULTS: dict[str, Any] = {"steps": 20, "eval_every": 10, "lr": 3e-4, "cro
 
 
 def live_job_spec(model: str | Path, pairs: list[dict[str, str]], class_names: list[str], out: str | Path,
-                  device: str = "auto", class_colors: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
-    """The training job (JOB.json keys) of one live update, checked by ``TrainConfig``."""
+                  device: str = "auto", class_colors: list[str] | None = None, **overrides: Any) -> TrainConfig:
+    """The training job of one live update, built and checked once (ConfigError names a bad key)."""
     from csunet_train.config import TrainConfig
 
     params = LIVE_DEFAULTS | overrides
@@ -40,8 +43,7 @@ def live_job_spec(model: str | Path, pairs: list[dict[str, str]], class_names: l
             "class_colors": list(class_colors) if class_colors else None, "device": device, "out": str(out),
             "name": Path(out).stem,
             "description": f"live update of {Path(model).name} on {len(pairs)} corrected image(s)"} | params
-    TrainConfig.from_dict(spec)  # raises ConfigError with the key's name
-    return spec
+    return TrainConfig.from_dict(spec)
 
 
 class LiveUpdate:

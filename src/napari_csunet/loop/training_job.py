@@ -17,15 +17,22 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ..atomic import atomic_write_text
 from ..engine.allocator import release_heap
 
-__all__ = ["TrainingJob", "JobError", "jobs_dir", "TERMINAL_EVENTS"]
+__all__ = ["TrainingJob", "JobSpec", "JobError", "jobs_dir", "TERMINAL_EVENTS"]
 
 #: events after which the child has nothing more to say
 TERMINAL_EVENTS = ("done", "error")
+
+
+@runtime_checkable
+class JobSpec(Protocol):
+    """A job built once as an object (``TrainConfig``, ``PretrainConfig``) that writes its JOB.json keys."""
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 class JobError(RuntimeError):
@@ -55,17 +62,19 @@ class TrainingJob:
     carrying the tail of its stderr comes first.
     """
 
-    def __init__(self, spec: dict[str, Any], on_event: Callable[[dict[str, Any]], None],
+    def __init__(self, spec: JobSpec | dict[str, Any], on_event: Callable[[dict[str, Any]], None],
                  workdir: str | Path | None = None, python: str = sys.executable,
                  module: str = "csunet_train.job", nice: int = 5) -> None:
-        self.spec = dict(spec)
+        """``spec``: a ``TrainConfig``/``PretrainConfig`` (written as JOB.json with its ``to_dict``),
+        or the JSON keys themselves (another ``module``'s job)."""
+        self.spec = spec.to_dict() if isinstance(spec, JobSpec) else dict(spec)
         self.on_event = on_event
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{id(self) % 10000:04d}"
         self.workdir = Path(workdir) if workdir is not None else jobs_dir() / stamp
         self.python = python
         self.module = module
         self.nice = nice
-        self.spec.setdefault("stop_file", str(self.workdir / "STOP"))
+        self.spec["stop_file"] = self.spec.get("stop_file") or str(self.workdir / "STOP")
         self.proc: subprocess.Popen | None = None
         self.events: list[dict[str, Any]] = []
         self._reader: threading.Thread | None = None
