@@ -78,3 +78,28 @@ def test_every_size_error_suggests_the_same_nearest_multiple(n: int, nearest: in
         check_tile(n, 256, 0.25)
     with pytest.raises(ConfigError, match=f"try {nearest}"):
         TrainConfig(out="m.safetensors", preset="csunet-tiny", crop=n)
+
+
+def test_every_folder_of_the_plugin_is_chosen_by_one_rule(tmp_path: Path, monkeypatch) -> None:
+    """An environment variable redirects each folder; otherwise the platform's folder for napari-csunet."""
+    import platformdirs
+
+    from napari_csunet.images.annotations import default_annotations_dir
+    from napari_csunet.models.catalog import user_models_dir
+    from napari_csunet.settings import settings_path
+    from napari_csunet.weights.cache import cache_dir
+
+    variables = ("CSUNET_ANNOTATIONS_DIR", "CSUNET_MODELS_DIR", "CSUNET_CONFIG_DIR", "CSUNET_CACHE_DIR")
+    for key in variables:
+        monkeypatch.setenv(key, str(tmp_path / key))
+    assert [default_annotations_dir(), user_models_dir(), settings_path().parent, cache_dir()] == \
+        [tmp_path / key for key in variables]
+    for key in variables:
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(platformdirs, "user_data_dir", lambda app: str(tmp_path / "data" / app))
+    monkeypatch.setattr(platformdirs, "user_config_dir", lambda app: str(tmp_path / "config" / app))
+    monkeypatch.setattr(platformdirs, "user_cache_dir", lambda app: str(tmp_path / "cache" / app))
+    assert default_annotations_dir() == tmp_path / "data" / "napari-csunet" / "annotations"
+    assert user_models_dir() == tmp_path / "data" / "napari-csunet" / "models"
+    assert settings_path() == tmp_path / "config" / "napari-csunet" / "settings.json"
+    assert cache_dir() == tmp_path / "cache" / "napari-csunet" / "weights"  # no folder chosen in the settings

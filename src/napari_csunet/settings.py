@@ -18,7 +18,8 @@ from typing import Any
 from .atomic import atomic_write_text
 from .form_fields import option
 
-__all__ = ["Settings", "settings_path", "load_settings", "save_settings", "DEVICES", "cpu_only_torch_with_gpu"]
+__all__ = ["Settings", "settings_path", "user_folder", "load_settings", "save_settings", "DEVICES",
+           "cpu_only_torch_with_gpu"]
 
 #: device choices offered everywhere ("auto" picks CUDA, then MPS, then CPU)
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -57,14 +58,22 @@ class Settings:
             self.device = "auto"
 
 
-def settings_path() -> Path:
-    """``settings.json`` in ``CSUNET_CONFIG_DIR`` or the platform config dir."""
-    env = os.environ.get("CSUNET_CONFIG_DIR")
-    if env:
-        return Path(env) / "settings.json"
+def user_folder(kind: str, env: str | None, sub: str = "") -> Path:
+    """Where the plugin keeps one kind of file, chosen here for every module: ``$env`` when set (a
+    test or a demo redirects it), else ``sub`` in the platform's ``kind`` folder ("data", "config"
+    or "cache") for napari-csunet."""
+    if env and os.environ.get(env):
+        return Path(os.environ[env])
     import platformdirs
 
-    return Path(platformdirs.user_config_dir("napari-csunet")) / "settings.json"
+    where = {"data": platformdirs.user_data_dir, "config": platformdirs.user_config_dir,
+             "cache": platformdirs.user_cache_dir}[kind]
+    return Path(where("napari-csunet")) / sub
+
+
+def settings_path() -> Path:
+    """``settings.json`` in ``CSUNET_CONFIG_DIR`` or the platform config dir."""
+    return user_folder("config", "CSUNET_CONFIG_DIR") / "settings.json"
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

@@ -12,7 +12,6 @@ corrupts what was already added. ``CSUNET_ANNOTATIONS_DIR`` overrides the platfo
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import warnings
@@ -42,12 +41,10 @@ class AnnotationError(ValueError):
 
 
 def default_annotations_dir() -> Path:
-    env = os.environ.get("CSUNET_ANNOTATIONS_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
+    """``CSUNET_ANNOTATIONS_DIR``, else ``annotations`` in the platform's data folder."""
+    from ..settings import user_folder
 
-    return Path(platformdirs.user_data_dir("napari-csunet")) / "annotations"
+    return user_folder("data", "CSUNET_ANNOTATIONS_DIR", "annotations")
 
 
 def class_counts(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:

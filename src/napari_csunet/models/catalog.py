@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,9 @@ STARTER_DIR = Path(__file__).parents[1] / "starter_models"
 
 def user_models_dir() -> Path:
     """Fine-tuned models (``CSUNET_MODELS_DIR`` overrides the platform data dir)."""
-    env = os.environ.get("CSUNET_MODELS_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
+    from ..settings import user_folder
 
-    return Path(platformdirs.user_data_dir("napari-csunet")) / "models"
+    return user_folder("data", "CSUNET_MODELS_DIR", "models")
 
 
 def shipped_names() -> set[str]:

@@ -22,17 +22,12 @@ DOWNLOAD_TIMEOUT = 60
 
 def cache_dir() -> Path:
     """``CSUNET_CACHE_DIR``, else the settings' weight folder, else ``<user cache>/napari-csunet/weights``."""
-    env = os.environ.get("CSUNET_CACHE_DIR")
-    if env:
-        return Path(env)
-    from ..settings import load_settings
+    from ..settings import load_settings, user_folder
 
+    if os.environ.get("CSUNET_CACHE_DIR"):
+        return user_folder("cache", "CSUNET_CACHE_DIR")
     chosen = load_settings().weight_cache_dir
-    if chosen:
-        return Path(chosen).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("napari-csunet")) / "weights"
+    return Path(chosen).expanduser() if chosen else user_folder("cache", None, "weights")
 
 
 def download_path(src: WeightSource) -> Path:
