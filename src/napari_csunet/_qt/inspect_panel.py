@@ -200,11 +200,12 @@ class InspectPanel(QWidget):
         return value if isinstance(value, Labels) else None
 
     def _class_names(self, layer: Labels) -> list[str]:
+        from ..models.modelfile import numbered_class_names
         from ..plugin.layerdata import class_names_from_features
 
         names = class_names_from_features(layer.features, layer.metadata) or []
         top = int(layer.data.max()) if layer.data.size else 0
-        return names + [f"class {i}" for i in range(len(names) + 1, top + 1)]
+        return names + numbered_class_names(top)[len(names):]
 
     def _pick_distinct(self, *_: object) -> None:
         """A and B on two different layers (the disagreement of a layer with itself is nothing)."""
