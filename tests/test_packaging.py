@@ -32,6 +32,8 @@ def _modules_after(code: str) -> set[str]:
     [
         "import napari_csunet",
         "import napari_csunet.models.registry, napari_csunet.models.modelfile, napari_csunet.models.catalog",
+        "import napari_csunet.engine, napari_csunet.images, napari_csunet.measure, napari_csunet.loop, "
+        "napari_csunet.cli, napari_csunet.plugin, napari_csunet.weights",
         "import napari_csunet.cli.main; napari_csunet.cli.main.build_parser()",
         "from npe2 import PluginManager; pm = PluginManager(); pm.discover(include_npe1=False); "
         "assert pm.get_manifest('napari-csunet')",
