@@ -286,7 +286,10 @@ def _segment_into(args: argparse.Namespace, world: int, rank: int, files: list[P
     if rank == 0:
         for message in input_errors:
             _say_error(message)
-    seg = _segmenter(args, rank_device(args.device))  # a bad model or device: the command's one-line error
+    # under torchrun each rank takes its own GPU; a plain process resolves its device as the model
+    # loads, after the file's header is checked (a hostile file never imports torch)
+    device = rank_device(args.device) if world > 1 else None
+    seg = _segmenter(args, device)  # a bad model or device: the command's one-line error
     if args.matrix is not None and args.matrix not in seg.info.class_names:
         _say_error(f"--matrix {args.matrix!r} is not one of the model's classes {list(seg.info.class_names)}")
         return 2
