@@ -526,7 +526,7 @@ def test_training_refuses_an_image_whose_header_claims_too_many_pixels(tmp_path:
 def test_csv_cells_never_run_as_formulas(cell: str, written: str) -> None:
     from napari_csunet.measure.report import statistics_csv
 
-    text = statistics_csv([{"class": cell, "label": 1, "pixels": -3}], fields=("class", "label", "pixels"))
+    text = statistics_csv([{"class": cell, "label": 1, "pixels": -3}], (), ("class", "label", "pixels"))
     assert text.splitlines()[1].lstrip('"').startswith(written) and text.rstrip().endswith(",-3")
 
 
