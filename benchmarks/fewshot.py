@@ -45,7 +45,6 @@ TODAY: dict[str, Any] = {
     "lr": 5e-4, "crop": 256, "batch_size": 4, "aug_strength": 0.5, "encoder_lr_mult": 0.1, "class_balance": 0.5,
     "val_fraction": 0.2, "holdout": "strip", "eval_every": 50, "weight_decay": 1e-4, "balanced_ce": False,
     "semi_weight": 0.0, "new_head_lr": 5e-4, "new_head_encoder_lr_mult": 0.1, "new_head_val_fraction": 0.2,
-    "tta": False,
 }
 #: a rare class: at least this share of the training pixels must reach ``MIN_CLASS_IOU``
 RARE_SHARE, MIN_CLASS_IOU = 0.005, 0.20
@@ -97,7 +96,6 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(task["threads"])
     proto = task["protocol"]
     recipe = dict(task["recipe"])
-    tta = bool(recipe.pop("tta", False))
     known = set(TrainConfig.__dataclass_fields__)
     ignored = {k: v for k, v in recipe.items() if k not in known}  # settings this version does not have
     recipe = {k: v for k, v in recipe.items() if k in known}
@@ -113,7 +111,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     events: list[dict[str, Any]] = []
     done = run_job(cfg, events.append, train=train)
     train_cpu = time.process_time() - cpu0
-    seg = Segmenter.from_file(out, device=task["device"], tta=tta)
+    seg = Segmenter.from_file(out, device=task["device"])
     metrics = evaluate_samples(seg, samples(proto, "test"))
     names = list(metrics["class_names"])
     per_class = metrics["iou_per_class"]
@@ -126,7 +124,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         "train_class_share": share, "steps": done["steps"], "end": done["reason"], "best_step": done["best_step"],
         "budget_s": task["budget_s"], "train_cpu_s": train_cpu, "seconds": time.perf_counter() - t0,
         "train_images": list(proto.train), "test_images": len(proto.test),
-        "unlabelled_images": started.get("unlabelled_images", 0), "tta": tta, "recipe_settings": task["recipe"], "ignored_settings": ignored,
+        "unlabelled_images": started.get("unlabelled_images", 0), "recipe_settings": task["recipe"], "ignored_settings": ignored,
         "warnings": [e["message"] for e in events if e.get("event") == "warning"],
     }
 
