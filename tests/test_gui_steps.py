@@ -214,3 +214,25 @@ def test_napari_s_bar_is_opened_only_for_a_job_that_takes_a_while(widget, qtbot,
     assert made[0].desc == "CS-UNet: slow" and not made[0].closed and session.busy
     qtbot.waitUntil(lambda: not session.busy, timeout=10_000)
     assert made[0].closed and len(made) == 1
+
+
+def test_the_dock_opens_napari_s_first_activity_bar_ahead_of_the_first_segmentation(make_napari_viewer, qtbot,
+                                                                                      monkeypatch):
+    """The session's first activity bar builds napari's progress widgets (140-175 ms on the GUI
+    thread): the dock opens and closes one while it appears, in a turn of its own, so the first
+    Segment does not pay for it; nothing is left in napari's activity list."""
+    from napari.utils import progress
+
+    from napari_csunet._qt import main_widget
+
+    opened: list[str] = []
+    real = main_widget._first_activity_bar
+
+    def spy() -> None:
+        opened.append("bar")
+        real()
+
+    monkeypatch.setattr(main_widget, "_first_activity_bar", spy)
+    make_napari_viewer(show=True).window.add_plugin_dock_widget("napari-csunet", "CS-UNet")
+    qtbot.waitUntil(lambda: opened == ["bar"], timeout=10_000)
+    assert not [bar for bar in progress._all_instances if bar.desc == "CS-UNet ready"]

@@ -98,6 +98,7 @@ class CSUNetWidget(QWidget):
             self._fitted = True
             if len(self.viewer.layers):
                 QTimer.singleShot(0, self.viewer.reset_view)
+            self.steps.then(_first_activity_bar)
 
     def _after_model_loaded(self) -> None:
         if self.session.segmenter is not None and self.tabs.currentWidget().widget() is self.model_panel:
@@ -140,3 +141,11 @@ def _warm_up() -> threading.Thread:
     thread.start()
     return thread
 
+
+def _first_activity_bar() -> None:
+    """Open and close one napari activity bar while the dock opens: the session's first bar builds
+    napari's progress widgets (140-175 ms on the GUI thread), which would otherwise stall the first
+    segmentation (docs/inference.md, issue 22)."""
+    from napari.utils import progress
+
+    progress(total=0, desc="CS-UNet ready").close()
