@@ -114,6 +114,12 @@ class CropDataset(Dataset):
             raise ValueError("a weak view is for semi-supervised training, not with soft targets (distillation)")
         self.weak_view = weak_view
         self.set_classes = sorted({c for im in images for c in im.classes})
+        # per class: the images that have it, drawn by their pixels of it (built once, not per crop)
+        self.having: dict[int, tuple[list[int], np.ndarray]] = {}
+        for c in self.set_classes:
+            idx = [i for i, im in enumerate(images) if c in im.classes]
+            sizes = np.array([images[i].classes[c].size for i in idx], dtype=np.float64)
+            self.having[c] = (idx, sizes / sizes.sum())
         self.images = images
         self.unlabelled = list(unlabelled or [])
         self.unlabelled_share = float(unlabelled_share) if self.unlabelled else 0.0
@@ -164,9 +170,8 @@ class CropDataset(Dataset):
         """``im`` if it has class ``c``, else an image that has it, drawn by its pixels of ``c``."""
         if c in im.classes:
             return im
-        having = [other for other in self.images if c in other.classes]
-        sizes = np.array([other.classes[c].size for other in having], dtype=np.float64)
-        return having[int(rng.choice(len(having), p=sizes / sizes.sum()))]
+        idx, p = self.having[c]
+        return self.images[idx[int(rng.choice(len(idx), p=p))]]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         """(x, labels), or (x, (labels, soft targets)) when the images carry the starting model's

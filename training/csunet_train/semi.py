@@ -55,17 +55,16 @@ class MeanTeacher:
 
 
 def pseudo_label_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, where: torch.Tensor,
-                      threshold: float) -> tuple[torch.Tensor, float]:
+                      threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of the student on the teacher's answer at the pixels ``where`` the teacher is
     at least ``threshold`` confident, averaged over all ``where`` pixels (so few confident pixels
     weigh little). Returns (loss, share of ``where`` pixels that passed)."""
     confidence, answer = teacher_probs.max(dim=1)
-    keep = where & (confidence >= threshold)
-    n_where = int(where.sum())
-    if n_where == 0 or not bool(keep.any()):
-        return logits.sum() * 0.0, 0.0
+    keep = (where & (confidence >= threshold)).float()
+    n_where = where.sum().clamp(min=1)  # tensors throughout: no GPU synchronisation per step
     per_pixel = F.cross_entropy(logits.float(), answer, reduction="none")
-    return (per_pixel * keep).sum() / n_where, float(keep.sum()) / n_where
+    passed = (keep.sum() / n_where).detach()
+    return (per_pixel * keep).sum() / n_where, passed
 
 
 class SemiLoss:
@@ -76,13 +75,13 @@ class SemiLoss:
                  dtype: torch.dtype | None = None) -> None:
         self.supervised, self.teacher, self.weight, self.threshold, self.dtype = (
             supervised, teacher, float(weight), float(threshold), dtype)
-        self.passed = 0.0  # share of unlabelled pixels the teacher labelled in the last batch
+        self.passed = torch.zeros(())  # share of unlabelled pixels the teacher labelled in the last batch
 
     def __call__(self, logits: torch.Tensor, target: SemiTarget) -> torch.Tensor:
         labels, weak = target
         loss = self.supervised(logits, labels)
         where = labels == 0
-        if self.weight > 0 and bool(where.any()):
+        if self.weight > 0 and bool(where.any()):  # one check per step spares a needless teacher pass
             probs = self.teacher.predict(weak, self.dtype)
             term, self.passed = pseudo_label_loss(logits, probs, where, self.threshold)
             loss = loss + self.weight * term
