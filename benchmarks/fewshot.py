@@ -17,7 +17,8 @@ schedule follows that clock. Each model is scored on the test images with the pr
 Recipes: ``today`` is the recipe before issue 20, written out; ``defaults`` is whatever
 ``TrainConfig`` defaults to now; ``--variant NAME:key=value,...`` adds today's recipe with changes
 (for choosing). Prints one JSON object: per run ``miou``, ``iou_per_class``, ``min_class_iou``,
-``train_class_share``, ``seconds``, ``steps``; per protocol and recipe the mean over seeds; and a
+``train_class_share``, ``seconds``, ``steps`` (with ``--tta-eval`` also ``miou_tta``: the same model
+scored with test-time augmentation); per protocol and recipe the mean over seeds; and a
 ``summary`` with each recipe's mean gain over ``today``, its spread over seeds, and the classes with
 at least 0.5 % of the training pixels that stay below IoU 0.20.
 """
@@ -117,6 +118,12 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     per_class = metrics["iou_per_class"]
     share = {names[int(k) - 1]: v for k, v in class_share(train).items() if int(k) <= len(names)}
     present = [v for v in per_class.values() if v is not None]
+    with_tta = {}
+    if task["tta_eval"]:  # the same model, its predictions averaged over flips (the Segment tab's TTA)
+        tta = evaluate_samples(seg, samples(proto, "test"), tta=True)
+        kept = [v for v in tta["iou_per_class"].values() if v is not None]
+        with_tta = {"miou_tta": tta["miou"], "iou_per_class_tta": tta["iou_per_class"],
+                    "min_class_iou_tta": min(kept, default=None)}
     started = next((e for e in events if e.get("event") == "started"), {})
     return {
         "protocol": proto.name, "recipe": task["recipe_name"], "seed": task["seed"], "miou": metrics["miou"],
@@ -125,7 +132,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         "budget_s": task["budget_s"], "train_cpu_s": train_cpu, "seconds": time.perf_counter() - t0,
         "train_images": list(proto.train), "test_images": len(proto.test),
         "unlabelled_images": started.get("unlabelled_images", 0), "recipe_settings": task["recipe"], "ignored_settings": ignored,
-        "warnings": [e["message"] for e in events if e.get("event") == "warning"],
+        "warnings": [e["message"] for e in events if e.get("event") == "warning"], **with_tta,
     }
 
 
@@ -164,7 +171,11 @@ def summarise(runs: list[dict[str, Any]], baseline: str = "today") -> dict[str, 
               "train_share": r["train_class_share"].get(c)}
              for r in runs for c, v in r["iou_per_class"].items()
              if (r["train_class_share"].get(c) or 0) >= RARE_SHARE and (v is None or v < MIN_CLASS_IOU)]
-    return {"protocols": table, "gain_over_" + baseline: gains, "classes_below": below,
+    tta = {}  # test-time augmentation at evaluation, paired on the same trained model
+    for name in sorted({r["recipe"] for r in runs if "miou_tta" in r}):
+        diffs = [r["miou_tta"] - r["miou"] for r in runs if r["recipe"] == name and "miou_tta" in r]
+        tta[name] = {"mean_gain": statistics.fmean(diffs), "runs": len(diffs), "min": min(diffs), "max": max(diffs)}
+    return {"protocols": table, "gain_over_" + baseline: gains, "tta_gain": tta, "classes_below": below,
             "bar": {"train_share": RARE_SHARE, "min_iou": MIN_CLASS_IOU}}
 
 
@@ -182,6 +193,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=300.0, help="CPU seconds of training per run")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--no-unlabelled", action="store_true", help="do not give the set's other images")
+    p.add_argument("--tta-eval", action="store_true", help="also score each model with test-time augmentation "
+                   "(miou_tta; summary tta_gain)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="threads per run (the budget counts all of them)")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (worker processes)")
@@ -224,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 tasks.append({"protocol": found[name], "recipe_name": recipe, "recipe": recipes[recipe], "seed": seed,
                               "start": str(start or args.start), "budget_s": args.budget_s, "device": args.device,
-                              "threads": args.threads, "tmp": tmp.name, "use_unlabelled": not args.no_unlabelled})
+                              "threads": args.threads, "tmp": tmp.name, "use_unlabelled": not args.no_unlabelled,
+                              "tta_eval": args.tta_eval})
     runs = list(done)
     import multiprocessing as mp
 

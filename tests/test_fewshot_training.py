@@ -256,6 +256,10 @@ def test_the_fewshot_summary_pairs_runs_by_protocol_and_seed() -> None:
     assert gain["runs"] == 3 and gain["mean_gain"] == pytest.approx((0.1 + 0.03 + 0.0) / 3)
     assert gain["gain_per_seed"] == {"0": pytest.approx(0.05), "1": pytest.approx(0.03)}
     assert [(b["recipe"], b["seed"]) for b in summary["classes_below"]] == [("today", 0)]
+    assert summary["tta_gain"] == {}  # no run was scored with TTA
+    runs[1]["miou_tta"], runs[3]["miou_tta"] = 0.62, 0.57  # paired on the same model: +0.02 and -0.01
+    assert fewshot.summarise(runs)["tta_gain"] == {"new": {"mean_gain": pytest.approx(0.005), "runs": 2,
+                                                           "min": pytest.approx(-0.01), "max": pytest.approx(0.02)}}
     name, recipe = fewshot.parse_variant("lr1e3:lr=0.001,balanced_ce=true")
     assert name == "lr1e3" and recipe["lr"] == 0.001 and recipe["balanced_ce"] is True
     assert recipe["crop"] == fewshot.TODAY["crop"]

@@ -151,6 +151,7 @@ class Oracle:
         self.masks = {str(s.image): s.load()[1] for s in samples}
 
     def predict(self, image, name: str = "image", **kw) -> Prediction:
+        self.tta_calls = [*getattr(self, "tta_calls", []), kw.get("tta", False)]
         target = self.masks[name]
         return Prediction(np.where(target > 0, target, 1).astype(np.uint8))
 
@@ -161,10 +162,13 @@ def get_config():
     return get_preset("csunet-tiny").config
 
 
-@pytest.mark.parametrize("root,split,n", [("super1_test", "test", 4), ("nasa/Super1", "val", 1), ("nasa/EBC2", "val", 1)])
-def test_evaluate_samples_with_an_oracle(data_dir, root, split, n):
+@pytest.mark.parametrize("root,split,n,tta", [("super1_test", "test", 4, False), ("nasa/Super1", "val", 1, True),
+                                              ("nasa/EBC2", "val", 1, False)])
+def test_evaluate_samples_with_an_oracle(data_dir, root, split, n, tta):
     samples = find_samples(data_dir / root, split)
-    result = evaluate_samples(Oracle(samples), samples)
+    oracle = Oracle(samples)
+    result = evaluate_samples(oracle, samples, tta=tta)
+    assert oracle.tta_calls == [tta] * n and result["tta"] is tta  # every image predicted as asked
     assert len(result["per_image"]) == n and not result["failed"]
     assert result["miou"] == result["iou_paper"] == result["pixel_accuracy"] == 1.0
     cm = np.array(result["confusion_matrix"])
@@ -172,11 +176,12 @@ def test_evaluate_samples_with_an_oracle(data_dir, root, split, n):
     assert set(result["note"]) >= {"miou", "iou_paper", "pixel_accuracy", "iou_per_class"}
 
 
-def test_evaluate_cli_json(model_file, data_dir, capsys):
+@pytest.mark.parametrize("tta", [False, True])
+def test_evaluate_cli_json(model_file, data_dir, capsys, tta):
     rc = main(["evaluate", "--model", str(model_file), "--data", str(data_dir / "nasa" / "Super1"), "--split", "val",
-               "--json", "--tile", "512"])
+               "--json", "--tile", "512", *(["--tta"] if tta else [])])
     result = json.loads(capsys.readouterr().out)
-    assert rc == 0
+    assert rc == 0 and result["tta"] is tta  # --tta was once parsed and then ignored
     assert result["split"] == "val" and result["model"] == "tiny3" and len(result["per_image"]) == 1
     assert set(result["iou_per_class"]) == set(SUPER_CLASSES.names)  # the model's class names
     acc = result["pixel_accuracy"]

@@ -342,7 +342,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     # bad data or model: the command's one-line error (napari_csunet.cli.errors), exit code 2
     samples = find_samples(args.data, args.split, zero_is_class=args.zero_is_class)
     seg = _segmenter(args)
-    result = evaluate_samples(seg, samples, skip_bad=True)
+    result = evaluate_samples(seg, samples, skip_bad=True, tta=args.tta)
     for bad in result["failed"]:
         _say_error(bad["error"])
     split = args.split if (args.data / args.split).is_dir() else None

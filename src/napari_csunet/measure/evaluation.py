@@ -41,7 +41,7 @@ def _check_classes(samples: Sequence[Sample], class_names: Sequence[str]) -> Non
                             f"{len(class_names)} {list(class_names)}; use a model trained for these classes")
 
 
-def _evaluate_one(segmenter: Segmenter, sample: Sample, k: int) -> np.ndarray:
+def _evaluate_one(segmenter: Segmenter, sample: Sample, k: int, tta: bool) -> np.ndarray:
     if sample.mask is None:
         raise MaskError(f"{sample.image}: no mask found next to it (annotation folder, same file name)")
     image, target = sample.load()
@@ -49,13 +49,14 @@ def _evaluate_one(segmenter: Segmenter, sample: Sample, k: int) -> np.ndarray:
     if top > k:
         raise MaskError(f"{sample.mask}: label {top} is above the model's {k} classes; evaluate with a model "
                         f"trained for {top} classes (csunet train --data ... makes one), or fix the mask")
-    pred = segmenter.predict(image, name=str(sample.image)).labels
+    pred = segmenter.predict(image, name=str(sample.image), tta=tta).labels
     return confusion_matrix(pred, target, k)
 
 
 def evaluate_samples(segmenter: Segmenter, samples: Sequence[Sample], *, skip_bad: bool = False,
-                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Segment each sample and score it against its mask (see :data:`METRIC_NOTES`).
+                     progress: Callable[[int, int], None] | None = None, tta: bool = False) -> dict[str, Any]:
+    """Segment each sample and score it against its mask (see :data:`METRIC_NOTES`); ``tta``
+    averages each prediction over flips, as the Segment tab's option does.
 
     Returns the overall metrics (from the summed confusion matrix) plus ``per_image``,
     ``confusion_matrix``, ``class_names``, ``failed`` and ``note``. With ``skip_bad`` an unreadable
@@ -69,7 +70,7 @@ def evaluate_samples(segmenter: Segmenter, samples: Sequence[Sample], *, skip_ba
     failed: list[dict[str, str]] = []
     for i, sample in enumerate(samples):
         try:
-            cm = _evaluate_one(segmenter, sample, k)
+            cm = _evaluate_one(segmenter, sample, k, tta)
         except (ImageError, MaskError, ValueError, OSError) as exc:
             if not skip_bad:
                 raise
@@ -80,4 +81,4 @@ def evaluate_samples(segmenter: Segmenter, samples: Sequence[Sample], *, skip_ba
         if progress is not None:
             progress(i + 1, len(samples))
     return {**metrics_from_confusion(total, names), "per_image": per_image, "failed": failed,
-            "confusion_matrix": total.tolist(), "class_names": names, "note": dict(METRIC_NOTES)}
+            "confusion_matrix": total.tolist(), "class_names": names, "tta": tta, "note": dict(METRIC_NOTES)}
