@@ -12,7 +12,8 @@ adds where the GUI thread was during the longest stalls (a watchdog thread sampl
 Without a display it re-runs itself under xvfb-run. The model is a csunet-tiny (or --preset) with
 random weights: responsiveness does not depend on what the weights say. Stalls scale with what
 else runs on the machine: the JSON records the load average; ``worst_stalls_*`` say when (seconds
-into the phase) the longest stalls happened. The segment phase includes napari creating the first
+into the phase) the longest stalls happened; ``gc_full_ms_*`` the length of each full pass of Python's
+garbage collector in the phase (it holds the GIL: the GUI thread waits). The segment phase includes napari creating the first
 Labels layer of the session (its layer controls and visuals: a one-time cost).
 """
 
@@ -82,6 +83,20 @@ class StallMeter:
         self.last = time.perf_counter()
         self.profile_dir: Path | None = None
         self.profiler = None
+        #: Python's cyclic garbage collections per phase, [generation, ms]: a full (generation 2) pass
+        #: holds the GIL, so it stalls the GUI thread whichever thread triggered it
+        self.collections: dict[str, list[list[float]]] = {}
+        self._gc_started = 0.0
+        import gc
+
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self.phase is not None:
+            ms = (time.perf_counter() - self._gc_started) * 1000
+            self.collections.setdefault(self.phase, []).append([info["generation"], round(ms, 1)])
 
     def start(self, phase: str) -> None:
         print(f"gui_responsiveness: {phase} …", file=sys.stderr, flush=True)
@@ -257,6 +272,7 @@ def run(args: argparse.Namespace) -> dict:
         **{f"p99_stall_ms_{phase}": round(float(np.percentile(lateness[phase], 99)), 1) for phase in PHASES},
         "stalls_over_50ms": int((every > 50).sum()), "stalls_over_100ms": int((every > 100).sum()),
         **{f"worst_stalls_{phase}": meter.worst(phase) for phase in PHASES},
+        **{f"gc_full_ms_{phase}": [ms for gen, ms in meter.collections.get(phase, []) if gen == 2] for phase in PHASES},
         "ticks": int(every.size), "tick_ms": TICK_MS,
         "goal_ms": 50,
         "dock_s": round(dock_s, 2), "load_s": round(load_s, 2), "segment_s": round(segment_s, 2), "add_s": round(add_s, 2),

@@ -236,3 +236,15 @@ def test_the_dock_opens_napari_s_first_activity_bar_ahead_of_the_first_segmentat
     make_napari_viewer(show=True).window.add_plugin_dock_widget("napari-csunet", "CS-UNet")
     qtbot.waitUntil(lambda: opened == ["bar"], timeout=10_000)
     assert not [bar for bar in progress._all_instances if bar.desc == "CS-UNet ready"]
+
+
+def test_the_worker_computes_what_the_first_labels_layer_would_compute_on_the_gui_thread():
+    """vispy computes its line dash patterns in Python loops for the first line visual of a process
+    (a labels layer's polygon overlay): 40-190 ms of the GUI thread. The Segment worker makes them."""
+    from vispy.visuals.line.dash_atlas import _make_pattern
+
+    from napari_csunet._qt.segment_panel import _warm_napari_imports
+
+    _make_pattern.cache_clear()
+    _warm_napari_imports()
+    assert _make_pattern.cache_info().currsize >= 13  # every pattern of vispy's atlas, cached for the overlay

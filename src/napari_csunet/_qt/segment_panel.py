@@ -454,9 +454,20 @@ def _warm_napari_imports() -> None:
     imported here, on the worker thread, before the layer is made: pandas (a layer with a features
     table, as ours have: measured as most of the first layer's stall) and scikit-image's colour
     module with scipy.linalg (``label_colormap``: the layer's construction took 92 ms instead of
-    13 ms without it at load 3; the plugin's worker usually has imported it by then anyway)."""
+    13 ms without it at load 3; the plugin's worker usually has imported it by then anyway).
+
+    Also vispy's dash patterns: the first line visual of a process (the labels layer's polygon
+    overlay, shown one turn after the insertion) computes 13 of them in Python loops, 130-190 ms of
+    the GUI thread at load 6; they are cached per process, so computing them here leaves that turn
+    the overlay's visuals alone."""
     import pandas  # noqa: F401
     import skimage.color  # noqa: F401
+
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+    except ImportError:  # vispy reorganised: the first overlay pays as before
+        return
+    DashAtlas()
 
 
 def is_lazy(data) -> bool:
