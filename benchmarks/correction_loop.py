@@ -445,11 +445,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for var, sub in (("CSUNET_MODELS_DIR", "models"), ("CSUNET_ANNOTATIONS_DIR", "annotations"),
                          ("CSUNET_CONFIG_DIR", "config")):
             os.environ[var] = str(scratch / sub)  # the user's folders stay untouched
-        from napari_csunet.loop.finetune_job import FINETUNE_DEFAULTS
+        from napari_csunet.loop.finetune_job import finetune_defaults
         from napari_csunet.models.catalog import resolve_model
 
         result |= {"benchmark": "correction_loop", "command": " ".join(sys.argv),
-                   "job": FINETUNE_DEFAULTS | ({"steps": args.steps} if args.steps else {}) | args.overrides,
+                   "job": finetune_defaults() | ({"steps": args.steps} if args.steps else {}) | args.overrides,
                    "boxes": args.boxes, "seeds": args.seeds, "metric": "mIoU (mean of per-class IoU) and pixel "
                    "accuracy against the ground truth, raw argmax predictions; other_images pooled"}
         result.setdefault("datasets", {})

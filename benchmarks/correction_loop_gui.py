@@ -70,7 +70,6 @@ def main() -> int:
     from qtpy.QtWidgets import QApplication
     from screenshot import _wait
 
-    from napari_csunet._qt.segment_panel import PREDICTION
     from napari_csunet._qt.training_set import PAINTED_ONLY, WHOLE_IMAGE
     from napari_csunet.atomic import atomic_path
     from napari_csunet.models.catalog import resolve_model
@@ -89,7 +88,7 @@ def main() -> int:
     w.segment_panel.segment([image])
     _wait(app, lambda: not w.segment_panel.running, 600, "segmenting")
     layer = viewer.layers[f"{image.name} labels"]
-    before = layer.metadata[PREDICTION].copy()
+    before = w.session.records.for_labels(layer).prediction.copy()
 
     boxes = worst_boxes(before, truth, side=SIDE)
     inside = np.zeros(truth.shape, bool)
@@ -125,7 +124,7 @@ def main() -> int:
     _wait(app, lambda: not w.session.busy and not w.segment_panel.running, 600, "re-segmenting")
     finetune_s = time.perf_counter() - t_ft
     done = panel.last_done
-    after = layer.metadata[PREDICTION]  # what the user sees: the new model's only when it became current
+    after = w.session.records.for_labels(layer).prediction  # what the user sees: the new model's only when it became current
     candidate = None
     if done.get("path") and Path(done["path"]).exists():  # the fine-tuned model, current or offered
         from napari_csunet.engine.predictor import Segmenter

@@ -125,7 +125,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--model", default="starter-ebc", help="a csunet-tiny model file or starter name")
     parser.add_argument("--steps", type=int, default=None, help="training steps of one live update (default: "
-                        "napari_csunet.loop.live_update.LIVE_DEFAULTS)")
+                        "napari_csunet.loop.live_update.LIVE_OVERRIDES)")
     args = parser.parse_args()
     _ensure_display()
     result = run(args)

@@ -17,7 +17,7 @@ from napari_csunet.loop.correction_queue import (
     region_features,
     tile_boxes,
 )
-from napari_csunet.loop.live_update import LIVE_DEFAULTS, LiveUpdate, live_job_spec
+from napari_csunet.loop.live_update import LiveUpdate, live_job_spec
 
 
 @pytest.mark.parametrize(("shape", "size", "count", "last"), [
@@ -205,7 +205,7 @@ def test_live_job_spec_is_a_short_frozen_finetune(tmp_path):
     spec = live_job_spec(tmp_path / "m.safetensors", [{"image": "a.tif", "labels": "b.tif"}], ["a", "b"],
                          tmp_path / "out.safetensors", steps=12)
     assert spec.freeze_cnn and spec.freeze_swin and spec.steps == 12 and spec.eval_every == 10
-    assert spec.mode == "finetune" and spec.crop == LIVE_DEFAULTS["crop"] and spec.holdout == "blocks"
+    assert spec.mode == "finetune" and spec.crop == 256 and spec.holdout == "blocks"
     assert spec.threads == max(1, (os.cpu_count() or 2) - 1)  # a core left to napari
     assert live_job_spec("m.safetensors", [], ["a"], tmp_path / "o.safetensors", steps=4, threads=3).eval_every == 4
     from csunet_train.config import ConfigError

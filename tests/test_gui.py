@@ -19,7 +19,6 @@ from napari.layers import Labels  # noqa: E402
 from qtpy.QtWidgets import QShortcut  # noqa: E402
 
 from napari_csunet._qt.main_widget import MIN_WIDTH  # noqa: E402
-from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
 from napari_csunet._qt.training_set import PAINTED_ONLY, WHOLE_IMAGE  # noqa: E402
 from napari_csunet.images.annotations import ACCEPTED, PAINTED  # noqa: E402
 from napari_csunet.settings import load_settings  # noqa: E402
@@ -72,14 +71,14 @@ def test_segment_writes_named_classes_and_resegment_keeps_an_undo(widget, qtbot)
     np.testing.assert_allclose(probs, 1, atol=0.02)
     assert w.segment_panel.bar.value() == w.segment_panel.bar.maximum() > 0
     assert "matrix" in w.segment_panel.status.text()
-    prediction = layer.metadata[PREDICTION].copy()
+    prediction = w.session.records.for_labels(layer).prediction.copy()
 
     layer.data[:50, :50] = 0  # a "correction"
     painted = layer.data.copy()
     segment(w, qtbot)
     assert [lay.name for lay in w.viewer.layers if isinstance(lay, Labels)] == [layer.name]
     np.testing.assert_array_equal(layer.data, prediction)
-    np.testing.assert_array_equal(layer.metadata[PREVIOUS], painted)
+    np.testing.assert_array_equal(w.session.records.for_labels(layer).previous, painted)
     w.correct_panel.undo_resegment()
     np.testing.assert_array_equal(layer.data, painted)
     w.correct_panel.revert()
@@ -141,7 +140,7 @@ def test_palette_and_number_keys_pick_the_brush_class(widget, qtbot):
 def test_add_to_training_set_with_rectangles_then_remove(widget, qtbot):
     w = widget
     layer = segment(w, qtbot)
-    prediction = layer.metadata[PREDICTION]
+    prediction = w.session.records.for_labels(layer).prediction
     layer.data[100:120, 100:140] = prediction[100:120, 100:140] % 3 + 1  # 800 painted pixels
     layer.data[400:410, 400:410] = prediction[400:410, 400:410] % 3 + 1  # 100 more, outside the rectangles
     panel = w.correct_panel
@@ -216,12 +215,12 @@ def test_inspect_statistics_csv_display_and_disagreement(widget, qtbot, tmp_path
 
 
 def test_finetune_refuses_without_annotations_or_with_other_classes(widget, qtbot):
-    from napari_csunet.loop.finetune_job import FINETUNE_DEFAULTS, FORM_FIELDS
+    from napari_csunet.loop.finetune_job import FORM_FIELDS, finetune_defaults
 
     w = widget
     panel = w.finetune_panel
     # the spin boxes hold the defaults exactly (lr 3e-4, not rounded)
-    assert panel.params() == {k: FINETUNE_DEFAULTS[k] for k in FORM_FIELDS}
+    assert panel.params() == {k: finetune_defaults()[k] for k in FORM_FIELDS}
     assert panel.start() is False and "training set is empty" in panel.status.text()
     layer = segment(w, qtbot)
     w.correct_panel.store.add(np.zeros((8, 8), np.uint8), np.ones((8, 8), np.uint8), name="other",

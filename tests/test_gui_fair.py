@@ -18,7 +18,6 @@ from napari.layers import Shapes  # noqa: E402
 from test_gui import CLASSES, segment  # noqa: E402 (fixtures: conftest.py)
 
 from napari_csunet._qt.finetune_text import NOT_CHECKED  # noqa: E402
-from napari_csunet._qt.segment_panel import PREDICTION  # noqa: E402
 from napari_csunet._qt.training_set import PAINTED_ONLY, REVIEWED_AREAS, painted_rectangles  # noqa: E402
 from napari_csunet.models.catalog import user_models_dir  # noqa: E402
 
@@ -169,7 +168,7 @@ def test_mark_painted_areas_as_reviewed_makes_them_judge(widget, qtbot):
     cp = w.correct_panel
     cp.set_labels_layer(layer)
     cp.region.choose(PAINTED_ONLY)
-    prediction = layer.metadata[PREDICTION]
+    prediction = w.session.records.for_labels(layer).prediction
     assert not cp.mark_btn.isEnabled()  # nothing painted yet
     layer.data[100:140, 100:140] = prediction[100:140, 100:140] % 3 + 1
     layer.data[300:310, 400:420] = prediction[300:310, 400:420] % 3 + 1
@@ -201,7 +200,7 @@ def test_the_correct_tab_names_a_class_no_reviewed_pixel_can_check(widget, qtbot
     layer = segment(w, qtbot)
     cp = w.correct_panel
     cp.set_labels_layer(layer)
-    prediction = layer.metadata[PREDICTION]
+    prediction = w.session.records.for_labels(layer).prediction
     c = 3 if (prediction[400:420, 400:420] != 3).any() else 2  # a class that is painted there
     layer.data[:200, :200] = 1
     layer.data[400:420, 400:420] = c  # painted, outside the checked area

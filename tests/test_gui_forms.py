@@ -13,7 +13,7 @@ from napari.layers import Image, Labels  # noqa: E402
 
 from napari_csunet._qt.common import LayerPicker  # noqa: E402
 from napari_csunet._qt.config_form import config_form, form_values  # noqa: E402
-from napari_csunet.loop.finetune_job import FINETUNE_DEFAULTS, FORM_FIELDS  # noqa: E402
+from napari_csunet.loop.finetune_job import FORM_FIELDS, finetune_defaults  # noqa: E402
 from napari_csunet.settings import load_settings  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def test_form_limits_and_help_come_from_the_config_field(qtbot, name, limits):
 
 def test_finetune_form_round_trips_into_a_valid_job(qtbot):
     config = _train_config()
-    form = config_form(config, FORM_FIELDS, FINETUNE_DEFAULTS)
+    form = config_form(config, FORM_FIELDS, finetune_defaults())
     assert [w.name for w in form] == list(FORM_FIELDS)
     assert list(form.crop.choices) == [256, 512, 768, 1024]
     form.lr.value = 1e-6  # six decimals: small rates are not rounded to 0
@@ -49,7 +49,7 @@ def test_finetune_form_round_trips_into_a_valid_job(qtbot):
     values = form_values(form)
     assert values["lr"] == pytest.approx(1e-6) and values["crop"] == 512
     job = config.from_dict({"mode": "finetune", "model": "m.safetensors", "out": "o.safetensors"} | values)
-    assert job.crop == 512 and job.steps == FINETUNE_DEFAULTS["steps"]
+    assert job.crop == 512 and job.steps == finetune_defaults()["steps"]
 
 
 def test_form_refuses_a_field_the_config_does_not_have(qtbot):

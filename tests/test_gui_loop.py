@@ -20,9 +20,8 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 from test_gui import CLASSES, segment  # noqa: E402 (fixtures: conftest.py)
 
 from csunet_train.config import TrainConfig  # noqa: E402
-from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS  # noqa: E402
 from napari_csunet._qt.training_set import WHOLE_IMAGE  # noqa: E402
-from napari_csunet.loop.finetune_job import FINETUNE_DEFAULTS  # noqa: E402
+from napari_csunet.loop.finetune_job import FINETUNE_OVERRIDES, finetune_defaults  # noqa: E402
 from napari_csunet.loop.training_job import jobs_dir  # noqa: E402
 from napari_csunet.models.catalog import user_models_dir  # noqa: E402
 
@@ -52,11 +51,11 @@ def _correct_three_boxes(w, layer):
 def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot, monkeypatch):
     # the tiny test model starts far from any answer, so whatever it learns moves most pixels where
     # nobody checked; that rule is tested headless (test_fair_finetune): here the kept path is
-    monkeypatch.setitem(FINETUNE_DEFAULTS, "unchecked_limit", 1.0)
-    monkeypatch.setitem(FINETUNE_DEFAULTS, "unchecked_class_limit", 1.0)
+    monkeypatch.setitem(FINETUNE_OVERRIDES, "unchecked_limit", 1.0)
+    monkeypatch.setitem(FINETUNE_OVERRIDES, "unchecked_class_limit", 1.0)
     w = widget
     layer = segment(w, qtbot)
-    first_prediction = layer.metadata[PREDICTION].copy()
+    first_prediction = w.session.records.for_labels(layer).prediction.copy()
     _correct_three_boxes(w, layer)
     corrected = layer.data.copy()
     painted = corrected != first_prediction
@@ -89,7 +88,7 @@ def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot,
     assert "IoU per class on the held-out reviewed pixels of this round: matrix " in text and " px)" in text
     assert "corrected pixels" not in text and "corrected/accepted px" not in text  # training pixels never judge
 
-    new_prediction = layer.metadata[PREDICTION]
+    new_prediction = w.session.records.for_labels(layer).prediction
     assert not np.array_equal(new_prediction, first_prediction)  # the model changed
     boxes = np.zeros(painted.shape, bool)
     for r, c in BOXES:
@@ -97,14 +96,14 @@ def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot,
     kept = boxes | painted
     np.testing.assert_array_equal(layer.data[kept], corrected[kept])  # the corrected boxes stay on screen
     np.testing.assert_array_equal(layer.data[~kept], new_prediction[~kept])  # the new prediction elsewhere
-    np.testing.assert_array_equal(layer.metadata[PREVIOUS], corrected)
+    np.testing.assert_array_equal(w.session.records.for_labels(layer).previous, corrected)
     assert panel.start_btn.isEnabled() and not panel.stop_btn.isEnabled()
     (job_file,) = jobs_dir().glob("*/job.json")
     assert jobs_dir().parent == user_models_dir()  # job files stay under CSUNET_MODELS_DIR
     spec = json.loads(job_file.read_text())
     assert spec["mode"] == "finetune" and spec["model"].endswith("tiny-test.safetensors") and spec["steps"] == 30
     assert spec["pairs"] == w.correct_panel.store.pairs() and spec["class_names"] == CLASSES
-    assert spec["distill_weight"] == FINETUNE_DEFAULTS["distill_weight"]
+    assert spec["distill_weight"] == finetune_defaults()["distill_weight"]
     assert spec["pseudo_weight"] == TrainConfig.__dataclass_fields__["pseudo_weight"].default  # not the panel's
 
     assert panel.revert_btn.isEnabled() and not panel.use_btn.isEnabled()
@@ -113,7 +112,7 @@ def test_three_corrected_boxes_teach_the_model_and_stay_on_screen(widget, qtbot,
     qtbot.waitUntil(lambda: not w.session.busy and not w.segment_panel.running and panel.resegmented is not None,
                     timeout=120_000)
     assert w.session.path.name == "tiny-test.safetensors" and new_model.exists()
-    np.testing.assert_array_equal(layer.metadata[PREDICTION], first_prediction)
+    np.testing.assert_array_equal(w.session.records.for_labels(layer).prediction, first_prediction)
     np.testing.assert_array_equal(layer.data[kept], corrected[kept])
     assert panel.use_btn.isEnabled() and not panel.revert_btn.isEnabled()
 

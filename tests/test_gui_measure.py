@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gui
 
 from napari.layers import Shapes  # noqa: E402
 
-from napari_csunet._qt.calibration import DATABAR, LINE_LAYER  # noqa: E402
+from napari_csunet._qt.calibration import LINE_LAYER  # noqa: E402
 from napari_csunet.images.pixelsize import recall_calibration  # noqa: E402
 
 FEI = "[User]\r\nDate=11/27/2026\r\n[Scan]\r\nPixelWidth=5e-09\r\nPixelHeight=5e-09\r\n"
@@ -64,7 +64,7 @@ def test_inspect_in_micrometres_without_the_data_bar(sem_widget, qtbot, tmp_path
     assert "mean_eq_diameter_um" in panel.csv_text().splitlines()[0]
 
     box.use_bar.setChecked(False)  # the user turns the bar off: its rows count again
-    assert image.metadata[DATABAR] is None
+    assert w.session.records.for_image(image).databar is None
     panel.compute()
     qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)
     assert panel.rows[0]["analysed_px"] == 212 * 512  # still 0 in these labels: not analysed
@@ -111,7 +111,8 @@ def test_data_bar_of_a_pyramid_is_found_on_a_small_level(sem_image):
     from napari.layers import Image
 
     from napari_csunet._qt.calibration import databar_of
+    from napari_csunet._qt.records import ImageRecord
 
     big = np.kron(sem_image, np.ones((10, 10), np.uint8))  # 5720 rows: level 0 is never loaded for this
     layer = Image([big, big[::4, ::4], big[::16, ::16]], multiscale=True)
-    assert databar_of(layer).to_dict() == {"side": "bottom", "rows": 600}
+    assert databar_of(ImageRecord(layer)).to_dict() == {"side": "bottom", "rows": 600}

@@ -20,7 +20,6 @@ from test_gui import IMAGE, segment  # noqa: E402 (fixtures: conftest.py)
 from napari_csunet._qt import queue_box  # noqa: E402
 from napari_csunet._qt.live_box import live_dir  # noqa: E402
 from napari_csunet._qt.queue_box import CURRENT_COLOR, HIGHLIGHT, napari_keys  # noqa: E402
-from napari_csunet._qt.segment_panel import PREDICTION  # noqa: E402
 from napari_csunet._qt.training_set import PAINTED_ONLY  # noqa: E402
 from napari_csunet.images.annotations import PAINTED as MASK_PAINTED  # noqa: E402
 from napari_csunet.loop.correction_queue import ACCEPTED, PAINTED  # noqa: E402
@@ -106,7 +105,7 @@ def test_painting_in_a_region_marks_it_done_and_saves_it(widget, qtbot):
     layer, box = _ranked(w, qtbot)
     region = box.queue.regions[2]
     r0, c0, _, _ = region.box
-    prediction = layer.metadata[PREDICTION]
+    prediction = w.session.records.for_labels(layer).prediction
     data = layer.data.copy()
     data[r0:r0 + 8, c0:c0 + 8] = np.where(prediction[r0:r0 + 8, c0:c0 + 8] == 1, 2, 1)
     layer.data = data
@@ -144,7 +143,7 @@ def test_rank_without_an_uncertainty_layer_segments_again_keeping_corrections(wi
     w.segment_panel.want_uncertainty.setChecked(False)
     layer = segment(w, qtbot)
     data = layer.data.copy()
-    data[:5, :5] = np.where(layer.metadata[PREDICTION][:5, :5] == 3, 2, 3)
+    data[:5, :5] = np.where(w.session.records.for_labels(layer).prediction[:5, :5] == 3, 2, 3)
     layer.data = data
     w.correct_panel.set_labels_layer(layer)
     box = w.correct_panel.queue
@@ -225,7 +224,7 @@ def test_add_painted_pixels_only_keeps_the_regions_the_queue_saved(widget, qtbot
     first = box.queue.region()
     box.accept()
     _saved(w, qtbot)
-    prediction = layer.metadata[PREDICTION]
+    prediction = w.session.records.for_labels(layer).prediction
     r0, c0, r1, c1 = first.box
     outside = (slice(0, 8), slice(0, 8)) if r0 or c0 else (slice(500, 508), slice(500, 508))
     data = layer.data.copy()

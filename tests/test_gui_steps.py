@@ -47,6 +47,7 @@ def test_steps_run_in_order_one_per_turn_and_survive_a_failing_step(qtbot):
 
 
 def test_a_held_back_layer_is_inserted_then_shown_in_steps(make_napari_viewer):
+    from napari_csunet._qt.records import ImageRecords
     from napari_csunet._qt.segment_panel import (
         Prepared,
         hold_back,
@@ -67,7 +68,8 @@ def test_a_held_back_layer_is_inserted_then_shown_in_steps(make_napari_viewer):
     assert len(reveal) == 1 + len(_labels_overlays(layer)) >= 3
 
     later: list = []
-    written = write_prediction(viewer, image, pred, info, "m", prepared=Prepared(layer, reveal), later=later)
+    records = ImageRecords(viewer)
+    written = write_prediction(viewer, records, image, pred, info, "m", prepared=Prepared(layer, reveal), later=later)
     assert written is layer and layer in viewer.layers
     assert viewer.layers.selection.active == image  # not activated on insertion: a later step selects it
     assert later and not layer.visible
@@ -79,28 +81,35 @@ def test_a_held_back_layer_is_inserted_then_shown_in_steps(make_napari_viewer):
     # without ``later`` the steps run at once: the same result in one go
     other = viewer.add_image(np.zeros((64, 64), np.uint8), name="other")
     second = new_labels_layer(other, pred, info)
-    written = write_prediction(viewer, other, pred, info, "m", prepared=Prepared(second, hold_back(second)))
+    written = write_prediction(viewer, records, other, pred, info, "m", prepared=Prepared(second, hold_back(second)))
     assert written.visible and all(o.visible for o in _labels_overlays(written))
     assert viewer.layers.selection.active == written
-    np.testing.assert_array_equal(written.metadata["csunet_prediction"], pred.labels)
-    assert written.metadata["csunet_prediction"] is not written.data  # painting never edits the prediction
+    record = records.for_labels(written)
+    assert record.image is other and records.image_of(written) is other and len(records) == 2
+    np.testing.assert_array_equal(record.prediction, pred.labels)
+    assert record.prediction is not written.data  # painting never edits the prediction
 
 
 def test_a_prediction_that_keeps_corrections_stores_the_raw_prediction(make_napari_viewer):
-    from napari_csunet._qt.segment_panel import PREDICTION, PREVIOUS, write_prediction
+    from napari_csunet._qt.records import ImageRecords
+    from napari_csunet._qt.segment_panel import write_prediction
     from napari_csunet.models import get_preset
     from napari_csunet.models.modelfile import ModelInfo
 
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((32, 32), np.uint8), name="im")
     info = ModelInfo(get_preset("csunet-tiny").config, ["a", "b", "c"], preset="csunet-tiny", name="m")
-    first = write_prediction(viewer, image, _Pred(np.ones((32, 32), np.uint8)), info, "m")
+    records = ImageRecords(viewer)
+    first = write_prediction(viewer, records, image, _Pred(np.ones((32, 32), np.uint8)), info, "m")
+    assert records.for_labels(first).previous is None  # a first prediction replaced nothing
     first.data[:4, :4] = 3  # painted
     new = np.full((32, 32), 2, np.uint8)
-    layer = write_prediction(viewer, image, _Pred(new), info, "m", keep=lambda lay: lay.data == 3)
+    layer = write_prediction(viewer, records, image, _Pred(new), info, "m", keep=lambda lay: lay.data == 3)
+    record = records.for_labels(layer)
     assert layer is first and (layer.data[:4, :4] == 3).all() and (layer.data[4:] == 2).all()
-    assert layer.metadata[PREDICTION] is new and (new == 2).all()  # the kept pixels went into a copy
-    assert (layer.metadata[PREVIOUS][:4, :4] == 3).all()
+    assert record.prediction is new and (new == 2).all()  # the kept pixels went into a copy
+    assert (record.previous[:4, :4] == 3).all()
+    assert layer.metadata["class_names"] == ["a", "b", "c"]  # what napari's Save writes into the file
 
 
 def test_segment_opens_napari_s_bar_in_a_later_turn_and_ends_after_its_steps(widget, qtbot):

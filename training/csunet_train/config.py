@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,18 @@ class TrainConfig:
         if self.model is not None and start_name:
             return finetuned_name(start_name)
         return finetuned_name(stem) if stem in shipped_names() and not _in_starter_dir(self.out) else stem
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every field's default (the one place they are written): what a job a caller does not
+        override runs with (the GUI's jobs name only where they differ, as overrides)."""
+        out = {}
+        for f in fields(cls):
+            if f.default is not MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                out[f.name] = f.default_factory()
+        return out
 
     @property
     def warmup(self) -> int:

@@ -1,15 +1,15 @@
-"""Pixel size and SEM data bar of the chosen image: shown, editable, remembered on the layer.
+"""Pixel size and SEM data bar of the chosen image: shown, editable, remembered in its record.
 
 The pixel size comes from the file (layer ``source.path``), else a calibration remembered for
 that file, else the user: typed in, or measured by drawing a line over the scale bar. It sets the
 layers' ``scale`` and ``units``, so napari's scale bar reads µm. The data bar is found when an
 image is chosen, drawn as a rectangle, and can be resized or switched off; the Segment tab leaves
-those rows out (:func:`databar_of`), the statistics too.
+those rows out (:func:`databar_of`), the statistics too. Both are kept in the image's record (the
+session's :mod:`.records`); this module alone reads and sets them there.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import napari
@@ -45,11 +45,10 @@ from .common import (
     is_input_image,
     labels_name,
 )
+from .records import UNREAD, ImageRecord, ImageRecords
 
-__all__ = ["CalibrationBox", "databar_of", "pixel_size_of", "PIXEL_SIZE", "DATABAR", "LINE_LAYER"]
+__all__ = ["CalibrationBox", "databar_of", "pixel_size_of", "LINE_LAYER"]
 
-#: image-layer metadata keys: the pixel size (dict) and the data bar (dict, or None when off)
-PIXEL_SIZE, DATABAR = "csunet_pixel_size", "csunet_databar"
 LINE_LAYER = "scale bar line"
 _UNITS = ("µm", "nm", "mm")
 
@@ -76,23 +75,20 @@ def _detect_on_layer(layer: Image) -> DataBar | None:
     return DataBar(found.side, int(np.ceil(found.rows * ratio)))
 
 
-def databar_of(layer: Image, data: Any = None) -> DataBar | None:
-    """The image's data bar: as the user left it, else detected now (and remembered on the layer)."""
-    if DATABAR not in layer.metadata:
-        found = detect_databar(np.asarray(data)) if data is not None else _detect_on_layer(layer)
-        layer.metadata[DATABAR] = found.to_dict() if found else None
-    stored = layer.metadata[DATABAR]
-    return DataBar(**stored) if stored else None
+def databar_of(record: ImageRecord, data: Any = None) -> DataBar | None:
+    """The image's data bar: as the user left it, else detected now (on ``data``, its pixels, when
+    given) and remembered in its record. Runs on the Segment tab's worker thread too."""
+    if record.databar is UNREAD:
+        record.databar = detect_databar(np.asarray(data)) if data is not None else _detect_on_layer(record.image)
+    return record.databar
 
 
-def pixel_size_of(layer: Image) -> PixelSize | None:
+def pixel_size_of(record: ImageRecord) -> PixelSize | None:
     """The image's pixel size: as set here, else from its file or a remembered calibration."""
-    if PIXEL_SIZE not in layer.metadata:
-        path = getattr(layer.source, "path", None)
-        found = (read_pixel_size(path) or recall_calibration(path)) if path else None
-        layer.metadata[PIXEL_SIZE] = asdict(found) if found else None
-    stored = layer.metadata[PIXEL_SIZE]
-    return PixelSize(**stored) if stored else None
+    if record.pixel_size is UNREAD:
+        path = getattr(record.image.source, "path", None)
+        record.pixel_size = (read_pixel_size(path) or recall_calibration(path)) if path else None
+    return record.pixel_size
 
 
 class CalibrationBox(QWidget):
@@ -100,9 +96,9 @@ class CalibrationBox(QWidget):
 
     changed = Signal()
 
-    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.Viewer, records: ImageRecords, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = viewer
+        self.viewer, self.records = viewer, records
         self.image = LayerPicker(viewer, Image, accept=is_input_image)
         self.size = QDoubleSpinBox()
         self.size.setRange(0.0, 1e5)
@@ -156,7 +152,7 @@ class CalibrationBox(QWidget):
         """A labels layer written for the shown image later takes its scale and units."""
         layer = self.layer()
         if layer is not None and getattr(event.value, "name", None) == labels_name(layer.name):
-            self._apply_scale(layer, pixel_size_of(layer), reset=False)
+            self._apply_scale(layer, pixel_size_of(self.records.of_image(layer)), reset=False)
 
     def layer(self) -> Image | None:
         value = self.image.value
@@ -178,7 +174,8 @@ class CalibrationBox(QWidget):
         if layer is None:
             return
         self._shown = layer.name
-        size, bar = pixel_size_of(layer), databar_of(layer)
+        record = self.records.of_image(layer)
+        size, bar = pixel_size_of(record), databar_of(record)
         self._set_quietly(self.size, size.mean_um if size else 0.0)
         self.source.setText(size.describe() if size else "the file states no pixel size: type it or use a scale bar line")
         self._set_quietly(self.use_bar, bar is not None)
@@ -190,18 +187,18 @@ class CalibrationBox(QWidget):
 
     def pixel_size(self) -> PixelSize | None:
         layer = self.layer()
-        return pixel_size_of(layer) if layer is not None else None
+        return pixel_size_of(self.records.of_image(layer)) if layer is not None else None
 
     def databar(self) -> DataBar | None:
         layer = self.layer()
-        return databar_of(layer) if layer is not None else None
+        return databar_of(self.records.of_image(layer)) if layer is not None else None
 
     def set_pixel_size(self, size: PixelSize | None) -> None:
         layer = self.layer()
         if layer is None:
             self.status.error("open an image first")
             return
-        layer.metadata[PIXEL_SIZE] = asdict(size) if size else None
+        self.records.of_image(layer).pixel_size = size
         self.load()
 
     def _typed_size(self) -> None:
@@ -264,7 +261,7 @@ class CalibrationBox(QWidget):
             return
         rows = self.bar_rows.value()
         bar = DataBar(self.bar_side.currentText(), rows) if self.use_bar.isChecked() and rows > 0 else None
-        layer.metadata[DATABAR] = bar.to_dict() if bar else None
+        self.records.of_image(layer).databar = bar
         self._draw_bar(layer, bar)
         self.changed.emit()
 

@@ -15,13 +15,12 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QGridLayout, QPushButton, QShortcut, QVBoxLayout, QWidget
 
-from ..plugin.layerdata import class_names_from_features
 from ..settings import Settings, save_settings
 from .common import LayerPicker, StatusLine, form_group, hbox
 from .config_form import config_form, form_rows
 from .live_box import LiveBox
 from .queue_box import ACCEPT_KEY, NEXT_KEY, QueueBox
-from .segment_panel import PREDICTION, PREVIOUS, SegmentPanel
+from .segment_panel import SegmentPanel
 from .serial_worker import SerialWorker
 from .session import ModelSession
 from .theme import swatch_icon, theme_color
@@ -54,14 +53,13 @@ class CorrectPanel(QWidget):
         self.undo_btn.clicked.connect(lambda: self.undo_resegment())
         self.status = StatusLine(f"annotations are saved in {self.store.root}")
         self.writer = SerialWorker("csunet-annotations", self)  # one thread writes the set: in order
-        self.training = TrainingSetBox(viewer, self.store, self.layer, self.class_names, self._class_colors,
-                                       self.status, writer=self.writer)
+        self.training = TrainingSetBox(viewer, session, self.layer, self.status, writer=self.writer)
         # the training set's widgets, by the names the loop and the tests use
         t = self.training
         self.region, self.add_btn, self.table, self.remove_btn = t.region, t.add_btn, t.table, t.remove_btn
         self.refresh_list, self.remove_selected, self.add_to_training_set = t.refresh_list, t.remove_selected, t.add
         self.mark_btn, self.mark_painted_reviewed = t.mark_btn, t.mark_painted_reviewed
-        self.queue = QueueBox(viewer, self.store, self.layer, self._save_kwargs, self.status, segment,
+        self.queue = QueueBox(viewer, session, self.layer, self.status, segment,
                               layer_keys=session.settings.queue_keys_on_layer, writer=self.writer)
         self.keys = config_form(Settings, KEY_SETTINGS, {k: getattr(session.settings, k) for k in KEY_SETTINGS})
         self.keys.changed.connect(self._keys_changed)
@@ -103,32 +101,14 @@ class CorrectPanel(QWidget):
         self.set_class(self.brush if self.brush <= len(self.class_names(layer)) else 1)
 
     def class_names(self, layer: Labels | None = None) -> list[str]:
-        """The classes of ``layer`` (its metadata/features), else the current model's."""
-        layer = layer or self.layer()
-        names = class_names_from_features(layer.features, layer.metadata) if layer is not None else None
-        if names:
-            return names
-        return list(self.session.info.class_names) if self.session.info is not None else []
-
-    def _class_colors(self, layer: Labels | None, n: int) -> list[str]:
-        colors = (layer.metadata.get("class_colors") if layer is not None else None) or []
-        if len(colors) == n:
-            return list(colors)
-        if layer is not None:  # from the layer's colormap
-            from napari.utils.colormaps.standardize_color import rgb_to_hex
-
-            return [rgb_to_hex(layer.colormap.map(i + 1))[0][:7] for i in range(n)]
-        return ["#808080"] * n
-
-    def _save_kwargs(self, layer: Labels) -> dict:
-        names = self.class_names(layer)
-        return {"class_names": names, "class_colors": self._class_colors(layer, len(names))}
+        """The classes of ``layer`` (default: the chosen one), else the current model's (the session's word)."""
+        return self.session.class_names(layer or self.layer())
 
     def _on_labels_changed(self, *_: object) -> None:
         layer = self.layer()
         self.session.correcting = layer
         names = self.class_names(layer)
-        colors = self._class_colors(layer, len(names))
+        colors = self.session.class_colors(layer, len(names))
         for button in self.class_buttons:
             self.palette.removeWidget(button)
             button.deleteLater()
@@ -200,25 +180,27 @@ class CorrectPanel(QWidget):
 
     # -- revert / undo -------------------------------------------------------------------------
 
-    def _restore(self, key: str, what: str) -> None:
+    def _restore(self, field: str, what: str) -> None:
+        """The labels layer's data back to its record's ``field`` (Undo swaps: a second Undo redoes)."""
         layer = self.layer()
-        stored = layer.metadata.get(key) if layer is not None else None
+        record = self.session.records.for_labels(layer) if layer is not None else None
+        stored = getattr(record, field) if record is not None else None
         if stored is None or stored.shape != layer.data.shape:
             self.status.error(f"no {what} stored for this layer")
             return
         current = layer.data
         layer.data = stored.copy()
-        if key == PREVIOUS:
-            layer.metadata[PREVIOUS] = current
+        if field == "previous":
+            record.previous = current
         self.status.info(f"restored the {what}")
 
     def revert(self) -> None:
         """Throw the painted corrections away: back to the model's prediction."""
-        self._restore(PREDICTION, "prediction")
+        self._restore("prediction", "prediction")
 
     def undo_resegment(self) -> None:
         """Back to the labels the last Segment replaced (e.g. corrections made before it)."""
-        self._restore(PREVIOUS, "labels from before the last segmentation")
+        self._restore("previous", "labels from before the last segmentation")
 
 
 def _unbind(layer: Labels, key: str) -> None:

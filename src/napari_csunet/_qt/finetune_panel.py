@@ -27,7 +27,8 @@ from magicgui.widgets import CheckBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
-from ..loop.finetune_job import FINETUNE_DEFAULTS, FORM_FIELDS, finetune_job_spec
+from ..loop.finetune_job import FORM_FIELDS, finetune_defaults, finetune_job_spec, job_classes
+from ..loop.outcome import Outcome
 from ..loop.training_job import TrainingJob
 from ..models.catalog import finetuned_name, model_stem, user_models_dir
 from ..settings import save_settings
@@ -43,16 +44,11 @@ from .finetune_text import (
 )
 from .other_images import KEEP_OTHERS, other_open_images, write_unlabelled
 from .plot import TrainingPlot
-from .segment_panel import IMAGE, SegmentPanel, painted_pixels
+from .segment_panel import SegmentPanel
 from .serial_worker import SerialWorker
 from .session import ModelSession
 
 __all__ = ["FinetunePanel"]
-
-#: verdicts whose model is offered, not made current: nothing fair judged it, its gain is within the
-#: noise, or it changes the other (unchecked) images a lot
-OFFERED = ("unjudged", "within_noise", "unverified_elsewhere")
-
 
 class FinetunePanel(QWidget):
     """Hyper-parameters, Start/Stop, live plot, status, the verdict; Use the new model / Revert model."""
@@ -69,7 +65,7 @@ class FinetunePanel(QWidget):
         from csunet_train.config import TrainConfig
 
         saved = session.settings.finetune  # older settings may hold keys no longer offered (pseudo_weight)
-        values = FINETUNE_DEFAULTS | {k: v for k, v in saved.items() if k in FORM_FIELDS}
+        values = finetune_defaults() | {k: v for k, v in saved.items() if k in FORM_FIELDS}
         self.form = config_form(TrainConfig, FORM_FIELDS, values)  # limits and help from TrainConfig
         self.keep_others = CheckBox(  # not a TrainConfig field: the panel turns it into ``unlabelled`` files
             value=bool(saved.get(KEEP_OTHERS, True)), text="Keep the other open images as they are",
@@ -169,13 +165,11 @@ class FinetunePanel(QWidget):
 
     def _others_use(self) -> str | None:
         """What the next fine-tune would do with the other open images (see ``other_images_use``)."""
-        from csunet_train.config import TrainConfig
-
         from ..models.modelfile import has_untrained_head
 
         info = self.session.info
         new_head = info is not None and has_untrained_head(info.provenance)
-        semi = (self.params() | self.overrides).get("semi_weight", TrainConfig.semi_weight)
+        semi = (finetune_defaults() | self.params() | self.overrides)["semi_weight"]
         return other_images_use(new_head, float(semi))
 
     def params(self) -> dict[str, Any]:
@@ -241,10 +235,9 @@ class FinetunePanel(QWidget):
         name = finetuned_name(info.name or info.preset or "model")
         params = self.params() | ({"unlabelled": unlabelled} if unlabelled else {}) | self.overrides
         try:
-            spec = finetune_job_spec(self.session.path, pairs, list(info.class_names),
-                                     user_models_dir() / f"{name}.safetensors",
-                                     class_colors=store.class_colors or list(info.class_colors),
-                                     device=settings.device, amp=settings.mixed_precision, name=name, **params)
+            names, colors = job_classes(info, store)
+            spec = finetune_job_spec(self.session.path, pairs, names, user_models_dir() / f"{name}.safetensors",
+                                     class_colors=colors, device=settings.device, amp=settings.mixed_precision, name=name, **params)
         except ConfigError as exc:
             self.status.error(f"cannot start: {exc}")
             return False
@@ -328,31 +321,30 @@ class FinetunePanel(QWidget):
     def _ev_done(self, ev: dict) -> None:
         """Follow the child's decision: make the new model current, offer it, or keep the current one."""
         self.last_done = ev
-        decision = ev.get("decision") or {"keep": False, "verdict": "unjudged"}
-        how = f"{'stopped' if ev.get('stopped') else 'finished'} after {ev.get('steps')} steps"
-        text = decision_text(decision, how)
-        path = Path(ev["path"]) if ev.get("path") else None
-        if path is None or not path.exists():
+        outcome = Outcome.of(ev)
+        text = decision_text(outcome.decision, f"{'stopped' if outcome.stopped else 'finished'} after "
+                                               f"{outcome.steps} steps")
+        path = outcome.path
+        if path is None:
             self.result.info(text)
             self.status.error("training ended without saving a model (no step finished)")
             return
         self.before_model, self.new_model = self._start_model, path
-        if decision.get("keep"):
+        if outcome.kept:
             self.result.info(text)
             self._switch_to(path, "the fine-tuned model")
-        elif decision.get("verdict") in OFFERED:
+        elif outcome.offered:
             self.offered = self.undecided = True
             self.result.warning(text, notify=True)
             self.status.info(f"the fine-tuned model is saved as {path.name}: 'Use the new model' to segment with "
                              "it, 'Revert model' to keep the current one")
         else:
             current = self.session.path
-            if decision.get("best_step") == 0 and current is not None and path != current:
-                path.unlink()  # the starting weights again: do not list an identical "new" model
+            if outcome.discard_if_start(current):
                 self.new_model = None
             self.result.warning(text, notify=True)
             self.status.info(f"the current model {current.name if current else ''} is unchanged")
-        if self.new_model is not None and not decision.get("keep"):
+        if self.new_model is not None and not outcome.kept:
             self.saved.emit(str(self.new_model))  # listed in the Model tab, not current
         self._update_enabled()
 
@@ -409,8 +401,9 @@ class FinetunePanel(QWidget):
     def _corrections(self, layer, vouched: dict[str, np.ndarray | None] | None = None) -> np.ndarray | None:
         """What stays on screen: pixels painted in ``layer`` and those the training set holds for its
         image (``vouched``: read ahead, by image name; else read now)."""
-        painted = painted_pixels(layer)
-        name = layer.metadata.get(IMAGE)
+        painted = self.session.records.painted(layer)
+        image = self.session.records.image_of(layer)
+        name = image.name if image is not None else None
         vouched = vouched[name] if vouched is not None and name in vouched else self.session.annotations.vouched(name)
         if vouched is not None and vouched.shape == layer.data.shape:
             return vouched if painted is None else painted | vouched
@@ -427,10 +420,8 @@ class FinetunePanel(QWidget):
     def _images_to_resegment(self) -> list:
         """The image of the Correct tab's labels layer, else the Segment tab's choice."""
         layer = self.session.correcting
-        name = layer.metadata.get(IMAGE) if layer is not None else None
-        if name in self.viewer.layers:
-            return [self.viewer.layers[name]]
-        return self.segment_panel.targets()
+        image = self.session.records.image_of(layer) if layer is not None else None
+        return [image] if image is not None else self.segment_panel.targets()
 
     def _ev_exit(self, ev: dict) -> None:
         self.job = None

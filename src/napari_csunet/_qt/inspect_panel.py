@@ -140,7 +140,7 @@ class InspectPanel(QWidget):
     def __init__(self, viewer: napari.Viewer, session: ModelSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer, self.session = viewer, session
-        self.calibration = CalibrationBox(viewer)
+        self.calibration = CalibrationBox(viewer, session.records)
         self.labels = LayerPicker(viewer, Labels)
         self.labels.changed.connect(self._sync_display)
         self.min_area = QSpinBox()
@@ -201,9 +201,8 @@ class InspectPanel(QWidget):
 
     def _class_names(self, layer: Labels) -> list[str]:
         from ..models.modelfile import numbered_class_names
-        from ..plugin.layerdata import class_names_from_features
 
-        names = class_names_from_features(layer.features, layer.metadata) or []
+        names = self.session.records.class_names(layer) or []
         top = int(layer.data.max()) if layer.data.size else 0
         return names + numbered_class_names(top)[len(names):]
 
@@ -218,13 +217,11 @@ class InspectPanel(QWidget):
 
     def _image_of(self, layer: Labels) -> Image | None:
         """The image the labels belong to: the one segmented into them, else the calibration's image."""
-        from .segment_panel import IMAGE as SEGMENTED_FROM
-
-        name = layer.metadata.get(SEGMENTED_FROM)
-        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
-            if self.calibration.image.current_choice != name:
-                self.calibration.image.choose(name)
-            return self.viewer.layers[name]
+        segmented = self.session.records.image_of(layer)
+        if segmented is not None:
+            if self.calibration.image.current_choice != segmented.name:
+                self.calibration.image.choose(segmented.name)
+            return segmented
         image = self.calibration.layer()
         if image is not None and image_data(image).shape[:2 if image.rgb else None][-2:] == layer.data.shape[-2:]:
             return image
@@ -251,9 +248,10 @@ class InspectPanel(QWidget):
         if self.worker is not None:
             return None
         names = self._class_names(layer)
-        colors = list(layer.metadata.get("class_colors") or default_class_colors(len(names)))
+        colors = self.session.records.class_colors(layer) or default_class_colors(len(names))
         image = self._image_of(layer)
-        size, bar = (pixel_size_of(image), databar_of(image)) if image is not None else (_own_size(layer), None)
+        record = self.session.records.of_image(image) if image is not None else None
+        size, bar = (pixel_size_of(record), databar_of(record)) if record is not None else (_own_size(layer), None)
         data = np.asarray(layer.data).copy()  # painting may go on meanwhile
         self.compute_btn.setEnabled(False)
         self.status.info(f"measuring {layer.name} …")

@@ -17,7 +17,9 @@ from typing import Any
 from qtpy.QtWidgets import QCheckBox, QPushButton, QVBoxLayout, QWidget
 
 from ..images.annotations import AnnotationStore
+from ..loop.finetune_job import job_classes
 from ..loop.live_update import LiveUpdate, live_job_spec
+from ..loop.outcome import Outcome
 from ..loop.training_job import TrainingJob
 from ..models.catalog import model_stem, user_models_dir
 from .common import EventRelay, StatusLine, hbox
@@ -59,7 +61,7 @@ class LiveBox(QWidget):
         layout.addWidget(self.state)
         self.live = LiveUpdate(self._start_cycle)
         self.job: TrainingJob | None = None
-        self.params: dict[str, Any] = {}  # overrides of LIVE_DEFAULTS (tests, experts)
+        self.params: dict[str, Any] = {}  # over LIVE_OVERRIDES (tests, experts)
         self.last_done: dict[str, Any] | None = None
         self._stopped = self._starting = self._closing = False
         self.worker = SerialWorker("csunet-live", self)  # the job spec and the child's start
@@ -104,7 +106,7 @@ class LiveBox(QWidget):
             return False
         base = model_stem(info.name or "model").split("-live-")[0]
         out = live_dir() / f"{base}-live-{time.strftime('%Y%m%d-%H%M%S')}-{self.live.cycles}.safetensors"
-        names, colors = list(info.class_names), self.store.class_colors or list(info.class_colors)
+        names, colors = job_classes(info, self.store)
         device, params = self.session.settings.device, dict(self.params, amp=self.session.settings.mixed_precision)
         self.last_done, self._starting = None, True
 
@@ -150,27 +152,29 @@ class LiveBox(QWidget):
             self._after_training(self.last_done if ev.get("returncode") == 0 and not stopped else None)
 
     def _after_training(self, done: dict[str, Any] | None) -> None:
-        path = done.get("path") if done else None
-        if done is None or not path or not Path(path).exists():
+        """The live update's policy: the new model is loaded unless a fair judgement (held-out
+        reviewed pixels) rejected it; the Fine-tune tab offers a model nothing fair judged instead."""
+        outcome = Outcome.of(done)
+        if outcome.path is None:
             self._finish(False, "stopped" if done is None else "no model was saved")
             return
-        decision = done.get("decision") or {}
-        if decision.get("fair") and not decision.get("keep"):  # judged on reviewed pixels, and not better
-            if done.get("best_step") == 0:
-                Path(path).unlink(missing_ok=True)  # the starting weights again
-            self._finish(False, f"model unchanged: {decision.get('reason', 'not better on the held-out reviewed pixels')}")
+        if outcome.rejected:
+            outcome.discard_if_start(self.session.path)
+            reason = outcome.decision.get("reason", "not better on the held-out reviewed pixels")
+            self._finish(False, f"model unchanged: {reason}")
             return
+        path = str(outcome.path)
         if self.session.busy or self.session.load_file(path, on_done=lambda: self._resegment(path)) is None:
             self._finish(False, f"busy: load {Path(path).name} from the Model tab")
 
     def _resegment(self, path: str) -> None:
         layer = self.queue.owner_layer()
-        image = self.queue.image_of(layer) if layer is not None else None
+        image = self.session.records.image_of(layer) if layer is not None else None
         if image is None:
             self._finish(True, f"new model {Path(path).name}; segment again to see it")
             return
-        self.segment.want_uncertainty.setChecked(True)
-        if self.segment.segment([image], keep=self.queue.corrections, on_done=lambda _w: self._finish(True)) is None:
+        if self.segment.segment([image], keep=self.queue.corrections, on_done=lambda _w: self._finish(True),
+                                uncertainty=True) is None:
             self._finish(False, "could not segment again (busy)")
 
     def _finish(self, ok: bool, why: str = "") -> None:

@@ -60,7 +60,7 @@ class CSUNetWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.session = ModelSession(load_settings(), parent=self)  # one store: ours (the CLI reads it too)
+        self.session = ModelSession(load_settings(), viewer=napari_viewer, parent=self)  # one store: ours (the CLI reads it too)
         self.model_panel = ModelPanel(napari_viewer, self.session)
         self.segment_panel = SegmentPanel(napari_viewer, self.session)
         self.correct_panel = CorrectPanel(napari_viewer, self.session, segment=self.segment_panel)

@@ -23,8 +23,9 @@ from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QShortcut, QVBoxLayou
 from ..images.annotations import AnnotationStore
 from ..loop.correction_queue import CorrectionQueue, Region
 from .common import OUTPUT, StatusLine, form_group, hbox
-from .segment_panel import IMAGE, PREDICTION, SegmentPanel
+from .segment_panel import SegmentPanel
 from .serial_worker import SerialWorker
+from .session import ModelSession
 
 __all__ = ["QueueBox", "HIGHLIGHT", "ACCEPT_KEY", "NEXT_KEY", "napari_keys"]
 
@@ -60,13 +61,14 @@ class QueueBox(QWidget):
     #: a region was corrected or accepted and saved (the live update listens)
     corrected = Signal()
 
-    def __init__(self, viewer: napari.Viewer, store: AnnotationStore, layer: Callable[[], Labels | None],
-                 save_kwargs: Callable[[Labels], dict], status: StatusLine, segment: SegmentPanel | None = None,
-                 layer_keys: bool = False, writer: SerialWorker | None = None, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.Viewer, session: ModelSession, layer: Callable[[], Labels | None],
+                 status: StatusLine, segment: SegmentPanel | None = None, layer_keys: bool = False,
+                 writer: SerialWorker | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer, self.store, self.status, self.segment = viewer, store, status, segment
+        self.viewer, self.session, self.status, self.segment = viewer, session, status, segment
+        self.store: AnnotationStore = session.annotations
         self.writer = writer or SerialWorker("csunet-annotations", self)  # the annotation set's writes
-        self._layer, self._save_kwargs, self.layer_keys = layer, save_kwargs, layer_keys
+        self._layer, self.layer_keys = layer, layer_keys
         self.queue: CorrectionQueue | None = None
         self.owner: str | None = None  # the labels layer the queue belongs to
         self.size = QComboBox()
@@ -111,8 +113,8 @@ class QueueBox(QWidget):
         return None
 
     def image_of(self, layer: Labels) -> Image | None:
-        name = layer.metadata.get(IMAGE)
-        return self.viewer.layers[name] if name in self.viewer.layers else None
+        """The image ``layer`` was segmented from (the session's record), while it is open."""
+        return self.session.records.image_of(layer)
 
     def pixels_of(self, layer: Labels) -> np.ndarray | None:
         """The image behind ``layer`` as an (H, W[, C]) array for the queue's novelty term, or None
@@ -124,8 +126,9 @@ class QueueBox(QWidget):
 
     def uncertainty_of(self, layer: Labels) -> np.ndarray | None:
         """The Segment tab's uncertainty layer for ``layer``'s image, if it fits."""
-        name = f"{layer.metadata.get(IMAGE)} uncertainty"
-        if name in self.viewer.layers and np.shape(self.viewer.layers[name].data) == layer.data.shape:
+        image = self.image_of(layer)
+        name = f"{image.name} uncertainty" if image is not None else ""
+        if image is not None and name in self.viewer.layers and np.shape(self.viewer.layers[name].data) == layer.data.shape:
             return np.asarray(self.viewer.layers[name].data)
         return None
 
@@ -141,9 +144,9 @@ class QueueBox(QWidget):
             if self.segment is None or image is None:
                 self.status.error("no uncertainty for this image: segment it with 'uncertainty layer' on")
                 return False
-            self.segment.want_uncertainty.setChecked(True)
             self.status.info("segmenting again for the uncertainty (your corrections stay) …")
-            return self.segment.segment([image], keep=self.corrections, on_done=self._rank_after) is not None
+            return self.segment.segment([image], keep=self.corrections, on_done=self._rank_after,
+                                        uncertainty=True) is not None
         done = self.corrections(layer)
         self.queue = CorrectionQueue.from_uncertainty(uncertainty, int(self.size.currentText()), done=done,
                                                       image=self.pixels_of(layer))
@@ -175,11 +178,12 @@ class QueueBox(QWidget):
     def corrections(self, layer: Labels) -> np.ndarray:
         """Pixels that stay as the user left them: painted, saved in the annotation set, in done regions."""
         data = np.asarray(layer.data)
-        prediction = layer.metadata.get(PREDICTION)
         keep = np.zeros(data.shape, bool)
-        if prediction is not None and np.shape(prediction) == data.shape:
-            keep |= (data != prediction) & (data > 0)
-        vouched = self.store.vouched(layer.metadata.get(IMAGE))
+        painted = self.session.records.painted(layer)
+        if painted is not None:
+            keep |= painted
+        image = self.image_of(layer)
+        vouched = self.store.vouched(image.name if image is not None else None)
         if vouched is not None and vouched.shape == data.shape:
             keep |= vouched
         if self.queue is not None and layer.name == self.owner:
@@ -225,8 +229,8 @@ class QueueBox(QWidget):
         layer = self.owner_layer()
         if self.queue is None or layer is None:
             return []
-        prediction = layer.metadata.get(PREDICTION)
-        if prediction is None or np.shape(prediction) != layer.data.shape:
+        prediction = self.session.records.prediction(layer)
+        if prediction is None:
             return []
         painted = self.queue.mark_painted(np.asarray(layer.data) != prediction)
         if painted:
@@ -248,7 +252,8 @@ class QueueBox(QWidget):
             return False
         name, boxes = image.name, [list(r.box) for r in self.queue.regions if r.done]
         pixels, labels = np.asarray(image.data), np.array(layer.data)  # a copy: the brush keeps painting
-        prediction, kwargs = layer.metadata.get(PREDICTION), self._save_kwargs(layer)
+        prediction, names = self.session.records.prediction(layer), self.session.class_names(layer)
+        kwargs = {"class_names": names, "class_colors": self.session.class_colors(layer, len(names))}
         self.writer.submit(lambda: self.store.add(pixels, labels, name=name, prediction=prediction, regions=boxes,
                                                   merge=True, **kwargs),
                            lambda _entry: self.corrected.emit(),

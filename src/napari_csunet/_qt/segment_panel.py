@@ -3,7 +3,8 @@
 Prediction runs in a napari worker thread with a progress bar (ours and napari's activity dock)
 and a Cancel that stops before the next tile batch. Results land in a Labels layer named after
 the image, with the model's classes; segmenting again replaces its data, keeping the previous
-labels and the raw prediction in the layer's metadata so the Correct panel can undo or revert.
+labels and the raw prediction in the image's record (the session's :mod:`.records`) so the Correct
+panel can undo or revert.
 A lazy image (dask, zarr, a multiscale pyramid's level 0) above ``LAZY_PIXELS`` is never loaded:
 it is read tile by tile into a zarr-backed Labels layer (in a temporary folder named in the
 status line), and its class counts are taken band by band on the worker thread.
@@ -25,7 +26,7 @@ from napari.utils import cancelable_progress
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QCheckBox, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from ..plugin.layerdata import labels_kwargs
+from ..plugin.layerdata import class_metadata, labels_kwargs
 from .common import (
     OUTPUT,
     LayerPicker,
@@ -35,16 +36,15 @@ from .common import (
     is_input_image,
     labels_name,
 )
+from .records import ImageRecords
 from .session import ModelSession
 from .steps import Steps
 
-__all__ = ["SegmentPanel", "ALL_IMAGES", "write_prediction", "painted_pixels", "Prepared", "hold_back"]
+__all__ = ["SegmentPanel", "ALL_IMAGES", "write_prediction", "Prepared", "hold_back"]
 
 ALL_IMAGES = "all open images"
 #: lazy image data above this many pixels is segmented into zarr instead of being loaded
 LAZY_PIXELS = 64 * 2**20
-#: keys of the Labels layer's metadata
-PREDICTION, PREVIOUS, IMAGE = "csunet_prediction", "csunet_previous", "csunet_image"
 # napari warns a plugin that reads a private attribute through its viewer proxy; this one is read
 # knowingly (:func:`_not_activated`) and its absence is handled
 warnings.filterwarnings("ignore", message=r"Private attribute access \('LayerList\._activate_on_insert'\)",
@@ -55,15 +55,6 @@ class _Relay(QObject):
     """Carries progress from the worker thread to the GUI thread (queued connection)."""
 
     progress = Signal(int, int, int, int)  # image index, images, tiles done, tiles total
-
-
-def painted_pixels(layer: Labels) -> np.ndarray | None:
-    """Where the user painted a class over the model's prediction (erased pixels excluded)."""
-    prediction = layer.metadata.get(PREDICTION)
-    if prediction is None or prediction.shape != layer.data.shape:
-        return None
-    data = np.asarray(layer.data)
-    return (data != prediction) & (data > 0)
 
 
 def _hide_dominant(colormap: dict, labels: np.ndarray, counts: np.ndarray | None = None) -> dict:
@@ -135,18 +126,18 @@ def _select(viewer: napari.Viewer, layer: Labels) -> None:
         viewer.layers.selection.active = layer
 
 
-def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name: str,
+def write_prediction(viewer: napari.Viewer, records: ImageRecords, image: Image, pred, info, model_name: str,
                      extras: bool = True, keep: Callable[[Labels], np.ndarray | None] | None = None,
                      counts: np.ndarray | None = None, prepared: Labels | Prepared | None = None,
                      later: list[Callable[[], None]] | None = None) -> Labels:
     """Put a prediction into ``"<image> labels"``: a new layer, or new data for the existing one.
 
     ``keep(layer)`` names pixels of the existing layer (the user's corrections) that stay on top of
-    the new prediction; the raw prediction stays in the metadata for Revert, the labels before it
-    for Undo. ``counts`` (pixels per label 0..K, from :func:`napari_csunet.engine.mosaic.class_counts` on
-    the worker) saves a pass over the labels on the GUI thread; ``prepared`` (from
-    :func:`new_labels_layer` on the worker, or a :class:`Prepared` one) is the layer to insert when
-    there is none yet. A :class:`Prepared` layer is inserted without being activated; the steps that
+    the new prediction; the raw prediction stays in the image's record (``records``) for Revert, the
+    labels before it for Undo; the classes go on the layer too, for napari's Save. ``counts``
+    (pixels per label 0..K, from :func:`napari_csunet.engine.mosaic.class_counts` on the worker)
+    saves a pass over the labels on the GUI thread; ``prepared`` (from :func:`new_labels_layer` on
+    the worker, or a :class:`Prepared` one) is the layer to insert when there is none yet. A :class:`Prepared` layer is inserted without being activated; the steps that
     show it (:func:`hold_back`) and select it, as napari would have, are appended to ``later`` for
     the caller to run one per event-loop turn (run here at once without ``later``).
     """
@@ -171,8 +162,8 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
             layer.colormap = kwargs["colormap"]
         if layer.metadata.get("class_names") != list(info.class_names):
             layer.features = kwargs["features"]
-        layer.metadata[PREVIOUS] = previous
     else:
+        previous = None
         if layer is not None:  # same name, other shape or type: keep it, under another name
             layer.name = f"{name} (old)"
         reveal: list[Callable[[], None]] = []
@@ -194,9 +185,9 @@ def write_prediction(viewer: napari.Viewer, image: Image, pred, info, model_name
                     step()
             layer = viewer.add_layer(prepared if fits else new_labels_layer(image, pred, info, counts))
     prediction = None if lazy else pred.labels if layer.data is not pred.labels else pred.labels.copy()
-    layer.metadata.update({PREDICTION: prediction, IMAGE: image.name,
-                           "csunet_model": model_name, "class_names": list(info.class_names),
-                           "class_colors": list(info.class_colors)})
+    layer.metadata.update(class_metadata(info.class_names, info.class_colors))  # what a saved file carries
+    records.register(image, layer, prediction, info.class_names, info.class_colors, previous=previous,
+                     model_name=model_name)
     if extras:
         _write_extras(viewer, image, pred, info, below=layer)
     return layer
@@ -294,12 +285,6 @@ class SegmentPanel(QWidget):
             self.status.info(f"model {self.session.info.name or seg.name} ready on {seg.device}: choose an image "
                              "and Segment")
 
-    def prediction_of(self, image: Image) -> np.ndarray | None:
-        """The raw prediction last written for ``image`` (None before its first segmentation)."""
-        name = labels_name(image.name)
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        return layer.metadata.get(PREDICTION) if isinstance(layer, Labels) else None
-
     def targets(self, choice=None) -> list[Image]:
         choice = self.images.value if choice is None else choice
         if choice == ALL_IMAGES:
@@ -307,11 +292,15 @@ class SegmentPanel(QWidget):
         return [choice] if isinstance(choice, Image) else []
 
     def segment(self, layers: list[Image] | None = None, on_done: Callable[[list[Labels]], None] | None = None,
-                keep: Callable[[Labels], np.ndarray | None] | None = None):
+                keep: Callable[[Labels], np.ndarray | None] | None = None, uncertainty: bool = False):
         """Segment ``layers`` (default: the panel's choice); returns the worker, None if refused.
 
-        ``keep(labels layer)`` names the pixels (the user's corrections) that stay as they are.
+        ``keep(labels layer)`` names the pixels (the user's corrections) that stay as they are;
+        ``uncertainty`` asks for the uncertainty layer (the correction queue ranks by it): the box is
+        ticked, so the user's next Segment keeps it up to date too.
         """
+        if uncertainty:
+            self.want_uncertainty.setChecked(True)
         layers = self.targets() if layers is None else layers
         seg = self.session.segmenter
         if seg is None:
@@ -323,7 +312,7 @@ class SegmentPanel(QWidget):
         if not layers:
             self.status.error("no image to segment: open an image (File > Open Sample > CS-UNet) first")
             return None
-        jobs = [(lay, image_data(lay)) for lay in layers]
+        jobs = [(lay, image_data(lay), self.session.records.of_image(lay)) for lay in layers]
         options = {"want_probs": self.want_probs.isChecked(), "want_uncertainty": self.want_uncertainty.isChecked(),
                    "tta": self.tta.isChecked()}
         self._cancel.clear()
@@ -375,8 +364,9 @@ class SegmentPanel(QWidget):
         layer, pred, counts, prepared = result
         info = self.session.info
         later: list[Callable[[], None]] = []
-        self._written.append(write_prediction(self.viewer, layer, pred, info, self.session.segmenter.name,
-                                              keep=self._keep, counts=counts, prepared=prepared, later=later))
+        self._written.append(write_prediction(self.viewer, self.session.records, layer, pred, info,
+                                              self.session.segmenter.name, keep=self._keep, counts=counts,
+                                              prepared=prepared, later=later))
         self.steps.then(*later)
         counts = counts[1:]
         fractions = counts / max(int(counts.sum()), 1)  # of the analysed pixels: a data bar is not material
@@ -423,7 +413,7 @@ def _predict_all(seg, jobs, options, progress, cancelled, viewer_has: Callable[[
     from .calibration import databar_of
 
     _warm_napari_imports()
-    for i, (layer, data) in enumerate(jobs):
+    for i, (layer, data, record) in enumerate(jobs):
         if is_lazy(data):
             pred = _predict_lazy(seg, data, lambda d, t, i=i: progress(i, len(jobs), d, t), cancelled, layer.name,
                                  options["tta"])
@@ -432,7 +422,7 @@ def _predict_all(seg, jobs, options, progress, cancelled, viewer_has: Callable[[
         data = np.asarray(data)
         pred = predict_outside(lambda im, i=i, layer=layer: seg.predict(
             im, progress=lambda d, t: progress(i, len(jobs), d, t), cancel=cancelled, name=layer.name, **options),
-            data, databar_of(layer, data))
+            data, databar_of(record, data))
         counts = class_counts(pred.labels, seg.info.num_classes)  # 70 ms for 2048^2 at load 4
         yield layer, pred, counts, _prepare_layer(viewer_has, layer, pred, seg.info, counts)
 

@@ -1,5 +1,6 @@
-"""What the panels share: the current model (kept warm on its device), the annotation set, and
-the labels layer being corrected. Panels read these here, never through one another.
+"""What the panels share: the current model (kept warm on its device), the annotation set, one
+record per image (:mod:`.records`) and the labels layer being corrected. Panels read
+these here, never through one another nor through layer metadata.
 
 Loading (torch import, building, weights, moving to the GPU) runs on a worker thread so napari
 never freezes; every panel listens to ``changed`` to enable itself and show the classes.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari.qt.threading import create_worker
 from napari.utils import progress
@@ -19,7 +20,11 @@ from ..images.annotations import AnnotationStore
 from ..models.modelfile import ModelInfo
 from ..settings import Settings, load_settings, save_settings
 from .compat import avoid_triton_llvm_clash
+from .records import ImageRecords
 from .steps import Steps
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
 
 __all__ = ["ModelSession", "leave_a_core_for_the_gui", "BAR_AFTER_MS"]
 
@@ -41,7 +46,8 @@ def leave_a_core_for_the_gui() -> None:
 
 class ModelSession(QObject):
     """The :class:`~napari_csunet.engine.predictor.Segmenter` and what it was loaded from, the annotation
-    set (``annotations``) and the labels layer the Correct tab works on (``correcting``)."""
+    set (``annotations``), the per-image records (``records``) and the labels layer the Correct tab
+    works on (``correcting``)."""
 
     #: emitted on the main thread after a model was loaded, replaced or unloaded
     changed = Signal()
@@ -50,10 +56,12 @@ class ModelSession(QObject):
     busy_changed = Signal(bool)
 
     def __init__(self, settings: Settings | None = None, annotations: AnnotationStore | None = None,
-                 parent: QObject | None = None) -> None:
+                 viewer: napari.Viewer | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.settings = settings or load_settings()
         self.annotations = annotations or AnnotationStore()
+        #: what each segmented image's labels hold (forgotten with the viewer's layers)
+        self.records = ImageRecords(viewer)
         self.correcting = None  # the Labels layer chosen in the Correct tab (napari.layers.Labels | None)
         self.segmenter = None
         self.path: Path | None = None  # model file, None for an unsaved preset build
@@ -71,6 +79,24 @@ class ModelSession(QObject):
     @property
     def device(self) -> str:
         return self.settings.device
+
+    def class_names(self, labels: Any = None) -> list[str]:
+        """The classes of a labels layer (its record, or the file it was opened from), else the model's."""
+        names = self.records.class_names(labels) if labels is not None else None
+        if names:
+            return names
+        return list(self.info.class_names) if self.info is not None else []
+
+    def class_colors(self, labels: Any, n: int) -> list[str]:
+        """The colours of classes 1..``n`` of a labels layer: its record's or file's, else its colormap's."""
+        colors = self.records.class_colors(labels) if labels is not None else None
+        if colors is not None and len(colors) == n:
+            return colors
+        if labels is not None:
+            from napari.utils.colormaps.standardize_color import rgb_to_hex
+
+            return [rgb_to_hex(labels.colormap.map(i + 1))[0][:7] for i in range(n)]
+        return ["#808080"] * n
 
     def describe(self) -> str:
         if self.segmenter is None:

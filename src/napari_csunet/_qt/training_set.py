@@ -40,8 +40,8 @@ from ..images.annotations import (
     reviewed_area,
 )
 from .common import LayerPicker, StatusLine, form_group, image_data, is_input_image
-from .segment_panel import IMAGE, PREDICTION
 from .serial_worker import SerialWorker
+from .session import ModelSession
 
 __all__ = ["TrainingSetBox", "PAINTED_ONLY", "WHOLE_IMAGE", "REVIEWED_AREAS", "painted_rectangles"]
 
@@ -91,13 +91,13 @@ class TrainingSetBox(QWidget):
     #: the saved set changed (added, removed, re-read): the Fine-tune tab says what it holds
     changed = Signal()
 
-    def __init__(self, viewer: napari.Viewer, store: AnnotationStore, layer: Callable[[], Labels | None],
-                 class_names: Callable[[Labels], list[str]], class_colors: Callable[[Labels, int], list[str]],
+    def __init__(self, viewer: napari.Viewer, session: ModelSession, layer: Callable[[], Labels | None],
                  status: StatusLine, writer: SerialWorker | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer, self.store, self.status = viewer, store, status
+        self.viewer, self.session, self.status = viewer, session, status
+        self.store: AnnotationStore = session.annotations
         self.writer = writer or SerialWorker("csunet-annotations", self)  # the annotation set's writes
-        self._layer, self._class_names, self._class_colors = layer, class_names, class_colors
+        self._layer = layer
         self.region = LayerPicker(viewer, Shapes, extra=(PAINTED_ONLY, WHOLE_IMAGE), accept=is_input_image,
                                   tooltip="which pixels train: those you painted, plus every pixel inside the "
                                           "rectangles of a Shapes layer (areas you checked), or the whole image")
@@ -154,11 +154,9 @@ class TrainingSetBox(QWidget):
 
     def plane(self, layer: Labels) -> tuple[Image | None, np.ndarray, np.ndarray, np.ndarray | None]:
         """(image layer, its pixels, labels, prediction) of the plane on screen."""
-        image = self._image_for(layer)
+        image = self.session.records.image_of(layer, guess=True)
         labels = np.asarray(layer.data)
-        prediction = layer.metadata.get(PREDICTION)
-        if prediction is not None and np.shape(prediction) != labels.shape:
-            prediction = None
+        prediction = self.session.records.prediction(layer)
         pixels = np.asarray(image_data(image)) if image is not None else None
         if labels.ndim > 2:  # a stack: the plane on screen
             z = int(round(layer.world_to_data(self.viewer.dims.point)[0]))
@@ -193,7 +191,7 @@ class TrainingSetBox(QWidget):
         except AnnotationError as exc:
             self._preview_failed(exc)
             return
-        names, skip = self._class_names(layer), self._image_name(layer)
+        names, skip = self.session.class_names(layer), self._image_name(layer)
         if not background:
             try:
                 self._show_preview(self._preview(labels, prediction, choice, names, skip))
@@ -287,7 +285,7 @@ class TrainingSetBox(QWidget):
         return "info", text
 
     def _image_name(self, layer: Labels) -> str | None:
-        image = self._image_for(layer)
+        image = self.session.records.image_of(layer, guess=True)
         return image.name if image is not None else None
 
     # -- mark painted areas as reviewed ----------------------------------------------------------
@@ -336,14 +334,6 @@ class TrainingSetBox(QWidget):
             self.status.error("no labels layer: segment an image first, then correct it")
         return layer
 
-    def _image_for(self, layer: Labels) -> Image | None:
-        name = layer.metadata.get(IMAGE)
-        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
-            return self.viewer.layers[name]
-        same = [lay for lay in self.viewer.layers if isinstance(lay, Image)
-                and image_data(lay).shape[: layer.data.ndim] == layer.data.shape]
-        return same[0] if len(same) == 1 else None
-
     def add(self, background: bool = False) -> Annotation | None:
         """Save the image, its labels and the corrected/accepted mask to the annotation folder now.
 
@@ -360,9 +350,9 @@ class TrainingSetBox(QWidget):
             self.status.error(f"which image do {layer.name!r} belong to? Segment the image to pair them")
             return None
         try:
-            names = self._class_names(layer)
+            names = self.session.class_names(layer)
             kwargs = dict(name=image.name, class_names=names, prediction=prediction, merge=True,
-                          class_colors=self._class_colors(layer, len(names)), **self.choice(layer))
+                          class_colors=self.session.class_colors(layer, len(names)), **self.choice(layer))
         except AnnotationError as exc:
             self.status.error(f"not added: {exc}")
             return None

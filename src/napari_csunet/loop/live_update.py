@@ -19,15 +19,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from csunet_train.config import TrainConfig
 
-__all__ = ["LIVE_DEFAULTS", "live_job_spec", "LiveUpdate"]
+__all__ = ["LIVE_OVERRIDES", "live_job_spec", "LiveUpdate"]
 
-#: a short fine-tune: decoder only, few steps, no pseudo-labels, validated on a lattice of held-out
-#: blocks of the corrected pixels (an end strip of one region is too uneven to judge by) after 10
-#: and 20 steps. ``threads`` (None: every core but one, for napari) matters on a CPU: a child
-#: spinning on every core beside napari's GUI and inference took 4-5x longer per step.
-LIVE_DEFAULTS: dict[str, Any] = {"steps": 20, "eval_every": 10, "lr": 3e-4, "crop": 256, "batch_size": 2,
-                                 "aug_strength": 0.5, "freeze_cnn": True, "freeze_swin": True, "pseudo_weight": 0.0,
-                                 "holdout": "blocks", "threads": None}
+#: where a live update's job differs from TrainConfig's defaults (``csunet_train.config``), and why;
+#: and ``threads``: every core but one, for napari (a child spinning on every core beside napari's GUI
+#: and inference took 4-5x longer per step), unless a caller names it
+LIVE_OVERRIDES: dict[str, Any] = {
+    "steps": 20,  # a short fine-tune: tens of seconds on a CPU
+    "eval_every": 10,  # judged after 10 and 20 steps
+    "lr": 3e-4,  # a trained model is corrected, not trained from scratch: smaller steps
+    "batch_size": 2,  # two crops a step: short steps beside napari
+    "freeze_cnn": True,  # only the decoder learns: what makes a few dozen steps enough
+    "freeze_swin": True,  # (the same)
+    "pseudo_weight": 0.0,  # no pseudo-labels: only what the user corrected or accepted teaches
+    "holdout": "blocks",  # a lattice of held-out blocks: an end strip of one region is too uneven to judge by
+}
 
 
 def live_job_spec(model: str | Path, pairs: list[dict[str, str]], class_names: list[str], out: str | Path,
@@ -35,8 +41,8 @@ def live_job_spec(model: str | Path, pairs: list[dict[str, str]], class_names: l
     """The training job of one live update, built and checked once (ConfigError names a bad key)."""
     from csunet_train.config import TrainConfig
 
-    params = LIVE_DEFAULTS | overrides
-    if params["threads"] is None:
+    params = LIVE_OVERRIDES | overrides
+    if params.get("threads") is None:
         params["threads"] = max(1, (os.cpu_count() or 2) - 1)
     params["eval_every"] = min(int(params["eval_every"]), int(params["steps"]) or 1)
     spec = {"mode": "finetune", "model": str(model), "pairs": list(pairs), "class_names": list(class_names),

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["UNLABELLED", "class_colormap", "class_features", "labels_kwargs", "labels_layer_data",
-           "class_names_from_features"]
+__all__ = ["UNLABELLED", "class_colormap", "class_features", "class_metadata", "labels_kwargs",
+           "labels_layer_data", "class_names_from_features"]
 
 UNLABELLED = "unlabelled"
 
@@ -29,13 +29,18 @@ def class_features(class_names: Sequence[str]) -> dict[str, list]:
     return {"index": list(range(len(class_names) + 1)), "class": [UNLABELLED, *class_names]}
 
 
+def class_metadata(class_names: Sequence[str], class_colors: Sequence[str]) -> dict[str, list[str]]:
+    """A labels layer's ``metadata`` entries that napari's Save writes into the file (our writer)."""
+    return {"class_names": list(class_names), "class_colors": list(class_colors)}
+
+
 def labels_kwargs(class_names: Sequence[str], class_colors: Sequence[str], name: str) -> dict[str, Any]:
     """Keyword arguments for ``napari.layers.Labels`` / ``viewer.add_labels``."""
     return {
         "name": name,
         "colormap": class_colormap(class_colors),
         "features": class_features(class_names),
-        "metadata": {"class_names": list(class_names), "class_colors": list(class_colors)},
+        "metadata": class_metadata(class_names, class_colors),
         "opacity": 0.5,
     }
 

@@ -1,0 +1,73 @@
+"""The session's per-image records: which image labels belong to, their prediction and classes, the
+image's calibration, forgotten with their layers; a labels file opened from disk (no record) still
+names its classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+
+from napari.layers import Labels  # noqa: E402
+
+from napari_csunet._qt.records import ImageRecords  # noqa: E402
+from napari_csunet.plugin.layerdata import labels_kwargs  # noqa: E402
+
+NAMES, COLORS = ["matrix", "pore"], ["#ff0000", "#00ff00"]
+
+
+def _segmented(viewer):
+    """An image, its labels with one painted pixel, and their record."""
+    records = ImageRecords(viewer)
+    image = viewer.add_image(np.zeros((16, 16), np.uint8), name="im")
+    prediction = np.ones((16, 16), np.uint8)
+    labels = viewer.add_labels(prediction.copy(), name="im labels")
+    labels.data[0, 0] = 2
+    records.register(image, labels, prediction, NAMES, COLORS, model_name="m")
+    return records, image, labels
+
+
+def test_a_record_answers_for_its_image_and_labels(make_napari_viewer):
+    from napari.utils._proxies import PublicOnlyProxy
+
+    viewer = make_napari_viewer()
+    records, image, labels = _segmented(viewer)
+    record = records.for_image(image)
+    assert record is records.for_labels(PublicOnlyProxy.create(labels))  # a plugin's viewer hands out proxies
+    assert records.of_image(PublicOnlyProxy.create(image)) is record and len(records) == 1
+    assert records.image_of(labels) is image and records.class_names(labels) == NAMES
+    assert records.class_colors(labels) == COLORS and record.model_name == "m"
+    painted = records.painted(labels)
+    assert painted[0, 0] and painted.sum() == 1
+    labels.data = np.zeros((8, 8), np.uint8)  # another shape: the prediction no longer fits
+    assert records.prediction(labels) is None and records.painted(labels) is None
+
+
+@pytest.mark.parametrize("removed, record_left, labels_left", [("im", False, False), ("im labels", True, False)])
+def test_a_record_is_forgotten_with_its_layers(make_napari_viewer, removed, record_left, labels_left):
+    from napari_csunet._qt.calibration import databar_of, pixel_size_of
+
+    viewer = make_napari_viewer()
+    records, image, labels = _segmented(viewer)
+    assert pixel_size_of(records.of_image(image)) is None and databar_of(records.of_image(image)) is None  # read
+    viewer.layers.remove(removed)
+    record = records.for_image(image)
+    assert (record is not None) == record_left and len(records) == int(record_left)
+    assert (records.for_labels(labels) is not None) == labels_left
+    if record is not None:  # the labels' facts went with them; the image's calibration stays
+        assert record.labels is None and record.prediction is None and record.previous is None
+        assert record.pixel_size is None and record.databar is None
+
+
+def test_labels_opened_from_disk_name_their_classes_without_a_record(make_napari_viewer):
+    viewer = make_napari_viewer()
+    records = ImageRecords(viewer)
+    image = viewer.add_image(np.zeros((16, 16), np.uint8), name="im")
+    opened = viewer.add_layer(Labels(np.ones((16, 16), np.uint8), **labels_kwargs(NAMES, COLORS, "saved labels")))
+    assert records.for_labels(opened) is None and records.prediction(opened) is None
+    assert records.class_names(opened) == NAMES and records.class_colors(opened) == COLORS
+    assert records.image_of(opened) is None  # no record: not guessed ...
+    assert records.image_of(opened, guess=True) is image  # ... unless asked: the one open image of its shape
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="another")
+    assert records.image_of(opened, guess=True) is None  # two candidates: none
