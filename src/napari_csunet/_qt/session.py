@@ -25,6 +25,7 @@ from .steps import Steps
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
+    import napari.layers
 
 __all__ = ["ModelSession", "leave_a_core_for_the_gui", "BAR_AFTER_MS"]
 
@@ -60,7 +61,7 @@ class ModelSession(QObject):
         super().__init__(parent)
         self.settings = settings or load_settings()
         self.annotations = annotations or AnnotationStore()
-        #: what each segmented image's labels hold (forgotten with the viewer's layers)
+        #: one record per image: calibration, and once segmented its labels' facts (forgotten with the layers)
         self.records = ImageRecords(viewer)
         self.correcting = None  # the Labels layer chosen in the Correct tab (napari.layers.Labels | None)
         self.segmenter = None
@@ -80,14 +81,14 @@ class ModelSession(QObject):
     def device(self) -> str:
         return self.settings.device
 
-    def class_names(self, labels: Any = None) -> list[str]:
+    def class_names(self, labels: napari.layers.Labels | None = None) -> list[str]:
         """The classes of a labels layer (its record, or the file it was opened from), else the model's."""
         names = self.records.class_names(labels) if labels is not None else None
         if names:
             return names
         return list(self.info.class_names) if self.info is not None else []
 
-    def class_colors(self, labels: Any, n: int) -> list[str]:
+    def class_colors(self, labels: napari.layers.Labels | None, n: int) -> list[str]:
         """The colours of classes 1..``n`` of a labels layer: its record's or file's, else its colormap's."""
         colors = self.records.class_colors(labels) if labels is not None else None
         if colors is not None and len(colors) == n:
