@@ -144,3 +144,22 @@ def test_what_the_other_images_are_for_follows_the_model(widget, qtbot, specs, n
         assert load_settings().finetune[KEEP_OTHERS] is True  # the user's choice stays for trained models
     else:
         assert len(spec.unlabelled) == 1 and f"1 other open image {said}" in status
+
+
+def test_a_new_model_gets_more_steps_proposed_and_the_users_steps_come_back(widget, qtbot, specs):
+    """A new output layer learns from nothing (docs/training.md: the few-shot runs trained ~200 steps);
+    a trained model is corrected in the tab's 60. The proposal is not saved as the user's choice."""
+    from napari_csunet.loop.finetune_job import NEW_MODEL_STEPS
+
+    w = widget
+    panel, info = w.finetune_panel, w.session.info
+    trained = dict(info.provenance or {})
+    panel.form.steps.value = 40  # the user's choice for corrections
+    info.provenance = {"head_reinitialised": {"reason": "new classes"}}
+    w.session.changed.emit()
+    assert panel.form.steps.value == NEW_MODEL_STEPS and "new model" in panel.status.text()
+    assert _start(w, qtbot, specs).steps == NEW_MODEL_STEPS
+    assert load_settings().finetune["steps"] == 40
+    info.provenance = trained  # e.g. the fine-tuned model, or a starter, loaded
+    w.session.changed.emit()
+    assert panel.form.steps.value == 40

@@ -27,7 +27,13 @@ from magicgui.widgets import CheckBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
-from ..loop.finetune_job import FORM_FIELDS, finetune_defaults, finetune_job_spec, job_classes
+from ..loop.finetune_job import (
+    FORM_FIELDS,
+    NEW_MODEL_STEPS,
+    finetune_defaults,
+    finetune_job_spec,
+    job_classes,
+)
 from ..loop.outcome import Outcome
 from ..loop.training_job import TrainingJob
 from ..models.catalog import finetuned_name, model_stem, user_models_dir
@@ -117,6 +123,8 @@ class FinetunePanel(QWidget):
         session.busy_changed.connect(self._update_enabled)
         session.changed.connect(self._update_enabled)
         session.changed.connect(self.show_training_set)
+        self._steps_for_trained: int | None = None  # the user's steps while a new model proposes more
+        session.changed.connect(self._follow_model)
         self._update_enabled()
         self.show_training_set()
 
@@ -136,6 +144,23 @@ class FinetunePanel(QWidget):
         """An empty plot follows the chosen step count; a run's curves stay until the next start."""
         if not self.running and not self.plot.loss:
             self.plot.clear(steps)
+
+    def _follow_model(self, *_: object) -> None:
+        """A new model (output layer untrained) gets :data:`NEW_MODEL_STEPS` proposed; the steps
+        the user had come back with a trained model (unless they changed the proposal meanwhile)."""
+        from ..models.modelfile import has_untrained_head
+
+        info, steps = self.session.info, self.form.steps
+        if info is not None and has_untrained_head(info.provenance):
+            if steps.value < NEW_MODEL_STEPS:
+                self._steps_for_trained = steps.value
+                steps.value = NEW_MODEL_STEPS
+                self.status.info(f"a new model: {NEW_MODEL_STEPS} steps proposed (its output layer learns from "
+                                 "nothing; a trained model is corrected in fewer)")
+        elif self._steps_for_trained is not None:
+            if steps.value == NEW_MODEL_STEPS:
+                steps.value = self._steps_for_trained
+            self._steps_for_trained = None
 
     def show_training_set(self, *_: object) -> None:
         """Say what Start would train on: the saved corrected images and their pixels, or what to do first."""
@@ -195,7 +220,10 @@ class FinetunePanel(QWidget):
             self.status.error(f"the training set has classes {store.class_names} but the model has "
                               f"{list(info.class_names)}; load a model with these classes or start a new set")
             return False
-        self.session.settings.finetune = self.params() | {KEEP_OTHERS: self.keep_others.value}
+        remembered = self.params() | {KEEP_OTHERS: self.keep_others.value}
+        if self._steps_for_trained is not None and remembered["steps"] == NEW_MODEL_STEPS:
+            remembered["steps"] = self._steps_for_trained  # the proposal for a new model is not the user's choice
+        self.session.settings.finetune = remembered
         keep = self.keep_others.value and self._others_use() is not None  # a new model may not use them
         save_settings(self.session.settings)
         corrected = {entry.name for entry in store.entries()}

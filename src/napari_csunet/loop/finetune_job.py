@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..images.annotations import AnnotationStore
     from ..models.modelfile import ModelInfo
 
-__all__ = ["FINETUNE_OVERRIDES", "FORM_FIELDS", "finetune_defaults", "finetune_job_spec", "job_classes"]
+__all__ = ["FINETUNE_OVERRIDES", "FORM_FIELDS", "NEW_MODEL_STEPS", "finetune_defaults", "finetune_job_spec",
+           "job_classes"]
 
 #: the TrainConfig fields the Fine-tune tab's form offers (the rest: TrainConfig's, or set below)
 FORM_FIELDS = ("steps", "lr", "crop", "batch_size", "aug_strength", "freeze_cnn", "freeze_swin")
@@ -30,6 +31,12 @@ FINETUNE_OVERRIDES: dict[str, Any] = {
     "steps": 60,  # with batch 4: Start -> re-segmented under a minute on a 2-core CPU
     "lr": 3e-4,  # a trained model is corrected, not trained from scratch: smaller steps
 }
+
+#: the steps the tab proposes for a model whose output layer no step has trained (the Model tab's new
+#: model for new classes): it learns from nothing, at the few-shot rates. The few-shot runs of
+#: docs/training.md ("A new material in a few labelled images") trained 174-233 steps of batch 4
+#: (150 CPU seconds); 60 steps, enough to correct a trained model, leave a new one half-taught.
+NEW_MODEL_STEPS = 200
 
 
 def finetune_defaults() -> dict[str, Any]:
