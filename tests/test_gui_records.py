@@ -71,3 +71,40 @@ def test_labels_opened_from_disk_name_their_classes_without_a_record(make_napari
     assert records.image_of(opened, guess=True) is image  # ... unless asked: the one open image of its shape
     viewer.add_image(np.zeros((16, 16), np.uint8), name="another")
     assert records.image_of(opened, guess=True) is None  # two candidates: none
+
+
+class _Segmentation:
+    """Stands in for the Segment tab: what the other panels may ask of it (the session's protocol)."""
+
+    running = False
+
+    def __init__(self, targets: list) -> None:
+        self._targets, self.calls = targets, []
+
+    def targets(self) -> list:
+        return list(self._targets)
+
+    def segment(self, layers=None, on_done=None, keep=None, uncertainty=False):
+        self.calls.append((list(layers or []), uncertainty))
+        return object()
+
+
+@pytest.mark.gui
+def test_the_panels_segment_through_the_session_never_through_the_segment_tab(widget):
+    """The Segment tab registers itself with the session and relays what it wrote; the Fine-tune tab
+    and the correction queue ask the session, so any Segmentation serves them."""
+    w = widget
+    assert w.session.segmentation is w.segment_panel
+    relayed: list = []
+    w.session.segmented.connect(relayed.append)
+    image = w.viewer.layers[0]
+    written = w.viewer.add_labels(np.zeros(image.data.shape[:2], np.uint8), name=f"{image.name} labels")
+    w.segment_panel.segmented.emit([written])
+    assert [[id(x) for x in r] for r in relayed] == [[id(written)]]
+    assert w.viewer.layers.selection.active.name == written.name  # the Correct tab paints on it  # the Correct tab paints on it
+    stand_in = _Segmentation([image])
+    w.session.segmentation = stand_in
+    w.session.correcting = None
+    assert w.finetune_panel._images_to_resegment() == [image]  # the Segment tab's choice, via the session
+    w.session.segmentation = None
+    assert w.finetune_panel._images_to_resegment() == []

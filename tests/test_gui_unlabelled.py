@@ -112,7 +112,7 @@ def test_at_most_four_other_images_newest_first_and_the_choice_is_remembered(wid
     w.finetune_panel.keep_others.value = False
     spec = _start(w, qtbot, specs)
     assert not spec.unlabelled
-    again = finetune_module.FinetunePanel(w.viewer, w.session, w.segment_panel)
+    again = finetune_module.FinetunePanel(w.viewer, w.session)
     assert again.keep_others.value is False
     assert again.params() == w.finetune_panel.params()  # the form's values still come back as before
 

@@ -20,7 +20,6 @@ from .common import LayerPicker, StatusLine, form_group, hbox
 from .config_form import config_form, form_rows
 from .live_box import LiveBox
 from .queue_box import ACCEPT_KEY, NEXT_KEY, QueueBox
-from .segment_panel import SegmentPanel
 from .serial_worker import SerialWorker
 from .session import ModelSession
 from .theme import swatch_icon, theme_color
@@ -35,8 +34,7 @@ KEY_SETTINGS = ("class_keys_on_layer", "queue_keys_on_layer")
 class CorrectPanel(QWidget):
     """Class palette, revert/undo, the annotation set."""
 
-    def __init__(self, viewer: napari.Viewer, session: ModelSession, segment: SegmentPanel | None = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.Viewer, session: ModelSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer, self.session = viewer, session
         self.store = session.annotations
@@ -59,7 +57,7 @@ class CorrectPanel(QWidget):
         self.region, self.add_btn, self.table, self.remove_btn = t.region, t.add_btn, t.table, t.remove_btn
         self.refresh_list, self.remove_selected, self.add_to_training_set = t.refresh_list, t.remove_selected, t.add
         self.mark_btn, self.mark_painted_reviewed = t.mark_btn, t.mark_painted_reviewed
-        self.queue = QueueBox(viewer, session, self.layer, self.status, segment,
+        self.queue = QueueBox(viewer, session, self.layer, self.status,
                               layer_keys=session.settings.queue_keys_on_layer, writer=self.writer)
         self.keys = config_form(Settings, KEY_SETTINGS, {k: getattr(session.settings, k) for k in KEY_SETTINGS})
         self.keys.changed.connect(self._keys_changed)
@@ -68,14 +66,13 @@ class CorrectPanel(QWidget):
             shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
             shortcut.activated.connect(lambda v=value: self._class_key(v))
         self.queue.corrected.connect(self.refresh_list)
-        self.live = LiveBox(session, self.store, segment, self.queue) if segment is not None else None
+        self.live = LiveBox(session, self.store, self.queue)
 
         buttons = hbox(self.revert_btn, self.undo_btn)
         layout = QVBoxLayout(self)
         layout.addWidget(form_group("Paint", [("labels", self.labels), self.palette_box, buttons]))
         layout.addWidget(self.queue)
-        if self.live is not None:
-            layout.addWidget(self.live)
+        layout.addWidget(self.live)
         layout.addWidget(self.training)
         layout.addWidget(form_group("Keyboard", form_rows(self.keys)))
         layout.addWidget(self.status)

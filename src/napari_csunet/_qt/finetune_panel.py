@@ -50,7 +50,6 @@ from .finetune_text import (
 )
 from .other_images import KEEP_OTHERS, other_open_images, write_unlabelled
 from .plot import TrainingPlot
-from .segment_panel import SegmentPanel
 from .serial_worker import SerialWorker
 from .session import ModelSession
 
@@ -64,10 +63,9 @@ class FinetunePanel(QWidget):
     #: emitted when a fine-tune saved a model file that is not loaded (offered or kept aside)
     saved = Signal(str)
 
-    def __init__(self, viewer: napari.Viewer, session: ModelSession, segment: SegmentPanel,
-                 parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: napari.Viewer, session: ModelSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer, self.session, self.segment_panel = viewer, session, segment
+        self.viewer, self.session = viewer, session
         from csunet_train.config import TrainConfig
 
         saved = session.settings.finetune  # older settings may hold keys no longer offered (pseudo_weight)
@@ -419,7 +417,8 @@ class FinetunePanel(QWidget):
 
         def segment(vouched: dict[str, np.ndarray | None] | None) -> None:
             keep = self._corrections if vouched is None else (lambda layer: self._corrections(layer, vouched))
-            if self.segment_panel.segment(layers, on_done=lambda written: self._resegmented(path, written),
+            segmentation = self.session.segmentation
+            if segmentation is None or segmentation.segment(layers, on_done=lambda written: self._resegmented(path, written),
                                           keep=keep) is None:
                 self.status.warning(f"model {Path(path).name} is current; segment again in the Segment tab")
 
@@ -449,7 +448,9 @@ class FinetunePanel(QWidget):
         """The image of the Correct tab's labels layer, else the Segment tab's choice."""
         layer = self.session.correcting
         image = self.session.records.image_of(layer) if layer is not None else None
-        return [image] if image is not None else self.segment_panel.targets()
+        if image is not None:
+            return [image]
+        return self.session.segmentation.targets() if self.session.segmentation is not None else []
 
     def _ev_exit(self, ev: dict) -> None:
         self.job = None

@@ -24,7 +24,6 @@ from ..loop.training_job import TrainingJob
 from ..models.catalog import model_stem, user_models_dir
 from .common import EventRelay, StatusLine, hbox
 from .queue_box import QueueBox
-from .segment_panel import SegmentPanel
 from .serial_worker import SerialWorker
 from .session import ModelSession
 
@@ -43,10 +42,10 @@ class _Refused(Exception):
 class LiveBox(QWidget):
     """Toggle, state ("prediction updated at …"), Stop."""
 
-    def __init__(self, session: ModelSession, store: AnnotationStore, segment: SegmentPanel, queue: QueueBox,
+    def __init__(self, session: ModelSession, store: AnnotationStore, queue: QueueBox,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.session, self.store, self.segment, self.queue = session, store, segment, queue
+        self.session, self.store, self.queue = session, store, queue
         self.toggle = QCheckBox("live update after each correction")
         self.toggle.setToolTip("after each corrected or accepted region: a short fine-tune (encoders frozen) in "
                                "the background, then the image is segmented again and the queue re-ranked")
@@ -101,7 +100,8 @@ class LiveBox(QWidget):
         if info is None or path is None or self.session.unsaved:
             self.state.error("live update needs a model saved as a file: load one, or fine-tune once")
             return False
-        if self.session.busy or self.segment.running:
+        segmentation = self.session.segmentation
+        if self.session.busy or segmentation is None or segmentation.running:
             self.state.warning("busy (loading or segmenting): correct again when it is done", notify=False)
             return False
         base = model_stem(info.name or "model").split("-live-")[0]
@@ -173,7 +173,8 @@ class LiveBox(QWidget):
         if image is None:
             self._finish(True, f"new model {Path(path).name}; segment again to see it")
             return
-        if self.segment.segment([image], keep=self.queue.corrections, on_done=lambda _w: self._finish(True),
+        segmentation = self.session.segmentation
+        if segmentation is None or segmentation.segment([image], keep=self.queue.corrections, on_done=lambda _w: self._finish(True),
                                 uncertainty=True) is None:
             self._finish(False, "could not segment again (busy)")
 

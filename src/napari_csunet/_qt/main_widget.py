@@ -63,8 +63,8 @@ class CSUNetWidget(QWidget):
         self.session = ModelSession(load_settings(), viewer=napari_viewer, parent=self)  # one store: ours (the CLI reads it too)
         self.model_panel = ModelPanel(napari_viewer, self.session)
         self.segment_panel = SegmentPanel(napari_viewer, self.session)
-        self.correct_panel = CorrectPanel(napari_viewer, self.session, segment=self.segment_panel)
-        self.finetune_panel = FinetunePanel(napari_viewer, self.session, self.segment_panel)
+        self.correct_panel = CorrectPanel(napari_viewer, self.session)
+        self.finetune_panel = FinetunePanel(napari_viewer, self.session)
         self.inspect_panel = InspectPanel(napari_viewer, self.session)
         self.tabs = QTabWidget()
         for title, panel in (("Model", self.model_panel), ("Segment", self.segment_panel),
@@ -78,7 +78,7 @@ class CSUNetWidget(QWidget):
         layout.addWidget(self.tabs)
         follow_theme(napari_viewer, lambda: self.model_panel.files.setStyleSheet(selection_style(napari_viewer)))
         self.session.changed.connect(self._after_model_loaded)
-        self.segment_panel.segmented.connect(lambda layers: self.correct_panel.paint_on(layers[-1]))
+        self.session.segmented.connect(lambda layers: self.correct_panel.paint_on(layers[-1]))
         self.correct_panel.training.changed.connect(self.finetune_panel.show_training_set)
         # the model list reads every model file's header: after a fine-tuned model loads, in a turn of
         # its own, not in the one that starts segmenting with it

@@ -23,7 +23,6 @@ from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QShortcut, QVBoxLayou
 from ..images.annotations import AnnotationStore
 from ..loop.correction_queue import CorrectionQueue, Region
 from .common import OUTPUT, StatusLine, form_group, hbox
-from .segment_panel import SegmentPanel
 from .serial_worker import SerialWorker
 from .session import ModelSession
 
@@ -62,10 +61,10 @@ class QueueBox(QWidget):
     corrected = Signal()
 
     def __init__(self, viewer: napari.Viewer, session: ModelSession, layer: Callable[[], Labels | None],
-                 status: StatusLine, segment: SegmentPanel | None = None, layer_keys: bool = False,
+                 status: StatusLine, layer_keys: bool = False,
                  writer: SerialWorker | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer, self.session, self.status, self.segment = viewer, session, status, segment
+        self.viewer, self.session, self.status = viewer, session, status
         self.store: AnnotationStore = session.annotations
         self.writer = writer or SerialWorker("csunet-annotations", self)  # the annotation set's writes
         self._layer, self.layer_keys = layer, layer_keys
@@ -100,8 +99,7 @@ class QueueBox(QWidget):
         self._timer.timeout.connect(self.check_painted)
         self._watched: Labels | None = None
         self._kick = lambda *_: self._timer.start()
-        if segment is not None:
-            segment.segmented.connect(self._on_segmented)
+        session.segmented.connect(self._on_segmented)
         self._update_enabled()
 
     # -- ranking ---------------------------------------------------------------------------------
@@ -141,11 +139,11 @@ class QueueBox(QWidget):
         uncertainty = self.uncertainty_of(layer)
         if uncertainty is None:
             image = self.image_of(layer)
-            if self.segment is None or image is None:
+            if self.session.segmentation is None or image is None:
                 self.status.error("no uncertainty for this image: segment it with 'uncertainty layer' on")
                 return False
             self.status.info("segmenting again for the uncertainty (your corrections stay) …")
-            return self.segment.segment([image], keep=self.corrections, on_done=self._rank_after,
+            return self.session.segmentation.segment([image], keep=self.corrections, on_done=self._rank_after,
                                         uncertainty=True) is not None
         done = self.corrections(layer)
         self.queue = CorrectionQueue.from_uncertainty(uncertainty, int(self.size.currentText()), done=done,

@@ -234,6 +234,8 @@ class SegmentPanel(QWidget):
     def __init__(self, viewer: napari.Viewer, session: ModelSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer, self.session = viewer, session
+        session.segmentation = self  # the other panels segment through the session
+        self.segmented.connect(session.segmented.emit)
         self.images = LayerPicker(viewer, Image, extra=(ALL_IMAGES,), accept=is_input_image)
         self.want_probs = QCheckBox("probability layers")
         self.want_uncertainty = QCheckBox("uncertainty layer")

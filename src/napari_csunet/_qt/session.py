@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from napari.qt.threading import create_worker
 from napari.utils import progress
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
     import napari.layers
 
-__all__ = ["ModelSession", "leave_a_core_for_the_gui", "BAR_AFTER_MS"]
+__all__ = ["ModelSession", "Segmentation", "leave_a_core_for_the_gui", "BAR_AFTER_MS"]
 
 #: a job of the session (loading, building, saving a model) gets a bar in napari's activity dock
 #: when it is still running after this many ms
@@ -45,6 +45,19 @@ def leave_a_core_for_the_gui() -> None:
         torch.set_num_threads(max(1, cores - 1))
 
 
+class Segmentation(Protocol):
+    """What segments image layers for the other panels (the Segment tab registers itself): the
+    re-segmentation after a fine-tune or a live update, and for the correction queue, go through it."""
+
+    @property
+    def running(self) -> bool: ...
+
+    def targets(self) -> list: ...
+
+    def segment(self, layers: list | None = None, on_done: Callable[[list], None] | None = None,
+                keep: Callable[[Any], Any] | None = None, uncertainty: bool = False) -> Any: ...
+
+
 class ModelSession(QObject):
     """The :class:`~napari_csunet.engine.predictor.Segmenter` and what it was loaded from, the annotation
     set (``annotations``), the per-image records (``records``) and the labels layer the Correct tab
@@ -55,6 +68,8 @@ class ModelSession(QObject):
     #: emitted with a message when loading failed (the old model stays)
     failed = Signal(str)
     busy_changed = Signal(bool)
+    #: emitted with the Labels layers one segmentation run wrote (whoever asked ``segmentation`` for it)
+    segmented = Signal(list)
 
     def __init__(self, settings: Settings | None = None, annotations: AnnotationStore | None = None,
                  viewer: napari.Viewer | None = None, parent: QObject | None = None) -> None:
@@ -64,6 +79,7 @@ class ModelSession(QObject):
         #: one record per image: calibration, and once segmented its labels' facts (forgotten with the layers)
         self.records = ImageRecords(viewer)
         self.correcting = None  # the Labels layer chosen in the Correct tab (napari.layers.Labels | None)
+        self.segmentation: Segmentation | None = None  # set by the Segment tab
         self.segmenter = None
         self.path: Path | None = None  # model file, None for an unsaved preset build
         self.unsaved = False
