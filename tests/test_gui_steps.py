@@ -73,13 +73,19 @@ def test_a_held_back_layer_is_inserted_then_shown_in_steps(make_napari_viewer):
     assert written is layer and layer in viewer.layers
     assert viewer.layers.selection.active == image  # not activated on insertion: a later step selects it
     assert later and not layer.visible
-    for step in later:
+    qt_viewer = viewer.window._qt_viewer  # napari's visual and controls of the layer: made by the first two steps
+    assert layer not in qt_viewer.canvas.layer_to_visual and layer not in qt_viewer.controls.widgets
+    later[0]()
+    assert layer in qt_viewer.canvas.layer_to_visual and layer not in qt_viewer.controls.widgets
+    for step in later[1:]:
         step()
+    assert layer in qt_viewer.controls.widgets
     assert layer.visible and all(o.visible for o in _labels_overlays(layer))
     assert viewer.layers.selection.active == layer  # as napari's own insertion would have left it
 
     # without ``later`` the steps run at once: the same result in one go
     other = viewer.add_image(np.zeros((64, 64), np.uint8), name="other")
+    assert other in qt_viewer.canvas.layer_to_visual and other in qt_viewer.controls.widgets  # napari's as before
     second = new_labels_layer(other, pred, info)
     written = write_prediction(viewer, records, other, pred, info, "m", prepared=Prepared(second, hold_back(second)))
     assert written.visible and all(o.visible for o in _labels_overlays(written))

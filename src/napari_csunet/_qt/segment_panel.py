@@ -16,7 +16,8 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import napari
 import numpy as np
@@ -121,6 +122,38 @@ def _not_activated(viewer: napari.Viewer) -> Iterator[None]:
         layers._activate_on_insert = before
 
 
+@contextmanager
+def _views_deferred(viewer: napari.Viewer) -> Iterator[Callable[[Labels], list[Callable[[], None]]]]:
+    """napari makes a new layer's vispy visual and its controls in the insertion's turn (15-25 ms
+    each on a quiet 2-core machine, with the insertion itself over 50 ms in all): inside this
+    context they are held back; the yielded function returns the two steps that make them, for
+    the following turns (before the layer is shown or selected, which need them). Without napari's
+    Qt viewer (headless, or napari changed) nothing is held back and no steps are returned."""
+    raw = getattr(viewer, "__wrapped__", viewer)  # napari's own objects, not a plugin's proxies
+    qt_viewer = getattr(getattr(raw, "window", None), "_qt_viewer", None)
+    handlers = [getattr(qt_viewer, "_on_add_layer_change", None),
+                getattr(getattr(qt_viewer, "controls", None), "_add", None)]
+    emitter = raw.layers.events.inserted
+    if any(h is None for h in handlers) or not hasattr(emitter, "block"):
+        yield lambda _layer: []
+        return
+    for handler in handlers:
+        emitter.block(handler)
+    try:
+        def made_later(layer: Labels) -> list[Callable[[], None]]:
+            event = SimpleNamespace(value=getattr(layer, "__wrapped__", layer))
+
+            def make(handler: Callable[[Any], None]) -> Callable[[], None]:
+                return lambda: handler(event) if layer in viewer.layers else None
+
+            return [make(handler) for handler in handlers]
+
+        yield made_later
+    finally:
+        for handler in handlers:
+            emitter.unblock(handler)
+
+
 def _select(viewer: napari.Viewer, layer: Labels) -> None:
     if layer in viewer.layers:
         viewer.layers.selection.active = layer
@@ -171,9 +204,9 @@ def write_prediction(viewer: napari.Viewer, records: ImageRecords, image: Image,
             prepared, reveal = prepared
         fits = prepared is not None and prepared.name == name and prepared.data.shape == pred.labels.shape
         if fits and reveal:
-            with _not_activated(viewer):
+            with _not_activated(viewer), _views_deferred(viewer) as made_later:
                 layer = viewer.add_layer(prepared)
-            steps = [*reveal, lambda: _select(viewer, layer)]
+            steps = [*made_later(layer), *reveal, lambda: _select(viewer, layer)]
             if later is None:
                 for step in steps:
                     step()
