@@ -44,20 +44,40 @@ def test_a_record_answers_for_its_image_and_labels(make_napari_viewer):
     assert records.prediction(labels) is None and records.painted(labels) is None
 
 
-@pytest.mark.parametrize("removed, record_left, labels_left", [("im", False, False), ("im labels", True, False)])
-def test_a_record_is_forgotten_with_its_layers(make_napari_viewer, removed, record_left, labels_left):
+def test_a_record_is_forgotten_with_its_layers(make_napari_viewer):
+    """Closing the image keeps what its open labels need (Revert, Undo, what was painted); closing
+    the labels too forgets the record. Closing the labels first keeps the image's calibration."""
     from napari_csunet._qt.calibration import databar_of, pixel_size_of
 
     viewer = make_napari_viewer()
     records, image, labels = _segmented(viewer)
+    viewer.layers.remove("im")
+    record = records.for_labels(labels)
+    assert records.for_image(image) is None and len(records) == 1 and record.image is None
+    assert records.prediction(labels) is not None and records.painted(labels).sum() == 1
+    assert records.image_of(labels) is None
+    viewer.layers.remove("im labels")
+    assert len(records) == 0
+
+    records, image, labels = _segmented(viewer)
     assert pixel_size_of(records.of_image(image)) is None and databar_of(records.of_image(image)) is None  # read
-    viewer.layers.remove(removed)
+    viewer.layers.remove("im labels")
     record = records.for_image(image)
-    assert (record is not None) == record_left and len(records) == int(record_left)
-    assert (records.for_labels(labels) is not None) == labels_left
-    if record is not None:  # the labels' facts went with them; the image's calibration stays
-        assert record.labels is None and record.prediction is None and record.previous is None
-        assert record.pixel_size is None and record.databar is None
+    assert len(records) == 1 and records.for_labels(labels) is None  # the labels' facts went with them
+    assert record.labels is None and record.prediction is None and record.previous is None
+    assert record.pixel_size is None and record.databar is None  # the image's calibration stays
+
+
+def test_a_record_is_not_kept_for_a_closed_image_and_labels_belong_to_one_image(make_napari_viewer):
+    viewer = make_napari_viewer()
+    records, image, labels = _segmented(viewer)
+    gone = viewer.add_image(np.zeros((16, 16), np.uint8), name="closed while segmenting")
+    viewer.layers.remove(gone)
+    records.register(gone, labels, np.ones((16, 16), np.uint8), NAMES, COLORS)  # its result came late
+    assert records.for_image(gone) is None and len(records) == 1  # nothing would ever forget it
+    other = viewer.add_image(np.zeros((16, 16), np.uint8), name="renamed")
+    records.register(other, labels, np.full((16, 16), 2, np.uint8), NAMES, COLORS)
+    assert records.for_labels(labels).image is other and records.for_image(image).labels is None
 
 
 def test_labels_opened_from_disk_name_their_classes_without_a_record(make_napari_viewer):

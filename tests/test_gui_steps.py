@@ -73,13 +73,12 @@ def test_a_held_back_layer_is_inserted_then_shown_in_steps(make_napari_viewer):
     assert written is layer and layer in viewer.layers
     assert viewer.layers.selection.active == image  # not activated on insertion: a later step selects it
     assert later and not layer.visible
-    qt_viewer = viewer.window._qt_viewer  # napari's visual and controls of the layer: made by the first two steps
-    assert layer not in qt_viewer.canvas.layer_to_visual and layer not in qt_viewer.controls.widgets
+    qt_viewer = viewer.window._qt_viewer  # napari's visual of the layer: made by the first step
+    assert layer not in qt_viewer.canvas.layer_to_visual and layer in qt_viewer.controls.widgets
     later[0]()
-    assert layer in qt_viewer.canvas.layer_to_visual and layer not in qt_viewer.controls.widgets
+    assert layer in qt_viewer.canvas.layer_to_visual
     for step in later[1:]:
         step()
-    assert layer in qt_viewer.controls.widgets
     assert layer.visible and all(o.visible for o in _labels_overlays(layer))
     assert viewer.layers.selection.active == layer  # as napari's own insertion would have left it
 
@@ -94,6 +93,44 @@ def test_a_held_back_layer_is_inserted_then_shown_in_steps(make_napari_viewer):
     assert record.image is other and records.image_of(written) is other and len(records) == 2
     np.testing.assert_array_equal(record.prediction, pred.labels)
     assert record.prediction is not written.data  # painting never edits the prediction
+
+
+@pytest.mark.parametrize("before_steps", ["removed", "selected", "nothing selected, with an uncertainty layer"])
+def test_a_held_back_layer_survives_what_the_user_does_before_its_steps(make_napari_viewer, before_steps):
+    """napari's canvas needs a layer's visual on a removal: it is made then, at once; a selection needs
+    only the controls (made on insertion); the uncertainty layer goes under the labels once napari
+    has made the visual."""
+    from napari_csunet._qt.records import ImageRecords
+    from napari_csunet._qt.segment_panel import (
+        Prepared,
+        hold_back,
+        new_labels_layer,
+        write_prediction,
+    )
+    from napari_csunet.models import get_preset
+    from napari_csunet.models.modelfile import ModelInfo
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((64, 64), np.uint8), name="im")
+    info = ModelInfo(get_preset("csunet-tiny").config, ["a", "b", "c"], preset="csunet-tiny", name="m")
+    pred = _Pred(np.ones((64, 64), np.uint8))
+    pred.uncertainty = np.zeros((64, 64), np.float32)
+    layer = new_labels_layer(image, pred, info)
+    later: list = []
+    viewer.layers.selection.clear()
+    written = write_prediction(viewer, ImageRecords(viewer), image, pred, info, "m",
+                               prepared=Prepared(layer, hold_back(layer)), later=later)
+    if before_steps == "removed":
+        viewer.layers.remove(written)  # napari's removal handlers find its visual
+    elif before_steps == "selected":
+        viewer.layers.selection.active = written  # its controls are napari's, made on insertion
+    for step in later:
+        step()
+    if before_steps == "removed":
+        assert written not in viewer.layers and "im uncertainty" not in viewer.layers
+    else:
+        assert viewer.layers.index("im uncertainty") < viewer.layers.index(written)  # under the labels
+        assert viewer.layers.selection.active == written and written.visible
 
 
 def test_a_prediction_that_keeps_corrections_stores_the_raw_prediction(make_napari_viewer):

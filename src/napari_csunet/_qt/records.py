@@ -39,7 +39,7 @@ def _raw(layer: Any) -> Any:
 class ImageRecord:
     """What the plugin knows about one image (``_qt.calibration`` reads and sets its calibration)."""
 
-    image: Image
+    image: Image | None  # None once the image is closed while its labels stay open (Revert, Undo still work)
     pixel_size: PixelSize | None = UNREAD  # None: unknown (lengths in px)
     databar: DataBar | None = UNREAD  # None: no data bar, or the user switched it off
     labels: Labels | None = None
@@ -69,8 +69,15 @@ class ImageRecords:
     def register(self, image: Image, labels: Labels, prediction: np.ndarray | None,
                  class_names: list[str], class_colors: list[str], previous: np.ndarray | None = None,
                  model_name: str = "") -> ImageRecord:
-        """``labels`` now hold a segmentation of ``image``: its record, made or brought up to date."""
-        record = self.of_image(image)
+        """``labels`` now hold a segmentation of ``image``: its record, made or brought up to date
+        (not kept when ``image`` was closed meanwhile: nothing would ever forget it)."""
+        for other in self._records:  # the labels now belong to this image alone
+            if other.labels is _raw(labels) and other.image is not _raw(image):
+                other.forget_labels()
+        if self.viewer is not None and not any(_raw(lay) is _raw(image) for lay in self.viewer.layers):
+            record = ImageRecord(_raw(image))
+        else:
+            record = self.of_image(image)
         record.labels, record.prediction, record.previous = _raw(labels), prediction, previous
         record.class_names, record.class_colors = list(class_names), list(class_colors)
         record.model_name = model_name
@@ -134,8 +141,12 @@ class ImageRecords:
         return list(colors) if colors else None
 
     def _removed(self, event: Any) -> None:
+        """An image closed: its record goes, unless its labels are still open (then only the image
+        and its calibration go); labels closed: their facts go, and the record once both are gone."""
         layer = _raw(event.value)
-        self._records = [r for r in self._records if r.image is not layer]
         for record in self._records:
+            if record.image is layer:
+                record.image, record.pixel_size, record.databar = None, UNREAD, UNREAD
             if record.labels is layer:
                 record.forget_labels()
+        self._records = [r for r in self._records if r.image is not None or r.labels is not None]

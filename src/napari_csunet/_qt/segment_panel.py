@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import napari
 import numpy as np
@@ -124,34 +124,38 @@ def _not_activated(viewer: napari.Viewer) -> Iterator[None]:
 
 @contextmanager
 def _views_deferred(viewer: napari.Viewer) -> Iterator[Callable[[Labels], list[Callable[[], None]]]]:
-    """napari makes a new layer's vispy visual and its controls in the insertion's turn (15-25 ms
-    each on a quiet 2-core machine, with the insertion itself over 50 ms in all): inside this
-    context they are held back; the yielded function returns the two steps that make them, for
-    the following turns (before the layer is shown or selected, which need them). Without napari's
-    Qt viewer (headless, or napari changed) nothing is held back and no steps are returned."""
+    """napari makes a new layer's vispy visual in the insertion's turn (about 25 ms on a quiet 2-core
+    machine, which took the turn over 50 ms with the layer's controls and the paint): inside this
+    context it is held back; the yielded function returns the step that makes it, for the next turn
+    (before the layer is shown, which needs it). napari's canvas waits for every layer's visual
+    before it redraws the scene graph; a removal of any layer before the step ran (napari's canvas
+    needs the visual then) makes it at once. Without napari's Qt viewer nothing is held back."""
     raw = getattr(viewer, "__wrapped__", viewer)  # napari's own objects, not a plugin's proxies
-    qt_viewer = getattr(getattr(raw, "window", None), "_qt_viewer", None)
-    handlers = [getattr(qt_viewer, "_on_add_layer_change", None),
-                getattr(getattr(qt_viewer, "controls", None), "_add", None)]
-    emitter = raw.layers.events.inserted
-    if any(h is None for h in handlers) or not hasattr(emitter, "block"):
+    make_visual = getattr(getattr(getattr(raw, "window", None), "_qt_viewer", None), "_on_add_layer_change", None)
+    layers = raw.layers
+    emitter = layers.events.inserted
+    if make_visual is None or not hasattr(emitter, "block"):
         yield lambda _layer: []
         return
-    for handler in handlers:
-        emitter.block(handler)
+    emitter.block(make_visual)
     try:
         def made_later(layer: Labels) -> list[Callable[[], None]]:
-            event = SimpleNamespace(value=getattr(layer, "__wrapped__", layer))
+            target = getattr(layer, "__wrapped__", layer)
+            pending = [make_visual]
 
-            def make(handler: Callable[[Any], None]) -> Callable[[], None]:
-                return lambda: handler(event) if layer in viewer.layers else None
+            def step(*_: object) -> None:  # also called by napari just before a removal
+                while pending:
+                    handler = pending.pop()
+                    if any(lay is target for lay in layers):
+                        handler(SimpleNamespace(value=target))
+                layers.events.removing.disconnect(step)
 
-            return [make(handler) for handler in handlers]
+            layers.events.removing.connect(step)
+            return [step]
 
         yield made_later
     finally:
-        for handler in handlers:
-            emitter.unblock(handler)
+        emitter.unblock(make_visual)
 
 
 def _select(viewer: napari.Viewer, layer: Labels) -> None:
@@ -207,6 +211,9 @@ def write_prediction(viewer: napari.Viewer, records: ImageRecords, image: Image,
             with _not_activated(viewer), _views_deferred(viewer) as made_later:
                 layer = viewer.add_layer(prepared)
             steps = [*made_later(layer), *reveal, lambda: _select(viewer, layer)]
+            if extras:  # their layers go under this one, which napari must have made by then
+                steps.append(lambda: _write_extras(viewer, image, pred, info, below=layer) if layer in viewer.layers else None)
+                extras = False
             if later is None:
                 for step in steps:
                     step()
