@@ -46,6 +46,17 @@ def test_steps_run_in_order_one_per_turn_and_survive_a_failing_step(qtbot):
     assert ran == [1, 2, 3, 4] and len(raised) == 1  # reported like any slot's error; the next step ran
 
 
+def _first_prediction(make_napari_viewer):
+    """A viewer with an image, a model's info and a prediction for it."""
+    from napari_csunet.models import get_preset
+    from napari_csunet.models.modelfile import ModelInfo
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((64, 64), np.uint8), name="im")
+    info = ModelInfo(get_preset("csunet-tiny").config, ["a", "b", "c"], preset="csunet-tiny", name="m")
+    return viewer, image, info, _Pred(np.ones((64, 64), np.uint8))
+
+
 def test_a_held_back_layer_is_inserted_then_shown_in_steps(make_napari_viewer):
     from napari_csunet._qt.records import ImageRecords
     from napari_csunet._qt.segment_panel import (
@@ -54,13 +65,8 @@ def test_a_held_back_layer_is_inserted_then_shown_in_steps(make_napari_viewer):
         new_labels_layer,
         write_prediction,
     )
-    from napari_csunet.models import get_preset
-    from napari_csunet.models.modelfile import ModelInfo
 
-    viewer = make_napari_viewer()
-    image = viewer.add_image(np.zeros((64, 64), np.uint8), name="im")
-    info = ModelInfo(get_preset("csunet-tiny").config, ["a", "b", "c"], preset="csunet-tiny", name="m")
-    pred = _Pred(np.ones((64, 64), np.uint8))
+    viewer, image, info, pred = _first_prediction(make_napari_viewer)
 
     layer = new_labels_layer(image, pred, info)  # as on the worker thread
     reveal = hold_back(layer)
@@ -107,13 +113,8 @@ def test_a_held_back_layer_survives_what_the_user_does_before_its_steps(make_nap
         new_labels_layer,
         write_prediction,
     )
-    from napari_csunet.models import get_preset
-    from napari_csunet.models.modelfile import ModelInfo
 
-    viewer = make_napari_viewer()
-    image = viewer.add_image(np.zeros((64, 64), np.uint8), name="im")
-    info = ModelInfo(get_preset("csunet-tiny").config, ["a", "b", "c"], preset="csunet-tiny", name="m")
-    pred = _Pred(np.ones((64, 64), np.uint8))
+    viewer, image, info, pred = _first_prediction(make_napari_viewer)
     pred.uncertainty = np.zeros((64, 64), np.float32)
     layer = new_labels_layer(image, pred, info)
     later: list = []
