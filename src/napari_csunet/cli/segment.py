@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..atomic import atomic_path
+from ..colors import hex_rgb
 from ..engine.device import launch_ranks, rank_device
 from ..engine.lazy import is_lazy_input
 from ..engine.mosaic import mosaic_row
@@ -132,11 +133,6 @@ def output_stems(files: list[Path]) -> list[str]:
     return stems
 
 
-def _hex_rgb(color: str) -> tuple[int, int, int]:
-    c = color.lstrip("#")
-    return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
-
-
 def overlay(image: np.ndarray, labels: np.ndarray, colors: list[str], alpha: float = 0.4) -> np.ndarray:
     """uint8 RGB: the image contrast-stretched (0.5-99.5 percentiles) with class colours blended on."""
     from ..engine.predictor import split_planes
@@ -151,7 +147,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, colors: list[str], alpha: flo
     lo, hi = np.percentile(x[::step, ::step], (0.5, 99.5))
     grey = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1) * 255
     rgb = grey[..., None].repeat(3, -1) if grey.ndim == 2 else grey
-    palette = np.array([(0, 0, 0)] + [_hex_rgb(c) for c in colors], dtype=np.float32)
+    palette = np.array([(0, 0, 0)] + [hex_rgb(c) for c in colors], dtype=np.float32)
     return ((1 - alpha) * rgb + alpha * palette[labels]).round().astype(np.uint8)
 
 

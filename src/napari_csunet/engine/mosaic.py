@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..colors import hex_rgb
 from .lazy import open_lazy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -25,11 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["segment_mosaic", "create_labels_zarr", "class_counts", "CHUNK"]
 
 CHUNK = 1024  # zarr chunk side of the outputs
-
-
-def _rgba(color: str) -> list[int]:
-    c = color.lstrip("#")
-    return [int(c[i:i + 2], 16) for i in (0, 2, 4)] + [255]
 
 
 def _open_group(path: Path) -> Any:
@@ -61,7 +57,7 @@ def create_labels_zarr(path: str | Path, shape: tuple[int, ...], info: ModelInfo
         "multiscales": [{"version": "0.4", "name": name, "axes": axes, "datasets": [
             {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(shape)}]}]}],
         **({"image-label": {"version": "0.4", "source": {"image": "../../"},
-                            "colors": [{"label-value": k + 1, "rgba": _rgba(c)} for k, c in enumerate(info.class_colors)],
+                            "colors": [{"label-value": k + 1, "rgba": [*hex_rgb(c), 255]} for k, c in enumerate(info.class_colors)],
                             "properties": [{"label-value": k + 1, "class": n} for k, n in enumerate(info.class_names)]}}
            if dtype == "uint8" else {}),
         **classes,
