@@ -215,7 +215,7 @@ def test_the_resegmentation_keeps_corrections_read_ahead(widget, qtbot, monkeypa
         raise AssertionError("read on the GUI thread")
 
     monkeypatch.setattr(w.session.annotations, "vouched", no_read)
-    assert (panel._corrections(labels, {IMAGE: vouched}) == vouched).all()  # nothing painted yet
+    assert (w.session.corrections(labels, {IMAGE: vouched}) == vouched).all()  # nothing painted yet
 
     reads: list[str] = []
 

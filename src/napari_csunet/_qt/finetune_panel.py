@@ -416,7 +416,7 @@ class FinetunePanel(QWidget):
         store = self.session.annotations  # the training set's labels are read here, off the GUI thread
 
         def segment(vouched: dict[str, np.ndarray | None] | None) -> None:
-            keep = self._corrections if vouched is None else (lambda layer: self._corrections(layer, vouched))
+            keep = self.session.corrections if vouched is None else (lambda layer: self.session.corrections(layer, vouched))
             segmentation = self.session.segmentation
             if segmentation is None or segmentation.segment(layers, on_done=lambda written: self._resegmented(path, written),
                                           keep=keep) is None:
@@ -424,17 +424,6 @@ class FinetunePanel(QWidget):
 
         self.writer.submit(lambda: {lay.name: store.vouched(lay.name) for lay in layers}, segment,
                            lambda _exc: segment(None))
-
-    def _corrections(self, layer, vouched: dict[str, np.ndarray | None] | None = None) -> np.ndarray | None:
-        """What stays on screen: pixels painted in ``layer`` and those the training set holds for its
-        image (``vouched``: read ahead, by image name; else read now)."""
-        painted = self.session.records.painted(layer)
-        image = self.session.records.image_of(layer)
-        name = image.name if image is not None else None
-        vouched = vouched[name] if vouched is not None and name in vouched else self.session.annotations.vouched(name)
-        if vouched is not None and vouched.shape == layer.data.shape:
-            return vouched if painted is None else painted | vouched
-        return painted
 
     def _resegmented(self, path: str, written: list) -> None:
         names = [layer.name for layer in written]

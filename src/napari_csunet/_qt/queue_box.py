@@ -175,15 +175,8 @@ class QueueBox(QWidget):
 
     def corrections(self, layer: Labels) -> np.ndarray:
         """Pixels that stay as the user left them: painted, saved in the annotation set, in done regions."""
-        data = np.asarray(layer.data)
-        keep = np.zeros(data.shape, bool)
-        painted = self.session.records.painted(layer)
-        if painted is not None:
-            keep |= painted
-        image = self.image_of(layer)
-        vouched = self.store.vouched(image.name if image is not None else None)
-        if vouched is not None and vouched.shape == data.shape:
-            keep |= vouched
+        kept = self.session.corrections(layer)
+        keep = np.zeros(layer.data.shape, bool) if kept is None else kept.copy()
         if self.queue is not None and layer.name == self.owner:
             for region in self.queue.regions:
                 if region.done:
@@ -250,8 +243,8 @@ class QueueBox(QWidget):
             return False
         name, boxes = image.name, [list(r.box) for r in self.queue.regions if r.done]
         pixels, labels = np.asarray(image.data), np.array(layer.data)  # a copy: the brush keeps painting
-        prediction, names = self.session.records.prediction(layer), self.session.class_names(layer)
-        kwargs = {"class_names": names, "class_colors": self.session.class_colors(layer, len(names))}
+        prediction, (names, colors) = self.session.records.prediction(layer), self.session.classes(layer)
+        kwargs = {"class_names": names, "class_colors": colors}
         self.writer.submit(lambda: self.store.add(pixels, labels, name=name, prediction=prediction, regions=boxes,
                                                   merge=True, **kwargs),
                            lambda _entry: self.corrected.emit(),

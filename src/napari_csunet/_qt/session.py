@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from qtpy.QtCore import QObject, QTimer, Signal
@@ -114,6 +115,24 @@ class ModelSession(QObject):
 
             return [rgb_to_hex(labels.colormap.map(i + 1))[0][:7] for i in range(n)]
         return ["#808080"] * n
+
+    def classes(self, labels: napari.layers.Labels | None) -> tuple[list[str], list[str]]:
+        """A labels layer's class names and their colours, as saved with its corrections."""
+        names = self.class_names(labels)
+        return names, self.class_colors(labels, len(names))
+
+    def corrections(self, labels: napari.layers.Labels,
+                    vouched: dict[str, np.ndarray | None] | None = None) -> np.ndarray | None:
+        """The pixels of ``labels`` a re-segmentation keeps as the user left them: painted over the
+        model's prediction, and those the training set vouches for its image (``vouched``: read
+        ahead, by image name; else read now). None when there are neither."""
+        painted = self.records.painted(labels)
+        image = self.records.image_of(labels)
+        name = image.name if image is not None else None
+        saved = vouched[name] if vouched is not None and name in vouched else self.annotations.vouched(name)
+        if saved is not None and saved.shape == labels.data.shape:
+            return saved if painted is None else painted | saved
+        return painted
 
     def describe(self) -> str:
         if self.segmenter is None:

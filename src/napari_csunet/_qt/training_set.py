@@ -350,9 +350,9 @@ class TrainingSetBox(QWidget):
             self.status.error(f"which image do {layer.name!r} belong to? Segment the image to pair them")
             return None
         try:
-            names = self.session.class_names(layer)
+            names, colors = self.session.classes(layer)
             kwargs = dict(name=image.name, class_names=names, prediction=prediction, merge=True,
-                          class_colors=self.session.class_colors(layer, len(names)), **self.choice(layer))
+                          class_colors=colors, **self.choice(layer))
         except AnnotationError as exc:
             self.status.error(f"not added: {exc}")
             return None
