@@ -164,3 +164,4 @@ def test_stop_on_painted_pixels_only_offers_the_model_without_making_it_current(
     qtbot.waitUntil(lambda: not w.session.busy and not w.segment_panel.running and panel.resegmented is not None,
                     timeout=120_000)
     assert w.session.path.name.startswith("tiny-test-ft-") and panel.revert_btn.isEnabled()
+    assert "You chose to use it" in panel.result.text() and "Nothing fair" in panel.result.text()

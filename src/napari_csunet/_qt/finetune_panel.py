@@ -380,6 +380,9 @@ class FinetunePanel(QWidget):
             self.status.error("no fine-tuned model to use: fine-tune first")
             return
         self.offered = self.undecided = False
+        verdict = self.result.text()  # "offered, not made current" must not stand beside "is current"
+        self.result.info(f"{verdict}\nYou chose to use it: it is current now (Revert model goes back)."
+                         if verdict else "")
         self._switch_to(self.new_model, "the fine-tuned model")
 
     def revert_model(self) -> None:
