@@ -54,6 +54,8 @@ def main() -> int:
                         help="what trains and judges: painted pixels only; 'Mark painted areas as reviewed' (one "
                              "click); the boxes drawn as Shapes rectangles; the whole image")
     parser.add_argument("--screenshot", default=None, help="PNG of the window after the fine-tune")
+    parser.add_argument("--show-changes", action="store_true", help="then click 'Show what it changes' and "
+                        "score the changed pixels against the truth (right before, right after)")
     parser.add_argument("--tab", default="Fine-tune", help="dock tab(s) to show, comma-separated (one PNG each)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a job setting, e.g. distill_weight=0 (repeatable)")
@@ -149,6 +151,8 @@ def main() -> int:
         "panel_result": panel.result.text(), "finetune_and_resegment_s": round(finetune_s, 1),
         "total_s": round(time.perf_counter() - t0, 1),
     }
+    if args.show_changes:
+        result["changes"] = show_changes(app, panel, viewer, image, before, truth, outside)
     if args.screenshot:
         titles = [w.tabs.tabText(i) for i in range(w.tabs.count())]
         viewer.layers.selection.active = layer
@@ -163,6 +167,24 @@ def main() -> int:
     viewer.close()
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
+
+
+def show_changes(app, panel, viewer, image, before: np.ndarray, truth: np.ndarray, outside: np.ndarray) -> dict | None:
+    """'Show what it changes' as the user would click it; of the changed pixels (all, and outside the
+    corrected boxes), how many the model before had right and how many the new class makes right."""
+    from screenshot import _wait
+
+    if not panel.changes_btn.isEnabled() or not panel.show_changes():
+        return None
+    _wait(app, lambda: not panel.comparing, 600, "comparing the models")
+    changed = np.asarray(viewer.layers[f"{image.name} changes"].data)
+
+    def rights(where: np.ndarray) -> dict:
+        n = int(where.sum())
+        return {"changed_pixels": n, "right_before": float(np.mean(before[where] == truth[where])) if n else None,
+                "right_after": float(np.mean(changed[where] == truth[where])) if n else None}
+
+    return {"status": panel.status.text(), **rights(changed > 0), "outside_boxes": rights((changed > 0) & outside)}
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ pytest.importorskip("qtpy")
 pytestmark = pytest.mark.gui
 
 from napari.layers import Shapes  # noqa: E402
-from test_gui import CLASSES, segment  # noqa: E402 (fixtures: conftest.py)
+from test_gui import CLASSES, IMAGE, segment  # noqa: E402 (fixtures: conftest.py)
 
 from napari_csunet._qt.finetune_text import NOT_CHECKED  # noqa: E402
 from napari_csunet._qt.training_set import PAINTED_ONLY, REVIEWED_AREAS, painted_rectangles  # noqa: E402
@@ -111,6 +111,37 @@ def test_declining_an_offered_model_keeps_the_current_one(widget, qtbot):
     assert w.session.path == old and not w.session.busy and new.exists()
     assert not panel.use_btn.isEnabled() and not panel.revert_btn.isEnabled()
     assert new.name in panel.status.text()
+
+
+def test_show_what_an_offered_model_changes(widget, qtbot, tmp_path):
+    """The verdict says 'look at those areas': a changes layer per open image shows them."""
+    from fabricated import tiny_model_file
+
+    from napari_csunet._qt.common import OUTPUT
+
+    w = widget
+    segment(w, qtbot)
+    panel = w.finetune_panel
+    assert not panel.changes_btn.isEnabled()  # no fine-tune yet: nothing to compare
+    other = user_models_dir() / "tiny-test-ft-other.safetensors"  # other random weights: other answers
+    shutil.copy(tiny_model_file(tmp_path), other)
+    panel._start_model = w.session.path
+    panel._on_event({"event": "done", "path": str(other), "steps": 10, "stopped": False, "best_step": 10,
+                     "decision": _decision("unverified_elsewhere", False)})
+    assert panel.changes_btn.isEnabled() and panel.offered
+    assert panel.show_changes()
+    assert not panel.changes_btn.isEnabled() and not panel.start_btn.isEnabled()  # one thing at a time
+    qtbot.waitUntil(lambda: not panel.comparing, timeout=120_000)
+    layer = w.viewer.layers[f"{IMAGE} changes"]
+    image = w.viewer.layers[IMAGE]
+    assert layer.data.shape == image.data.shape[:2] and layer.metadata[OUTPUT]
+    assert set(np.unique(layer.data)) <= {0, 1, 2, 3} and layer.data.any()
+    assert f"what {other.name} changes against" in panel.status.text() and "% of the pixels change" in panel.status.text()
+    assert layer not in w.correct_panel.labels.layers()  # an output, not labels to correct
+    assert panel.changes_btn.isEnabled() and panel.use_btn.isEnabled()  # the offer still stands
+    assert panel.show_changes()  # asked again: the same layer, updated
+    qtbot.waitUntil(lambda: not panel.comparing, timeout=120_000)
+    assert [lay.name for lay in w.viewer.layers].count(f"{IMAGE} changes") == 1
 
 
 def _save_model(tmp_name: str, provenance: dict, source) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_csunet.measure.metrics import change_from_confusion
+
 from .data import LabelledImage
 
 __all__ = ["UNSEEN_BLOCK", "UNSEEN_EVERY", "UnseenPixels", "hold_out_unseen", "unseen_lattice"]
@@ -60,13 +62,9 @@ class UnseenPixels:
             ref = teacher[held].astype(np.int64)
             per_image[item.name] = round(float(np.mean(new != ref)), 4)
             cm += np.bincount((ref - 1) * k + new - 1, minlength=k * k).reshape(k, k)
-        total = int(cm.sum())
-        tp = np.diag(cm).astype(np.float64)
-        union = cm.sum(0) + cm.sum(1) - tp
-        present = union > 0
-        per_class = {name: round(float(1 - tp[c] / union[c]), 4) for c, name in enumerate(class_names) if present[c]}
-        return {"pixels": total, "changed": float(1 - tp.sum() / total) if total else 0.0,
-                "class_changed": per_class,
+        changed, by_index = change_from_confusion(cm)
+        per_class = {name: by_index[c] for c, name in enumerate(class_names) if c in by_index}
+        return {"pixels": int(cm.sum()), "changed": changed, "class_changed": per_class,
                 "mean_class_changed": float(np.mean(list(per_class.values()))) if per_class else 0.0,
                 "per_image": per_image}
 

@@ -16,7 +16,7 @@ from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import QGridLayout, QPushButton, QShortcut, QVBoxLayout, QWidget
 
 from ..settings import Settings, save_settings
-from .common import LayerPicker, StatusLine, form_group, hbox
+from .common import LayerPicker, StatusLine, form_group, hbox, is_input_image
 from .config_form import config_form, form_rows
 from .live_box import LiveBox
 from .queue_box import ACCEPT_KEY, NEXT_KEY, QueueBox
@@ -38,7 +38,7 @@ class CorrectPanel(QWidget):
         super().__init__(parent)
         self.viewer, self.session = viewer, session
         self.store = session.annotations
-        self.labels = LayerPicker(viewer, Labels)
+        self.labels = LayerPicker(viewer, Labels, accept=is_input_image)  # not a changes layer
         self.labels.changed.connect(self._on_labels_changed)
         self.palette_box = QWidget()
         self.palette = QGridLayout(self.palette_box)

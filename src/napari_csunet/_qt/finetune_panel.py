@@ -14,6 +14,10 @@ the child shows its message; napari and the annotations are untouched.
 corrected to the child as ``unlabelled`` images: it distils to the starting model's answers there
 too, so a fine-tune on one image does not drift on the rest of the material. They are written to
 TIFFs on a worker thread before the child starts.
+
+"Show what it changes" segments the open images with the fine-tuned model and the one before it
+(on a worker thread) and marks, per image, the pixels whose class changes: what the verdict's
+"look at those areas" points to (``loop.compare``, ``_qt.changes_view``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from magicgui.widgets import CheckBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
+from ..loop.compare import Comparison, changes_text, compare_models
 from ..loop.finetune_job import (
     FORM_FIELDS,
     NEW_MODEL_STEPS,
@@ -38,6 +43,7 @@ from ..loop.outcome import Outcome
 from ..loop.training_job import TrainingJob
 from ..models.catalog import finetuned_name, model_stem, user_models_dir
 from ..settings import save_settings
+from .changes_view import show_changes
 from .common import EventRelay, StatusLine, form_group, hbox, start_training_child
 from .config_form import config_form, form_rows, form_values
 from .finetune_text import (
@@ -48,7 +54,7 @@ from .finetune_text import (
     other_images_note,
     other_images_use,
 )
-from .other_images import KEEP_OTHERS, other_open_images, write_unlabelled
+from .other_images import KEEP_OTHERS, MAX_OTHERS, other_open_images, write_unlabelled
 from .plot import TrainingPlot
 from .serial_worker import SerialWorker
 from .session import ModelSession
@@ -89,6 +95,10 @@ class FinetunePanel(QWidget):
         self.revert_btn.setToolTip("back to the model from before the last fine-tune (the fine-tuned one stays "
                                    "saved in the Model tab)")
         self.revert_btn.clicked.connect(lambda: self.revert_model())
+        self.changes_btn = QPushButton("Show what it changes")
+        self.changes_btn.setToolTip("segment the open images with the fine-tuned model and the one before it, and "
+                                    "mark the pixels whose class changes (a layer per image, in the new class)")
+        self.changes_btn.clicked.connect(lambda: self.show_changes())
         self.plot = TrainingPlot()
         self.plot.clear(self.form.steps.value)  # the axis the run will have, before it starts
         self.form.steps.changed.connect(self._steps_changed)
@@ -104,6 +114,7 @@ class FinetunePanel(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.result)
         layout.addWidget(hbox(self.use_btn, self.revert_btn))
+        layout.addWidget(self.changes_btn)
         layout.addStretch(1)
 
         self.job: TrainingJob | None = None
@@ -116,6 +127,7 @@ class FinetunePanel(QWidget):
         self.undecided = False  # an offer nothing fair judged waits for the user's word (Revert declines it)
         self._start_model: Path | None = None
         self._writing = False  # the other open images are being written; the child starts next
+        self.comparing = False  # both models are segmenting the open images (Show what it changes)
         self.writer = SerialWorker("csunet-unlabelled", self)
         self._relay = EventRelay(self._on_event, self)
         session.busy_changed.connect(self._update_enabled)
@@ -128,7 +140,7 @@ class FinetunePanel(QWidget):
 
     @property
     def running(self) -> bool:
-        return self.job is not None or self._writing
+        return self.job is not None or self._writing or self.comparing
 
     def _update_enabled(self, *_: object) -> None:
         idle = not self.running and not self.session.busy
@@ -137,6 +149,7 @@ class FinetunePanel(QWidget):
         current = self.session.path
         self.revert_btn.setEnabled(idle and self.before_model is not None and (
             self.undecided or (current is not None and current != self.before_model and self.before_model.exists())))
+        self.changes_btn.setEnabled(idle and self._comparable() is not None)
 
     def _steps_changed(self, steps: int) -> None:
         """An empty plot follows the chosen step count; a run's curves stay until the next start."""
@@ -205,7 +218,8 @@ class FinetunePanel(QWidget):
         """Check everything, save an unsaved model first, then launch the child. True if started."""
         info, store = self.session.info, self.session.annotations
         if self.running:
-            self.status.error("a fine-tuning job is already running")
+            self.status.error("wait: the two models are segmenting the open images" if self.comparing
+                              else "a fine-tuning job is already running")
             return False
         if info is None:
             self.status.error("no model: load or build one in the Model tab first")
@@ -443,6 +457,48 @@ class FinetunePanel(QWidget):
         if image is not None:
             return [image]
         return self.session.segmentation.targets() if self.session.segmentation is not None else []
+
+    # -- what the new model changes -------------------------------------------------------------
+
+    def _comparable(self) -> tuple[Path, Path] | None:
+        """(the model before the last fine-tune, its fine-tuned model) when both files are there."""
+        old, new = self.before_model, self.new_model
+        if old is None or new is None or old == new or not old.exists() or not new.exists():
+            return None
+        return old, new
+
+    def show_changes(self) -> bool:
+        """Segment the open images with both models off the GUI thread, then a changes layer per image."""
+        models = self._comparable()
+        if models is None or self.running:
+            self.status.error("nothing to compare: no fine-tune has made a new model" if models is None
+                              else "wait for the fine-tune to finish")
+            return False
+        images = other_open_images(self.viewer, (), limit=MAX_OTHERS + 1)
+        if not images:
+            self.status.error("no open image to compare the models on: open a micrograph (2D, in memory)")
+            return False
+        pixels = [(layer.name, layer.data) for layer in images]
+        settings = self.session.settings
+        kwargs = {"device": settings.device, "amp": settings.mixed_precision}
+        self.comparing = True
+        self._update_enabled()
+        self.status.info(f"segmenting {len(images)} open image(s) with {models[1].name} and {models[0].name} …")
+
+        def shown(comparison: Comparison) -> None:
+            self.comparing = False
+            self._update_enabled()
+            show_changes(self.viewer, images, comparison)
+            self.status.info(f"what {models[1].name} changes against {models[0].name}: {changes_text(comparison.changes)}"
+                             " (the 'changes' layers: each changed pixel in its new class)")
+
+        def failed(exc: Exception) -> None:
+            self.comparing = False
+            self._update_enabled()
+            self.status.error(f"could not compare the models: {exc}")
+
+        self.writer.submit(lambda: compare_models(*models, pixels, kwargs), shown, failed)
+        return True
 
     def _ev_exit(self, ev: dict) -> None:
         self.job = None

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "metrics_from_confusion", "segmentation_metrics"]
+__all__ = ["confusion_matrix", "metrics_from_confusion", "segmentation_metrics", "change_from_confusion", "label_change"]
 
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
@@ -61,3 +61,20 @@ def metrics_from_confusion(cm: np.ndarray, class_names: Sequence[str] | None = N
 def segmentation_metrics(pred: np.ndarray, target: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """All metrics for one prediction (labels 1..K) against a target (0 = ignore)."""
     return metrics_from_confusion(confusion_matrix(pred, target, len(class_names)), class_names)
+
+
+def change_from_confusion(cm: np.ndarray) -> tuple[float, dict[int, float]]:
+    """How much one answer differs from another, from their (K, K) confusion matrix (rows: the
+    old answer): the share of pixels whose class changes, and per class index present in either,
+    1 - IoU(old, new) (roughly what that class's IoU against any truth can move by)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    total = cm.sum()
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    per_class = {c: round(float(1 - tp[c] / union[c]), 4) for c in range(cm.shape[0]) if union[c] > 0}
+    return (float(1 - tp.sum() / total) if total else 0.0), per_class
+
+
+def label_change(old: np.ndarray, new: np.ndarray, num_classes: int) -> tuple[float, dict[int, float]]:
+    """:func:`change_from_confusion` of two label maps (1..K) of the same pixels."""
+    return change_from_confusion(confusion_matrix(new, old, num_classes))

@@ -1,0 +1,88 @@
+"""Where a fine-tuned model answers differently from the model before it, on the user's images.
+
+A fine-tune that changes pixels nobody checked is offered, not made current, with the advice
+"look at those areas with it, then keep it or revert" (``csunet_train.judge``). This module makes
+that advice something to look at: both models segment the open images, and each image gets a map
+of the pixels whose class changes (the new model's class there, 0 elsewhere) and, per class, how
+much of it changes (1 - IoU between the two answers, as the judge counts it where nobody checked).
+Pure NumPy and the engine's predictor: no Qt, no napari.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..measure.metrics import label_change
+
+__all__ = ["ModelChange", "Comparison", "model_change", "compare_models", "changes_text"]
+
+
+@dataclass
+class ModelChange:
+    """One image: the pixels whose class changes and how much of each class."""
+
+    name: str
+    changed: np.ndarray  # the new model's class (1..K) where it differs from the old one's, else 0
+    share: float  # of the image's pixels whose class changes
+    class_changed: dict[str, float]  # per class, 1 - IoU(old answer, new answer)
+
+
+@dataclass
+class Comparison:
+    """Every image's change, and the classes (names, colours) the labels mean."""
+
+    changes: list[ModelChange]
+    class_names: list[str]
+    class_colors: list[str]
+
+
+def model_change(name: str, old: np.ndarray, new: np.ndarray, class_names: Sequence[str]) -> ModelChange:
+    """Compare two label maps (1..K) of one image; they must have the same shape."""
+    if old.shape != new.shape:
+        raise ValueError(f"{name}: the two answers differ in shape: {old.shape} vs {new.shape}")
+    differs = old != new
+    changed = np.where(differs, new, 0).astype(new.dtype, copy=False)
+    share, per_class = label_change(old, new, len(class_names))
+    return ModelChange(name, changed, share, {n: per_class[c] for c, n in enumerate(class_names) if c in per_class})
+
+
+def compare_models(old_file: str | Path, new_file: str | Path, images: Sequence[tuple[str, np.ndarray]],
+                   segmenter_kwargs: dict[str, Any] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> Comparison:
+    """Segment each ``(name, pixels)`` with both model files (their classes must match) and compare.
+
+    Runs off the GUI thread: two predictions per image.
+    """
+    from ..engine.predictor import Segmenter
+
+    kwargs = segmenter_kwargs or {}
+    old, new = Segmenter.from_file(old_file, **kwargs), Segmenter.from_file(new_file, **kwargs)
+    names = list(new.info.class_names)
+    if list(old.info.class_names) != names:
+        raise ValueError(f"the models have different classes ({list(old.info.class_names)} vs {names}): "
+                         "their answers cannot be compared pixel by pixel")
+    out = []
+    for i, (name, pixels) in enumerate(images):
+        out.append(model_change(name, old.predict(pixels, name=name).labels, new.predict(pixels, name=name).labels,
+                                names))
+        if progress is not None:
+            progress(i + 1, len(images))
+    return Comparison(out, names, list(new.info.class_colors))
+
+
+def changes_text(changes: Sequence[ModelChange], limit: float = 0.005) -> str:
+    """'image A: 0.6% of the pixels change (tertiary 10%, matrix 1%); image B: nothing changes'."""
+    parts = []
+    for change in changes:
+        if not change.share:
+            parts.append(f"{change.name}: nothing changes")
+            continue
+        classes = sorted(change.class_changed.items(), key=lambda kv: -kv[1])
+        named = ", ".join(f"{n} {v:.0%}" for n, v in classes if v >= limit)
+        parts.append(f"{change.name}: {change.share:.1%} of the pixels change" + (f" ({named})" if named else ""))
+    return "; ".join(parts)
