@@ -250,8 +250,14 @@ def test_anchor_penalises_distance_to_the_starting_weights() -> None:
 # -- the job ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("reviewed", [True, False])
-def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model_file: Path, reviewed: bool) -> None:
+def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model_file: Path, reviewed: bool,
+                                                           monkeypatch) -> None:
+    import copy
+    import types
+
     import tifffile
+
+    from csunet_train import loop
 
     from csunet_train.config import TrainConfig
     from csunet_train.events import silent
@@ -273,7 +279,10 @@ def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model
     cfg = TrainConfig(out=str(out), mode="finetune", model=str(model_file), pairs=store.pairs(), steps=2,
                       eval_every=1, batch_size=1, crop=256, class_names=names, unlabelled=[str(other)],
                       unlabelled_share=0.5)
+    copies: list[object] = []  # the starting weights are copied once (the job's, for the blend), not again by fit
+    monkeypatch.setattr(loop, "copy", types.SimpleNamespace(deepcopy=lambda x: copies.append(x) or copy.deepcopy(x)))
     done = run_job(cfg, silent)
+    assert copies == []
     decision = done["decision"]
     assert decision["fair"] is reviewed
     assert decision["verdict"] in (("better", "not_better", "within_noise", "unverified_elsewhere") if reviewed

@@ -272,7 +272,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                   frozen, dist, dtype, cfg.steps, cfg.batch_size, cfg.eval_every, cfg.patience, cfg.grad_clip,
                   keep_initial=cfg.model is not None, time_budget_s=cfg.time_budget_s, clock=clock,
                   loss_fn=loss_fn, validator=validation,
-                  after_step=functools.partial(teacher.update, model) if teacher is not None else None)
+                  after_step=functools.partial(teacher.update, model) if teacher is not None else None,
+                  initial_state=start_state)
         emit({"event": "started", "steps": cfg.steps, "device": device_name(dist.device),
               "train_images": len(data.train), "val_images": len(data.val), "unlabelled_images": len(context),
               "params": count_parameters(model),
