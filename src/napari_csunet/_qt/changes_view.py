@@ -42,5 +42,5 @@ def show_changes(viewer: napari.Viewer, images: Sequence[Image], comparison: Com
         kwargs["metadata"] = {**kwargs["metadata"], OUTPUT: True}
         ndim = change.changed.ndim
         layers.append(viewer.add_labels(change.changed, scale=image.scale[-ndim:], translate=image.translate[-ndim:],
-                                        **(kwargs | {"opacity": 0.9})))
+                                        **(kwargs | {"opacity": 0.7})))
     return layers
