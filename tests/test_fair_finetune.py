@@ -258,7 +258,6 @@ def test_a_finetune_on_corrections_reports_a_fair_decision(tmp_path: Path, model
     import tifffile
 
     from csunet_train import loop
-
     from csunet_train.config import TrainConfig
     from csunet_train.events import silent
     from csunet_train.job import run_job

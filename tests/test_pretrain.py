@@ -152,9 +152,14 @@ def test_finetuning_from_a_pretrained_model_gets_a_new_class_head(mixed_folder: 
     assert info.provenance["previous"]["task"] == "pretraining"
 
 
-@pytest.mark.parametrize(("start_classes", "reinitialised"), [(["grain", "boundary"], True), (["p", "q", "r"], False)])
+@pytest.mark.parametrize(("start_classes", "data_classes", "reinitialised"), [
+    (["grain", "boundary"], ["a", "b", "c"], True),  # another count
+    (["p", "q", "r"], ["a", "b", "c"], True),  # as many, named otherwise: another material's phases
+    (["p", "q", "r"], ["class 1", "class 2", "class 3"], False),  # unnamed: label i is the model's class i
+    (["a", "b", "c"], ["a", "b", "c"], False),  # the model's own classes
+])
 def test_finetuning_a_model_of_other_classes(mixed_folder: Path, tmp_path: Path, start_classes: list[str],
-                                             reinitialised: bool) -> None:
+                                             data_classes: list[str], reinitialised: bool) -> None:
     from csunet_train.config import TrainConfig
     from csunet_train.job import run_job
     from napari_csunet.models import build_model
@@ -166,13 +171,16 @@ def test_finetuning_a_model_of_other_classes(mixed_folder: Path, tmp_path: Path,
     item = labelled_image(image, np.ones(image.shape, np.uint8) + (image > 128) + (image > 200), "colour")
     events: list[dict] = []
     cfg = TrainConfig(out=str(tmp_path / "ft.safetensors"), mode="finetune", model=str(start), steps=1,
-                      batch_size=1, class_names=["a", "b", "c"], eval_every=1, device="cpu")
+                      batch_size=1, class_names=data_classes, eval_every=1, device="cpu")
     run_job(cfg, events.append, train=[item], val=[item])
     messages = " ".join(e.get("message", "") for e in events if e["event"] == "warning")
     model, info = load_model_file(cfg.out)
-    assert info.class_names == ["a", "b", "c"] and model.config.num_classes == 3
-    assert ("re-initialised" in messages) is reinitialised and ("are trained as" in messages) is not reinitialised
+    assert info.class_names == data_classes and model.config.num_classes == 3
+    assert ("re-initialised" in messages) is reinitialised
+    assert ("are trained as" in messages) is (not reinitialised and start_classes != data_classes)
     assert (info.provenance["head_reinitialised"] is not None) is reinitialised
+    started = next(e for e in events if e["event"] == "started")
+    assert (started["lr"] == cfg.new_head_lr) is reinitialised  # a new layer learns at the few-shot rates
 
 
 def test_shipped_micro_tiny_is_a_small_pretrained_model() -> None:

@@ -72,21 +72,29 @@ def _load_start(cfg: TrainConfig) -> Start:
 
 
 def _fit_head(start: Start, class_names: list[str], emit: Emit) -> dict[str, Any] | None:
-    """Give the starting model an output layer for the data's classes when its own do not fit."""
+    """Give the starting model an output layer for the data's classes when its own do not fit: another
+    count, a self-supervised model, or classes the data names otherwise (another material's phases:
+    keeping the layer would also distil the old phases' answers onto the new ones)."""
     from napari_csunet.models.factory import fit_head
+    from napari_csunet.models.modelfile import numbered_class_names
 
     had = start.model.config.num_classes
-    reason = "pretrained" if start.pretraining_only else "class count"
-    start.model, head = fit_head(start.model, class_names, reason, always=start.pretraining_only)
+    named_otherwise = (bool(start.class_names) and list(start.class_names) != list(class_names)
+                       and list(class_names) != numbered_class_names(len(class_names)))
+    reason = "pretrained" if start.pretraining_only else "other classes" if named_otherwise else "class count"
+    start.model, head = fit_head(start.model, class_names, reason, always=start.pretraining_only or named_otherwise)
     if head is None:
         if start.class_names and list(start.class_names) != list(class_names):
             emit({"event": "warning", "message": f"the model's classes {start.class_names} are trained as "
-                  f"{class_names} (as many classes: output channel i keeps its weights for label i)"})
+                  f"{class_names} (unnamed classes: output channel i keeps its weights for label i)"})
         return None
     start.config = start.model.config
-    what = "a self-supervised pretrained model" if start.pretraining_only else f"a model of {had} classes"
+    what = ("a self-supervised pretrained model" if start.pretraining_only else
+            f"a model of the classes {list(start.class_names or [])}" if named_otherwise else f"a model of {had} classes")
     emit({"event": "warning", "message": f"started from {what}: its output layer was re-initialised for the "
-          f"{len(class_names)} classes {class_names}; every other weight is kept"})
+          f"{len(class_names)} classes {class_names}; every other weight is kept"
+          + ("; to continue training its own classes instead, name them as the model does" if named_otherwise
+             else "")})
     return head
 
 
