@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from fabricated import micrograph, tiny_model_file
 
+from napari_csunet.engine.predictor import Cancelled
+from napari_csunet.images.databar import DataBar
 from napari_csunet.loop.compare import changes_text, compare_models, model_change
 from napari_csunet.measure.metrics import change_from_confusion, label_change
 
@@ -51,23 +53,49 @@ def test_model_change_refuses_answers_of_different_shapes():
         model_change("img", np.ones((4, 4), np.uint8), np.ones((4, 5), np.uint8), NAMES)
 
 
-def test_compare_models_segments_with_both_files(tmp_path):
+def _models(tmp_path):
     (tmp_path / "old").mkdir()
     old = tiny_model_file(tmp_path / "old")
     same = tmp_path / "same.safetensors"
     shutil.copy(old, same)
     (tmp_path / "other").mkdir()
-    other = tiny_model_file(tmp_path / "other")  # other random weights: other answers
+    return old, same, tiny_model_file(tmp_path / "other")  # other random weights: other answers
+
+
+def _image() -> np.ndarray:
     labels = np.ones((256, 256), np.uint8)
     labels[64:128] = 2
-    image = micrograph(labels, 3, seed=0)
-    unchanged = compare_models(old, same, [("a", image)], {"device": "cpu"})
+    return micrograph(labels, 3, seed=0)
+
+
+def test_compare_models_segments_with_both_files(tmp_path):
+    old, same, other = _models(tmp_path)
+    image = _image()
+    unchanged = compare_models(old, same, [("a", image, None)], {"device": "cpu"})
     assert unchanged.class_names == NAMES and len(unchanged.class_colors) == 3
     assert unchanged.changes[0].share == 0 and not unchanged.changes[0].changed.any()
-    changed = compare_models(old, other, [("a", image), ("b", image[::-1].copy())], {"device": "cpu"})
+    changed = compare_models(old, other, [("a", image, None), ("b", image[::-1].copy(), None)], {"device": "cpu"})
     assert [c.name for c in changed.changes] == ["a", "b"]
     first = changed.changes[0]
     assert first.changed.shape == image.shape and first.share == pytest.approx(np.count_nonzero(first.changed) / image.size)
+
+
+def test_the_data_bar_never_reaches_the_models_and_never_changes(tmp_path):
+    old, _, other = _models(tmp_path)
+    image = _image()
+    image[-40:] = 0  # an SEM data bar: black with white text
+    image[-30:-20, 10:200] = 255
+    bar = DataBar("bottom", 40)
+    change = compare_models(old, other, [("a", image, bar)], {"device": "cpu"}).changes[0]
+    assert not change.changed[-40:].any()
+    analysed = change.changed[:-40]
+    assert change.share == pytest.approx(np.count_nonzero(analysed) / analysed.size)
+
+
+def test_a_comparison_stops_when_cancelled(tmp_path):
+    old, _, other = _models(tmp_path)
+    with pytest.raises(Cancelled):
+        compare_models(old, other, [("a", _image(), None)], {"device": "cpu"}, cancel=lambda: True)
 
 
 def test_compare_models_refuses_models_of_other_classes(tmp_path):
@@ -75,4 +103,4 @@ def test_compare_models_refuses_models_of_other_classes(tmp_path):
     (tmp_path / "b").mkdir()
     three, four = tiny_model_file(tmp_path / "a"), tiny_model_file(tmp_path / "b", num_classes=4)
     with pytest.raises(ValueError, match="different classes"):
-        compare_models(three, four, [("a", np.zeros((64, 64), np.uint8))], {"device": "cpu"})
+        compare_models(three, four, [("a", np.zeros((64, 64), np.uint8), None)], {"device": "cpu"})

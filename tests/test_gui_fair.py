@@ -113,35 +113,58 @@ def test_declining_an_offered_model_keeps_the_current_one(widget, qtbot):
     assert new.name in panel.status.text()
 
 
-def test_show_what_an_offered_model_changes(widget, qtbot, tmp_path):
-    """The verdict says 'look at those areas': a changes layer per open image shows them."""
+def _offer_other_model(w, tmp_path):
+    """A fine-tune's done event offering a model of other random weights (other answers)."""
     from fabricated import tiny_model_file
 
-    from napari_csunet._qt.common import OUTPUT
-
-    w = widget
-    segment(w, qtbot)
     panel = w.finetune_panel
-    assert not panel.changes_btn.isEnabled()  # no fine-tune yet: nothing to compare
-    other = user_models_dir() / "tiny-test-ft-other.safetensors"  # other random weights: other answers
+    other = user_models_dir() / "tiny-test-ft-other.safetensors"
     shutil.copy(tiny_model_file(tmp_path), other)
     panel._start_model = w.session.path
     panel._on_event({"event": "done", "path": str(other), "steps": 10, "stopped": False, "best_step": 10,
                      "decision": _decision("unverified_elsewhere", False)})
+    return panel, other
+
+
+def test_show_what_an_offered_model_changes(widget, qtbot, tmp_path):
+    """The verdict says 'look at those areas': a changes layer per open image shows them."""
+    from napari_csunet._qt.changes_view import CHANGES
+    from napari_csunet._qt.common import OUTPUT
+
+    w = widget
+    segment(w, qtbot)
+    assert not w.finetune_panel.changes_btn.isEnabled()  # no fine-tune yet: nothing to compare
+    panel, other = _offer_other_model(w, tmp_path)
+    mine = w.viewer.add_labels(np.zeros((8, 8), np.uint8), name=f"{IMAGE} changes")  # the user's, same name
     assert panel.changes_btn.isEnabled() and panel.offered
     assert panel.show_changes()
-    assert not panel.changes_btn.isEnabled() and not panel.start_btn.isEnabled()  # one thing at a time
+    assert w.session.busy and not panel.start_btn.isEnabled()  # one thing on the device at a time
+    assert panel.changes_btn.isEnabled() and panel.changes_btn.text() == "Stop comparing"
     qtbot.waitUntil(lambda: not panel.comparing, timeout=120_000)
-    layer = w.viewer.layers[f"{IMAGE} changes"]
+    assert not w.session.busy and panel.changes_btn.text() == "Show what it changes"
+    ours = [lay for lay in w.viewer.layers if lay.metadata.get(CHANGES) is not None]
+    assert len(ours) == 1 and mine in w.viewer.layers and mine.data.shape == (8, 8)  # the user's layer stays
+    layer = ours[0]
     image = w.viewer.layers[IMAGE]
-    assert layer.data.shape == image.data.shape[:2] and layer.metadata[OUTPUT]
+    assert layer.data.shape == image.data.shape[:2] and layer.metadata[OUTPUT] and layer.metadata[CHANGES] == other.name
     assert set(np.unique(layer.data)) <= {0, 1, 2, 3} and layer.data.any()
     assert f"what {other.name} changes against" in panel.status.text() and "% of the pixels change" in panel.status.text()
-    assert layer not in w.correct_panel.labels.layers()  # an output, not labels to correct
+    assert layer not in w.correct_panel.labels.layers() and layer not in w.inspect_panel.labels.layers()  # an output
     assert panel.changes_btn.isEnabled() and panel.use_btn.isEnabled()  # the offer still stands
-    assert panel.show_changes()  # asked again: the same layer, updated
+    assert panel.show_changes()  # asked again: the earlier layer is replaced, not doubled
     qtbot.waitUntil(lambda: not panel.comparing, timeout=120_000)
-    assert [lay.name for lay in w.viewer.layers].count(f"{IMAGE} changes") == 1
+    assert [lay.metadata.get(CHANGES) for lay in w.viewer.layers].count(other.name) == 1 and layer not in w.viewer.layers
+
+
+def test_a_comparison_can_be_stopped(widget, qtbot, tmp_path):
+    w = widget
+    segment(w, qtbot)
+    panel, _ = _offer_other_model(w, tmp_path)
+    assert panel.show_changes()
+    panel.changes_btn.click()  # "Stop comparing"
+    qtbot.waitUntil(lambda: not panel.comparing, timeout=120_000)
+    assert "comparison stopped" in panel.status.text()  # the worker was still loading the models at the click
+    assert not w.session.busy and panel.changes_btn.text() == "Show what it changes"
 
 
 def _save_model(tmp_name: str, provenance: dict, source) -> None:

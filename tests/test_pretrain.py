@@ -156,7 +156,9 @@ def test_finetuning_from_a_pretrained_model_gets_a_new_class_head(mixed_folder: 
     (["grain", "boundary"], ["a", "b", "c"], True),  # another count
     (["p", "q", "r"], ["a", "b", "c"], True),  # as many, named otherwise: another material's phases
     (["p", "q", "r"], ["class 1", "class 2", "class 3"], False),  # unnamed: label i is the model's class i
+    (["class 1", "class 2", "class 3"], ["a", "b", "c"], False),  # a model of unnamed classes gets names
     (["a", "b", "c"], ["a", "b", "c"], False),  # the model's own classes
+    (["A", "b ", "c"], ["a", "b", "c"], False),  # the same names, written otherwise
 ])
 def test_finetuning_a_model_of_other_classes(mixed_folder: Path, tmp_path: Path, start_classes: list[str],
                                              data_classes: list[str], reinitialised: bool) -> None:

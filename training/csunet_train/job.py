@@ -79,8 +79,15 @@ def _fit_head(start: Start, class_names: list[str], emit: Emit) -> dict[str, Any
     from napari_csunet.models.modelfile import numbered_class_names
 
     had = start.model.config.num_classes
-    named_otherwise = (bool(start.class_names) and list(start.class_names) != list(class_names)
-                       and list(class_names) != numbered_class_names(len(class_names)))
+
+    def named(names: list[str] | None) -> bool:  # "class 1..K" names nothing
+        return bool(names) and list(names) != numbered_class_names(len(names))
+
+    def key(names: list[str]) -> list[str]:
+        return [n.strip().casefold() for n in names]
+
+    named_otherwise = (named(start.class_names) and named(class_names)
+                       and key(start.class_names) != key(class_names))
     reason = "pretrained" if start.pretraining_only else "other classes" if named_otherwise else "class count"
     start.model, head = fit_head(start.model, class_names, reason, always=start.pretraining_only or named_otherwise)
     if head is None:

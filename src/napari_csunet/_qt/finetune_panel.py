@@ -22,6 +22,7 @@ TIFFs on a worker thread before the child starts.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ class FinetunePanel(QWidget):
         self.changes_btn = QPushButton("Show what it changes")
         self.changes_btn.setToolTip("segment the open images with the fine-tuned model and the one before it, and "
                                     "mark the pixels whose class changes (a layer per image, in the new class)")
-        self.changes_btn.clicked.connect(lambda: self.show_changes())
+        self.changes_btn.clicked.connect(lambda: self.stop_comparing() if self.comparing else self.show_changes())
         self.plot = TrainingPlot()
         self.plot.clear(self.form.steps.value)  # the axis the run will have, before it starts
         self.form.steps.changed.connect(self._steps_changed)
@@ -128,6 +129,7 @@ class FinetunePanel(QWidget):
         self._start_model: Path | None = None
         self._writing = False  # the other open images are being written; the child starts next
         self.comparing = False  # both models are segmenting the open images (Show what it changes)
+        self._cancel_compare = threading.Event()
         self.writer = SerialWorker("csunet-unlabelled", self)
         self._relay = EventRelay(self._on_event, self)
         session.busy_changed.connect(self._update_enabled)
@@ -149,7 +151,8 @@ class FinetunePanel(QWidget):
         current = self.session.path
         self.revert_btn.setEnabled(idle and self.before_model is not None and (
             self.undecided or (current is not None and current != self.before_model and self.before_model.exists())))
-        self.changes_btn.setEnabled(idle and self._comparable() is not None)
+        self.changes_btn.setEnabled(self.comparing or (idle and self._comparable() is not None))
+        self.changes_btn.setText("Stop comparing" if self.comparing else "Show what it changes")
 
     def _steps_changed(self, steps: int) -> None:
         """An empty plot follows the chosen step count; a run's curves stay until the next start."""
@@ -312,7 +315,9 @@ class FinetunePanel(QWidget):
             self.status.info("stopping: saving the best model …")
 
     def shutdown(self, *_: object) -> None:
-        """napari is closing: end the child (the annotations and saved checkpoints stay on disk)."""
+        """napari is closing: end the child (the annotations and saved checkpoints stay on disk) and a
+        comparison (its thread would keep Python from exiting until both models had segmented)."""
+        self._cancel_compare.set()
         if self.job is not None:
             job = self.job
             job.kill()
@@ -468,37 +473,60 @@ class FinetunePanel(QWidget):
         return old, new
 
     def show_changes(self) -> bool:
-        """Segment the open images with both models off the GUI thread, then a changes layer per image."""
+        """Segment the open images with both models off the GUI thread (the model is busy meanwhile:
+        one thing on the device at a time), then a changes layer per image."""
+        from ..engine.predictor import Cancelled
+        from .calibration import databar_of
+
         models = self._comparable()
-        if models is None or self.running:
+        if models is None or self.running or self.session.busy:
             self.status.error("nothing to compare: no fine-tune has made a new model" if models is None
-                              else "wait for the fine-tune to finish")
+                              else "wait: the model is busy (training, loading or segmenting)")
             return False
         images = other_open_images(self.viewer, (), limit=MAX_OTHERS + 1)
         if not images:
             self.status.error("no open image to compare the models on: open a micrograph (2D, in memory)")
             return False
-        pixels = [(layer.name, layer.data) for layer in images]
+        jobs = [(layer.name, layer.data, self.session.records.of_image(layer)) for layer in images]
         settings = self.session.settings
         kwargs = {"device": settings.device, "amp": settings.mixed_precision}
+        cancel = self._cancel_compare
+        cancel.clear()
         self.comparing = True
-        self._update_enabled()
+        self.session.set_busy(True)
         self.status.info(f"segmenting {len(images)} open image(s) with {models[1].name} and {models[0].name} …")
 
-        def shown(comparison: Comparison) -> None:
+        def task() -> Comparison:  # the worker thread: the data bar is found there too, as the Segment tab does
+            return compare_models(*models, [(name, data, databar_of(record, data)) for name, data, record in jobs],
+                                  kwargs, cancel=cancel.is_set)
+
+        def finish() -> None:
             self.comparing = False
+            self.session.set_busy(False)
             self._update_enabled()
-            show_changes(self.viewer, images, comparison)
+
+        def shown(comparison: Comparison) -> None:
+            finish()
+            show_changes(self.viewer, [(layer, data) for layer, (_, data, _) in zip(images, jobs, strict=True)],
+                         comparison, models[1].name)
             self.status.info(f"what {models[1].name} changes against {models[0].name}: {changes_text(comparison.changes)}"
                              " (the 'changes' layers: each changed pixel in its new class)")
 
         def failed(exc: Exception) -> None:
-            self.comparing = False
-            self._update_enabled()
-            self.status.error(f"could not compare the models: {exc}")
+            finish()
+            if isinstance(exc, Cancelled):
+                self.status.info("comparison stopped")
+            else:
+                self.status.error(f"could not compare the models: {exc}")
 
-        self.writer.submit(lambda: compare_models(*models, pixels, kwargs), shown, failed)
+        self.writer.submit(task, shown, failed)
         return True
+
+    def stop_comparing(self) -> None:
+        """Stop the comparison before the next batch of tiles."""
+        if self.comparing:
+            self._cancel_compare.set()
+            self.status.info("stopping the comparison …")
 
     def _ev_exit(self, ev: dict) -> None:
         self.job = None

@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 from ..atomic import atomic_write_text
 from ..measure.measurements import DEFAULT_MIN_AREA
 from .calibration import CalibrationBox, databar_of, pixel_size_of
-from .common import LayerPicker, StatusLine, form_group, image_data
+from .common import LayerPicker, StatusLine, form_group, image_data, is_input_image
 from .session import ModelSession
 
 __all__ = ["InspectPanel", "disagreement"]
@@ -141,7 +141,7 @@ class InspectPanel(QWidget):
         super().__init__(parent)
         self.viewer, self.session = viewer, session
         self.calibration = CalibrationBox(viewer, session.records)
-        self.labels = LayerPicker(viewer, Labels)
+        self.labels = LayerPicker(viewer, Labels, accept=is_input_image)  # not a changes layer
         self.labels.changed.connect(self._sync_display)
         self.min_area = QSpinBox()
         self.min_area.setRange(1, 1_000_000)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..images.databar import DataBar
 from ..measure.metrics import label_change
 
 __all__ = ["ModelChange", "Comparison", "model_change", "compare_models", "changes_text"]
@@ -28,7 +29,7 @@ class ModelChange:
 
     name: str
     changed: np.ndarray  # the new model's class (1..K) where it differs from the old one's, else 0
-    share: float  # of the image's pixels whose class changes
+    share: float  # of the analysed pixels (the data bar left out) whose class changes
     class_changed: dict[str, float]  # per class, 1 - IoU(old answer, new answer)
 
 
@@ -51,14 +52,18 @@ def model_change(name: str, old: np.ndarray, new: np.ndarray, class_names: Seque
     return ModelChange(name, changed, share, {n: per_class[c] for c, n in enumerate(class_names) if c in per_class})
 
 
-def compare_models(old_file: str | Path, new_file: str | Path, images: Sequence[tuple[str, np.ndarray]],
+def compare_models(old_file: str | Path, new_file: str | Path,
+                   images: Sequence[tuple[str, np.ndarray, DataBar | None]],
                    segmenter_kwargs: dict[str, Any] | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> Comparison:
-    """Segment each ``(name, pixels)`` with both model files (their classes must match) and compare.
+                   cancel: Callable[[], bool] | None = None) -> Comparison:
+    """Segment each ``(name, pixels, data bar)`` with both model files (their classes must match) and
+    compare; the SEM data bar never reaches the models (0 in both answers), as in the Segment tab.
 
-    Runs off the GUI thread: two predictions per image.
+    Runs off the GUI thread: two predictions per image; ``cancel()`` returning True stops it
+    (:class:`~napari_csunet.engine.predictor.Cancelled`) before the next batch.
     """
     from ..engine.predictor import Segmenter
+    from ..images.databar import predict_outside
 
     kwargs = segmenter_kwargs or {}
     old, new = Segmenter.from_file(old_file, **kwargs), Segmenter.from_file(new_file, **kwargs)
@@ -66,12 +71,12 @@ def compare_models(old_file: str | Path, new_file: str | Path, images: Sequence[
     if list(old.info.class_names) != names:
         raise ValueError(f"the models have different classes ({list(old.info.class_names)} vs {names}): "
                          "their answers cannot be compared pixel by pixel")
-    out = []
-    for i, (name, pixels) in enumerate(images):
-        out.append(model_change(name, old.predict(pixels, name=name).labels, new.predict(pixels, name=name).labels,
-                                names))
-        if progress is not None:
-            progress(i + 1, len(images))
+
+    def answer(seg: Segmenter, name: str, pixels: np.ndarray, bar: DataBar | None) -> np.ndarray:
+        return predict_outside(lambda im: seg.predict(im, name=name, cancel=cancel), pixels, bar).labels
+
+    out = [model_change(name, answer(old, name, pixels, bar), answer(new, name, pixels, bar), names)
+           for name, pixels, bar in images]
     return Comparison(out, names, list(new.info.class_colors))
 
 
