@@ -167,6 +167,36 @@ def test_a_comparison_can_be_stopped(widget, qtbot, tmp_path):
     assert not w.session.busy and panel.changes_btn.text() == "Show what it changes"
 
 
+@pytest.mark.parametrize("verdict, offered", [("unverified_elsewhere", True), ("within_noise", True),
+                                               ("not_better", False)])
+def test_a_live_update_s_offer_is_decided_in_the_fine_tune_tab(widget, qtbot, tmp_path, verdict, offered):
+    """A live cycle's model better on the checks but not made current is offered where the buttons
+    are (Show what it changes, Use, Revert), not left behind a message that promises an offer."""
+    from fabricated import tiny_model_file
+
+    w = widget
+    segment(w, qtbot)
+    start = w.session.path
+    new = user_models_dir() / "live" / "tiny-test-live-1.safetensors"
+    new.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_model_file(tmp_path), new)
+    live, panel = w.correct_panel.live, w.finetune_panel
+    live._cycle_start = start
+    live._after_training({"event": "done", "path": str(new), "steps": 4, "best_step": 4,
+                          "decision": _decision(verdict, False, 4)})
+    assert w.session.path == start  # never made current by the live update
+    assert panel.offered is offered and panel.use_btn.isEnabled() is offered
+    assert panel.changes_btn.isEnabled() is offered and panel.revert_btn.isEnabled() is offered
+    if offered:
+        assert panel.new_model == new and panel.before_model == start
+        assert f"REASON-{verdict}" in panel.result.text() and "Fine-tune tab offers" in live.state.text()
+        panel.use_btn.click()
+        _settled(w, qtbot)
+        assert w.session.path == new
+    else:
+        assert f"model unchanged: REASON-{verdict}" in live.state.text()
+
+
 def _save_model(tmp_name: str, provenance: dict, source) -> None:
     from napari_csunet.models.modelfile import load_model_file, save_model_file
 

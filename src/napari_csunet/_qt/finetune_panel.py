@@ -137,6 +137,7 @@ class FinetunePanel(QWidget):
         session.changed.connect(self.show_training_set)
         self._steps_for_trained: int | None = None  # the user's steps while a new model proposes more
         session.changed.connect(self._follow_model)
+        session.offered.connect(self.offer)
         self._update_enabled()
         self.show_training_set()
 
@@ -391,6 +392,18 @@ class FinetunePanel(QWidget):
             self.status.info(f"the current model {current.name if current else ''} is unchanged")
         if self.new_model is not None and not outcome.kept:
             self.saved.emit(str(self.new_model))  # listed in the Model tab, not current
+        self._update_enabled()
+
+    def offer(self, path: str, start: str, reason: str) -> None:
+        """A model fine-tuned elsewhere (the live update) and offered: decided here, as this tab's own
+        offers are (Use the new model, Show what it changes, Revert model)."""
+        if self.running:  # this tab's own run decides what is offered
+            return
+        self.before_model, self.new_model = Path(start), Path(path)
+        self.offered = self.undecided = True
+        self.result.warning(f"Live update: {reason}", notify=False)
+        self.status.info(f"{Path(path).name} is offered: 'Show what it changes', then 'Use the new model' or "
+                         "'Revert model'")
         self._update_enabled()
 
     def use_new_model(self) -> None:

@@ -62,6 +62,7 @@ class LiveBox(QWidget):
         self.job: TrainingJob | None = None
         self.params: dict[str, Any] = {}  # over LIVE_OVERRIDES (tests, experts)
         self.last_done: dict[str, Any] | None = None
+        self._cycle_start: Path | None = None  # the model file the running cycle fine-tunes
         self._stopped = self._starting = self._closing = False
         self.worker = SerialWorker("csunet-live", self)  # the job spec and the child's start
         self._relay = EventRelay(self._on_event, self)
@@ -108,7 +109,7 @@ class LiveBox(QWidget):
         out = live_dir() / f"{base}-live-{time.strftime('%Y%m%d-%H%M%S')}-{self.live.cycles}.safetensors"
         names, colors = job_classes(info, self.store)
         device, params = self.session.settings.device, dict(self.params, amp=self.session.settings.mixed_precision)
-        self.last_done, self._starting = None, True
+        self.last_done, self._starting, self._cycle_start = None, True, path
 
         def start() -> TrainingJob:
             pairs = self.store.pairs()
@@ -152,11 +153,18 @@ class LiveBox(QWidget):
             self._after_training(self.last_done if ev.get("returncode") == 0 and not stopped else None)
 
     def _after_training(self, done: dict[str, Any] | None) -> None:
-        """The live update's policy: the new model is loaded unless a fair judgement (held-out
-        reviewed pixels) rejected it; the Fine-tune tab offers a model nothing fair judged instead."""
+        """The live update's policy: the new model is loaded when it was kept, or when nothing fair
+        judged it (a live cycle's corrections are queue regions: reviewed, so that is rare); one better
+        on the checks but not made current (within the noise, or changing unchecked pixels) goes to the
+        Fine-tune tab's offer, where the user looks and decides; one not better is dropped."""
         outcome = Outcome.of(done)
         if outcome.path is None:
             self._finish(False, "stopped" if done is None else "no model was saved")
+            return
+        if outcome.offered and outcome.rejected and self._cycle_start is not None:  # better, not enough to load live
+            self.session.offered.emit(str(outcome.path), str(self._cycle_start), outcome.decision.get("reason", ""))
+            self._finish(False, f"model unchanged: the Fine-tune tab offers {outcome.path.name} "
+                                "(Show what it changes, then Use the new model or Revert model)")
             return
         if outcome.rejected:
             outcome.discard_if_start(self.session.path)

@@ -71,6 +71,9 @@ class ModelSession(QObject):
     busy_changed = Signal(bool)
     #: emitted with the Labels layers one segmentation run wrote (whoever asked ``segmentation`` for it)
     segmented = Signal(list)
+    #: (model file, the model file it was fine-tuned from, the judge's reason): a model better on the
+    #: checks but not made current, for the user to decide on in the Fine-tune tab (the live update's)
+    offered = Signal(str, str, str)
 
     def __init__(self, settings: Settings | None = None, annotations: AnnotationStore | None = None,
                  viewer: napari.Viewer | None = None, parent: QObject | None = None) -> None:
