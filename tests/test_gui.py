@@ -55,6 +55,21 @@ def test_model_panel_lists_the_model_file_and_loads_it(widget):
     assert w.width() >= MIN_WIDTH and w.model_panel.files.wordWrap()
 
 
+def test_model_panel_lists_an_unreadable_model_file_with_its_reason(widget):
+    from qtpy.QtCore import Qt
+
+    from napari_csunet.models.catalog import user_models_dir
+
+    panel = widget.model_panel
+    (user_models_dir() / "broken.safetensors").write_bytes(b"not a model file")
+    panel.refresh_files()
+    items = [panel.files.item(i) for i in range(panel.files.count())]
+    bad = [it for it in items if it.text().startswith("broken.safetensors (unreadable) · ")]
+    assert len(bad) == 1 and bad[0] is items[-1] and bad[0].flags() == Qt.ItemFlag.NoItemFlags  # seen, not loadable
+    assert "cannot be read" in bad[0].toolTip() and "move or delete it" in bad[0].toolTip()
+    assert panel.files.currentRow() == 0 and "(user)" in panel.files.currentItem().text()
+
+
 def test_segment_writes_named_classes_and_resegment_keeps_an_undo(widget, qtbot):
     w = widget
     w.segment_panel.want_probs.setChecked(True)

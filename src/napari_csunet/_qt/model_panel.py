@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..models.catalog import list_model_files, pretrained_models
+from ..models.catalog import pretrained_models, scan_model_files
 from ..models.registry import PRESETS
 from ..settings import DEVICES, Settings, cpu_only_torch_with_gpu, save_settings
 from .adapt_panel import AdaptPanel
@@ -129,10 +129,12 @@ class ModelPanel(QWidget):
     # -- model files ---------------------------------------------------------------------------
 
     def refresh_files(self) -> None:
-        """List the user's fine-tuned models first (newest first), then the starter models."""
+        """List the user's fine-tuned models first (newest first), then the starter models, then
+        the files of the models folder that cannot be read, greyed out with the reason."""
         self._fill_start_choices()
         self.files.clear()
-        for entry in list_model_files():
+        entries, unreadable = scan_model_files()
+        for entry in entries:
             score = model_score(entry.get("provenance") or {}) if entry["kind"] != "pretrained" else ""
             score = f" · {score}" if score else ""
             what = "start of a new model, below" if entry["kind"] == "pretrained" else ", ".join(entry["classes"])
@@ -140,7 +142,13 @@ class ModelPanel(QWidget):
             item.setToolTip(f"{entry['path']}\n{entry.get('description') or ''}")
             item.setData(PATH_ROLE, entry["path"])
             self.files.addItem(item)
-        if self.files.count():
+        for bad in unreadable:  # listed, never loadable: the user sees why a file they expect is not a model
+            item = QListWidgetItem(f"{Path(bad['path']).name} (unreadable) · {bad['reason']}")
+            item.setToolTip(f"{bad['path']}\ncannot be read: {bad['reason']}\nmove or delete it; the other models "
+                            "are not affected")
+            item.setFlags(Qt.ItemFlag.NoItemFlags)
+            self.files.addItem(item)
+        if entries:
             self.files.setCurrentRow(0)
 
     def _fill_start_choices(self, select: str | None = None) -> None:
