@@ -222,6 +222,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
     try:
         torch.manual_seed(cfg.seed)
         start = _load_start(cfg) if cfg.model else None
+        # a new material's few images all train (new_head_val_fraction): decided before the data is read
         new_material = start is not None and (start.pretraining_only or start.untrained_head)
         data_cfg = dataclasses.replace(cfg, val_fraction=cfg.new_head_val_fraction) if new_material else cfg
         data, caught = _collect_warnings(load_data, data_cfg, start.class_names if start else None,
@@ -235,8 +236,10 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         dtype = amp_dtype(dist.device, cfg.amp)
         trained_on = [annotation_digest(it) for it in data.train if it.reviewed is not None]
         validation = _fair_validation(start, data, in_chans, emit)
-        # distillation keeps what the start knew; a new output layer knows nothing yet
-        distill = cfg.distill_weight > 0 and cfg.model is not None and head is None and not start.untrained_head
+        # an output layer no step has trained: made here (other classes, a pretrained model) or the
+        # GUI's new model; it learns at the few-shot rates and knows no answers worth distilling
+        new_layer = head is not None or start.untrained_head
+        distill = cfg.distill_weight > 0 and cfg.model is not None and not new_layer
         uses_unlabelled = distill or cfg.semi_weight > 0
         unlabelled = read_unlabelled(cfg.unlabelled) if uses_unlabelled and cfg.unlabelled else []
         if cfg.unlabelled and not uses_unlabelled:
@@ -252,7 +255,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
         for name in ("cnn", "swin"):
             if getattr(cfg, f"freeze_{name}") and name not in frozen:
                 emit({"event": "warning", "message": f"freeze_{name}: this model has no {name} encoder"})
-        lr, encoder_lr_mult = learning_rates(cfg, head is not None or start.untrained_head)
+        lr, encoder_lr_mult = learning_rates(cfg, new_layer)
         optimizer = build_optimizer(model, lr, cfg.weight_decay, start.pretrained, encoder_lr_mult)
         schedule = (budget_schedule(cfg.time_budget_s, clock) if cfg.time_budget_s
                     else warmup_cosine(cfg.warmup, cfg.steps))
