@@ -197,6 +197,54 @@ def test_a_live_update_s_offer_is_decided_in_the_fine_tune_tab(widget, qtbot, tm
         assert f"model unchanged: REASON-{verdict}" in live.state.text()
 
 
+def _live_offer(w, tmp_path, name: str = "tiny-test-live-1", start=None):
+    """A live cycle's done event: better on the checks, not made current (an offer)."""
+    from fabricated import tiny_model_file
+
+    new = user_models_dir() / "live" / f"{name}.safetensors"
+    new.parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).mkdir()
+    shutil.copy(tiny_model_file(tmp_path / name), new)
+    live = w.correct_panel.live
+    live._cycle_start = start or w.session.path
+    live._after_training({"event": "done", "path": str(new), "steps": 4, "best_step": 4,
+                          "decision": _decision("unverified_elsewhere", False, 4)})
+    return live, new
+
+
+def test_a_live_offer_for_a_model_no_longer_current_is_not_made(widget, qtbot, tmp_path):
+    w = widget
+    segment(w, qtbot)
+    live, new = _live_offer(w, tmp_path, start=tmp_path / "an-earlier-model.safetensors")
+    assert not w.finetune_panel.offered and not w.finetune_panel.use_btn.isEnabled()
+    assert "not current any more" in live.state.text() and str(new) in live.state.text()
+
+
+def test_declining_a_live_offer_brings_back_the_offer_it_replaced(widget, qtbot, tmp_path):
+    w = widget
+    segment(w, qtbot)
+    panel, own = _offer_other_model(w, tmp_path)  # this tab's own fine-tune, offered, undecided
+    _, live_model = _live_offer(w, tmp_path)
+    assert panel.new_model == live_model and f"in place of {own.name}" in panel.status.text()
+    panel.revert_btn.click()  # declines the live offer
+    assert panel.new_model == own and panel.undecided and panel.use_btn.isEnabled()
+    assert str(live_model) in panel.status.text()  # where the declined one is (not listed in the Model tab)
+
+
+def test_a_live_offer_waits_for_a_comparison_and_is_withdrawn_when_another_model_is_loaded(widget, qtbot, tmp_path):
+    w = widget
+    segment(w, qtbot)
+    panel, own = _offer_other_model(w, tmp_path)
+    assert panel.show_changes()
+    _, live_model = _live_offer(w, tmp_path)
+    assert panel.new_model == own  # held while the comparison runs
+    qtbot.waitUntil(lambda: not panel.comparing, timeout=120_000)
+    assert panel.new_model == live_model and panel.undecided and panel.use_btn.isEnabled()
+    assert w.session.load_file(own) is not None  # the user loads another model by hand
+    qtbot.waitUntil(lambda: not w.session.busy and w.session.path == own, timeout=60_000)
+    assert not panel.undecided and not panel.use_btn.isEnabled() and "withdrawn" in panel.status.text()
+
+
 def _save_model(tmp_name: str, provenance: dict, source) -> None:
     from napari_csunet.models.modelfile import load_model_file, save_model_file
 

@@ -62,6 +62,11 @@ from .session import ModelSession
 
 __all__ = ["FinetunePanel"]
 
+
+def _where(path: Path) -> str:
+    """Where a model file can be found again: the Model tab lists the models folder, not its subfolders."""
+    return f"{path.name} (Model tab)" if path.parent == user_models_dir() else str(path)
+
 class FinetunePanel(QWidget):
     """Hyper-parameters, Start/Stop, live plot, status, the verdict; Use the new model / Revert model."""
 
@@ -126,6 +131,8 @@ class FinetunePanel(QWidget):
         self.new_model: Path | None = None  # the last fine-tune's file
         self.offered = False  # "Use the new model" can make the last fine-tune's model current
         self.undecided = False  # an offer nothing fair judged waits for the user's word (Revert declines it)
+        self._pending_offer: tuple[str, str, str] | None = None  # a live update's, while this tab is busy
+        self._declined: tuple | None = None  # what a live update's offer replaced (Revert brings it back)
         self._start_model: Path | None = None
         self._writing = False  # the other open images are being written; the child starts next
         self.comparing = False  # both models are segmenting the open images (Show what it changes)
@@ -138,6 +145,7 @@ class FinetunePanel(QWidget):
         self._steps_for_trained: int | None = None  # the user's steps while a new model proposes more
         session.changed.connect(self._follow_model)
         session.offered.connect(self.offer)
+        session.changed.connect(self._drop_stale_offer)
         self._update_enabled()
         self.show_training_set()
 
@@ -293,7 +301,7 @@ class FinetunePanel(QWidget):
         self.job = job
         if job is None:
             return False
-        self._start_model, self.offered, self.undecided = self.session.path, False, False
+        self._start_model, self.offered, self.undecided, self._declined = self.session.path, False, False, None
         self.stop_btn.setEnabled(True)
         self._update_enabled()
         note = other_images_note(len(spec.unlabelled), self._others_use())
@@ -396,15 +404,44 @@ class FinetunePanel(QWidget):
 
     def offer(self, path: str, start: str, reason: str) -> None:
         """A model fine-tuned elsewhere (the live update) and offered: decided here, as this tab's own
-        offers are (Use the new model, Show what it changes, Revert model)."""
-        if self.running:  # this tab's own run decides what is offered
+        offers are (Use the new model, Show what it changes, Revert model); after this tab's run or
+        comparison when one is under way."""
+        if self.running:
+            self._pending_offer = (path, start, reason)
             return
-        self.before_model, self.new_model = Path(start), Path(path)
+        new, old = Path(path), Path(start)
+        if self.session.path != old:
+            self.status.warning(f"a live update's model was fine-tuned from {old.name}, which is not current any "
+                                f"more: not offered; it is saved as {new}")
+            return
+        replaced = self.new_model if self.undecided else None
+        self._declined = (self.before_model, self.new_model, self.offered, self.undecided)
+        self.before_model, self.new_model = old, new
         self.offered = self.undecided = True
         self.result.warning(f"Live update: {reason}", notify=False)
-        self.status.info(f"{Path(path).name} is offered: 'Show what it changes', then 'Use the new model' or "
-                         "'Revert model'")
+        self.status.info(f"{new.name} is offered: 'Show what it changes', then 'Use the new model' or 'Revert "
+                         "model'" + (f" (in place of {replaced.name}: Revert model brings that offer back)"
+                                     if replaced is not None else ""))
         self._update_enabled()
+
+    def _idle_again(self) -> None:
+        """This tab's run or comparison ended: a live update's offer that waited is taken now."""
+        self._update_enabled()
+        pending, self._pending_offer = self._pending_offer, None
+        if pending is not None:
+            self.offer(*pending)
+
+    def _drop_stale_offer(self, *_: object) -> None:
+        """Another model became current (loaded by hand, a live update): an undecided offer was
+        made against the model before it, so Use and Revert no longer mean what they say."""
+        if self.undecided and self.before_model is not None and self.session.path != self.before_model:
+            self.offered = self.undecided = False
+            self._declined = None
+            if self.new_model is not None:
+                self.status.info(f"the offer of {self.new_model.name} is withdrawn: it was fine-tuned from "
+                                 f"{self.before_model.name}, which is not current any more; it stays saved as "
+                                 f"{_where(self.new_model)}")
+            self._update_enabled()
 
     def use_new_model(self) -> None:
         """The user's word for an offered model: make it current and segment again with it."""
@@ -412,20 +449,26 @@ class FinetunePanel(QWidget):
             self.status.error("no fine-tuned model to use: fine-tune first")
             return
         self.offered = self.undecided = False
+        self._declined = None
         verdict = self.result.text()  # "offered, not made current" must not stand beside "is current"
         self.result.info(f"{verdict}\nYou chose to use it: it is current now (Revert model goes back)."
                          if verdict else "")
         self._switch_to(self.new_model, "the fine-tuned model")
 
     def revert_model(self) -> None:
-        """Back to the model from before the last fine-tune (declines an offered one)."""
+        """Back to the model from before the last fine-tune (declines an offered one; a live update's
+        offer declined brings back what it replaced)."""
         if self.before_model is None:
             self.status.error("nothing to revert: no fine-tune changed or offered a model")
             return
         if self.undecided or self.session.path == self.before_model:
+            declined = self.new_model
             self.offered = self.undecided = False
-            self.status.info(f"kept {self.before_model.name}" + (
-                f"; the fine-tuned model stays saved as {self.new_model.name} (Model tab)" if self.new_model else ""))
+            if self._declined is not None:
+                self.before_model, self.new_model, self.offered, self.undecided = self._declined
+                self._declined = None
+            self.status.info(f"kept {self.session.path.name if self.session.path else 'the current model'}" + (
+                f"; the fine-tuned model stays saved as {_where(declined)}" if declined else ""))
             self._update_enabled()
             return
         if not self.before_model.exists():
@@ -516,7 +559,7 @@ class FinetunePanel(QWidget):
         def finish() -> None:
             self.comparing = False
             self.session.set_busy(False)
-            self._update_enabled()
+            self._idle_again()
 
         def shown(comparison: Comparison) -> None:
             finish()
@@ -544,4 +587,4 @@ class FinetunePanel(QWidget):
     def _ev_exit(self, ev: dict) -> None:
         self.job = None
         self.stop_btn.setEnabled(False)
-        self._update_enabled()
+        self._idle_again()

@@ -162,6 +162,10 @@ class LiveBox(QWidget):
             self._finish(False, "stopped" if done is None else "no model was saved")
             return
         if outcome.offered and outcome.rejected and self._cycle_start is not None:  # better, not enough to load live
+            if self.session.path != self._cycle_start:  # another model became current meanwhile
+                self._finish(False, f"model unchanged: this cycle fine-tuned {self._cycle_start.name}, which is not "
+                                    f"current any more; its model is saved as {outcome.path}")
+                return
             self.session.offered.emit(str(outcome.path), str(self._cycle_start), outcome.decision.get("reason", ""))
             self._finish(False, f"model unchanged: the Fine-tune tab offers {outcome.path.name} "
                                 "(Show what it changes, then Use the new model or Revert model)")
