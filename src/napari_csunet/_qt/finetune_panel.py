@@ -22,7 +22,6 @@ TIFFs on a worker thread before the child starts.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ from magicgui.widgets import CheckBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
-from ..loop.compare import Comparison, changes_text, compare_models
 from ..loop.finetune_job import (
     FORM_FIELDS,
     NEW_MODEL_STEPS,
@@ -44,7 +42,7 @@ from ..loop.outcome import Outcome
 from ..loop.training_job import TrainingJob
 from ..models.catalog import finetuned_name, model_stem, user_models_dir
 from ..settings import save_settings
-from .changes_view import show_changes
+from .changes_view import ChangesButton
 from .common import EventRelay, StatusLine, form_group, hbox, start_training_child
 from .config_form import config_form, form_rows, form_values
 from .finetune_text import (
@@ -55,7 +53,7 @@ from .finetune_text import (
     other_images_note,
     other_images_use,
 )
-from .other_images import KEEP_OTHERS, MAX_OTHERS, other_open_images, write_unlabelled
+from .other_images import KEEP_OTHERS, other_open_images, write_unlabelled
 from .plot import TrainingPlot
 from .serial_worker import SerialWorker
 from .session import ModelSession
@@ -101,15 +99,14 @@ class FinetunePanel(QWidget):
         self.revert_btn.setToolTip("back to the model from before the last fine-tune (the fine-tuned one stays "
                                    "saved in the Model tab)")
         self.revert_btn.clicked.connect(lambda: self.revert_model())
-        self.changes_btn = QPushButton("Show what it changes")
-        self.changes_btn.setToolTip("segment the open images with the fine-tuned model and the one before it, and "
-                                    "mark the pixels whose class changes (a layer per image, in the new class)")
-        self.changes_btn.clicked.connect(lambda: self.stop_comparing() if self.comparing else self.show_changes())
         self.plot = TrainingPlot()
         self.plot.clear(self.form.steps.value)  # the axis the run will have, before it starts
         self.form.steps.changed.connect(self._steps_changed)
         self.training_set = StatusLine()  # what Start would train on, kept up to date (show_training_set)
         self.status = StatusLine()
+        self.writer = SerialWorker("csunet-unlabelled", self)  # the other open images, the child's start, comparisons
+        self.changes = ChangesButton(viewer, session, self.writer, self.status, self._comparable, self._idle_again, self)
+        self.changes_btn = self.changes.button
         self.result = StatusLine()
 
         layout = QVBoxLayout(self)
@@ -135,9 +132,6 @@ class FinetunePanel(QWidget):
         self._declined: tuple | None = None  # what a live update's offer replaced (Revert brings it back)
         self._start_model: Path | None = None
         self._writing = False  # the other open images are being written; the child starts next
-        self.comparing = False  # both models are segmenting the open images (Show what it changes)
-        self._cancel_compare = threading.Event()
-        self.writer = SerialWorker("csunet-unlabelled", self)
         self._relay = EventRelay(self._on_event, self)
         session.busy_changed.connect(self._update_enabled)
         session.changed.connect(self._update_enabled)
@@ -160,8 +154,7 @@ class FinetunePanel(QWidget):
         current = self.session.path
         self.revert_btn.setEnabled(idle and self.before_model is not None and (
             self.undecided or (current is not None and current != self.before_model and self.before_model.exists())))
-        self.changes_btn.setEnabled(self.comparing or (idle and self._comparable() is not None))
-        self.changes_btn.setText("Stop comparing" if self.comparing else "Show what it changes")
+        self.changes.update(idle)
 
     def _steps_changed(self, steps: int) -> None:
         """An empty plot follows the chosen step count; a run's curves stay until the next start."""
@@ -326,7 +319,7 @@ class FinetunePanel(QWidget):
     def shutdown(self, *_: object) -> None:
         """napari is closing: end the child (the annotations and saved checkpoints stay on disk) and a
         comparison (its thread would keep Python from exiting until both models had segmented)."""
-        self._cancel_compare.set()
+        self.changes.stop()
         if self.job is not None:
             job = self.job
             job.kill()
@@ -528,61 +521,13 @@ class FinetunePanel(QWidget):
             return None
         return old, new
 
+    @property
+    def comparing(self) -> bool:
+        return self.changes.running
+
     def show_changes(self) -> bool:
-        """Segment the open images with both models off the GUI thread (the model is busy meanwhile:
-        one thing on the device at a time), then a changes layer per image."""
-        from ..engine.predictor import Cancelled
-        from .calibration import databar_of
-
-        models = self._comparable()
-        if models is None or self.running or self.session.busy:
-            self.status.error("nothing to compare: no fine-tune has made a new model" if models is None
-                              else "wait: the model is busy (training, loading or segmenting)")
-            return False
-        images = other_open_images(self.viewer, (), limit=MAX_OTHERS + 1)
-        if not images:
-            self.status.error("no open image to compare the models on: open a micrograph (2D, in memory)")
-            return False
-        jobs = [(layer.name, layer.data, self.session.records.of_image(layer)) for layer in images]
-        settings = self.session.settings
-        kwargs = {"device": settings.device, "amp": settings.mixed_precision}
-        cancel = self._cancel_compare
-        cancel.clear()
-        self.comparing = True
-        self.session.set_busy(True)
-        self.status.info(f"segmenting {len(images)} open image(s) with {models[1].name} and {models[0].name} …")
-
-        def task() -> Comparison:  # the worker thread: the data bar is found there too, as the Segment tab does
-            return compare_models(*models, [(name, data, databar_of(record, data)) for name, data, record in jobs],
-                                  kwargs, cancel=cancel.is_set)
-
-        def finish() -> None:
-            self.comparing = False
-            self.session.set_busy(False)
-            self._idle_again()
-
-        def shown(comparison: Comparison) -> None:
-            finish()
-            show_changes(self.viewer, [(layer, data) for layer, (_, data, _) in zip(images, jobs, strict=True)],
-                         comparison, models[1].name)
-            self.status.info(f"what {models[1].name} changes against {models[0].name}: {changes_text(comparison.changes)}"
-                             " (the 'changes' layers: each changed pixel in its new class)")
-
-        def failed(exc: Exception) -> None:
-            finish()
-            if isinstance(exc, Cancelled):
-                self.status.info("comparison stopped")
-            else:
-                self.status.error(f"could not compare the models: {exc}")
-
-        self.writer.submit(task, shown, failed)
-        return True
-
-    def stop_comparing(self) -> None:
-        """Stop the comparison before the next batch of tiles."""
-        if self.comparing:
-            self._cancel_compare.set()
-            self.status.info("stopping the comparison …")
+        """Segment the open images with both models and mark what changes (:class:`ChangesButton`)."""
+        return self.changes.start()
 
     def _ev_exit(self, ev: dict) -> None:
         self.job = None
