@@ -116,6 +116,14 @@ def is_regression(run: dict[str, Any], tolerance: float = REGRESSION) -> bool:
     return bool(run.get("kept")) and any((change(run.get(a)) or 0.0) < -tolerance for a in ("outside", "other_images"))
 
 
+def annotated_group(pool: Sequence[Any], first: Any, n: int) -> list[Any]:
+    """``first`` and the next ``n - 1`` images of ``pool`` (wrapping round): one round's annotated images."""
+    if not 1 <= n <= len(pool):
+        raise SystemExit(f"--together {n}: between 1 and the {len(pool)} images of the pool")
+    at = pool.index(first)
+    return [pool[(at + j) % len(pool)] for j in range(n)]
+
+
 def _mean(values: Iterable[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return round(float(np.mean(vals)), 4) if vals else None
@@ -240,9 +248,9 @@ class DataSet:
         if self.train_names:
             self.extra += find_samples(root, None, names=self.train_names)
 
-    def unlabelled_for(self, sample: Any, others: Sequence[Any], n: int) -> list[str]:
+    def unlabelled_for(self, annotated: Sequence[Any], others: Sequence[Any], n: int) -> list[str]:
         """``n`` image files neither annotated in this run nor scored as its other images."""
-        scored = {sample.image, *(s.image for s in others)}
+        scored = {*(s.image for s in annotated), *(s.image for s in others)}
         return [str(s.image) for s in [*self.pool, *self.extra] if s.image not in scored][:n]
 
     def default_model(self) -> str | None:
@@ -315,13 +323,8 @@ class Loop:
         return confusion_matrix(pred if where is None else pred[where], truth if where is None else truth[where],
                                 len(self.names))
 
-    def run(self, sample: Any, others: Sequence[Any], seed: int) -> dict[str, Any]:
-        """One simulated round on ``sample``: paint the worst boxes, fine-tune, re-segment, score."""
-        from napari_csunet.engine.predictor import Segmenter
-        from napari_csunet.images.annotations import AnnotationStore
-        from napari_csunet.loop.finetune_job import finetune_job_spec
-        from napari_csunet.models.catalog import model_stem
-
+    def corrected(self, sample: Any) -> dict[str, Any]:
+        """The simulated user's work on one image: the worst boxes painted to the truth."""
         image, truth, before = self.load(sample)
         side = box_side(truth.shape)
         boxes = worst_boxes(before, truth, self.args.boxes, side)
@@ -329,11 +332,26 @@ class Loop:
         for r, c in boxes:
             inside[r:r + side, c:c + side] = True
         labels = np.where(inside & (truth > 0), truth, before).astype(np.uint8)
+        return {"sample": sample, "image": image, "truth": truth, "before": before, "side": side, "boxes": boxes,
+                "inside": inside, "labels": labels}
+
+    def run(self, annotated: Sequence[Any], others: Sequence[Any], seed: int) -> dict[str, Any]:
+        """One simulated round on the ``annotated`` images (usually one): paint the worst boxes of
+        each, fine-tune once, re-segment, score (inside and outside pooled over them)."""
+        from napari_csunet.engine.predictor import Segmenter
+        from napari_csunet.images.annotations import AnnotationStore
+        from napari_csunet.loop.finetune_job import finetune_job_spec
+        from napari_csunet.models.catalog import model_stem
+
+        work = [self.corrected(sample) for sample in annotated]
+        sample, side, boxes = annotated[0], work[0]["side"], work[0]["boxes"]
         with tempfile.TemporaryDirectory(prefix="run-", dir=self.scratch) as tmp:
             store = AnnotationStore(Path(tmp) / "annotations")
-            store.add(image, labels, name=sample.image.stem, class_names=self.names, class_colors=self.colors,
-                      prediction=before, regions=[[r, c, r + side, c + side] for r, c in boxes])
-            unlabelled = self.data.unlabelled_for(sample, others, self.args.unlabelled)
+            for w in work:
+                store.add(w["image"], w["labels"], name=w["sample"].image.stem, class_names=self.names,
+                          class_colors=self.colors, prediction=w["before"],
+                          regions=[[r, c, r + w["side"], c + w["side"]] for r, c in w["boxes"]])
+            unlabelled = self.data.unlabelled_for(annotated, others, self.args.unlabelled)
             params = (({"steps": self.args.steps} if self.args.steps else {}) | {"seed": seed}
                       | ({"unlabelled": unlabelled} if unlabelled else {}) | self.args.overrides)
             spec = finetune_job_spec(self.model, store.pairs(), self.names, Path(tmp) / "candidate.safetensors",
@@ -353,15 +371,18 @@ class Loop:
                 self.args.keep_models.mkdir(parents=True, exist_ok=True)
                 kept_as = self.args.keep_models / f"{model_stem(self.data.name)}-{model_stem(sample.image.stem)}-s{seed}.safetensors"
                 kept_as.write_bytes(Path(done["path"]).read_bytes())
-            after = self.predict(candidate, image, sample.image.stem)
+            afters = [self.predict(candidate, w["image"], w["sample"].image.stem) for w in work]
             seconds = time.perf_counter() - t0
             other_cms = [(self.confusion(b, t), self.confusion(self.predict(candidate, i, s.image.stem), t))
                          for s in others for i, t, b in [self.load(s)]]
         decision = done.get("decision") or {}
         kept = bool(decision.get("keep"))
-        areas = {"inside": scores(self.confusion(before, truth, inside), self.confusion(after, truth, inside), self.names),
-                 "outside": scores(self.confusion(before, truth, ~inside), self.confusion(after, truth, ~inside),
-                                   self.names),
+        def pooled(pred: str, where: str) -> np.ndarray:
+            return sum(self.confusion(p, w["truth"], w["inside"] if where == "inside" else ~w["inside"])
+                       for w, p in zip(work, afters if pred == "after" else [w["before"] for w in work], strict=True))
+
+        areas = {"inside": scores(pooled("before", "inside"), pooled("after", "inside"), self.names),
+                 "outside": scores(pooled("before", "outside"), pooled("after", "outside"), self.names),
                  "other_images": scores(sum(b for b, _ in other_cms), sum(a for _, a in other_cms), self.names)
                  if other_cms else None}
         for area in ("outside", "other_images"):
@@ -369,9 +390,9 @@ class Loop:
                 areas[area] |= {f"{k}_current_after": areas[area][f"{k}_after" if kept else f"{k}_before"]
                                 for k in ("miou", "accuracy")}
         new = decision.get("new")
-        return {"dataset": self.data.name, "image": sample.image.stem, "seed": seed, "model": str(self.model),
-                "boxes": [[r, c, r + side, c + side] for r, c in boxes], "box_side": side,
-                "painted_pixels": int(np.count_nonzero(labels != before)), **areas,
+        return {"dataset": self.data.name, "image": "+".join(s.image.stem for s in annotated), "seed": seed,
+                "model": str(self.model), "boxes": [[r, c, r + side, c + side] for r, c in boxes], "box_side": side,
+                "painted_pixels": sum(int(np.count_nonzero(w["labels"] != w["before"])) for w in work), **areas,
                 "other_image_names": [s.image.stem for s in others],
                 "unlabelled_images": [Path(u).stem for u in unlabelled],
                 "kept": kept, "verdict": decision.get("verdict"), "reason": decision.get("reason"),
@@ -415,6 +436,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="starting model (name or file); default: see the module doc")
     parser.add_argument("--images", type=int, default=4, help="images annotated per set (one run each)")
     parser.add_argument("--other", type=int, default=3, help="at most this many other images scored per run")
+    parser.add_argument("--together", type=int, default=1, help="images annotated in one round (the run's image "
+                        "and the next ones of the pool; inside/outside pooled over them)")
     parser.add_argument("--boxes", type=int, default=3, help="worst boxes painted to the truth per image")
     parser.add_argument("--unlabelled", type=int, default=3,
                         help="other images of the set given without labels, as the Fine-tune tab gives the other "
@@ -467,12 +490,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              "class_names": loop.names, "annotated": [s.image.stem for s in chosen],
                                              "pool": [s.image.stem for s in data.pool]}
             for sample in chosen:
-                others = [s for s in data.pool if s is not sample][: args.other]
+                group = annotated_group(data.pool, sample, args.together)
+                others = [s for s in data.pool if s not in group][: args.other]
+                name = "+".join(s.image.stem for s in group)
                 for seed in args.seeds:
-                    if (data.name, sample.image.stem, seed) in done:
+                    if (data.name, name, seed) in done:
                         continue
-                    log(f"{data.name} {sample.image.stem} seed {seed} …")
-                    run = loop.run(sample, others, seed)
+                    log(f"{data.name} {name} seed {seed} …")
+                    run = loop.run(group, others, seed)
                     log(f"  {run['verdict']}, kept {run['kept']}, {run['seconds']} s, outside mIoU "
                         f"{run['outside']['miou_before']:.3f} -> {run['outside']['miou_after']:.3f}")
                     result["runs"].append(run)

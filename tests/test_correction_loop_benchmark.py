@@ -115,3 +115,15 @@ def test_parse_sets(items: list[str], expected: dict[str, Any]) -> None:
 def test_parse_sets_refuses_a_bare_key() -> None:
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         cl.parse_sets(["distill_weight"])
+
+
+@pytest.mark.parametrize("first, n, expected", [("a", 1, ["a"]), ("b", 2, ["b", "c"]), ("c", 2, ["c", "a"]),
+                                                ("a", 3, ["a", "b", "c"])])
+def test_annotated_group_takes_the_next_images_round_the_pool(first: str, n: int, expected: list[str]) -> None:
+    assert cl.annotated_group(["a", "b", "c"], first, n) == expected
+
+
+@pytest.mark.parametrize("n", [0, 4])
+def test_annotated_group_refuses_impossible_sizes(n: int) -> None:
+    with pytest.raises(SystemExit, match="--together"):
+        cl.annotated_group(["a", "b", "c"], "a", n)
