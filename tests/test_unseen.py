@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 from csunet_train.data import LabelledImage
 from csunet_train.losses import correction_loss
-from csunet_train.unseen import UNSEEN_EVERY, hold_out_unseen, split_probes, unseen_lattice
+from csunet_train.unseen import UNSEEN_EVERY, hold_out_unseen, unseen_lattice
 
 NAMES = ["background", "oxide", "crack"]
 
@@ -80,25 +78,3 @@ def test_the_change_is_counted_per_class_so_a_rare_phase_counts() -> None:
     assert change["mean_class_changed"] == pytest.approx((0.2 + change["class_changed"]["background"]) / 2)
     assert "oxide" not in change["class_changed"]  # neither model says oxide there
     assert unseen_lattice((8, 8), block=2, every=4).sum() == 4 * 4
-
-
-@pytest.mark.parametrize("n, training, probes", [(0, 0, 0), (1, 1, 0), (2, 1, 1), (3, 2, 1)])
-def test_with_two_unlabelled_images_or_more_the_last_is_a_probe(n: int, training: int, probes: int) -> None:
-    items = [_item(False) for _ in range(n)]
-    train, probe = split_probes(items)
-    assert (len(train), len(probe)) == (training, probes) and train + probe == items
-
-
-def test_a_probe_is_compared_on_every_pixel_and_keeps_its_soft_targets() -> None:
-    item, probe = _item(True), dataclasses.replace(_item(False), name="probe")
-    unseen = hold_out_unseen([item], [probe])
-    assert unseen.items[-1] is probe and np.all(unseen.teacher[-1] > 0)  # all its pixels, the start's answers
-    assert np.all(probe.soft.sum(0) > 0.9)  # nothing zeroed: no crop is ever taken from it
-    assert unseen.pixels == int((unseen.teacher[0] > 0).sum()) + probe.labels.size
-    start = np.where(np.arange(256)[:, None] >= 128, 3, 1).astype(np.uint8) * np.ones((1, 256), np.uint8)
-
-    def new_model(it: LabelledImage) -> np.ndarray:  # moves the probe to oxide, keeps the annotated image
-        return np.full((256, 256), 2, np.uint8) if it is probe else start
-
-    change = unseen.change(new_model, NAMES)
-    assert change["per_image"] == {"im": 0.0, "probe": 1.0}

@@ -27,7 +27,7 @@ from .fair import annotation_digest, fair_split, missing_classes_text
 from .fair import summary as fair_summary
 from .judge import FairValidation
 from .pretrain_config import PretrainConfig
-from .unseen import hold_out_unseen, split_probes
+from .unseen import hold_out_unseen
 from .verdict import judge_finetune
 
 __all__ = ["run_job", "run_and_report", "main", "EXIT_CODES"]
@@ -247,9 +247,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                   "a model file) or semi-supervised training (semi_weight > 0); they are ignored"})
         distill = distill and _add_soft_targets(model, data, in_chans, dist.device, dtype, unlabelled)
         semi = cfg.semi_weight > 0 and not distill  # distillation already gives every unlabelled pixel a target
-        # with distillation, one unlabelled image is a probe the fine-tune never sees (csunet_train.unseen)
-        training_unlabelled, probes = split_probes(unlabelled) if distill else (unlabelled, [])
-        unseen = hold_out_unseen([*data.train, *training_unlabelled], probes) if distill else None
+        unseen = hold_out_unseen([*data.train, *unlabelled]) if distill else None
         start_state = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                        if unseen is not None else None)  # a blend with the fine-tuned model may be judged
         anchor = _anchor(model, cfg.anchor_weight) if cfg.anchor_weight > 0 and cfg.model is not None else None
@@ -269,8 +267,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                 model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
         prepared = [prepare_image(it, in_chans, cfg.crop, cfg.seed + i, pseudo=cfg.pseudo_weight > 0 and not distill)
                     for i, it in enumerate(data.train)]
-        context = [prepare_image(it, in_chans, cfg.crop, cfg.seed + 1000 + i)
-                   for i, it in enumerate(training_unlabelled)]
+        context = [prepare_image(it, in_chans, cfg.crop, cfg.seed + 1000 + i) for i, it in enumerate(unlabelled)]
         dataset = CropDataset(prepared, cfg.crop, cfg.steps * cfg.batch_size, cfg.aug_strength, cfg.class_balance,
                               cfg.seed, dist.rank, context=cfg.context_crops if distill else 0.0,
                               unlabelled=context if distill or semi else None, unlabelled_share=cfg.unlabelled_share,
@@ -316,8 +313,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             "validation": fair_summary(validation.split) if validation is not None else None,
             "distillation": {"weight": cfg.distill_weight, "temperature": cfg.distill_temperature,
                              "balanced": cfg.balanced_distill,
-                             "unlabelled_images": [it.name for it in training_unlabelled],
-                             "probe_images": [it.name for it in probes]} if distill else None,
+                             "unlabelled_images": [it.name for it in unlabelled]} if distill else None,
             "semi_supervised": {"weight": cfg.semi_weight, "threshold": cfg.semi_threshold, "ema_decay": cfg.ema_decay,
                                 "unlabelled_images": [it.name for it in unlabelled]} if semi else None,
         }

@@ -8,12 +8,6 @@ still sees them as context, but no loss touches them. After training, how much t
 changes the starting model's answers on them, class by class, estimates what it will do to the
 images the user did not annotate (issue 19: one round of corrections made other images of a
 material worse while its own held-out blocks improved).
-
-The lattice's blocks still sit among distilled pixels, which anchor them; an image the model never
-trained on can drift much more (measured: two nanocomposite images corrected together, the
-unlabelled images' held-out blocks changed 0.5-2.4 % while three images outside the fine-tune lost
-0.116 mIoU). So with two or more unlabelled images the last is a *probe*: no crop is taken from it
-and all its pixels are compared, as those of an image the user never showed the fine-tune.
 """
 
 from __future__ import annotations
@@ -28,20 +22,11 @@ from napari_csunet.measure.metrics import change_from_confusion
 
 from .data import LabelledImage
 
-__all__ = ["UNSEEN_BLOCK", "UNSEEN_EVERY", "PROBE_FROM", "UnseenPixels", "hold_out_unseen", "split_probes",
-           "unseen_lattice"]
+__all__ = ["UNSEEN_BLOCK", "UNSEEN_EVERY", "UnseenPixels", "hold_out_unseen", "unseen_lattice"]
 
 #: side of the lattice's blocks (pixels) and one block in this many is kept out of distillation
 UNSEEN_BLOCK = 64
 UNSEEN_EVERY = 4
-#: with at least this many unlabelled images, the last one is a probe (never trained on)
-PROBE_FROM = 2
-
-
-def split_probes(unlabelled: Sequence[LabelledImage]) -> tuple[list[LabelledImage], list[LabelledImage]]:
-    """(the unlabelled images that train, the probe images that do not): see the module doc."""
-    items = list(unlabelled)
-    return (items[:-1], items[-1:]) if len(items) >= PROBE_FROM else (items, [])
 
 
 def unseen_lattice(shape: tuple[int, int], block: int = UNSEEN_BLOCK, every: int = UNSEEN_EVERY) -> np.ndarray:
@@ -84,7 +69,7 @@ class UnseenPixels:
                 "per_image": per_image}
 
 
-def hold_out_unseen(items: Sequence[LabelledImage], probes: Sequence[LabelledImage] = ()) -> UnseenPixels:
+def hold_out_unseen(items: Sequence[LabelledImage]) -> UnseenPixels:
     """Keep a lattice of each item's distilled pixels (no label, soft targets set) out of the
     distillation: their soft targets become 0, which the loss skips, and the starting model's
     answers there are kept to compare with after training. The fair held-out reviewed blocks
@@ -104,8 +89,4 @@ def hold_out_unseen(items: Sequence[LabelledImage], probes: Sequence[LabelledIma
         item.soft[:, held] = 0
         held_items.append(item)
         teachers.append(teacher)
-    for probe in probes:  # never trained on: every pixel is compared
-        if probe.soft is not None:
-            held_items.append(probe)
-            teachers.append((probe.soft.argmax(0) + 1).astype(np.uint8))
     return UnseenPixels(held_items, teachers)
