@@ -67,12 +67,10 @@ def change_from_confusion(cm: np.ndarray) -> tuple[float, dict[int, float]]:
     """How much one answer differs from another, from their (K, K) confusion matrix (rows: the
     old answer): the share of pixels whose class changes, and per class index present in either,
     1 - IoU(old, new) (roughly what that class's IoU against any truth can move by)."""
-    cm = np.asarray(cm, dtype=np.float64)
-    total = cm.sum()
-    tp = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - tp
-    per_class = {c: round(float(1 - tp[c] / union[c]), 4) for c in range(cm.shape[0]) if union[c] > 0}
-    return (float(1 - tp.sum() / total) if total else 0.0), per_class
+    metrics = metrics_from_confusion(cm)
+    per_class = {c: round(1 - iou, 4) for c, iou in enumerate(metrics["iou_per_class"].values()) if iou is not None}
+    accuracy = metrics["pixel_accuracy"]
+    return (1 - accuracy if accuracy is not None else 0.0), per_class
 
 
 def label_change(old: np.ndarray, new: np.ndarray, num_classes: int) -> tuple[float, dict[int, float]]:
