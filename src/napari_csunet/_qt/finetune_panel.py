@@ -488,9 +488,7 @@ class FinetunePanel(QWidget):
 
         def segment(vouched: dict[str, np.ndarray | None] | None) -> None:
             keep = self.session.corrections if vouched is None else (lambda layer: self.session.corrections(layer, vouched))
-            segmentation = self.session.segmentation
-            if segmentation is None or segmentation.segment(layers, on_done=lambda written: self._resegmented(path, written),
-                                          keep=keep) is None:
+            if self.session.segment(layers, on_done=lambda written: self._resegmented(path, written), keep=keep) is None:
                 self.status.warning(f"model {Path(path).name} is current; segment again in the Segment tab")
 
         self.writer.submit(lambda: {lay.name: store.vouched(lay.name) for lay in layers}, segment,

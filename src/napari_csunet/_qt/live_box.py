@@ -185,8 +185,7 @@ class LiveBox(QWidget):
         if image is None:
             self._finish(True, f"new model {Path(path).name}; segment again to see it")
             return
-        segmentation = self.session.segmentation
-        if segmentation is None or segmentation.segment([image], keep=self.queue.corrections, on_done=lambda _w: self._finish(True),
+        if self.session.segment([image], keep=self.queue.corrections, on_done=lambda _w: self._finish(True),
                                 uncertainty=True) is None:
             self._finish(False, "could not segment again (busy)")
 

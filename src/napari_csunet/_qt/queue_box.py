@@ -143,7 +143,7 @@ class QueueBox(QWidget):
                 self.status.error("no uncertainty for this image: segment it with 'uncertainty layer' on")
                 return False
             self.status.info("segmenting again for the uncertainty (your corrections stay) …")
-            return self.session.segmentation.segment([image], keep=self.corrections, on_done=self._rank_after,
+            return self.session.segment([image], keep=self.corrections, on_done=self._rank_after,
                                         uncertainty=True) is not None
         done = self.corrections(layer)
         self.queue = CorrectionQueue.from_uncertainty(uncertainty, int(self.size.currentText()), done=done,

@@ -137,6 +137,11 @@ class ModelSession(QObject):
             return saved if painted is None else painted | saved
         return painted
 
+    def segment(self, layers: list, **kwargs: Any) -> Any:
+        """Segment ``layers`` through :attr:`segmentation` (``Segmentation.segment``'s arguments);
+        None when nothing is registered or it refused (busy)."""
+        return self.segmentation.segment(layers, **kwargs) if self.segmentation is not None else None
+
     def describe(self) -> str:
         if self.segmenter is None:
             return "no model loaded"
