@@ -71,7 +71,9 @@ def _image() -> np.ndarray:
 def test_compare_models_segments_with_both_files(tmp_path):
     old, same, other = _models(tmp_path)
     image = _image()
-    unchanged = compare_models(old, same, [("a", image, None)], {"device": "cpu"})
+    from napari_csunet.engine.predictor import Segmenter
+
+    unchanged = compare_models(Segmenter.from_file(old, device="cpu"), same, [("a", image, None)], {"device": "cpu"})
     assert unchanged.class_names == NAMES and len(unchanged.class_colors) == 3
     assert unchanged.changes[0].share == 0 and not unchanged.changes[0].changed.any()
     changed = compare_models(old, other, [("a", image, None), ("b", image[::-1].copy(), None)], {"device": "cpu"})

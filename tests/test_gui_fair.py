@@ -126,10 +126,11 @@ def _offer_other_model(w, tmp_path):
     return panel, other
 
 
-def test_show_what_an_offered_model_changes(widget, qtbot, tmp_path):
+def test_show_what_an_offered_model_changes(widget, qtbot, tmp_path, monkeypatch):
     """The verdict says 'look at those areas': a changes layer per open image shows them."""
     from napari_csunet._qt.changes_view import CHANGES
     from napari_csunet._qt.common import OUTPUT
+    from napari_csunet.engine.predictor import Segmenter
 
     w = widget
     segment(w, qtbot)
@@ -137,11 +138,15 @@ def test_show_what_an_offered_model_changes(widget, qtbot, tmp_path):
     panel, other = _offer_other_model(w, tmp_path)
     mine = w.viewer.add_labels(np.zeros((8, 8), np.uint8), name=f"{IMAGE} changes")  # the user's, same name
     assert panel.changes_btn.isEnabled() and panel.offered
+    read: list[str] = []
+    from_file = Segmenter.from_file
+    monkeypatch.setattr(Segmenter, "from_file", classmethod(lambda cls, path, **kw: read.append(path) or from_file(path, **kw)))
     assert panel.show_changes()
     assert w.session.busy and not panel.start_btn.isEnabled()  # one thing on the device at a time
     assert panel.changes_btn.isEnabled() and panel.changes_btn.text() == "Stop comparing"
     qtbot.waitUntil(lambda: not panel.comparing, timeout=120_000)
     assert not w.session.busy and panel.changes_btn.text() == "Show what it changes"
+    assert [str(p) for p in read] == [str(other)]  # the current model is used as loaded, not read again
     ours = [lay for lay in w.viewer.layers if lay.metadata.get(CHANGES) is not None]
     assert len(ours) == 1 and mine in w.viewer.layers and mine.data.shape == (8, 8)  # the user's layer stays
     layer = ours[0]

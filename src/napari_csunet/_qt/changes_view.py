@@ -99,8 +99,12 @@ class ChangesButton(QObject):
         self.session.set_busy(True)
         self.status.info(f"segmenting {len(images)} open image(s) with {models[1].name} and {models[0].name} …")
 
+        session = self.session  # busy until the end: its model is ours to use on the worker thread
+        current = session.segmenter is not None and session.path == models[0] and not session.unsaved
+        old = session.segmenter if current else models[0]
+
         def task() -> Comparison:  # the worker thread: the data bar is found there too, as the Segment tab does
-            return compare_models(*models, [(name, data, databar_of(record, data)) for name, data, record in jobs],
+            return compare_models(old, models[1], [(name, data, databar_of(record, data)) for name, data, record in jobs],
                                   kwargs, cancel=cancel.is_set)
 
         def finish() -> None:

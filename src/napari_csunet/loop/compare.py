@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..images.databar import DataBar
 from ..measure.metrics import label_change
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine.predictor import Segmenter
 
 __all__ = ["ModelChange", "Comparison", "model_change", "compare_models", "changes_text"]
 
@@ -52,12 +55,13 @@ def model_change(name: str, old: np.ndarray, new: np.ndarray, class_names: Seque
     return ModelChange(name, changed, share, {n: per_class[c] for c, n in enumerate(class_names) if c in per_class})
 
 
-def compare_models(old_file: str | Path, new_file: str | Path,
+def compare_models(old_file: str | Path | Segmenter, new_file: str | Path,
                    images: Sequence[tuple[str, np.ndarray, DataBar | None]],
                    segmenter_kwargs: dict[str, Any] | None = None,
                    cancel: Callable[[], bool] | None = None) -> Comparison:
     """Segment each ``(name, pixels, data bar)`` with both model files (their classes must match) and
     compare; the SEM data bar never reaches the models (0 in both answers), as in the Segment tab.
+    The old model may be given loaded (the current one: not read and built a second time).
 
     Runs off the GUI thread: two predictions per image; ``cancel()`` returning True stops it
     (:class:`~napari_csunet.engine.predictor.Cancelled`) before the next batch.
@@ -66,7 +70,8 @@ def compare_models(old_file: str | Path, new_file: str | Path,
     from ..images.databar import predict_outside
 
     kwargs = segmenter_kwargs or {}
-    old, new = Segmenter.from_file(old_file, **kwargs), Segmenter.from_file(new_file, **kwargs)
+    old = old_file if isinstance(old_file, Segmenter) else Segmenter.from_file(old_file, **kwargs)
+    new = Segmenter.from_file(new_file, **kwargs)
     names = list(new.info.class_names)
     if list(old.info.class_names) != names:
         raise ValueError(f"the models have different classes ({list(old.info.class_names)} vs {names}): "
