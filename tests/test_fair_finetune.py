@@ -17,7 +17,7 @@ from csunet_train.fair import (
     missing_classes_text,
     reviewed_counts,
 )
-from csunet_train.judge import FairValidation, block_miou, decide, paired_change
+from csunet_train.judge import FairValidation, block_miou, class_iou, decide, paired_change
 from csunet_train.losses import balanced_cross_entropy, correction_loss, distillation_loss
 from napari_csunet.images.annotations import AnnotationStore, reviewed_area
 from napari_csunet.measure.metrics import metrics_from_confusion
@@ -171,6 +171,40 @@ def test_a_better_model_that_changes_the_unchecked_pixels_a_lot_is_only_offered(
     assert f"{changed:.1%} of the pixels it did not train on (away from the corrections and on 3 other" in decision["reason"]
     worst = max(by_class, key=by_class.get)
     assert f"by class: {worst} {by_class[worst]:.0%}" in decision["reason"]
+
+
+def _rows(blocks: int, background: list[int], oxide: list[int]) -> np.ndarray:
+    """Per-block confusion matrices with these rows for background and oxide (no crack in the truth)."""
+    cms = np.zeros((blocks, 3, 3), np.int64)
+    cms[:, 0], cms[:, 1] = background, oxide
+    return cms
+
+
+@pytest.mark.parametrize(("moved", "oxide_gain", "keep", "says"), [
+    ("oxide", "everywhere", True, None),  # the checks show oxide better in every block
+    ("oxide", "one block", False, "oxide (IoU 0.700 → "),  # ... in one block: the noise explains it
+    ("crack", "everywhere", False, "no checked crack pixels were held out"),  # nothing checked it
+])
+def test_a_class_that_moves_where_nobody_checked_must_be_shown_better_by_the_checks(
+        moved: str, oxide_gain: str, keep: bool, says: str | None) -> None:
+    v = _validation([_item([(10, 10, 150), (200, 200, 150)])])
+    v.first = _rows(v.n_blocks, [70, 0, 30], [0, 70, 30])
+    after = _rows(v.n_blocks, [95, 0, 5], [0, 70, 30])  # background better everywhere: mIoU well beyond the noise
+    after[slice(None) if oxide_gain == "everywhere" else slice(0, 1), 1] = [0, 100, 0]
+    elsewhere = {"images": 3, "changed": 0.01, "class_changed": {"background": 0.01, moved: 0.08},
+                 "mean_class_changed": 0.03}  # under both limits: only the class rule can object
+    decision = decide(v, after, 60, 60, NAMES, elsewhere=elsewhere)
+    assert decision["keep"] is keep
+    if not keep:
+        assert decision["verdict"] == "unverified_elsewhere" and says in decision["reason"]
+        assert f"moves {moved} by 8%" in decision["reason"]
+        assert [u["class"] for u in decision["unverified_classes"]] == [moved]
+
+
+def test_class_iou_is_the_metrics_iou() -> None:
+    cms = np.random.default_rng(2).integers(0, 50, (3, 3))
+    expected = metrics_from_confusion(cms, NAMES)["iou_per_class"]
+    assert [float(class_iou(cms, c)) for c in range(3)] == pytest.approx([expected[n] for n in NAMES])
 
 
 def test_a_gain_within_the_noise_is_offered_not_made_current() -> None:
