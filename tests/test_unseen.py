@@ -78,3 +78,20 @@ def test_the_change_is_counted_per_class_so_a_rare_phase_counts() -> None:
     assert change["mean_class_changed"] == pytest.approx((0.2 + change["class_changed"]["background"]) / 2)
     assert "oxide" not in change["class_changed"]  # neither model says oxide there
     assert unseen_lattice((8, 8), block=2, every=4).sum() == 4 * 4
+
+
+def test_the_images_that_hold_no_checked_area_are_counted_apart() -> None:
+    checked, other = _item(True, reviewed=True), _item(False)  # other: no check of this round lies in it
+    unseen = hold_out_unseen([checked, other])
+
+    def predict(it: LabelledImage) -> np.ndarray:
+        new = unseen.teacher[0 if it is checked else 1].copy()
+        new[new == 0] = 1
+        if it is other:
+            new[new == 3] = 1  # the crack vanishes on the image nobody checked only
+        return new
+
+    change = unseen.change(predict, NAMES)
+    assert change["unchecked_images"]["images"] == 1
+    assert change["unchecked_images"]["class_changed"]["crack"] == pytest.approx(1.0)
+    assert 0 < change["class_changed"]["crack"] < 1  # pooled with the checked image, where it stays

@@ -50,10 +50,14 @@ class UnseenPixels:
     def change(self, predict, class_names: Sequence[str]) -> dict[str, Any]:
         """How the labels ``predict(item)`` returns differ from the starting model's on the held-out
         blocks: the share of pixels whose class changed, and per class 1 - IoU(start, new) (what a
-        class's IoU against any truth can move by, roughly), pooled over the images."""
+        class's IoU against any truth can move by, roughly), pooled over the images; and the same
+        under ``unchecked_images`` for the images that hold no checked area (the unlabelled ones:
+        no check of this round can vouch for a change there)."""
         k = len(class_names)
         cm = np.zeros((k, k), np.int64)
+        unchecked = np.zeros((k, k), np.int64)  # images that hold no checked area (the unlabelled ones)
         per_image: dict[str, float] = {}
+        unchecked_images = 0
         for item, teacher in zip(self.items, self.teacher, strict=True):
             held = teacher > 0
             if not held.any():
@@ -61,12 +65,24 @@ class UnseenPixels:
             new = np.clip(predict(item)[held].astype(np.int64), 1, k)  # labels are 1..K; a stray 0 must not break the count
             ref = teacher[held].astype(np.int64)
             per_image[item.name] = round(float(np.mean(new != ref)), 4)
-            cm += np.bincount((ref - 1) * k + new - 1, minlength=k * k).reshape(k, k)
-        changed, by_index = change_from_confusion(cm)
-        per_class = {name: by_index[c] for c, name in enumerate(class_names) if c in by_index}
-        return {"pixels": int(cm.sum()), "changed": changed, "class_changed": per_class,
-                "mean_class_changed": float(np.mean(list(per_class.values()))) if per_class else 0.0,
-                "per_image": per_image}
+            counts = np.bincount((ref - 1) * k + new - 1, minlength=k * k).reshape(k, k)
+            cm += counts
+            if item.reviewed is None or not item.reviewed.any():
+                unchecked += counts
+                unchecked_images += 1
+        out = {"pixels": int(cm.sum()), **_class_change(cm, class_names), "per_image": per_image}
+        if unchecked_images:
+            out["unchecked_images"] = {"images": unchecked_images, "pixels": int(unchecked.sum()),
+                                       **_class_change(unchecked, class_names)}
+        return out
+
+
+def _class_change(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """The share of pixels whose class changed and, per class, 1 - IoU(old answer, new answer)."""
+    changed, by_index = change_from_confusion(cm)
+    per_class = {name: by_index[c] for c, name in enumerate(class_names) if c in by_index}
+    return {"changed": changed, "class_changed": per_class,
+            "mean_class_changed": float(np.mean(list(per_class.values()))) if per_class else 0.0}
 
 
 def hold_out_unseen(items: Sequence[LabelledImage]) -> UnseenPixels:
