@@ -367,13 +367,22 @@ def test_unlabelled_images_give_crops_with_soft_targets_only(tmp_path: Path) -> 
     assert soft.shape == (3, 64, 64) and x.shape == (1, 64, 64)
 
 
-@pytest.mark.parametrize(("blend_change", "kept_blend"), [(0.01, True), (0.3, False)])
-def test_a_model_that_changes_too_much_elsewhere_is_blended_halfway_and_kept_only_if_the_blend_passes(
-        blend_change: float, kept_blend: bool) -> None:
+#: held-out accuracy of the models (1: fine-tuned; 0.25, 0.5: blends; the start scores 0.7), the crack
+#: share each moves where nobody checked, the weight of the model saved and whether it is kept
+@pytest.mark.parametrize(("accuracy", "moves", "saved", "keep"), [
+    ({0.25: 0.9, 0.5: 0.9, 1.0: 0.9}, {}, 0.25, True),  # the checks ask for no more than a quarter of the change
+    ({0.25: 0.7, 0.5: 0.9, 1.0: 0.9}, {}, 0.5, True),  # a quarter is not better than the start: half
+    ({0.25: 0.7, 0.5: 0.8, 1.0: 0.95}, {}, 1.0, True),  # the whole change is better beyond the noise
+    ({0.25: 0.7, 0.5: 0.85, 1.0: 0.95}, {1.0: 0.4}, 0.5, True),  # it moves the crack: the smaller change passes
+    ({0.25: 0.7, 0.5: 0.85, 1.0: 0.95}, {1.0: 0.4, 0.5: 0.3}, 1.0, False),  # nothing smaller passes: offered
+    ({0.25: 0.9, 0.5: 0.9, 1.0: 0.9}, {0.25: 0.3, 0.5: 0.3, 1.0: 0.3}, 0.25, False),  # the least change, offered
+])
+def test_the_least_change_the_checks_ask_for_is_judged_and_a_smaller_one_tried_when_it_moves_too_much(
+        accuracy: dict[float, float], moves: dict[float, float], saved: float, keep: bool) -> None:
     import torch
 
     from csunet_train.unseen import UnseenPixels
-    from csunet_train.verdict import BLEND, blend_states, judge_finetune
+    from csunet_train.verdict import blend_states, judge_finetune
 
     v = _validation([_item([(10, 10, 150)])])
     v.first = _scores(v, {"new": 0.7})
@@ -384,30 +393,35 @@ def test_a_model_that_changes_too_much_elsewhere_is_blended_halfway_and_kept_onl
     teacher[1::2] = 3  # background and crack, as the starting model said
     unseen = UnseenPixels([_item([])], [teacher])
 
+    def weight() -> float:
+        return round(float(model.weight), 2)
+
     def predict(item: LabelledImage) -> np.ndarray:
-        w = float(model.weight)
         new = teacher.copy()
         crack = np.flatnonzero(new == 3)
-        share = 0.4 if w > 0.75 else blend_change  # the fine-tuned model moves the crack a lot
-        new.flat[crack[: int(share * crack.size)]] = 1
+        new.flat[crack[: int(moves.get(weight(), 0.0) * crack.size)]] = 1
         return new
 
     def score(m: torch.nn.Module) -> np.ndarray:
-        return _scores(v, {"new": 0.9 if float(m.weight) > 0.25 else 0.7})
+        return _scores(v, {"new": accuracy[weight()]})
 
     with torch.no_grad():
-        verdict = judge_finetune(model, start, tuned, v, _scores(v, {"new": 0.9}), unseen, predict, score, NAMES,
-                                 60, 60, False, 3)
-    assert verdict.decision["keep"] is kept_blend
-    assert blend_states(start, tuned, BLEND)["weight"].item() == pytest.approx(0.5)
-    if kept_blend:
-        assert verdict.decision["blend"] == BLEND and float(verdict.blended["weight"]) == pytest.approx(0.5)
-        assert verdict.decision["unblended"]["verdict"] == "unverified_elsewhere"
-        assert "halfway between" in verdict.decision["reason"]
+        verdict = judge_finetune(model, start, tuned, v, _scores(v, {"new": accuracy[1.0]}), unseen, predict, score,
+                                 NAMES, 60, 60, False, 3)
+    decision = verdict.decision
+    assert decision["keep"] is keep and weight() == saved  # the model holds what is saved
+    assert [b["fine_tuned_weight"] for b in decision["blends"]] == [0.25, 0.5, 1.0]
+    assert blend_states(start, tuned, 0.25)["weight"].item() == pytest.approx(0.25)
+    if saved == 1.0:
+        assert verdict.blended is None and "blend" not in decision
     else:
-        assert verdict.blended is None and verdict.decision["verdict"] == "unverified_elsewhere"
-        assert verdict.decision["blend_tried"]["verdict"] == "unverified_elsewhere"
-        assert float(model.weight) == pytest.approx(1.0)  # the best model is back in place
+        assert decision["blend"] == saved and float(verdict.blended["weight"]) == pytest.approx(saved)
+        assert f"{saved:.0%} of the way from the current one to the fine-tuned one" in decision["reason"]
+    if not keep:
+        assert decision["verdict"] == "unverified_elsewhere"
+    if moves.get(1.0) and saved < 1.0 and keep:
+        assert decision["unblended"]["verdict"] == "unverified_elsewhere"
+        assert decision["reason"].startswith("The fine-tuned model changed too much where nobody checked")
 
 
 def test_balanced_distillation_keeps_a_rare_class_as_firmly_as_the_matrix() -> None:

@@ -352,7 +352,8 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                 state.best_step, painted_only, len(unlabelled), (cfg.unchecked_limit, cfg.unchecked_class_limit))
             if verdict.blended is not None:  # the blend replaces the best model in the file
                 record["blend"] = {"fine_tuned_weight": verdict.decision["blend"], "method": "WiSE-FT",
-                                   "unblended": verdict.decision["unblended"]}
+                                   "blends": verdict.decision.get("blends"),
+                                   "unblended": verdict.decision.get("unblended")}
                 model.load_state_dict(verdict.blended)
                 done["best_metrics"] = validation.metrics(verdict.blended_cms)
                 save(state.best_step, done["best_metrics"], state)
