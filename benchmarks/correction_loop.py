@@ -16,7 +16,8 @@ with the raw prediction and the boxes as regions), and the Fine-tune tab's job
 runs in a training child (:class:`~napari_csunet.loop.training_job.TrainingJob`), which decides whether the new
 model becomes current. Then the candidate it saved re-segments the image. Scores against the truth:
 ``inside`` the boxes, ``outside`` them, and pooled over ``other_images`` of the set (candidate's
-raw prediction; ``current_after``: what the user ends with, the candidate only if it was kept).
+raw prediction, the model the job saved: the fine-tuned one or the blend it judged, ``blend``;
+``current_after``: what the user ends with, the candidate only if it was kept).
 ``seconds``: Start -> the image re-segmented by the candidate (every run, kept or not).
 ``--unlabelled N`` other images of the set go with the job without labels (``unlabelled``), as the
 Fine-tune tab gives the other open images: never the annotated or the scored ones.
@@ -401,7 +402,7 @@ class Loop:
                              "noise": new.get("noise"), "iou_per_class_before": new["before"]["iou_per_class"],
                              "iou_per_class_after": new["after"]["iou_per_class"]} if new else None,
                 "elsewhere": decision.get("elsewhere"),
-                **{k: decision[k] for k in ("blend", "unblended", "blend_tried") if k in decision},
+                **{k: decision[k] for k in ("blend", "blends", "tried") if k in decision},
                 "missing_classes": decision.get("missing_classes"), "best_step": done.get("best_step"),
                 "steps": done.get("steps"), "seconds": round(seconds, 1),
                 "first_update_s": _round(times.get("first_update_s")), "first_step_s": _round(times.get("first_step_s")),

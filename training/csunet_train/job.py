@@ -353,7 +353,7 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
             if verdict.blended is not None:  # the blend replaces the best model in the file
                 record["blend"] = {"fine_tuned_weight": verdict.decision["blend"], "method": "WiSE-FT",
                                    "blends": verdict.decision.get("blends"),
-                                   "unblended": verdict.decision.get("unblended")}
+                                   "tried": verdict.decision.get("tried")}
                 model.load_state_dict(verdict.blended)
                 done["best_metrics"] = validation.metrics(verdict.blended_cms)
                 save(state.best_step, done["best_metrics"], state)

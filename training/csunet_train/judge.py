@@ -245,7 +245,7 @@ def unverified_classes(validation: FairValidation, before: np.ndarray, after: np
         if moved <= limit or name not in validation.class_names or any(u["class"] == name for u in out):
             continue
         check = validation.class_change(before, after, validation.class_names.index(name))
-        if check["change"] is None or check["change"] <= SIGNIFICANT * check["noise"]:
+        if check["change"] is None or not check["change"] > SIGNIFICANT * check["noise"]:  # nan noise vouches for nothing
             out.append(check | {"unchecked": moved, "where": "checks"})
     return out
 
@@ -281,8 +281,10 @@ def unchecked_change_text(elsewhere: dict[str, Any]) -> str:
 def decide(validation: FairValidation | None, best: np.ndarray | None, trained_steps: int, best_step: int | None,
            class_names: Sequence[str], painted_only: bool = False,
            elsewhere: dict[str, Any] | None = None,
-           limits: tuple[float, float] = (ELSEWHERE_LIMIT, CLASS_CHANGE_LIMIT)) -> dict[str, Any]:
-    """Whether the fine-tuned model may replace the current one, and why, in a scientist's words.
+           limits: tuple[float, float] = (ELSEWHERE_LIMIT, CLASS_CHANGE_LIMIT),
+           name: str = "fine-tuned model") -> dict[str, Any]:
+    """Whether the fine-tuned model (``name``: what the reason calls it) may replace the current
+    one, and why, in a scientist's words.
 
     Kept only when it is better on this round's held-out reviewed pixels (by more than
     ``SIGNIFICANT`` x the noise; a smaller gain is offered, not made current), not worse (beyond the
@@ -313,28 +315,28 @@ def decide(validation: FairValidation | None, best: np.ndarray | None, trained_s
     before_s, after_s = new["before"]["miou"], new["after"]["miou"]
     scores = f"mIoU {before_s:.3f} → {after_s:.3f} on {n:,} held-out reviewed pixels (noise ± {new['noise']:.3f})"
     if best_step == 0 or new["change"] <= 0:
-        verdict = {"verdict": "not_better", "reason": f"Kept the current model: the fine-tuned one was not better on "
+        verdict = {"verdict": "not_better", "reason": f"Kept the current model: the {name} was not better on "
                    f"the checked areas it did not train on ({scores})."}
     elif earlier is not None and earlier["change"] < -max(2 * earlier["noise"], EARLIER_TOLERANCE):
         verdict = {"verdict": "worse_earlier", "reason": (
-            f"Kept the current model: the fine-tuned one is better on this round's checked areas ({scores}) but "
+            f"Kept the current model: the {name} is better on this round's checked areas ({scores}) but "
             f"worse on the images corrected in earlier rounds (mIoU {earlier['before']['miou']:.3f} → "
             f"{earlier['after']['miou']:.3f} on {earlier['pixels']:,} px, more than the noise ± "
             f"{earlier['noise']:.3f}): it forgot what it had learned there.")}
     elif new["change"] <= SIGNIFICANT * new["noise"]:
         verdict = {"verdict": "within_noise", "reason": (
-            f"The fine-tuned model scores higher on the checked areas it did not train on ({scores}), but by less "
+            f"The {name} scores higher on the checked areas it did not train on ({scores}), but by less "
             f"than twice the noise of so few pixels: it may not be better. It is offered, not made current; "
             "review more areas (more checked pixels make the noise smaller), or look at it and decide.")}
     elif elsewhere is not None and changes_too_much(elsewhere, limits):
         verdict = {"verdict": "unverified_elsewhere", "reason": (
-            f"The fine-tuned model is better on the checked areas it did not train on ({scores}), but it changes "
+            f"The {name} is better on the checked areas it did not train on ({scores}), but it changes "
             f"{unchecked_change_text(elsewhere)}, which nobody checked. It is offered, not made current: look at "
             "those areas with it, then keep it or revert.")}
     elif elsewhere is not None and (unverified := unverified_classes(validation, validation.first, after, elsewhere,
                                                                     limits[1])):
         verdict = {"verdict": "unverified_elsewhere", "unverified_classes": unverified, "reason": (
-            f"The fine-tuned model is better on the checked areas it did not train on ({scores}), but "
+            f"The {name} is better on the checked areas it did not train on ({scores}), but "
             f"{unverified_text(unverified)}. It is offered, not made current: look at those areas with it, then "
             "keep it or revert.")}
     else:

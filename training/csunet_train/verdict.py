@@ -54,11 +54,12 @@ class _Candidate:
     cms: Any  # held-out blocks' confusion matrices (B, K, K)
 
 
-def least_change(candidates: Sequence[_Candidate], validation: FairValidation) -> int:
-    """Index of the candidate with the smallest weight that the checks (this round's held-out
-    blocks) cannot tell from the best one: its mIoU within ``SIGNIFICANT`` x the noise of their
-    paired difference, and better than the starting model beyond the noise whenever the best one
-    is. The evidence does not ask for more change than that."""
+def least_change(candidates: Sequence[_Candidate], validation: FairValidation) -> tuple[int, int]:
+    """(chosen, best): indices of the candidate with the smallest weight that the checks (this
+    round's held-out blocks) cannot tell from the best one (the paired difference of their mIoU at
+    most ``SIGNIFICANT`` x its noise) while it beats the starting model beyond the noise, and of the
+    best one. When even the best one does not beat the start beyond the noise, the checks show no
+    gain to keep with less change: the best one is chosen."""
     sel = validation.block_group == GROUPS.index("new")
     start = validation.first[sel]
     scores = [float(block_miou(c.cms[sel].sum(0))) for c in candidates]
@@ -68,12 +69,13 @@ def least_change(candidates: Sequence[_Candidate], validation: FairValidation) -
         gain, noise = paired_change(before, after)
         return gain > SIGNIFICANT * noise
 
-    must_beat_start = significant(start, candidates[best].cms[sel])
+    if not significant(start, candidates[best].cms[sel]):
+        return best, best
     for i in sorted(range(len(candidates)), key=lambda i: candidates[i].weight):
         if i == best or (not significant(candidates[i].cms[sel], candidates[best].cms[sel])
-                         and (not must_beat_start or significant(start, candidates[i].cms[sel]))):
-            return i
-    return best
+                         and significant(start, candidates[i].cms[sel])):
+            return i, best
+    return best, best
 
 
 def judge_finetune(model, start_state: dict[str, Any] | None, best_state: dict[str, Any] | None,
@@ -83,8 +85,9 @@ def judge_finetune(model, start_state: dict[str, Any] | None, best_state: dict[s
                    limits: tuple[float, float] = (ELSEWHERE_LIMIT, CLASS_CHANGE_LIMIT)) -> Verdict:
     """The decision on the least change the checks ask for: the best model (``best_state``, loaded
     into ``model``) or a :data:`BLENDS` blend of it with ``start_state`` (:func:`least_change`);
-    if that changes too much where nobody checked, each smaller blend is judged in turn. A blend
-    chosen is returned to be saved instead of the best model, kept or offered.
+    if that changes too much where nobody checked, each smaller blend is judged in turn. The model
+    judged (the one kept, else the first) is left in ``model``, and a blend is returned to be saved
+    instead of the best model.
 
     ``predict(item)`` labels an item with ``model``'s current weights; ``score(model)`` gives the
     held-out blocks' confusion matrices (``FairValidation.block_confusion``).
@@ -95,51 +98,54 @@ def judge_finetune(model, start_state: dict[str, Any] | None, best_state: dict[s
         model.load_state_dict(state)
         return unseen.change(predict, class_names) | {"images": images}
 
-    def judged(cms, elsewhere: dict[str, Any] | None) -> dict[str, Any]:
-        return decide(validation, cms, trained_steps, best_step, class_names, painted_only=painted_only,
-                      elsewhere=elsewhere, limits=limits)
+    def judged(c: _Candidate) -> dict[str, Any]:
+        return decide(validation, c.cms, trained_steps, best_step, class_names, painted_only=painted_only,
+                      elsewhere=measure(c.state), limits=limits, name=_model_words(c.weight, short=True))
 
     if best_state is None or not best_step:
-        return Verdict(judged(best_cms, None))
+        return Verdict(decide(validation, best_cms, trained_steps, best_step, class_names, painted_only=painted_only,
+                              limits=limits))
+    tuned = _Candidate(1.0, best_state, best_cms)
     if start_state is None or validation is None or not validation.split.fair or validation.first is None:
-        return Verdict(judged(best_cms, measure(best_state)))
+        return Verdict(judged(tuned))
     candidates = []
     for weight in BLENDS:
         blend = blend_states(start_state, best_state, weight)
         model.load_state_dict(blend)
         candidates.append(_Candidate(weight, blend, score(model)))
-    candidates.append(_Candidate(1.0, best_state, best_cms))
-    chosen = least_change(candidates, validation)
+    candidates.append(tuned)
+    chosen, best = least_change(candidates, validation)
     scored = [{"fine_tuned_weight": c.weight, "miou": validation.metrics(c.cms)["miou"]} for c in candidates]
     trials: list[tuple[_Candidate, dict[str, Any]]] = []
     for c in [candidates[chosen], *reversed(candidates[:chosen])]:  # the chosen one, then smaller changes
-        trials.append((c, judged(c.cms, measure(c.state)) | {"blends": scored}))
+        trials.append((c, judged(c)))
         if trials[-1][1]["keep"] or trials[-1][1]["verdict"] != "unverified_elsewhere":
             break
-    (judged_first, decision), (last, last_decision) = trials[0], trials[-1]
-    saved = judged_first
-    if last_decision["keep"] and last is not judged_first:
-        last_decision["reason"] = (f"{_model_words(judged_first.weight)} changed too much where nobody checked, so "
-                                   f"{_model_words(last.weight, lower=True)} was judged. {last_decision['reason']}")
-        decision, saved = last_decision | {"unblended": _summary(decision)}, last
-    elif last is not judged_first:
-        decision = decision | {"smaller_tried": _summary(last_decision) | {"fine_tuned_weight": last.weight}}
+    saved, decision = trials[-1] if trials[-1][1]["keep"] else trials[0]
+    decision = decision | {"blends": scored, "tried": [
+        {"fine_tuned_weight": c.weight} | {k: d.get(k) for k in ("verdict", "new", "elsewhere")} for c, d in trials]}
     model.load_state_dict(saved.state)
+    words, best_words = _model_words(saved.weight), _model_words(candidates[best].weight)
+    if saved is not candidates[chosen]:
+        why = (f"{_model_words(candidates[chosen].weight)} changed too much where nobody checked, so smaller "
+               f"changes were judged: {words[0].lower()}{words[1:]} passes")
+    elif chosen != best:
+        why = (f"{words} scored as well on the checked areas as {best_words[0].lower()}{best_words[1:]} (mIoU "
+               f"{scored[chosen]['miou']:.3f} against {scored[best]['miou']:.3f}, a difference within the noise) "
+               "and changes less")
+    else:
+        why = f"{words} scored best on the checked areas" if saved.weight != 1.0 else ""
+    if why:
+        decision["reason"] = f"{why}. {decision['reason']}"
     if saved.weight == 1.0:
         return Verdict(decision)
-    if saved is judged_first:
-        decision["reason"] = (f"{_model_words(saved.weight)} scored as well on the checked areas as the fine-tuned "
-                              f"model (mIoU {scored[chosen]['miou']:.3f} against {scored[-1]['miou']:.3f}, within the "
-                              f"noise) and changes less, so it is the one judged. {decision['reason']}")
     return Verdict(decision | {"blend": saved.weight}, saved.state, saved.cms)
 
 
-def _model_words(weight: float, lower: bool = False) -> str:
-    """'The fine-tuned model', or 'The model 25% of the way from the current one to the fine-tuned one'."""
-    words = "The fine-tuned model" if weight == 1.0 else (
-        f"The model {weight:.0%} of the way from the current one to the fine-tuned one")
-    return words[0].lower() + words[1:] if lower else words
-
-
-def _summary(decision: dict[str, Any]) -> dict[str, Any]:
-    return {k: decision.get(k) for k in ("verdict", "new", "elsewhere")}
+def _model_words(weight: float, short: bool = False) -> str:
+    """'The fine-tuned model', or 'The blended model (25% of the way from the current model to the
+    fine-tuned one)' (``short``: without the parenthesis, lower case)."""
+    if weight == 1.0:
+        return "fine-tuned model" if short else "The fine-tuned model"
+    return "blended model" if short else (
+        f"The blended model ({weight:.0%} of the way from the current model to the fine-tuned one)")
