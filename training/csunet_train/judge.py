@@ -21,7 +21,7 @@ from napari_csunet.measure.metrics import metrics_from_confusion
 from .data import MIN_VAL_PIXELS
 from .fair import BLOCK, FairSplit, missing_classes_text
 
-__all__ = ["FairValidation", "block_miou", "class_iou", "paired_change", "decide", "changes_too_much",
+__all__ = ["FairValidation", "block_miou", "class_ious", "class_iou", "paired_change", "decide", "changes_too_much",
            "unverified_classes", "unverified_text", "unchecked_change_text", "GROUPS"]
 
 GROUPS = ("new", "earlier")
@@ -40,25 +40,27 @@ CLASS_CHANGE_LIMIT = 0.05
 BOOTSTRAP = 400
 
 
-def block_miou(cms: np.ndarray) -> np.ndarray:
-    """mIoU of (..., K, K) confusion matrices, over classes present in target or prediction
-    (as :func:`~napari_csunet.measure.metrics.metrics_from_confusion`); nan without pixels."""
+def class_ious(cms: np.ndarray) -> np.ndarray:
+    """Per-class IoU (..., K) of (..., K, K) confusion matrices; nan where neither target nor
+    prediction holds the class."""
     cms = np.asarray(cms, np.float64)
     tp = np.diagonal(cms, axis1=-2, axis2=-1)
     union = cms.sum(-1) + cms.sum(-2) - tp
-    present = union > 0
-    iou = np.where(present, tp / np.where(present, union, 1), 0.0)
+    return np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
+
+
+def block_miou(cms: np.ndarray) -> np.ndarray:
+    """mIoU of (..., K, K) confusion matrices, over classes present in target or prediction
+    (as :func:`~napari_csunet.measure.metrics.metrics_from_confusion`); nan without pixels."""
+    iou = class_ious(cms)
+    present = ~np.isnan(iou)
     n = present.sum(-1)
-    return np.where(n > 0, iou.sum(-1) / np.maximum(n, 1), np.nan)
+    return np.where(n > 0, np.where(present, iou, 0.0).sum(-1) / np.maximum(n, 1), np.nan)
 
 
 def class_iou(cms: np.ndarray, c: int) -> np.ndarray:
-    """IoU of class ``c`` (0-based) of (..., K, K) confusion matrices; nan where neither target nor
-    prediction holds it."""
-    cms = np.asarray(cms, np.float64)
-    tp = cms[..., c, c]
-    union = cms[..., c, :].sum(-1) + cms[..., :, c].sum(-1) - tp
-    return np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
+    """IoU of class ``c`` (0-based) of (..., K, K) confusion matrices (nan where it is absent)."""
+    return class_ious(cms)[..., c]
 
 
 def paired_change(before: np.ndarray, after: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0,
