@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_csunet.measure.metrics import change_from_confusion
+from napari_csunet.measure.metrics import change_from_confusion, confusion_matrix
 
 from .data import LabelledImage
 
@@ -65,7 +65,7 @@ class UnseenPixels:
             new = np.clip(predict(item)[held].astype(np.int64), 1, k)  # labels are 1..K; a stray 0 must not break the count
             ref = teacher[held].astype(np.int64)
             per_image[item.name] = round(float(np.mean(new != ref)), 4)
-            counts = np.bincount((ref - 1) * k + new - 1, minlength=k * k).reshape(k, k)
+            counts = confusion_matrix(new, ref, k)  # rows: the starting model's answer
             cm += counts
             if item.reviewed is None or not item.reviewed.any():
                 unchecked += counts
