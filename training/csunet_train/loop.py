@@ -253,7 +253,6 @@ def fit(run: Run, emit: Emit, save: Callable[[int, dict[str, Any] | None, FitSta
     if run.keep_initial:
         initial_state = run.initial_state if run.initial_state is not None else copy.deepcopy(
             {k: v.cpu() for k, v in run.model.state_dict().items()})
-    if run.keep_initial:
         state.best_metrics, state.best_step = state.initial_metrics, 0
     since_best = 0
     start = last_log = time.perf_counter()
