@@ -350,11 +350,10 @@ def run_job(cfg: TrainConfig, emit: Emit, stop: StopControl | None = None,
                 best_blocks.get("cms"), unseen, lambda it: segmenter.predict(it.image, name=it.name).labels,
                 lambda m: validation.block_confusion(m, dist.device, dtype), data.class_names, state.steps,
                 state.best_step, painted_only, len(unlabelled), (cfg.unchecked_limit, cfg.unchecked_class_limit))
-            if verdict.blended is not None:  # the blend replaces the best model in the file
+            if verdict.blended is not None:  # the blend (the judge left it in ``model``) replaces the best one in the file
                 record["blend"] = {"fine_tuned_weight": verdict.decision["blend"], "method": "WiSE-FT",
                                    "blends": verdict.decision.get("blends"),
                                    "tried": verdict.decision.get("tried")}
-                model.load_state_dict(verdict.blended)
                 done["best_metrics"] = validation.metrics(verdict.blended_cms)
                 save(state.best_step, done["best_metrics"], state)
             done["decision"] = verdict.decision
