@@ -378,12 +378,14 @@ class Loop:
                          for s in others for i, t, b in [self.load(s)]]
         decision = done.get("decision") or {}
         kept = bool(decision.get("keep"))
-        def pooled(pred: str, where: str) -> np.ndarray:
-            return sum(self.confusion(p, w["truth"], w["inside"] if where == "inside" else ~w["inside"])
-                       for w, p in zip(work, afters if pred == "after" else [w["before"] for w in work], strict=True))
+        befores = [w["before"] for w in work]
 
-        areas = {"inside": scores(pooled("before", "inside"), pooled("after", "inside"), self.names),
-                 "outside": scores(pooled("before", "outside"), pooled("after", "outside"), self.names),
+        def pooled(preds: Sequence[np.ndarray], inside: bool) -> np.ndarray:
+            return sum(self.confusion(p, w["truth"], w["inside"] if inside else ~w["inside"])
+                       for w, p in zip(work, preds, strict=True))
+
+        areas = {"inside": scores(pooled(befores, True), pooled(afters, True), self.names),
+                 "outside": scores(pooled(befores, False), pooled(afters, False), self.names),
                  "other_images": scores(sum(b for b, _ in other_cms), sum(a for _, a in other_cms), self.names)
                  if other_cms else None}
         for area in ("outside", "other_images"):
